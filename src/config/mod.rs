@@ -1,0 +1,619 @@
+//! spanlens's configuration: YAML, parsed from a string plus an environment map, with every
+//! problem reported at once by path and line. The default profile is `config/spanlens.yaml`,
+//! embedded in the binary.
+
+mod env;
+mod lines;
+mod validate;
+
+use lines::LineIndex;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The default profile's YAML text.
+pub const DEFAULT_PROFILE: &str = include_str!("../../config/spanlens.yaml");
+
+/// A whole configuration. Build it with [`Config::parse`], [`Config::load`] or
+/// [`Config::default_profile`]: those validate it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where spans come in.
+    #[serde(default)]
+    pub receivers: ReceiversConfig,
+    /// The scrape endpoint and the limits every metric shares.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// How label values are found.
+    pub labels: LabelsConfig,
+    /// One histogram (and calls / errors counters) per stage, by stage name.
+    pub stages: BTreeMap<String, StageConfig>,
+    /// Classification rules, in order: the first match gives a span its stage.
+    pub rules: Vec<RuleConfig>,
+    /// The generic spanmetrics-style metrics.
+    #[serde(default)]
+    pub span_metrics: SpanMetricsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiversConfig {
+    /// OTLP/gRPC listener.
+    #[serde(default = "ListenerConfig::grpc")]
+    pub grpc: ListenerConfig,
+    /// OTLP/HTTP listener.
+    #[serde(default = "ListenerConfig::http")]
+    pub http: ListenerConfig,
+    /// Largest request body, in bytes, after decompression.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+impl Default for ReceiversConfig {
+    fn default() -> Self {
+        ReceiversConfig {
+            grpc: ListenerConfig::grpc(),
+            http: ListenerConfig::http(),
+            max_request_bytes: default_max_request_bytes(),
+        }
+    }
+}
+
+fn default_max_request_bytes() -> usize {
+    8 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Off: the listener is not started.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address to bind, such as 127.0.0.1:4317 (port 0 picks a free port).
+    pub endpoint: SocketAddr,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ListenerConfig {
+    fn grpc() -> Self {
+        ListenerConfig {
+            enabled: true,
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 4317)),
+        }
+    }
+
+    fn http() -> Self {
+        ListenerConfig {
+            enabled: true,
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 4318)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of /metrics, /healthz and /readyz.
+    #[serde(default = "default_metrics_endpoint")]
+    pub endpoint: SocketAddr,
+    /// Bucket upper bounds, in seconds, for histograms that set none.
+    #[serde(default = "default_buckets")]
+    pub default_buckets: Vec<f64>,
+    /// Label value standing in for values past a cap.
+    #[serde(default = "default_overflow_value")]
+    pub overflow_value: String,
+    /// Label values are cut to this many bytes.
+    #[serde(default = "default_max_label_value_length")]
+    pub max_label_value_length: usize,
+    /// Distinct series per metric before new ones fold into the overflow series.
+    #[serde(default = "default_max_series_per_metric")]
+    pub max_series_per_metric: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            endpoint: default_metrics_endpoint(),
+            default_buckets: default_buckets(),
+            overflow_value: default_overflow_value(),
+            max_label_value_length: default_max_label_value_length(),
+            max_series_per_metric: default_max_series_per_metric(),
+        }
+    }
+}
+
+fn default_metrics_endpoint() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+fn default_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+fn default_overflow_value() -> String {
+    "__overflow__".to_string()
+}
+
+fn default_max_label_value_length() -> usize {
+    128
+}
+
+fn default_max_series_per_metric() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsConfig {
+    /// The `service` label (resource attribute service.name).
+    pub service: ServiceLabelConfig,
+    /// The `handler_language` label.
+    pub handler_language: LabelConfig,
+    /// Optional labels, by label name, that stages turn on with `extra_labels`.
+    #[serde(default)]
+    pub extra: BTreeMap<String, LabelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceLabelConfig {
+    /// Distinct services kept before the overflow value is used.
+    pub max_values: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelConfig {
+    /// Tried in order; the first that yields a value wins.
+    pub sources: Vec<LabelSource>,
+    /// Value when no source yields one.
+    pub default: String,
+    /// Distinct values kept before the overflow value is used.
+    pub max_values: usize,
+}
+
+/// Where a label value can come from: exactly one of the three fields is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSource {
+    /// A span attribute (optionally a regex capture of it).
+    #[serde(default)]
+    pub span_attribute: Option<AttributeSource>,
+    /// A resource attribute (optionally a regex capture of it).
+    #[serde(default)]
+    pub resource_attribute: Option<AttributeSource>,
+    /// A regex capture of the resource's service.name.
+    #[serde(default)]
+    pub service_name: Option<ServiceNameSource>,
+}
+
+/// A [`LabelSource`] with its one field picked out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LabelSourceKind<'a> {
+    SpanAttribute(&'a AttributeSource),
+    ResourceAttribute(&'a AttributeSource),
+    ServiceName(&'a ServiceNameSource),
+}
+
+impl LabelSource {
+    /// The source, or None when not exactly one field is set.
+    pub fn kind(&self) -> Option<LabelSourceKind<'_>> {
+        match (&self.span_attribute, &self.resource_attribute, &self.service_name) {
+            (Some(a), None, None) => Some(LabelSourceKind::SpanAttribute(a)),
+            (None, Some(a), None) => Some(LabelSourceKind::ResourceAttribute(a)),
+            (None, None, Some(s)) => Some(LabelSourceKind::ServiceName(s)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeSource {
+    /// Attribute key, such as `namespace`.
+    pub key: String,
+    /// When set, the value is the regex's `value` group (or first group) on a match; no match
+    /// means this source yields nothing.
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNameSource {
+    /// Regex with a `value` group (or a first group), such as
+    /// `^tasker-(?P<value>rust|ruby)-worker$`.
+    pub regex: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// HELP text of the stage's metrics.
+    pub help: String,
+    /// Histogram name, in seconds: `..._duration_seconds`.
+    pub histogram: String,
+    /// Calls counter name: `..._total`.
+    pub calls: String,
+    /// Errors counter name (span status ERROR): `..._total`.
+    pub errors: String,
+    /// Extra labels (names from labels.extra) after service and handler_language.
+    #[serde(default)]
+    pub extra_labels: Vec<String>,
+    /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
+    #[serde(default)]
+    pub buckets: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The stage a matching span belongs to.
+    pub stage: String,
+    /// Exact span name.
+    #[serde(default)]
+    pub span_name: Option<String>,
+    /// Span name regex (use ^...$ to anchor).
+    #[serde(default)]
+    pub span_name_regex: Option<String>,
+    /// Exact service.name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// service.name regex.
+    #[serde(default)]
+    pub service_regex: Option<String>,
+    /// Span attributes that must all match.
+    #[serde(default)]
+    pub attributes: Vec<AttributeMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeMatch {
+    /// Span attribute key.
+    pub key: String,
+    /// The value, exactly (non-string values compare by their text form).
+    #[serde(default)]
+    pub equals: Option<String>,
+    /// A regex the value must match.
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanMetricsConfig {
+    /// Off: only stage metrics are kept.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Calls counter name.
+    #[serde(default = "default_calls_name")]
+    pub calls: String,
+    /// Duration histogram name.
+    #[serde(default = "default_duration_name")]
+    pub duration: String,
+    /// Distinct span names kept before the overflow value is used.
+    #[serde(default = "default_max_span_names")]
+    pub max_span_names: usize,
+    /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
+    #[serde(default)]
+    pub buckets: Option<Vec<f64>>,
+}
+
+impl Default for SpanMetricsConfig {
+    fn default() -> Self {
+        SpanMetricsConfig {
+            enabled: true,
+            calls: default_calls_name(),
+            duration: default_duration_name(),
+            max_span_names: default_max_span_names(),
+            buckets: None,
+        }
+    }
+}
+
+fn default_calls_name() -> String {
+    "traces_span_metrics_calls_total".to_string()
+}
+
+fn default_duration_name() -> String {
+    "traces_span_metrics_duration_seconds".to_string()
+}
+
+fn default_max_span_names() -> usize {
+    1000
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the document, such as `rules[3].span_name_regex`.
+    pub path: String,
+    /// 1-based line, when it could be found.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name, or `<embedded default>`.
+    pub origin: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        writeln!(
+            f,
+            "{}: {count} problem{}",
+            self.origin,
+            if count == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            match p.line {
+                Some(line) => write!(f, "  {}:{line}: ", self.origin)?,
+                None => write!(f, "  {}: ", self.origin)?,
+            }
+            if p.path.is_empty() {
+                writeln!(f, "{}", p.message)?;
+            } else {
+                writeln!(f, "{}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects problems and places them on lines.
+pub(crate) struct Problems<'a> {
+    lines: &'a LineIndex,
+    pub(crate) list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        self.list.push(Problem {
+            line: self.lines.line_of(&path),
+            path,
+            message: message.into(),
+        });
+    }
+}
+
+impl Config {
+    /// The embedded default profile.
+    pub fn default_profile() -> Config {
+        Config::parse(DEFAULT_PROFILE, "<embedded default>", &HashMap::new())
+            .expect("the embedded default profile is valid (checked by tests)")
+    }
+
+    /// Reads, expands and validates a config file against the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            problems: vec![Problem {
+                path: String::new(),
+                line: None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Config::parse(&text, &origin, &std::env::vars().collect())
+    }
+
+    /// Parses and validates config text. `origin` names it in messages; `env` supplies
+    /// `${NAME}` references.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            origin: origin.to_string(),
+            problems,
+        };
+        let text = env::expand(text, env).map_err(|unset| {
+            fail(unset
+                .into_iter()
+                .map(|u| Problem {
+                    path: String::new(),
+                    line: Some(u.line),
+                    message: format!(
+                        "environment variable {} is not set; set it or write ${{{}:-default}}",
+                        u.name, u.name
+                    ),
+                })
+                .collect())
+        })?;
+        let document: yaml_serde::Value = yaml_serde::from_str(&text).map_err(|e| {
+            fail(vec![Problem {
+                path: String::new(),
+                line: e.location().map(|l| l.line()),
+                message: format!("not valid YAML: {e}"),
+            }])
+        })?;
+        let lines = LineIndex::build(&text);
+        let mut problems = Problems {
+            lines: &lines,
+            list: Vec::new(),
+        };
+        let sections = read_sections(document, &mut problems);
+        validate::check(&sections, &mut problems);
+        match sections.complete() {
+            Some(config) if problems.list.is_empty() => Ok(config),
+            _ => Err(fail(problems.list)),
+        }
+    }
+}
+
+/// The sections that could be read; a section that failed to deserialize is None, and the
+/// checks that need it are skipped while the others still run.
+#[derive(Default)]
+pub(crate) struct Sections {
+    pub(crate) receivers: Option<ReceiversConfig>,
+    pub(crate) metrics: Option<MetricsConfig>,
+    pub(crate) labels: Option<LabelsConfig>,
+    pub(crate) stages: Option<BTreeMap<String, StageConfig>>,
+    pub(crate) rules: Option<Vec<RuleConfig>>,
+    pub(crate) span_metrics: Option<SpanMetricsConfig>,
+}
+
+impl Sections {
+    fn complete(self) -> Option<Config> {
+        Some(Config {
+            receivers: self.receivers?,
+            metrics: self.metrics?,
+            labels: self.labels?,
+            stages: self.stages?,
+            rules: self.rules?,
+            span_metrics: self.span_metrics?,
+        })
+    }
+}
+
+/// Deserializes section by section, and stages and rules item by item, so that one bad item
+/// does not hide the problems of the others.
+fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sections {
+    let yaml_serde::Value::Mapping(root) = document else {
+        problems.add("", "the document must be a mapping of sections (receivers, metrics, labels, stages, rules, span_metrics)");
+        return Sections::default();
+    };
+    let mut sections: HashMap<String, yaml_serde::Value> = HashMap::new();
+    for (key, value) in root {
+        let Some(key) = key.as_str().map(str::to_string) else {
+            problems.add("", "section names must be strings");
+            continue;
+        };
+        match key.as_str() {
+            "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics" => {
+                sections.insert(key, value);
+            }
+            other => problems.add(
+                other,
+                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics",
+            ),
+        }
+    }
+    let mut section = |name: &str| sections.remove(name);
+    let receivers = optional(section("receivers"), "receivers", problems);
+    let metrics = optional(section("metrics"), "metrics", problems);
+    let span_metrics = optional(section("span_metrics"), "span_metrics", problems);
+    let labels = required(section("labels"), "labels", problems);
+    let stages = match section("stages") {
+        Some(yaml_serde::Value::Mapping(map)) => {
+            let mut stages = Some(BTreeMap::new());
+            for (key, value) in map {
+                let name = key.as_str().unwrap_or_default().to_string();
+                let item = typed::<StageConfig>(value, &format!("stages.{name}"), problems);
+                match (stages.as_mut(), item) {
+                    (Some(stages), Some(item)) => {
+                        stages.insert(name, item);
+                    }
+                    _ => stages = None,
+                }
+            }
+            stages
+        }
+        Some(_) => {
+            problems.add("stages", "must be a mapping from stage name to its metrics");
+            None
+        }
+        None => {
+            problems.add("stages", "missing section: at least one stage is needed");
+            None
+        }
+    };
+    let rules = match section("rules") {
+        Some(yaml_serde::Value::Sequence(items)) => {
+            let mut rules = Some(Vec::new());
+            for (i, value) in items.into_iter().enumerate() {
+                let item = typed::<RuleConfig>(value, &format!("rules[{i}]"), problems);
+                match (rules.as_mut(), item) {
+                    (Some(rules), Some(item)) => rules.push(item),
+                    _ => rules = None,
+                }
+            }
+            rules
+        }
+        Some(_) => {
+            problems.add("rules", "must be a list of rules");
+            None
+        }
+        None => {
+            problems.add("rules", "missing section: at least one rule is needed");
+            None
+        }
+    };
+    Sections {
+        receivers,
+        metrics,
+        labels,
+        stages,
+        rules,
+        span_metrics,
+    }
+}
+
+fn optional<T: DeserializeOwned + Default>(
+    value: Option<yaml_serde::Value>,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    match value {
+        None => Some(T::default()),
+        Some(value) => typed(value, path, problems),
+    }
+}
+
+fn required<T: DeserializeOwned>(
+    value: Option<yaml_serde::Value>,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    match value {
+        None => {
+            problems.add(path, "missing section");
+            None
+        }
+        Some(value) => typed(value, path, problems),
+    }
+}
+
+fn typed<T: DeserializeOwned>(
+    value: yaml_serde::Value,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(item) => Some(item),
+        Err(error) => {
+            let inner = error.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            problems.add(full, error.into_inner().to_string());
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

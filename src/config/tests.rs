@@ -1,0 +1,153 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.yaml", &HashMap::new())
+}
+
+#[test]
+fn default_profile_is_valid_and_complete() {
+    let config = Config::default_profile();
+    assert_eq!(config.stages.len(), 8);
+    assert!(config.rules.len() >= 14);
+    assert_eq!(config.receivers.grpc.endpoint.to_string(), "127.0.0.1:4317");
+    assert_eq!(config.receivers.http.endpoint.to_string(), "127.0.0.1:4318");
+    assert_eq!(config.metrics.endpoint.to_string(), "127.0.0.1:9464");
+}
+
+#[test]
+fn default_profile_restates_the_code_defaults() {
+    // Sections left out of a user's file take the code defaults; the shipped profile writes
+    // them out for documentation. They must not drift apart.
+    let config = Config::default_profile();
+    assert_eq!(config.receivers, ReceiversConfig::default());
+    assert_eq!(config.metrics, MetricsConfig::default());
+    assert_eq!(config.span_metrics, SpanMetricsConfig::default());
+}
+
+#[test]
+fn every_shipped_profile_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+const MINIMAL: &str = "\
+labels:
+  service: { max_values: 10 }
+  handler_language:
+    sources: []
+    default: unknown
+    max_values: 4
+stages:
+  claim:
+    help: h
+    histogram: claim_duration_seconds
+    calls: claim_calls_total
+    errors: claim_errors_total
+rules:
+  - stage: claim
+    span_name: step_claim
+";
+
+#[test]
+fn omitted_sections_take_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.receivers, ReceiversConfig::default());
+    assert!(config.span_metrics.enabled);
+}
+
+#[test]
+fn reports_every_problem_with_line_and_path() {
+    let text = "\
+receivers:
+  grpc:
+    endpoint: 127.0.0.1:4317
+    colour: blue
+labels:
+  service: { max_values: 10 }
+  handler_language:
+    sources:
+      - service_name: { regex: '^tasker-worker$' }
+    default: unknown
+    max_values: 4
+stages:
+  claim:
+    help: h
+    histogram: claim_duration
+    calls: claim_calls_total
+    errors: claim_errors_total
+    buckets: [0.5, 0.1]
+rules:
+  - stage: claim
+    span_name: step_claim
+  - stage: clam
+    span_name_regex: '(unclosed'
+  - stage: claim
+    span_name: x
+    attributes:
+      - { key: queue }
+";
+    let err = parse(text).unwrap_err();
+    let found: Vec<(Option<usize>, &str)> = err
+        .problems
+        .iter()
+        .map(|p| (p.line, p.path.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (Some(4), "receivers.grpc.colour"),
+            (Some(9), "labels.handler_language.sources[0].service_name.regex"),
+            (Some(15), "stages.claim.histogram"),
+            (Some(18), "stages.claim.buckets"),
+            (Some(22), "rules[1].stage"),
+            (Some(23), "rules[1].span_name_regex"),
+            (Some(27), "rules[2].attributes[0]"),
+        ],
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.starts_with("test.yaml: 7 problems\n"), "{text}");
+    assert!(text.contains("test.yaml:4: receivers.grpc.colour: unknown field `colour`"), "{text}");
+    assert!(text.contains("test.yaml:22: rules[1].stage: unknown stage `clam`"), "{text}");
+}
+
+#[test]
+fn items_fail_independently() {
+    let text = MINIMAL.replace("    span_name: step_claim", "    span_name: step_claim\n    spam: 1\n  - stage: claim\n    span_name: [1]");
+    let err = parse(&text).unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, vec!["rules[0].spam", "rules[1].span_name"], "{err}");
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_line() {
+    let err = parse("labels:\n  service: [\n").unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert!(err.problems[0].line.is_some(), "{err}");
+    assert!(err.problems[0].message.starts_with("not valid YAML"), "{err}");
+}
+
+#[test]
+fn environment_references_are_expanded() {
+    let text = format!("receivers:\n  http:\n    endpoint: ${{HTTP_ADDR}}\n{MINIMAL}");
+    let env = HashMap::from([("HTTP_ADDR".to_string(), "127.0.0.1:14318".to_string())]);
+    let config = Config::parse(&text, "t", &env).unwrap();
+    assert_eq!(config.receivers.http.endpoint.port(), 14318);
+    let err = Config::parse(&text, "t", &HashMap::new()).unwrap_err();
+    assert_eq!(err.problems[0].line, Some(3));
+}
+
+#[test]
+fn listeners_must_not_share_an_address() {
+    let text = format!("receivers:\n  http:\n    endpoint: 127.0.0.1:9464\n{MINIMAL}");
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.problems[0].path, "metrics.endpoint");
+}

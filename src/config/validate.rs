@@ -1,0 +1,285 @@
+//! Checks that need more than types: names, references, regexes, buckets, addresses.
+
+use super::{
+    LabelConfig, LabelSourceKind, LabelsConfig, MetricsConfig, ReceiversConfig, RuleConfig, Sections,
+    SpanMetricsConfig, StageConfig,
+};
+use super::Problems;
+use std::collections::BTreeMap;
+use regex::Regex;
+use std::collections::HashMap;
+
+/// Labels every stage histogram has before its extra labels.
+pub const BUILTIN_STAGE_LABELS: [&str; 2] = ["service", "handler_language"];
+
+/// Compiles a config regex, with a message fit for a config problem.
+pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    Regex::new(pattern).map_err(|e| format!("invalid regex: {e}"))
+}
+
+/// Compiles a label-source regex: it must capture the value in a group named `value` or in
+/// its first group.
+pub fn compile_capture_regex(pattern: &str) -> Result<Regex, String> {
+    let regex = compile_regex(pattern)?;
+    if regex.captures_len() < 2 {
+        return Err(
+            "the regex must capture the label value, in a group named `value` or its first group"
+                .to_string(),
+        );
+    }
+    Ok(regex)
+}
+
+/// Runs every check whose sections could be read.
+pub(super) fn check(s: &Sections, problems: &mut Problems) {
+    if let (Some(receivers), Some(metrics)) = (&s.receivers, &s.metrics) {
+        check_listeners(receivers, metrics, problems);
+    }
+    if let Some(metrics) = &s.metrics {
+        check_metrics(metrics, problems);
+    }
+    if let Some(span_metrics) = &s.span_metrics {
+        check_span_metrics(span_metrics, problems);
+    }
+    if let Some(labels) = &s.labels {
+        check_labels(labels, problems);
+    }
+    if let Some(stages) = &s.stages {
+        check_stages(stages, s.labels.as_ref(), s.span_metrics.as_ref(), problems);
+    }
+    if let Some(rules) = &s.rules {
+        check_rules(rules, s.stages.as_ref(), problems);
+    }
+}
+
+fn check_listeners(receivers: &ReceiversConfig, metrics: &MetricsConfig, problems: &mut Problems) {
+    let mut seen = HashMap::new();
+    let listeners = [
+        ("receivers.grpc.endpoint", receivers.grpc.enabled, receivers.grpc.endpoint),
+        ("receivers.http.endpoint", receivers.http.enabled, receivers.http.endpoint),
+        ("metrics.endpoint", true, metrics.endpoint),
+    ];
+    for (path, enabled, addr) in listeners {
+        if !enabled || addr.port() == 0 {
+            continue;
+        }
+        if let Some(other) = seen.insert(addr, path) {
+            problems.add(path, format!("{addr} is already used by {other}"));
+        }
+    }
+    if receivers.max_request_bytes < 1024 {
+        problems.add(
+            "receivers.max_request_bytes",
+            "must be at least 1024 bytes",
+        );
+    }
+}
+
+fn check_metrics(m: &MetricsConfig, problems: &mut Problems) {
+    check_buckets(&m.default_buckets, "metrics.default_buckets", problems);
+    if m.overflow_value.is_empty() {
+        problems.add("metrics.overflow_value", "must not be empty");
+    }
+    if m.max_label_value_length < 8 {
+        problems.add("metrics.max_label_value_length", "must be at least 8");
+    }
+    if m.max_series_per_metric == 0 {
+        problems.add("metrics.max_series_per_metric", "must be at least 1");
+    }
+}
+
+fn check_span_metrics(s: &SpanMetricsConfig, problems: &mut Problems) {
+    if s.enabled {
+        check_counter_name(&s.calls, "span_metrics.calls", problems);
+        check_histogram_name(&s.duration, "span_metrics.duration", problems);
+        if s.max_span_names == 0 {
+            problems.add("span_metrics.max_span_names", "must be at least 1");
+        }
+        if let Some(buckets) = &s.buckets {
+            check_buckets(buckets, "span_metrics.buckets", problems);
+        }
+    }
+}
+
+fn check_labels(labels: &LabelsConfig, problems: &mut Problems) {
+    if labels.service.max_values == 0 {
+        problems.add("labels.service.max_values", "must be at least 1");
+    }
+    check_label(&labels.handler_language, "labels.handler_language", problems);
+    for (name, label) in &labels.extra {
+        let path = format!("labels.extra.{name}");
+        if !is_label_name(name) {
+            problems.add(
+                &path,
+                "not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)",
+            );
+        } else if BUILTIN_STAGE_LABELS.contains(&name.as_str()) || name == "le" {
+            problems.add(&path, format!("`{name}` is reserved"));
+        }
+        check_label(label, &path, problems);
+    }
+}
+
+fn check_label(label: &LabelConfig, path: &str, problems: &mut Problems) {
+    if label.max_values == 0 {
+        problems.add(format!("{path}.max_values"), "must be at least 1");
+    }
+    for (i, source) in label.sources.iter().enumerate() {
+        let (kind, regex) = match source.kind() {
+            Some(LabelSourceKind::SpanAttribute(a)) => ("span_attribute", a.regex.as_deref()),
+            Some(LabelSourceKind::ResourceAttribute(a)) => ("resource_attribute", a.regex.as_deref()),
+            Some(LabelSourceKind::ServiceName(s)) => ("service_name", Some(s.regex.as_str())),
+            None => {
+                problems.add(
+                    format!("{path}.sources[{i}]"),
+                    "set exactly one of span_attribute, resource_attribute, service_name",
+                );
+                continue;
+            }
+        };
+        if let Some(Err(message)) = regex.map(compile_capture_regex) {
+            problems.add(format!("{path}.sources[{i}].{kind}.regex"), message);
+        }
+    }
+}
+
+fn check_stages(
+    stages: &BTreeMap<String, StageConfig>,
+    labels: Option<&LabelsConfig>,
+    span_metrics: Option<&SpanMetricsConfig>,
+    problems: &mut Problems,
+) {
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut claim = |name: &str, path: String, problems: &mut Problems| {
+        for taken in [name.to_string(), format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count")] {
+            if let Some(other) = names.get(&taken) {
+                problems.add(&path, format!("metric name `{name}` collides with {other}"));
+                return;
+            }
+        }
+        names.insert(name.to_string(), path);
+    };
+    if let Some(s) = span_metrics.filter(|s| s.enabled) {
+        claim(&s.calls, "span_metrics.calls".into(), problems);
+        claim(&s.duration, "span_metrics.duration".into(), problems);
+    }
+    if stages.is_empty() {
+        problems.add("stages", "at least one stage is needed");
+    }
+    for (stage, c) in stages {
+        let path = format!("stages.{stage}");
+        check_histogram_name(&c.histogram, &format!("{path}.histogram"), problems);
+        check_counter_name(&c.calls, &format!("{path}.calls"), problems);
+        check_counter_name(&c.errors, &format!("{path}.errors"), problems);
+        claim(&c.histogram, format!("{path}.histogram"), problems);
+        claim(&c.calls, format!("{path}.calls"), problems);
+        claim(&c.errors, format!("{path}.errors"), problems);
+        if let Some(buckets) = &c.buckets {
+            check_buckets(buckets, &format!("{path}.buckets"), problems);
+        }
+        for (i, label) in c.extra_labels.iter().enumerate() {
+            if labels.is_some_and(|l| !l.extra.contains_key(label)) {
+                problems.add(
+                    format!("{path}.extra_labels[{i}]"),
+                    format!("`{label}` is not defined under labels.extra"),
+                );
+            } else if c.extra_labels[..i].contains(label) {
+                problems.add(format!("{path}.extra_labels[{i}]"), format!("`{label}` is listed twice"));
+            }
+        }
+    }
+}
+
+fn check_rules(
+    rules: &[RuleConfig],
+    stages: Option<&BTreeMap<String, StageConfig>>,
+    problems: &mut Problems,
+) {
+    if rules.is_empty() {
+        problems.add("rules", "at least one rule is needed");
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let path = format!("rules[{i}]");
+        if let Some(stages) = stages.filter(|s| !s.contains_key(&rule.stage)) {
+            let known: Vec<&str> = stages.keys().map(String::as_str).collect();
+            problems.add(
+                format!("{path}.stage"),
+                format!("unknown stage `{}`; stages are: {}", rule.stage, known.join(", ")),
+            );
+        }
+        match (&rule.span_name, &rule.span_name_regex) {
+            (Some(_), Some(_)) => problems.add(&path, "set span_name or span_name_regex, not both"),
+            (None, None) => problems.add(&path, "set span_name or span_name_regex"),
+            _ => {}
+        }
+        if rule.service.is_some() && rule.service_regex.is_some() {
+            problems.add(&path, "set service or service_regex, not both");
+        }
+        for (field, pattern) in [
+            ("span_name_regex", &rule.span_name_regex),
+            ("service_regex", &rule.service_regex),
+        ] {
+            if let Some(Err(message)) = pattern.as_deref().map(compile_regex) {
+                problems.add(format!("{path}.{field}"), message);
+            }
+        }
+        for (j, a) in rule.attributes.iter().enumerate() {
+            let apath = format!("{path}.attributes[{j}]");
+            match (&a.equals, &a.regex) {
+                (Some(_), Some(_)) => problems.add(&apath, "set equals or regex, not both"),
+                (None, None) => problems.add(&apath, "set equals or regex"),
+                (None, Some(pattern)) => {
+                    if let Err(message) = compile_regex(pattern) {
+                        problems.add(format!("{apath}.regex"), message);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn check_buckets(buckets: &[f64], path: &str, problems: &mut Problems) {
+    if buckets.is_empty() {
+        problems.add(path, "needs at least one bucket bound");
+    } else if buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
+        problems.add(path, "bucket bounds must be finite and above 0 (+Inf is always added)");
+    } else if buckets.windows(2).any(|w| w[0] >= w[1]) {
+        problems.add(path, "bucket bounds must be strictly increasing");
+    }
+}
+
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    !name.starts_with("__")
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_counter_name(name: &str, path: &str, problems: &mut Problems) {
+    if !is_metric_name(name) {
+        problems.add(path, format!("`{name}` is not a valid metric name"));
+    } else if !name.ends_with("_total") {
+        problems.add(path, format!("counter `{name}` must end in _total"));
+    } else if name.starts_with("spanlens_") {
+        problems.add(path, "the spanlens_ prefix is reserved for spanlens's own metrics");
+    }
+}
+
+fn check_histogram_name(name: &str, path: &str, problems: &mut Problems) {
+    if !is_metric_name(name) {
+        problems.add(path, format!("`{name}` is not a valid metric name"));
+    } else if !name.ends_with("_seconds") {
+        problems.add(path, format!("histogram `{name}` observes seconds: its name must end in _seconds"));
+    } else if name.starts_with("spanlens_") {
+        problems.add(path, "the spanlens_ prefix is reserved for spanlens's own metrics");
+    }
+}

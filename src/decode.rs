@@ -1,0 +1,587 @@
+//! OTLP trace requests decoded into borrowed views over the request bytes.
+//!
+//! This is the projection documented in `proto/spanlens_projection.proto`: only the fields
+//! spanlens reads, with OTLP's field numbers. A request becomes three flat vectors (resources,
+//! spans, attributes) of slices into the buffer: no per-span allocation. Fields the projection
+//! does not read (scope, events, links, trace_state, flags) are skipped over, not decoded.
+
+use crate::wire::{Fields, WireError};
+use std::fmt;
+use std::ops::Range;
+use thiserror::Error;
+
+/// A request that is not a valid `ExportTraceServiceRequest`, with where it went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{path}: {error}")]
+pub struct DecodeError {
+    pub path: String,
+    pub error: WireError,
+}
+
+/// An attribute value, borrowed. Arrays and key-value lists stay encoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AnyValue<'a> {
+    Empty,
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(&'a [u8]),
+    Array(&'a [u8]),
+    KvList(&'a [u8]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Attribute<'a> {
+    pub key: &'a str,
+    pub value: AnyValue<'a>,
+}
+
+/// OTLP `SpanKind` values.
+pub mod span_kind {
+    pub const NAMES: [&str; 6] = [
+        "SPAN_KIND_UNSPECIFIED",
+        "SPAN_KIND_INTERNAL",
+        "SPAN_KIND_SERVER",
+        "SPAN_KIND_CLIENT",
+        "SPAN_KIND_PRODUCER",
+        "SPAN_KIND_CONSUMER",
+    ];
+}
+
+/// OTLP `Status.StatusCode` values.
+pub mod status_code {
+    pub const ERROR: i32 = 2;
+    pub const NAMES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceView<'a> {
+    /// `service.name`, or None when the resource does not carry it as a string.
+    pub service_name: Option<&'a str>,
+    attributes: Range<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanView<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    pub name: &'a str,
+    pub kind: i32,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub status_code: i32,
+    /// Index of the resource in [`Batch::resources`].
+    pub resource: usize,
+    /// Where the span sits in the request: (resource_spans, scope_spans, spans) indexes.
+    pub position: (usize, usize, usize),
+    attributes: Range<usize>,
+}
+
+impl SpanView<'_> {
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_time_unix_nano
+            .saturating_sub(self.start_time_unix_nano)
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        usize::try_from(self.kind)
+            .ok()
+            .and_then(|k| span_kind::NAMES.get(k))
+            .copied()
+            .unwrap_or("SPAN_KIND_UNSPECIFIED")
+    }
+
+    pub fn status_name(&self) -> &'static str {
+        usize::try_from(self.status_code)
+            .ok()
+            .and_then(|k| status_code::NAMES.get(k))
+            .copied()
+            .unwrap_or("STATUS_CODE_UNSET")
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.status_code == status_code::ERROR
+    }
+}
+
+/// Why a well-formed span cannot be used. The rest of its request is still accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanProblem {
+    TraceIdLength(usize),
+    TraceIdZero,
+    SpanIdLength(usize),
+    SpanIdZero,
+    ParentSpanIdLength(usize),
+    MissingStartTime,
+    MissingEndTime,
+    EndBeforeStart,
+}
+
+impl SpanProblem {
+    /// Short, stable name used as the `reason` label of refused-span counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpanProblem::TraceIdLength(_) | SpanProblem::TraceIdZero => "invalid_trace_id",
+            SpanProblem::SpanIdLength(_) | SpanProblem::SpanIdZero => "invalid_span_id",
+            SpanProblem::ParentSpanIdLength(_) => "invalid_parent_span_id",
+            SpanProblem::MissingStartTime | SpanProblem::MissingEndTime => "missing_timestamp",
+            SpanProblem::EndBeforeStart => "end_before_start",
+        }
+    }
+}
+
+impl fmt::Display for SpanProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpanProblem::TraceIdLength(n) => write!(f, "trace_id is {n} bytes, must be 16"),
+            SpanProblem::TraceIdZero => f.write_str("trace_id is all zeros"),
+            SpanProblem::SpanIdLength(n) => write!(f, "span_id is {n} bytes, must be 8"),
+            SpanProblem::SpanIdZero => f.write_str("span_id is all zeros"),
+            SpanProblem::ParentSpanIdLength(n) => {
+                write!(f, "parent_span_id is {n} bytes, must be 0 or 8")
+            }
+            SpanProblem::MissingStartTime => f.write_str("start_time_unix_nano is missing"),
+            SpanProblem::MissingEndTime => f.write_str("end_time_unix_nano is missing"),
+            SpanProblem::EndBeforeStart => {
+                f.write_str("end_time_unix_nano is before start_time_unix_nano")
+            }
+        }
+    }
+}
+
+impl SpanView<'_> {
+    /// Checks what every metric needs: valid ids and both timestamps, in order.
+    pub fn problem(&self) -> Option<SpanProblem> {
+        let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+        if self.trace_id.len() != 16 {
+            Some(SpanProblem::TraceIdLength(self.trace_id.len()))
+        } else if zero(self.trace_id) {
+            Some(SpanProblem::TraceIdZero)
+        } else if self.span_id.len() != 8 {
+            Some(SpanProblem::SpanIdLength(self.span_id.len()))
+        } else if zero(self.span_id) {
+            Some(SpanProblem::SpanIdZero)
+        } else if !(self.parent_span_id.is_empty() || self.parent_span_id.len() == 8) {
+            Some(SpanProblem::ParentSpanIdLength(self.parent_span_id.len()))
+        } else if self.start_time_unix_nano == 0 {
+            Some(SpanProblem::MissingStartTime)
+        } else if self.end_time_unix_nano == 0 {
+            Some(SpanProblem::MissingEndTime)
+        } else if self.end_time_unix_nano < self.start_time_unix_nano {
+            Some(SpanProblem::EndBeforeStart)
+        } else {
+            None
+        }
+    }
+}
+
+/// One decoded request.
+#[derive(Debug, Default)]
+pub struct Batch<'a> {
+    pub resources: Vec<ResourceView<'a>>,
+    pub spans: Vec<SpanView<'a>>,
+    attributes: Vec<Attribute<'a>>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn span_attributes(&self, span: &SpanView<'a>) -> &[Attribute<'a>] {
+        &self.attributes[span.attributes.clone()]
+    }
+
+    pub fn resource_attributes(&self, resource: &ResourceView<'a>) -> &[Attribute<'a>] {
+        &self.attributes[resource.attributes.clone()]
+    }
+
+    /// Decodes an `ExportTraceServiceRequest`.
+    pub fn decode(buf: &'a [u8]) -> Result<Batch<'a>, DecodeError> {
+        let mut batch = Batch {
+            spans: Vec::with_capacity(buf.len() / 256),
+            attributes: Vec::with_capacity(buf.len() / 32),
+            ..Batch::default()
+        };
+        let mut path = Path::default();
+        batch
+            .request(buf, &mut path)
+            .map_err(|error| DecodeError {
+                path: path.to_string(),
+                error,
+            })?;
+        Ok(batch)
+    }
+
+    fn request(&mut self, buf: &'a [u8], path: &mut Path) -> Result<(), WireError> {
+        let mut rs_index = 0;
+        for field in Fields::new(buf) {
+            let (number, value) = field?;
+            if number == 1 {
+                path.set(Level::ResourceSpans, rs_index);
+                self.resource_spans(value.bytes(1)?, rs_index, path)?;
+                rs_index += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn resource_spans(
+        &mut self,
+        buf: &'a [u8],
+        rs_index: usize,
+        path: &mut Path,
+    ) -> Result<(), WireError> {
+        // The resource may follow its scope_spans on the wire; find it first.
+        let resource_index = self.resources.len();
+        let mut resource = ResourceView {
+            service_name: None,
+            attributes: self.attributes.len()..self.attributes.len(),
+        };
+        for field in Fields::new(buf) {
+            let (number, value) = field?;
+            if number == 1 {
+                path.set(Level::Resource, 0);
+                self.resource(value.bytes(1)?, &mut resource, path)?;
+            }
+        }
+        self.resources.push(resource);
+        let mut ss_index = 0;
+        for field in Fields::new(buf) {
+            let (number, value) = field?;
+            if number == 2 {
+                path.set(Level::ScopeSpans, ss_index);
+                self.scope_spans(
+                    value.bytes(2)?,
+                    (resource_index, rs_index, ss_index),
+                    path,
+                )?;
+                ss_index += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn resource(
+        &mut self,
+        buf: &'a [u8],
+        resource: &mut ResourceView<'a>,
+        path: &mut Path,
+    ) -> Result<(), WireError> {
+        // A repeated `resource` field merges; attributes accumulate.
+        let start = self.attributes.len();
+        let mut attr_index = 0;
+        for field in Fields::new(buf) {
+            let (number, value) = field?;
+            if number == 1 {
+                path.set(Level::Attribute, attr_index);
+                let attribute = key_value(value.bytes(1)?)?;
+                if attribute.key == "service.name" {
+                    if let AnyValue::Str(name) = attribute.value {
+                        resource.service_name = Some(name);
+                    }
+                }
+                self.attributes.push(attribute);
+                attr_index += 1;
+            }
+        }
+        if resource.attributes.is_empty() {
+            resource.attributes = start..self.attributes.len();
+        } else {
+            resource.attributes.end = self.attributes.len();
+        }
+        path.pop_to(Level::Resource);
+        Ok(())
+    }
+
+    fn scope_spans(
+        &mut self,
+        buf: &'a [u8],
+        (resource, rs_index, ss_index): (usize, usize, usize),
+        path: &mut Path,
+    ) -> Result<(), WireError> {
+        let mut span_index = 0;
+        for field in Fields::new(buf) {
+            let (number, value) = field?;
+            if number == 2 {
+                path.set(Level::Span, span_index);
+                let span = self.span(
+                    value.bytes(2)?,
+                    resource,
+                    (rs_index, ss_index, span_index),
+                    path,
+                )?;
+                self.spans.push(span);
+                span_index += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn span(
+        &mut self,
+        buf: &'a [u8],
+        resource: usize,
+        position: (usize, usize, usize),
+        path: &mut Path,
+    ) -> Result<SpanView<'a>, WireError> {
+        let start = self.attributes.len();
+        let mut span = SpanView {
+            trace_id: &[],
+            span_id: &[],
+            parent_span_id: &[],
+            name: "",
+            kind: 0,
+            start_time_unix_nano: 0,
+            end_time_unix_nano: 0,
+            status_code: 0,
+            resource,
+            position,
+            attributes: start..start,
+        };
+        let mut attr_index = 0;
+        for field in Fields::new(buf) {
+            let (number, value) = field?;
+            match number {
+                1 => span.trace_id = value.bytes(1)?,
+                2 => span.span_id = value.bytes(2)?,
+                4 => span.parent_span_id = value.bytes(4)?,
+                5 => span.name = value.string(5)?,
+                6 => span.kind = value.varint(6)? as i32,
+                7 => span.start_time_unix_nano = value.fixed64(7)?,
+                8 => span.end_time_unix_nano = value.fixed64(8)?,
+                9 => {
+                    path.set(Level::Attribute, attr_index);
+                    self.attributes.push(key_value(value.bytes(9)?)?);
+                    attr_index += 1;
+                }
+                15 => span.status_code = status(value.bytes(15)?)?,
+                _ => {}
+            }
+        }
+        path.pop_to(Level::Span);
+        span.attributes = start..self.attributes.len();
+        Ok(span)
+    }
+}
+
+fn status(buf: &[u8]) -> Result<i32, WireError> {
+    let mut code = 0;
+    for field in Fields::new(buf) {
+        let (number, value) = field?;
+        match number {
+            2 => {
+                value.string(2)?;
+            }
+            3 => code = value.varint(3)? as i32,
+            _ => {}
+        }
+    }
+    Ok(code)
+}
+
+fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
+    let mut attribute = Attribute {
+        key: "",
+        value: AnyValue::Empty,
+    };
+    for field in Fields::new(buf) {
+        let (number, value) = field?;
+        match number {
+            1 => attribute.key = value.string(1)?,
+            2 => attribute.value = any_value(value.bytes(2)?)?,
+            _ => {}
+        }
+    }
+    Ok(attribute)
+}
+
+fn any_value(buf: &[u8]) -> Result<AnyValue<'_>, WireError> {
+    let mut result = AnyValue::Empty;
+    for field in Fields::new(buf) {
+        let (number, value) = field?;
+        result = match number {
+            1 => AnyValue::Str(value.string(1)?),
+            2 => AnyValue::Bool(value.varint(2)? != 0),
+            3 => AnyValue::Int(value.varint(3)? as i64),
+            4 => AnyValue::Double(f64::from_bits(value.fixed64(4)?)),
+            5 => AnyValue::Array(value.bytes(5)?),
+            6 => AnyValue::KvList(value.bytes(6)?),
+            7 => AnyValue::Bytes(value.bytes(7)?),
+            _ => result,
+        };
+    }
+    Ok(result)
+}
+
+/// Where the decoder is, kept as indexes and printed only when something is wrong.
+#[derive(Default)]
+struct Path {
+    indexes: [Option<usize>; 5],
+}
+
+#[derive(Clone, Copy)]
+enum Level {
+    ResourceSpans = 0,
+    Resource = 1,
+    ScopeSpans = 2,
+    Span = 3,
+    Attribute = 4,
+}
+
+impl Path {
+    fn set(&mut self, level: Level, index: usize) {
+        let level = level as usize;
+        self.indexes[level] = Some(index);
+        for deeper in &mut self.indexes[level + 1..] {
+            *deeper = None;
+        }
+        if level == Level::Resource as usize {
+            // resource and scope_spans are siblings under resource_spans.
+            self.indexes[Level::ScopeSpans as usize] = None;
+        }
+    }
+
+    fn pop_to(&mut self, level: Level) {
+        for deeper in &mut self.indexes[level as usize + 1..] {
+            *deeper = None;
+        }
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [rs, res, ss, span, attr] = self.indexes;
+        f.write_str("request")?;
+        if let Some(i) = rs {
+            write!(f, ".resource_spans[{i}]")?;
+        }
+        if res.is_some() && ss.is_none() {
+            f.write_str(".resource")?;
+        }
+        if let Some(i) = ss {
+            write!(f, ".scope_spans[{i}]")?;
+        }
+        if let Some(i) = span {
+            write!(f, ".spans[{i}]")?;
+        }
+        if let Some(i) = attr {
+            write!(f, ".attributes[{i}]")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue as PbAny, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use prost::Message;
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(PbAny { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn request() -> Vec<u8> {
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "read_messages".into(),
+            kind: 1,
+            start_time_unix_nano: 1_000,
+            end_time_unix_nano: 16_000_000,
+            attributes: vec![
+                kv("queue", any_value::Value::StringValue("worker_a_queue".into())),
+                kv("limit", any_value::Value::IntValue(-3)),
+            ],
+            status: Some(Status {
+                code: 2,
+                message: "boom".into(),
+            }),
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv(
+                        "service.name",
+                        any_value::Value::StringValue("tasker-ruby-worker".into()),
+                    )],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span.clone(), span],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn decodes_spans_resources_and_attributes() {
+        let bytes = request();
+        let batch = Batch::decode(&bytes).unwrap();
+        assert_eq!(batch.spans.len(), 2);
+        let span = &batch.spans[1];
+        assert_eq!(span.name, "read_messages");
+        assert_eq!(span.position, (0, 0, 1));
+        assert_eq!(span.duration_nanos(), 15_999_000);
+        assert_eq!(span.kind_name(), "SPAN_KIND_INTERNAL");
+        assert!(span.is_error());
+        assert_eq!(
+            batch.span_attributes(span),
+            &[
+                Attribute {
+                    key: "queue",
+                    value: AnyValue::Str("worker_a_queue")
+                },
+                Attribute {
+                    key: "limit",
+                    value: AnyValue::Int(-3)
+                }
+            ]
+        );
+        let resource = &batch.resources[span.resource];
+        assert_eq!(resource.service_name, Some("tasker-ruby-worker"));
+        assert_eq!(batch.resource_attributes(resource).len(), 1);
+        assert_eq!(span.problem(), None);
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let mut bytes = request();
+        bytes.truncate(bytes.len() - 3);
+        let err = Batch::decode(&bytes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request: field 1 ends past the end of its message"
+        );
+        let err = Batch::decode(b"\x0a\x03\x12\x01\xff").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request.resource_spans[0].scope_spans[0]: truncated varint"
+        );
+    }
+
+    #[test]
+    fn span_problems() {
+        let bytes = request();
+        let batch = Batch::decode(&bytes).unwrap();
+        let mut span = batch.spans[0].clone();
+        span.trace_id = &[1; 5];
+        assert_eq!(span.problem(), Some(SpanProblem::TraceIdLength(5)));
+        span.trace_id = &[1; 16];
+        span.span_id = &[0; 8];
+        assert_eq!(span.problem(), Some(SpanProblem::SpanIdZero));
+        span.span_id = &[3; 8];
+        span.end_time_unix_nano = 0;
+        assert_eq!(span.problem().unwrap().reason(), "missing_timestamp");
+    }
+}

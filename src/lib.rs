@@ -1,0 +1,12 @@
+//! spanlens: an OpenTelemetry span processor that turns the spans of a workflow orchestrator
+//! into per-stage latency histograms for Prometheus.
+//!
+//! The flow runs one way: receivers move bytes ([`body`], [`receiver`]), [`decode`] turns a
+//! request into borrowed span views, [`classify`] and [`labels`] map each span to a stage and
+//! its label values, [`aggregate`] observes into sharded series storage, and [`exposition`]
+//! renders it for scrapes.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod decode;
+pub mod wire;

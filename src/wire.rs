@@ -1,0 +1,205 @@
+//! Protocol-buffers wire format, read in place: varints, fixed-width scalars and
+//! length-delimited fields as slices of the request bytes. Nothing here allocates.
+
+use thiserror::Error;
+
+/// Why a buffer is not valid protobuf.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WireError {
+    #[error("truncated varint")]
+    TruncatedVarint,
+    #[error("varint longer than 10 bytes")]
+    VarintTooLong,
+    #[error("field {field} ends past the end of its message")]
+    Truncated { field: u32 },
+    #[error("field number 0 is not allowed")]
+    ZeroFieldNumber,
+    #[error("unsupported wire type {wire_type} (field {field})")]
+    BadWireType { field: u32, wire_type: u8 },
+    #[error("field {field} has wire type {found}, expected {expected}")]
+    WrongWireType {
+        field: u32,
+        found: u8,
+        expected: u8,
+    },
+    #[error("field {field} is not valid UTF-8")]
+    InvalidUtf8 { field: u32 },
+}
+
+/// The value of one field, borrowed from the buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldValue<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32(u32),
+}
+
+impl<'a> FieldValue<'a> {
+    fn wire_type(&self) -> u8 {
+        match self {
+            FieldValue::Varint(_) => 0,
+            FieldValue::Fixed64(_) => 1,
+            FieldValue::Bytes(_) => 2,
+            FieldValue::Fixed32(_) => 5,
+        }
+    }
+
+    fn mismatch(&self, field: u32, expected: u8) -> WireError {
+        WireError::WrongWireType {
+            field,
+            found: self.wire_type(),
+            expected,
+        }
+    }
+
+    pub fn varint(self, field: u32) -> Result<u64, WireError> {
+        match self {
+            FieldValue::Varint(v) => Ok(v),
+            other => Err(other.mismatch(field, 0)),
+        }
+    }
+
+    pub fn fixed64(self, field: u32) -> Result<u64, WireError> {
+        match self {
+            FieldValue::Fixed64(v) => Ok(v),
+            other => Err(other.mismatch(field, 1)),
+        }
+    }
+
+    pub fn bytes(self, field: u32) -> Result<&'a [u8], WireError> {
+        match self {
+            FieldValue::Bytes(v) => Ok(v),
+            other => Err(other.mismatch(field, 2)),
+        }
+    }
+
+    pub fn string(self, field: u32) -> Result<&'a str, WireError> {
+        std::str::from_utf8(self.bytes(field)?).map_err(|_| WireError::InvalidUtf8 { field })
+    }
+}
+
+/// Iterates over the fields of one message.
+pub struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Fields { buf }
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for (i, &byte) in self.buf.iter().enumerate().take(10) {
+            if i == 9 && byte > 1 {
+                return Err(WireError::VarintTooLong);
+            }
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                self.buf = &self.buf[i + 1..];
+                return Ok(value);
+            }
+        }
+        if self.buf.len() >= 10 {
+            Err(WireError::VarintTooLong)
+        } else {
+            Err(WireError::TruncatedVarint)
+        }
+    }
+
+    fn take(&mut self, len: usize, field: u32) -> Result<&'a [u8], WireError> {
+        if len > self.buf.len() {
+            return Err(WireError::Truncated { field });
+        }
+        let (head, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn field(&mut self) -> Result<(u32, FieldValue<'a>), WireError> {
+        let key = self.varint()?;
+        let field = u32::try_from(key >> 3).map_err(|_| WireError::ZeroFieldNumber)?;
+        if field == 0 {
+            return Err(WireError::ZeroFieldNumber);
+        }
+        let value = match (key & 7) as u8 {
+            0 => FieldValue::Varint(self.varint()?),
+            1 => {
+                let b = self.take(8, field)?;
+                FieldValue::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            }
+            2 => {
+                let len = self.varint()?;
+                let len = usize::try_from(len).map_err(|_| WireError::Truncated { field })?;
+                FieldValue::Bytes(self.take(len, field)?)
+            }
+            5 => {
+                let b = self.take(4, field)?;
+                FieldValue::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            }
+            wire_type => return Err(WireError::BadWireType { field, wire_type }),
+        };
+        Ok((field, value))
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(u32, FieldValue<'a>), WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let item = self.field();
+        if item.is_err() {
+            self.buf = &[];
+        }
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_each_wire_type() {
+        // field 1 varint 300, field 2 bytes "hi", field 3 fixed64 7, field 4 fixed32 9
+        let buf = [
+            0x08, 0xac, 0x02, 0x12, 0x02, b'h', b'i', 0x19, 7, 0, 0, 0, 0, 0, 0, 0, 0x25, 9, 0, 0,
+            0,
+        ];
+        let fields: Vec<_> = Fields::new(&buf).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            fields,
+            vec![
+                (1, FieldValue::Varint(300)),
+                (2, FieldValue::Bytes(b"hi")),
+                (3, FieldValue::Fixed64(7)),
+                (4, FieldValue::Fixed32(9)),
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_truncation_and_bad_wire_types() {
+        assert_eq!(
+            Fields::new(&[0x12, 0x05, b'a']).next(),
+            Some(Err(WireError::Truncated { field: 2 }))
+        );
+        assert_eq!(
+            Fields::new(&[0x0b]).next(),
+            Some(Err(WireError::BadWireType {
+                field: 1,
+                wire_type: 3
+            }))
+        );
+        assert_eq!(Fields::new(&[0x08, 0x80]).next(), Some(Err(WireError::TruncatedVarint)));
+        assert_eq!(Fields::new(&[0x00, 0x01]).next(), Some(Err(WireError::ZeroFieldNumber)));
+        assert_eq!(
+            Fields::new(&[0x08; 1].iter().chain(&[0xff; 11]).copied().collect::<Vec<_>>()).next(),
+            Some(Err(WireError::VarintTooLong))
+        );
+    }
+}
