@@ -202,12 +202,10 @@ impl<'a> Batch<'a> {
             ..Batch::default()
         };
         let mut path = Path::default();
-        batch
-            .request(buf, &mut path)
-            .map_err(|error| DecodeError {
-                path: path.to_string(),
-                error,
-            })?;
+        batch.request(buf, &mut path).map_err(|error| DecodeError {
+            path: path.to_string(),
+            error,
+        })?;
         Ok(batch)
     }
 
@@ -249,11 +247,7 @@ impl<'a> Batch<'a> {
             let (number, value) = field?;
             if number == 2 {
                 path.set(Level::ScopeSpans, ss_index);
-                self.scope_spans(
-                    value.bytes(2)?,
-                    (resource_index, rs_index, ss_index),
-                    path,
-                )?;
+                self.scope_spans(value.bytes(2)?, (resource_index, rs_index, ss_index), path)?;
                 ss_index += 1;
             }
         }
@@ -496,7 +490,10 @@ mod tests {
             start_time_unix_nano: 1_000,
             end_time_unix_nano: 16_000_000,
             attributes: vec![
-                kv("queue", any_value::Value::StringValue("worker_a_queue".into())),
+                kv(
+                    "queue",
+                    any_value::Value::StringValue("worker_a_queue".into()),
+                ),
                 kv("limit", any_value::Value::IntValue(-3)),
             ],
             status: Some(Status {

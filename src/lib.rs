@@ -7,6 +7,16 @@
 //! renders it for scrapes.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod aggregate;
+pub mod body;
+pub mod classify;
 pub mod config;
 pub mod decode;
+pub mod exposition;
+pub mod json;
+pub mod labels;
+pub mod pipeline;
+pub mod receiver;
+pub mod server;
 pub mod wire;

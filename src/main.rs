@@ -1,1 +1,140 @@
-fn main() {}
+//! The spanlens command line. Everything it runs lives in the library.
+
+use clap::{Parser, Subcommand};
+use spanlens::config::{Config, DEFAULT_PROFILE};
+use spanlens::server::Server;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// spanlens: OTLP spans in, per-stage latency histograms out, for Prometheus.
+///
+/// Run with no arguments to start on the embedded default profile: OTLP/gRPC on
+/// 127.0.0.1:4317, OTLP/HTTP on 127.0.0.1:4318 (POST /v1/traces) and Prometheus metrics on
+/// http://127.0.0.1:9464/metrics. Point your services' OTLP exporters at it
+/// (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317) and scrape /metrics.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  spanlens\n  spanlens --config my.yaml\n  spanlens default-config > my.yaml\n  spanlens check-config my.yaml\n\nLog level: RUST_LOG (default info), e.g. RUST_LOG=spanlens=debug."
+)]
+struct Cli {
+    /// Config file (YAML) to use instead of the embedded default profile. `${NAME}` and
+    /// `${NAME:-default}` are read from the environment.
+    #[arg(long, short, global = true, env = "SPANLENS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start spanlens (what running with no subcommand does).
+    Run,
+    /// Validate config files: report every problem with file, line and field; exit 1 if any.
+    CheckConfig {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the embedded default profile, a documented starting point for your own.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::DefaultConfig => {
+            print!("{DEFAULT_PROFILE}");
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { files } => check_config(&files),
+        Command::Run => run(cli.config),
+    }
+}
+
+fn check_config(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        match Config::load(file) {
+            Ok(config) => println!(
+                "{}: ok ({} stages, {} rules)",
+                file.display(),
+                config.stages.len(),
+                config.rules.len()
+            ),
+            Err(e) => {
+                ok = false;
+                eprint!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(config_path: Option<PathBuf>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match &config_path {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default_profile(),
+    };
+    let origin = config_path.map_or("the embedded default profile".to_string(), |p| {
+        p.display().to_string()
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("spanlens: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let server = match Server::start(config).await {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("spanlens: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(config = %origin, metrics = %format!("http://{}/metrics", server.metrics_addr()), "spanlens started");
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        let pipeline = server.pipeline().clone();
+        server.shutdown().await;
+        tracing::info!(spans_accepted = pipeline.accepted_total(), "stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -17,11 +17,7 @@ pub enum WireError {
     #[error("unsupported wire type {wire_type} (field {field})")]
     BadWireType { field: u32, wire_type: u8 },
     #[error("field {field} has wire type {found}, expected {expected}")]
-    WrongWireType {
-        field: u32,
-        found: u8,
-        expected: u8,
-    },
+    WrongWireType { field: u32, found: u8, expected: u8 },
     #[error("field {field} is not valid UTF-8")]
     InvalidUtf8 { field: u32 },
 }
@@ -195,10 +191,23 @@ mod tests {
                 wire_type: 3
             }))
         );
-        assert_eq!(Fields::new(&[0x08, 0x80]).next(), Some(Err(WireError::TruncatedVarint)));
-        assert_eq!(Fields::new(&[0x00, 0x01]).next(), Some(Err(WireError::ZeroFieldNumber)));
         assert_eq!(
-            Fields::new(&[0x08; 1].iter().chain(&[0xff; 11]).copied().collect::<Vec<_>>()).next(),
+            Fields::new(&[0x08, 0x80]).next(),
+            Some(Err(WireError::TruncatedVarint))
+        );
+        assert_eq!(
+            Fields::new(&[0x00, 0x01]).next(),
+            Some(Err(WireError::ZeroFieldNumber))
+        );
+        assert_eq!(
+            Fields::new(
+                &[0x08; 1]
+                    .iter()
+                    .chain(&[0xff; 11])
+                    .copied()
+                    .collect::<Vec<_>>()
+            )
+            .next(),
             Some(Err(WireError::VarintTooLong))
         );
     }

@@ -49,7 +49,11 @@ pub fn expand(text: &str, env: &HashMap<String, String>) -> Result<String, Vec<U
         out.push_str(rest);
         out.push_str(comment);
     }
-    if unset.is_empty() { Ok(out) } else { Err(unset) }
+    if unset.is_empty() {
+        Ok(out)
+    } else {
+        Err(unset)
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 mod env;
 mod lines;
-mod validate;
+pub mod validate;
 
 use lines::LineIndex;
 use serde::Deserialize;
@@ -207,7 +207,11 @@ pub enum LabelSourceKind<'a> {
 impl LabelSource {
     /// The source, or None when not exactly one field is set.
     pub fn kind(&self) -> Option<LabelSourceKind<'_>> {
-        match (&self.span_attribute, &self.resource_attribute, &self.service_name) {
+        match (
+            &self.span_attribute,
+            &self.resource_attribute,
+            &self.service_name,
+        ) {
             (Some(a), None, None) => Some(LabelSourceKind::SpanAttribute(a)),
             (None, Some(a), None) => Some(LabelSourceKind::ResourceAttribute(a)),
             (None, None, Some(s)) => Some(LabelSourceKind::ServiceName(s)),
@@ -426,8 +430,9 @@ impl Config {
             origin: origin.to_string(),
             problems,
         };
-        let text = env::expand(text, env).map_err(|unset| {
-            fail(unset
+        let text =
+            env::expand(text, env).map_err(|unset| {
+                fail(unset
                 .into_iter()
                 .map(|u| Problem {
                     path: String::new(),
@@ -438,7 +443,7 @@ impl Config {
                     ),
                 })
                 .collect())
-        })?;
+            })?;
         let document: yaml_serde::Value = yaml_serde::from_str(&text).map_err(|e| {
             fail(vec![Problem {
                 path: String::new(),

@@ -104,7 +104,10 @@ rules:
         found,
         vec![
             (Some(4), "receivers.grpc.colour"),
-            (Some(9), "labels.handler_language.sources[0].service_name.regex"),
+            (
+                Some(9),
+                "labels.handler_language.sources[0].service_name.regex"
+            ),
             (Some(15), "stages.claim.histogram"),
             (Some(18), "stages.claim.buckets"),
             (Some(22), "rules[1].stage"),
@@ -115,13 +118,22 @@ rules:
     );
     let text = err.to_string();
     assert!(text.starts_with("test.yaml: 7 problems\n"), "{text}");
-    assert!(text.contains("test.yaml:4: receivers.grpc.colour: unknown field `colour`"), "{text}");
-    assert!(text.contains("test.yaml:22: rules[1].stage: unknown stage `clam`"), "{text}");
+    assert!(
+        text.contains("test.yaml:4: receivers.grpc.colour: unknown field `colour`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.yaml:22: rules[1].stage: unknown stage `clam`"),
+        "{text}"
+    );
 }
 
 #[test]
 fn items_fail_independently() {
-    let text = MINIMAL.replace("    span_name: step_claim", "    span_name: step_claim\n    spam: 1\n  - stage: claim\n    span_name: [1]");
+    let text = MINIMAL.replace(
+        "    span_name: step_claim",
+        "    span_name: step_claim\n    spam: 1\n  - stage: claim\n    span_name: [1]",
+    );
     let err = parse(&text).unwrap_err();
     let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(paths, vec!["rules[0].spam", "rules[1].span_name"], "{err}");
@@ -132,7 +144,10 @@ fn yaml_syntax_errors_have_a_line() {
     let err = parse("labels:\n  service: [\n").unwrap_err();
     assert_eq!(err.problems.len(), 1);
     assert!(err.problems[0].line.is_some(), "{err}");
-    assert!(err.problems[0].message.starts_with("not valid YAML"), "{err}");
+    assert!(
+        err.problems[0].message.starts_with("not valid YAML"),
+        "{err}"
+    );
 }
 
 #[test]

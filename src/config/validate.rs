@@ -1,12 +1,12 @@
 //! Checks that need more than types: names, references, regexes, buckets, addresses.
 
-use super::{
-    LabelConfig, LabelSourceKind, LabelsConfig, MetricsConfig, ReceiversConfig, RuleConfig, Sections,
-    SpanMetricsConfig, StageConfig,
-};
 use super::Problems;
-use std::collections::BTreeMap;
+use super::{
+    LabelConfig, LabelSourceKind, LabelsConfig, MetricsConfig, ReceiversConfig, RuleConfig,
+    Sections, SpanMetricsConfig, StageConfig,
+};
 use regex::Regex;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 
 /// Labels every stage histogram has before its extra labels.
@@ -55,8 +55,16 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
 fn check_listeners(receivers: &ReceiversConfig, metrics: &MetricsConfig, problems: &mut Problems) {
     let mut seen = HashMap::new();
     let listeners = [
-        ("receivers.grpc.endpoint", receivers.grpc.enabled, receivers.grpc.endpoint),
-        ("receivers.http.endpoint", receivers.http.enabled, receivers.http.endpoint),
+        (
+            "receivers.grpc.endpoint",
+            receivers.grpc.enabled,
+            receivers.grpc.endpoint,
+        ),
+        (
+            "receivers.http.endpoint",
+            receivers.http.enabled,
+            receivers.http.endpoint,
+        ),
         ("metrics.endpoint", true, metrics.endpoint),
     ];
     for (path, enabled, addr) in listeners {
@@ -68,10 +76,7 @@ fn check_listeners(receivers: &ReceiversConfig, metrics: &MetricsConfig, problem
         }
     }
     if receivers.max_request_bytes < 1024 {
-        problems.add(
-            "receivers.max_request_bytes",
-            "must be at least 1024 bytes",
-        );
+        problems.add("receivers.max_request_bytes", "must be at least 1024 bytes");
     }
 }
 
@@ -105,7 +110,11 @@ fn check_labels(labels: &LabelsConfig, problems: &mut Problems) {
     if labels.service.max_values == 0 {
         problems.add("labels.service.max_values", "must be at least 1");
     }
-    check_label(&labels.handler_language, "labels.handler_language", problems);
+    check_label(
+        &labels.handler_language,
+        "labels.handler_language",
+        problems,
+    );
     for (name, label) in &labels.extra {
         let path = format!("labels.extra.{name}");
         if !is_label_name(name) {
@@ -127,7 +136,9 @@ fn check_label(label: &LabelConfig, path: &str, problems: &mut Problems) {
     for (i, source) in label.sources.iter().enumerate() {
         let (kind, regex) = match source.kind() {
             Some(LabelSourceKind::SpanAttribute(a)) => ("span_attribute", a.regex.as_deref()),
-            Some(LabelSourceKind::ResourceAttribute(a)) => ("resource_attribute", a.regex.as_deref()),
+            Some(LabelSourceKind::ResourceAttribute(a)) => {
+                ("resource_attribute", a.regex.as_deref())
+            }
             Some(LabelSourceKind::ServiceName(s)) => ("service_name", Some(s.regex.as_str())),
             None => {
                 problems.add(
@@ -151,7 +162,12 @@ fn check_stages(
 ) {
     let mut names: HashMap<String, String> = HashMap::new();
     let mut claim = |name: &str, path: String, problems: &mut Problems| {
-        for taken in [name.to_string(), format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count")] {
+        for taken in [
+            name.to_string(),
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        ] {
             if let Some(other) = names.get(&taken) {
                 problems.add(&path, format!("metric name `{name}` collides with {other}"));
                 return;
@@ -184,7 +200,10 @@ fn check_stages(
                     format!("`{label}` is not defined under labels.extra"),
                 );
             } else if c.extra_labels[..i].contains(label) {
-                problems.add(format!("{path}.extra_labels[{i}]"), format!("`{label}` is listed twice"));
+                problems.add(
+                    format!("{path}.extra_labels[{i}]"),
+                    format!("`{label}` is listed twice"),
+                );
             }
         }
     }
@@ -204,7 +223,11 @@ fn check_rules(
             let known: Vec<&str> = stages.keys().map(String::as_str).collect();
             problems.add(
                 format!("{path}.stage"),
-                format!("unknown stage `{}`; stages are: {}", rule.stage, known.join(", ")),
+                format!(
+                    "unknown stage `{}`; stages are: {}",
+                    rule.stage,
+                    known.join(", ")
+                ),
             );
         }
         match (&rule.span_name, &rule.span_name_regex) {
@@ -243,7 +266,10 @@ fn check_buckets(buckets: &[f64], path: &str, problems: &mut Problems) {
     if buckets.is_empty() {
         problems.add(path, "needs at least one bucket bound");
     } else if buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
-        problems.add(path, "bucket bounds must be finite and above 0 (+Inf is always added)");
+        problems.add(
+            path,
+            "bucket bounds must be finite and above 0 (+Inf is always added)",
+        );
     } else if buckets.windows(2).any(|w| w[0] >= w[1]) {
         problems.add(path, "bucket bounds must be strictly increasing");
     }
@@ -260,7 +286,9 @@ fn is_metric_name(name: &str) -> bool {
 fn is_label_name(name: &str) -> bool {
     let mut chars = name.chars();
     !name.starts_with("__")
-        && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -270,7 +298,10 @@ fn check_counter_name(name: &str, path: &str, problems: &mut Problems) {
     } else if !name.ends_with("_total") {
         problems.add(path, format!("counter `{name}` must end in _total"));
     } else if name.starts_with("spanlens_") {
-        problems.add(path, "the spanlens_ prefix is reserved for spanlens's own metrics");
+        problems.add(
+            path,
+            "the spanlens_ prefix is reserved for spanlens's own metrics",
+        );
     }
 }
 
@@ -278,8 +309,14 @@ fn check_histogram_name(name: &str, path: &str, problems: &mut Problems) {
     if !is_metric_name(name) {
         problems.add(path, format!("`{name}` is not a valid metric name"));
     } else if !name.ends_with("_seconds") {
-        problems.add(path, format!("histogram `{name}` observes seconds: its name must end in _seconds"));
+        problems.add(
+            path,
+            format!("histogram `{name}` observes seconds: its name must end in _seconds"),
+        );
     } else if name.starts_with("spanlens_") {
-        problems.add(path, "the spanlens_ prefix is reserved for spanlens's own metrics");
+        problems.add(
+            path,
+            "the spanlens_ prefix is reserved for spanlens's own metrics",
+        );
     }
 }

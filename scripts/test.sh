@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The one test command for spanlens: installs what the tests need when it is missing, then
+# runs formatting, lints, every test target, the doc tests and (when benches/ exists) builds
+# the benchmarks. Works on a fresh Debian 12 machine (as root, or with sudo) that has Rust,
+# cargo, cargo-nextest (optional) and Python 3 with pip, reaching only crates.io, PyPI and
+# Debian's archive.
+#
+# What it installs, each only when missing:
+#   * Debian packages `prometheus` (promtool) and `prometheus-alertmanager`
+#     (prometheus-alertmanager, amtool), for the exposition, rules and alerting tests;
+#   * Python `prometheus_client` in a venv at target/pyenv, the independent OpenMetrics parser
+#     used by tests/tools/check_openmetrics.py.
+# It exports SPANLENS_PYTHON (that venv's python) and SPANLENS_PROMTOOL, and puts promtool on
+# PATH. Tests that need these tools fail, never skip, when they are absent.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+section() {
+    printf '\n==================== %s ====================\n' "$*"
+}
+
+fail() {
+    printf 'scripts/test.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+started=$SECONDS
+elapsed() {
+    printf '(%s: %ds since start)\n' "$1" "$((SECONDS - started))"
+}
+
+# Debian's packages put their binaries in /usr/bin and /usr/sbin; make sure both are searched.
+case ":$PATH:" in *:/usr/bin:*) ;; *) PATH="$PATH:/usr/bin" ;; esac
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
+export PATH
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        fail "need root (or sudo) to run: $*"
+    fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        as_root apt-get update
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+section "tools: promtool, Alertmanager, amtool (Debian)"
+missing_debs=()
+command -v promtool >/dev/null 2>&1 || missing_debs+=(prometheus)
+if ! command -v prometheus-alertmanager >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
+    missing_debs+=(prometheus-alertmanager)
+fi
+if [ "${#missing_debs[@]}" -gt 0 ]; then
+    echo "installing: ${missing_debs[*]}"
+    apt_install "${missing_debs[@]}"
+    # Installing may start the packages' own daemons (ports 9090, 9093); the tests start
+    # their own instances on ephemeral ports, so stop the ones this install just started.
+    for service in prometheus prometheus-alertmanager; do
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            as_root systemctl stop "$service" >/dev/null 2>&1 || true
+        elif [ -x "/etc/init.d/$service" ]; then
+            as_root "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+        fi
+    done
+else
+    echo "already installed"
+fi
+for tool in promtool prometheus-alertmanager amtool; do
+    path="$(command -v "$tool" 2>/dev/null)" || fail "$tool is still missing after installing its Debian package"
+    printf '%-24s %s\n' "$tool" "$path"
+done
+promtool --version 2>&1 | head -n 1
+SPANLENS_PROMTOOL="$(command -v promtool)"
+export SPANLENS_PROMTOOL
+
+# ---------------------------------------------------------------------------------------------
+section "tools: Python prometheus_client (target/pyenv)"
+PYENV="$ROOT/target/pyenv"
+PY="$PYENV/bin/python"
+if [ -x "$PY" ] && "$PY" -c 'import prometheus_client' >/dev/null 2>&1; then
+    echo "already installed"
+else
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    if [ ! -x "$PY" ] || ! "$PY" -c 'import sys' >/dev/null 2>&1; then
+        rm -rf "$PYENV"
+        mkdir -p "$ROOT/target"
+        if ! python3 -m venv "$PYENV"; then
+            # Debian's own python3 keeps venv (ensurepip) in a separate package.
+            rm -rf "$PYENV"
+            apt_install python3-venv
+            python3 -m venv "$PYENV"
+        fi
+    fi
+    "$PY" -m pip install --disable-pip-version-check --quiet 'prometheus_client>=0.20,<1'
+fi
+"$PY" -c 'import prometheus_client.openmetrics.parser' \
+    || fail "prometheus_client is not importable by $PY"
+printf 'SPANLENS_PYTHON=%s (prometheus_client %s)\n' "$PY" \
+    "$("$PY" -c 'from importlib.metadata import version; print(version("prometheus_client"))')"
+SPANLENS_PYTHON="$PY"
+export SPANLENS_PYTHON
+
+# ---------------------------------------------------------------------------------------------
+section "toolchain"
+cargo --version
+rustc --version
+if cargo nextest --version >/dev/null 2>&1; then
+    have_nextest=1
+    cargo nextest --version | head -n 1
+else
+    have_nextest=0
+    echo "cargo-nextest not found: using cargo test"
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+elapsed fmt
+
+section "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+elapsed clippy
+
+if [ "$have_nextest" -eq 1 ]; then
+    section "cargo nextest run --all-targets --no-fail-fast"
+    cargo nextest run --all-targets --no-fail-fast
+else
+    section "cargo test --all-targets --no-fail-fast"
+    cargo test --all-targets --no-fail-fast
+fi
+elapsed tests
+
+section "cargo test --doc"
+cargo test --doc
+elapsed doctests
+
+if [ -d benches ]; then
+    section "cargo bench --no-run"
+    cargo bench --no-run
+    elapsed benches
+fi
+
+section "all checks passed"
+elapsed total

@@ -1,0 +1,39 @@
+//! The scrape endpoint: `/metrics` (text 0.0.4, or OpenMetrics 1.0 when asked), `/healthz`
+//! and `/readyz`.
+
+use crate::exposition::{self, Format};
+use crate::pipeline::Pipeline;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+
+pub fn router(pipeline: Arc<Pipeline>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz or /readyz\n",
+            )
+        })
+        .with_state(pipeline)
+}
+
+async fn metrics(State(pipeline): State<Arc<Pipeline>>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body =
+        tokio::task::spawn_blocking(move || exposition::render(&pipeline.snapshot(), format)).await;
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,255 @@
+//! One series: its key (metric and label values) and its cell (histogram or counter), and
+//! the snapshot that merges cells from every shard.
+
+use hashbrown::Equivalent;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MetricId(pub usize);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricKind {
+    Counter,
+    /// Upper bounds in seconds, increasing; +Inf is implied.
+    Histogram {
+        bounds: Arc<[f64]>,
+    },
+}
+
+/// A metric family: its name, help and label names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSpec {
+    pub name: String,
+    pub help: String,
+    pub kind: MetricKind,
+    pub label_names: Vec<String>,
+}
+
+/// Owned label values of one series.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub metric: usize,
+    pub labels: Box<[Box<str>]>,
+}
+
+impl SeriesKey {
+    pub fn new(metric: usize, labels: &[&str]) -> SeriesKey {
+        SeriesKey {
+            metric,
+            labels: labels.iter().map(|&l| Box::from(l)).collect(),
+        }
+    }
+}
+
+/// The same key, borrowed from a request: looked up without allocating.
+pub struct BorrowedKey<'a> {
+    pub metric: usize,
+    pub labels: &'a [&'a str],
+}
+
+fn hash_key<'a, H: Hasher>(metric: usize, labels: impl Iterator<Item = &'a str>, state: &mut H) {
+    state.write_usize(metric);
+    for label in labels {
+        state.write(label.as_bytes());
+        state.write_u8(0xff);
+    }
+}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_key(self.metric, self.labels.iter().map(|l| &**l), state);
+    }
+}
+
+impl Hash for BorrowedKey<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_key(self.metric, self.labels.iter().copied(), state);
+    }
+}
+
+impl Equivalent<SeriesKey> for BorrowedKey<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        self.metric == key.metric
+            && self.labels.len() == key.labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(key.labels.iter())
+                .all(|(a, b)| *a == &**b)
+    }
+}
+
+/// The span kept as a histogram's exemplar: the slowest of the current scrape interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exemplar {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Observed value, in seconds (set by the store).
+    pub value: f64,
+    /// Span end, Unix nanoseconds.
+    pub timestamp_unix_nano: u64,
+    /// Scrape interval it was observed in (set by the store).
+    pub epoch: u64,
+}
+
+impl Exemplar {
+    /// Whether `self` should replace `current`: a newer interval, or slower in the same one.
+    fn beats(&self, current: &Option<Exemplar>) -> bool {
+        match current {
+            None => true,
+            Some(c) => self.epoch > c.epoch || (self.epoch == c.epoch && self.value > c.value),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Counter(u64),
+    Histogram {
+        /// Per bucket (not cumulative); the last one is +Inf.
+        counts: Box<[u64]>,
+        sum: f64,
+        exemplar: Option<Exemplar>,
+    },
+}
+
+impl Cell {
+    pub fn new(kind: &MetricKind) -> Cell {
+        match kind {
+            MetricKind::Counter => Cell::Counter(0),
+            MetricKind::Histogram { bounds } => Cell::Histogram {
+                counts: vec![0; bounds.len() + 1].into_boxed_slice(),
+                sum: 0.0,
+                exemplar: None,
+            },
+        }
+    }
+
+    pub fn observe(&mut self, bounds: &[f64], value: f64, candidate: Exemplar) {
+        if let Cell::Histogram {
+            counts,
+            sum,
+            exemplar,
+        } = self
+        {
+            counts[bounds.partition_point(|&b| b < value)] += 1;
+            *sum += value;
+            if candidate.beats(exemplar) {
+                *exemplar = Some(candidate);
+            }
+        }
+    }
+
+    pub fn add(&mut self, by: u64) {
+        if let Cell::Counter(n) = self {
+            *n += by;
+        }
+    }
+}
+
+/// Values of one series, merged over shards.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    Counter(u64),
+    Histogram {
+        /// Cumulative counts per bound, then +Inf.
+        cumulative: Vec<u64>,
+        sum: f64,
+        exemplar: Option<Exemplar>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSeries {
+    pub labels: Box<[Box<str>]>,
+    pub values: Values,
+}
+
+/// Every series of every metric at one moment, sorted by metric then labels.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub metrics: Vec<MetricSpec>,
+    series: BTreeMap<SeriesKey, Cell>,
+}
+
+impl Snapshot {
+    pub(super) fn new(metrics: &[MetricSpec]) -> Snapshot {
+        Snapshot {
+            metrics: metrics.to_vec(),
+            series: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn merge(&mut self, key: &SeriesKey, cell: &Cell) {
+        let Some(total) = self.series.get_mut(key) else {
+            self.series.insert(key.clone(), cell.clone());
+            return;
+        };
+        match (total, cell) {
+            (Cell::Counter(a), Cell::Counter(b)) => *a += b,
+            (
+                Cell::Histogram {
+                    counts,
+                    sum,
+                    exemplar,
+                },
+                Cell::Histogram {
+                    counts: more,
+                    sum: more_sum,
+                    exemplar: other,
+                },
+            ) => {
+                for (a, b) in counts.iter_mut().zip(more.iter()) {
+                    *a += b;
+                }
+                *sum += more_sum;
+                if let Some(other) = other
+                    && other.beats(exemplar)
+                {
+                    *exemplar = Some(*other);
+                }
+            }
+            _ => unreachable!("one metric id has one kind"),
+        }
+    }
+
+    /// The series of one metric, in label order.
+    pub fn series(&self, metric: MetricId) -> impl Iterator<Item = SnapshotSeries> + '_ {
+        let start = SeriesKey {
+            metric: metric.0,
+            labels: Box::new([]),
+        };
+        self.series
+            .range(start..)
+            .take_while(move |(k, _)| k.metric == metric.0)
+            .map(|(key, cell)| SnapshotSeries {
+                labels: key.labels.clone(),
+                values: match cell {
+                    Cell::Counter(n) => Values::Counter(*n),
+                    Cell::Histogram {
+                        counts,
+                        sum,
+                        exemplar,
+                    } => Values::Histogram {
+                        cumulative: counts
+                            .iter()
+                            .scan(0, |acc, c| {
+                                *acc += c;
+                                Some(*acc)
+                            })
+                            .collect(),
+                        sum: *sum,
+                        exemplar: *exemplar,
+                    },
+                },
+            })
+    }
+
+    /// Looks up one series by its label values (used by tests and the self-check).
+    pub fn get(&self, metric: MetricId, labels: &[&str]) -> Option<SnapshotSeries> {
+        self.series(metric)
+            .find(|s| s.labels.iter().map(|l| &**l).eq(labels.iter().copied()))
+    }
+}

@@ -1,0 +1,304 @@
+//! Renders a [`Snapshot`] for scrapers: Prometheus text 0.0.4, or OpenMetrics 1.0 text with
+//! the slowest span of each histogram series as exemplar (`trace_id`, `span_id`).
+
+use crate::aggregate::{Exemplar, MetricId, MetricKind, Snapshot, Values};
+use std::fmt::Write;
+
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when the Accept header offers it, text otherwise.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(accept)
+                if accept
+                    .split(',')
+                    .any(|part| part.trim().starts_with("application/openmetrics-text")) =>
+            {
+                Format::OpenMetrics
+            }
+            _ => Format::Text,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
+pub fn render(snapshot: &Snapshot, format: Format) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    for (index, spec) in snapshot.metrics.iter().enumerate() {
+        let mut series = snapshot.series(MetricId(index)).peekable();
+        if series.peek().is_none() {
+            continue;
+        }
+        let family = match (format, &spec.kind) {
+            (Format::OpenMetrics, MetricKind::Counter) => {
+                spec.name.strip_suffix("_total").unwrap_or(&spec.name)
+            }
+            _ => &spec.name,
+        };
+        let kind = match spec.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Histogram { .. } => "histogram",
+        };
+        let _ = writeln!(out, "# HELP {family} {}", escape_help(&spec.help));
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        if format == Format::OpenMetrics && family.ends_with("_seconds") {
+            let _ = writeln!(out, "# UNIT {family} seconds");
+        }
+        for s in series {
+            let labels: Vec<(&str, &str)> = spec
+                .label_names
+                .iter()
+                .map(String::as_str)
+                .zip(s.labels.iter().map(|l| &**l))
+                .collect();
+            match (&s.values, &spec.kind) {
+                (Values::Counter(n), _) => {
+                    sample(&mut out, &spec.name, &labels, None, &n.to_string());
+                }
+                (
+                    Values::Histogram {
+                        cumulative,
+                        sum,
+                        exemplar,
+                    },
+                    MetricKind::Histogram { bounds },
+                ) => {
+                    // The exemplar goes on the first bucket whose bound holds its value.
+                    let exemplar_bucket =
+                        exemplar.map(|e| bounds.partition_point(|&b| b < e.value));
+                    let bucket_name = format!("{}_bucket", spec.name);
+                    for (i, count) in cumulative.iter().enumerate() {
+                        let le = bounds
+                            .get(i)
+                            .map(|b| float(*b, format))
+                            .unwrap_or_else(|| "+Inf".to_string());
+                        let extra = ("le", le.as_str());
+                        let shown = match (format, exemplar) {
+                            (Format::OpenMetrics, Some(e)) if exemplar_bucket == Some(i) => Some(e),
+                            _ => None,
+                        };
+                        let mut line = count.to_string();
+                        if let Some(e) = shown {
+                            write_exemplar(&mut line, e, format);
+                        }
+                        sample(&mut out, &bucket_name, &labels, Some(extra), &line);
+                    }
+                    sample(
+                        &mut out,
+                        &format!("{}_sum", spec.name),
+                        &labels,
+                        None,
+                        &float(*sum, format),
+                    );
+                    let count = cumulative.last().copied().unwrap_or(0);
+                    sample(
+                        &mut out,
+                        &format!("{}_count", spec.name),
+                        &labels,
+                        None,
+                        &count.to_string(),
+                    );
+                }
+                (Values::Histogram { .. }, MetricKind::Counter) => unreachable!("kinds agree"),
+            }
+        }
+    }
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    extra: Option<(&str, &str)>,
+    value: &str,
+) {
+    out.push_str(name);
+    let mut all = labels.iter().copied().chain(extra).peekable();
+    if all.peek().is_some() {
+        out.push('{');
+        for (i, (k, v)) in all.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_label_value(out, v);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    out.push_str(value);
+    out.push('\n');
+}
+
+fn write_exemplar(out: &mut String, e: &Exemplar, format: Format) {
+    let _ = write!(out, " # {{trace_id=\"");
+    hex(out, &e.trace_id);
+    out.push_str("\",span_id=\"");
+    hex(out, &e.span_id);
+    let seconds = e.timestamp_unix_nano / 1_000_000_000;
+    let millis = (e.timestamp_unix_nano % 1_000_000_000) / 1_000_000;
+    let _ = write!(out, "\"}} {} {seconds}.{millis:03}", float(e.value, format));
+}
+
+fn hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
+/// Shortest round-trip decimal; OpenMetrics wants integral floats written as `1.0`.
+fn float(v: f64, format: Format) -> String {
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf" } else { "-Inf" }.to_string();
+    }
+    if v.is_nan() {
+        return "NaN".to_string();
+    }
+    let mut s = v.to_string();
+    if format == Format::OpenMetrics && !s.contains('.') {
+        s.push_str(".0");
+    }
+    s
+}
+
+fn escape_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{MetricSpec, Store, StoreSpec};
+    use std::sync::Arc;
+
+    fn snapshot() -> Snapshot {
+        let store = Store::new(StoreSpec {
+            metrics: vec![
+                MetricSpec {
+                    name: "claim_duration_seconds".into(),
+                    help: "Claim time.\nSecond line".into(),
+                    kind: MetricKind::Histogram {
+                        bounds: Arc::from(vec![0.01, 1.0]),
+                    },
+                    label_names: vec!["service".into()],
+                },
+                MetricSpec {
+                    name: "claim_calls_total".into(),
+                    help: "Claims.".into(),
+                    kind: MetricKind::Counter,
+                    label_names: vec!["service".into()],
+                },
+            ],
+            dimensions: vec![],
+            overflow_value: "__overflow__".into(),
+            max_series_per_metric: 10,
+            label_overflow: None,
+            series_overflow: None,
+        });
+        let mut w = store.writer();
+        let e = Exemplar {
+            trace_id: [0xab; 16],
+            span_id: [0xcd; 8],
+            value: 0.0,
+            timestamp_unix_nano: 1_700_000_000_250_000_000,
+            epoch: 0,
+        };
+        w.observe(MetricId(0), &["a\"b"], 0.005, e);
+        w.observe(MetricId(0), &["a\"b"], 0.5, e);
+        w.add(MetricId(1), &["a\"b"], 2);
+        drop(w);
+        store.snapshot()
+    }
+
+    #[test]
+    fn text_format() {
+        assert_eq!(
+            render(&snapshot(), Format::Text),
+            "\
+# HELP claim_duration_seconds Claim time.\\nSecond line
+# TYPE claim_duration_seconds histogram
+claim_duration_seconds_bucket{service=\"a\\\"b\",le=\"0.01\"} 1
+claim_duration_seconds_bucket{service=\"a\\\"b\",le=\"1\"} 2
+claim_duration_seconds_bucket{service=\"a\\\"b\",le=\"+Inf\"} 2
+claim_duration_seconds_sum{service=\"a\\\"b\"} 0.505
+claim_duration_seconds_count{service=\"a\\\"b\"} 2
+# HELP claim_calls_total Claims.
+# TYPE claim_calls_total counter
+claim_calls_total{service=\"a\\\"b\"} 2
+"
+        );
+    }
+
+    #[test]
+    fn openmetrics_format_with_exemplar_on_its_bucket() {
+        let text = render(&snapshot(), Format::OpenMetrics);
+        let ids = format!(
+            "trace_id=\"{}\",span_id=\"{}\"",
+            "ab".repeat(16),
+            "cd".repeat(8)
+        );
+        assert_eq!(
+            text,
+            format!(
+                "\
+# HELP claim_duration_seconds Claim time.\\nSecond line
+# TYPE claim_duration_seconds histogram
+# UNIT claim_duration_seconds seconds
+claim_duration_seconds_bucket{{service=\"a\\\"b\",le=\"0.01\"}} 1
+claim_duration_seconds_bucket{{service=\"a\\\"b\",le=\"1.0\"}} 2 # {{{ids}}} 0.5 1700000000.250
+claim_duration_seconds_bucket{{service=\"a\\\"b\",le=\"+Inf\"}} 2
+claim_duration_seconds_sum{{service=\"a\\\"b\"}} 0.505
+claim_duration_seconds_count{{service=\"a\\\"b\"}} 2
+# HELP claim_calls Claims.
+# TYPE claim_calls counter
+claim_calls_total{{service=\"a\\\"b\"}} 2
+# EOF
+"
+            )
+        );
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            Format::OpenMetrics
+        );
+    }
+}

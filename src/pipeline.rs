@@ -1,0 +1,422 @@
+//! One request through the flow: decode, check every span, classify, resolve labels and
+//! observe. Also owns spanlens's own counters, so that every outcome is counted in one place.
+
+use crate::aggregate::{
+    DimensionId, Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, Store, StoreSpec, Values,
+};
+use crate::classify::{Classifier, SpanFacts, StageId};
+use crate::config::Config;
+use crate::decode::{Batch, SpanProblem};
+use crate::labels::{LabelResolver, truncate};
+use std::fmt::Write;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// How a request arrived; the `protocol` label of spanlens's own counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http_protobuf",
+            Protocol::HttpJson => "http_json",
+        }
+    }
+}
+
+/// A request that was refused as a whole; nothing of it was counted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Refusal {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("no usable span in the request: {0}")]
+    AllSpansInvalid(String),
+}
+
+/// What happened to an accepted request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub accepted: usize,
+    pub rejected: usize,
+    /// Why spans were rejected (the first few), for `partial_success.error_message`.
+    pub message: String,
+}
+
+/// At most this many extra labels per stage.
+pub const MAX_EXTRA_LABELS: usize = 6;
+const MAX_STAGE_LABELS: usize = 2 + MAX_EXTRA_LABELS;
+/// Rejection reasons named in a partial-success message.
+const REASONS_SHOWN: usize = 3;
+
+struct StageMetrics {
+    histogram: MetricId,
+    calls: MetricId,
+    errors: MetricId,
+    /// Indexes into `Pipeline::extras`.
+    extras: Vec<usize>,
+}
+
+struct SpanMetrics {
+    calls: MetricId,
+    duration: MetricId,
+}
+
+struct OwnMetrics {
+    received: MetricId,
+    accepted: MetricId,
+    refused_spans: MetricId,
+    refused_requests: MetricId,
+}
+
+struct Dimensions {
+    service: DimensionId,
+    handler_language: DimensionId,
+    span_name: DimensionId,
+}
+
+pub struct Pipeline {
+    store: Store,
+    classifier: Classifier,
+    stages: Vec<StageMetrics>,
+    handler_language: LabelResolver,
+    /// Extra labels: resolver and dimension.
+    extras: Vec<(LabelResolver, DimensionId)>,
+    span_metrics: Option<SpanMetrics>,
+    own: OwnMetrics,
+    dimensions: Dimensions,
+    max_label_len: usize,
+}
+
+/// Builds the metric table from a config.
+struct Table {
+    metrics: Vec<MetricSpec>,
+}
+
+impl Table {
+    fn add(&mut self, name: &str, help: &str, kind: MetricKind, labels: &[&str]) -> MetricId {
+        self.metrics.push(MetricSpec {
+            name: name.to_string(),
+            help: help.to_string(),
+            kind,
+            label_names: labels.iter().map(|l| l.to_string()).collect(),
+        });
+        MetricId(self.metrics.len() - 1)
+    }
+}
+
+fn histogram(buckets: &Option<Vec<f64>>, config: &Config) -> MetricKind {
+    MetricKind::Histogram {
+        bounds: Arc::from(
+            buckets
+                .as_ref()
+                .unwrap_or(&config.metrics.default_buckets)
+                .as_slice(),
+        ),
+    }
+}
+
+impl Pipeline {
+    pub fn new(config: &Config) -> Result<Pipeline, String> {
+        let mut table = Table {
+            metrics: Vec::new(),
+        };
+        let own = OwnMetrics {
+            received: table.add(
+                "spanlens_spans_received_total",
+                "Spans received, by protocol.",
+                MetricKind::Counter,
+                &["protocol"],
+            ),
+            accepted: table.add(
+                "spanlens_spans_accepted_total",
+                "Spans accepted and observed, by protocol.",
+                MetricKind::Counter,
+                &["protocol"],
+            ),
+            refused_spans: table.add(
+                "spanlens_spans_refused_total",
+                "Spans refused, by protocol and reason.",
+                MetricKind::Counter,
+                &["protocol", "reason"],
+            ),
+            refused_requests: table.add(
+                "spanlens_requests_refused_total",
+                "Requests refused as a whole, by protocol and reason.",
+                MetricKind::Counter,
+                &["protocol", "reason"],
+            ),
+        };
+        let label_overflow = table.add("spanlens_label_overflow_total", "Label values replaced by the overflow value because the label reached its max_values, by label.", MetricKind::Counter, &["label"]);
+        let series_overflow = table.add("spanlens_series_overflow_total", "Observations folded into the overflow series because the metric reached max_series_per_metric, by metric.", MetricKind::Counter, &["metric"]);
+
+        let labels = &config.labels;
+        let mut dimensions = vec![
+            ("service".to_string(), labels.service.max_values),
+            (
+                "handler_language".to_string(),
+                labels.handler_language.max_values,
+            ),
+            ("span_name".to_string(), config.span_metrics.max_span_names),
+        ];
+        let extra_names: Vec<&String> = labels.extra.keys().collect();
+        let mut extras = Vec::new();
+        for (name, label) in &labels.extra {
+            dimensions.push((name.clone(), label.max_values));
+            extras.push((
+                LabelResolver::compile(label)?,
+                DimensionId(dimensions.len() - 1),
+            ));
+        }
+
+        let stage_names: Vec<&String> = config.stages.keys().collect();
+        let mut stages = Vec::new();
+        for stage in config.stages.values() {
+            if stage.extra_labels.len() > MAX_EXTRA_LABELS {
+                return Err(format!(
+                    "a stage may have at most {MAX_EXTRA_LABELS} extra labels"
+                ));
+            }
+            let mut label_names = vec!["service", "handler_language"];
+            label_names.extend(stage.extra_labels.iter().map(String::as_str));
+            let extras = stage
+                .extra_labels
+                .iter()
+                .map(|l| {
+                    extra_names
+                        .iter()
+                        .position(|n| *n == l)
+                        .ok_or(format!("unknown extra label {l}"))
+                })
+                .collect::<Result<_, _>>()?;
+            stages.push(StageMetrics {
+                histogram: table.add(
+                    &stage.histogram,
+                    &stage.help,
+                    histogram(&stage.buckets, config),
+                    &label_names,
+                ),
+                calls: table.add(
+                    &stage.calls,
+                    &format!("Spans counted in {}.", stage.histogram),
+                    MetricKind::Counter,
+                    &label_names,
+                ),
+                errors: table.add(
+                    &stage.errors,
+                    &format!("Spans with status ERROR counted in {}.", stage.histogram),
+                    MetricKind::Counter,
+                    &label_names,
+                ),
+                extras,
+            });
+        }
+        let span_labels = ["service_name", "span_name", "span_kind", "status_code"];
+        let span_metrics = config.span_metrics.enabled.then(|| SpanMetrics {
+            calls: table.add(
+                &config.span_metrics.calls,
+                "Spans, by service, name, kind and status.",
+                MetricKind::Counter,
+                &span_labels,
+            ),
+            duration: table.add(
+                &config.span_metrics.duration,
+                "Span durations, by service, name, kind and status.",
+                histogram(&config.span_metrics.buckets, config),
+                &span_labels,
+            ),
+        });
+        let classifier = Classifier::compile(&config.rules, |name| {
+            stage_names.iter().position(|s| *s == name).map(StageId)
+        })?;
+        Ok(Pipeline {
+            store: Store::new(StoreSpec {
+                metrics: table.metrics,
+                dimensions,
+                overflow_value: config.metrics.overflow_value.clone(),
+                max_series_per_metric: config.metrics.max_series_per_metric,
+                label_overflow: Some(label_overflow),
+                series_overflow: Some(series_overflow),
+            }),
+            classifier,
+            stages,
+            handler_language: LabelResolver::compile(&labels.handler_language)?,
+            extras,
+            span_metrics,
+            own,
+            dimensions: Dimensions {
+                service: DimensionId(0),
+                handler_language: DimensionId(1),
+                span_name: DimensionId(2),
+            },
+            max_label_len: config.metrics.max_label_value_length,
+        })
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.store.snapshot()
+    }
+
+    /// Spans accepted since start, over every protocol (for the final log line).
+    pub fn accepted_total(&self) -> u64 {
+        self.store
+            .snapshot()
+            .series(self.own.accepted)
+            .map(|s| match s.values {
+                Values::Counter(n) => n,
+                Values::Histogram { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Counts a request refused before decoding (too large, wrong content type...).
+    pub fn count_refused_request(&self, protocol: Protocol, reason: &str) {
+        self.store
+            .writer()
+            .add(self.own.refused_requests, &[protocol.as_str(), reason], 1);
+    }
+
+    /// Decodes an OTLP protobuf `ExportTraceServiceRequest` and observes its usable spans.
+    pub fn ingest(&self, protocol: Protocol, bytes: &[u8]) -> Result<Outcome, Refusal> {
+        let batch = match Batch::decode(bytes) {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.count_refused_request(protocol, "malformed");
+                return Err(Refusal::Malformed(e.to_string()));
+            }
+        };
+        let problems: Vec<(usize, SpanProblem)> = batch
+            .spans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.problem().map(|p| (i, p)))
+            .collect();
+        let mut outcome = Outcome {
+            accepted: batch.spans.len() - problems.len(),
+            rejected: problems.len(),
+            message: describe(&batch, &problems),
+        };
+        let p = protocol.as_str();
+        let mut w = self.store.writer();
+        w.add(self.own.received, &[p], batch.spans.len() as u64);
+        for (_, problem) in &problems {
+            w.add(self.own.refused_spans, &[p, problem.reason()], 1);
+        }
+        if outcome.accepted == 0 && outcome.rejected > 0 {
+            w.add(self.own.refused_requests, &[p, "invalid_spans"], 1);
+            return Err(Refusal::AllSpansInvalid(std::mem::take(
+                &mut outcome.message,
+            )));
+        }
+        w.add(self.own.accepted, &[p], outcome.accepted as u64);
+
+        let language_values = self.handler_language.per_resource(&batch);
+        let extra_values: Vec<_> = self
+            .extras
+            .iter()
+            .map(|(r, _)| r.per_resource(&batch))
+            .collect();
+        let mut bufs: [String; MAX_STAGE_LABELS] = Default::default();
+        let mut problems = problems.iter().map(|(i, _)| *i).peekable();
+        for (index, span) in batch.spans.iter().enumerate() {
+            if problems.next_if_eq(&index).is_some() {
+                continue;
+            }
+            let resource = &batch.resources[span.resource];
+            let raw_service = resource.service_name.unwrap_or("unknown_service");
+            let service = w.admitted(
+                self.dimensions.service,
+                truncate(raw_service, self.max_label_len),
+            );
+            let seconds = span.duration_nanos() as f64 / 1e9;
+            let exemplar = Exemplar {
+                trace_id: span.trace_id.try_into().expect("checked: 16 bytes"),
+                span_id: span.span_id.try_into().expect("checked: 8 bytes"),
+                value: seconds,
+                timestamp_unix_nano: span.end_time_unix_nano,
+                epoch: 0,
+            };
+            if let Some(m) = &self.span_metrics {
+                let name = w.admitted(
+                    self.dimensions.span_name,
+                    truncate(span.name, self.max_label_len),
+                );
+                let labels = [service, name, span.kind_name(), span.status_name()];
+                w.add(m.calls, &labels, 1);
+                w.observe(m.duration, &labels, seconds, exemplar);
+            }
+            let facts = SpanFacts {
+                name: span.name,
+                service: raw_service,
+                attributes: batch.span_attributes(span),
+            };
+            let Some(stage) = self.classifier.classify(&facts) else {
+                continue;
+            };
+            let stage = &self.stages[stage.0];
+            let mut labels = [""; MAX_STAGE_LABELS];
+            labels[0] = service;
+            let mut bufs = bufs.iter_mut();
+            let language = self.handler_language.resolve(
+                &batch,
+                span,
+                &language_values,
+                bufs.next().expect("slot"),
+            );
+            labels[1] = w.admitted(
+                self.dimensions.handler_language,
+                truncate(language, self.max_label_len),
+            );
+            for (slot, &extra) in stage.extras.iter().enumerate() {
+                let (resolver, dimension) = &self.extras[extra];
+                let value = resolver.resolve(
+                    &batch,
+                    span,
+                    &extra_values[extra],
+                    bufs.next().expect("slot"),
+                );
+                labels[2 + slot] = w.admitted(*dimension, truncate(value, self.max_label_len));
+            }
+            let labels = &labels[..2 + stage.extras.len()];
+            w.observe(stage.histogram, labels, seconds, exemplar);
+            w.add(stage.calls, labels, 1);
+            w.add(stage.errors, labels, u64::from(span.is_error()));
+        }
+        Ok(outcome)
+    }
+}
+
+/// A readable account of the first few rejected spans.
+fn describe(batch: &Batch, problems: &[(usize, SpanProblem)]) -> String {
+    let mut message = String::new();
+    if problems.is_empty() {
+        return message;
+    }
+    let _ = write!(
+        message,
+        "{} of {} spans rejected: ",
+        problems.len(),
+        batch.spans.len()
+    );
+    for (n, (i, problem)) in problems.iter().take(REASONS_SHOWN).enumerate() {
+        let span = &batch.spans[*i];
+        let (rs, ss, s) = span.position;
+        if n > 0 {
+            message.push_str("; ");
+        }
+        let _ = write!(
+            message,
+            "resource_spans[{rs}].scope_spans[{ss}].spans[{s}] ({:?}): {problem}",
+            span.name
+        );
+    }
+    if problems.len() > REASONS_SHOWN {
+        let _ = write!(message, "; and {} more", problems.len() - REASONS_SHOWN);
+    }
+    message
+}

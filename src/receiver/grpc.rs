@@ -1,0 +1,212 @@
+//! OTLP/gRPC `TraceService/Export`, served over HTTP/2 without tonic's server so that size
+//! limits and decompression go through the same capped path as OTLP/HTTP and every failure
+//! gets the status code the OTLP specification names (RESOURCE_EXHAUSTED for too large,
+//! INVALID_ARGUMENT for what cannot be decoded).
+
+use super::{Ingest, export_response, read_body};
+use crate::body::{self, BodyError, Encoding};
+use crate::pipeline::Protocol;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use prost::Message;
+
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const ACCEPT_ENCODING: &str = "identity,gzip,zstd";
+
+/// gRPC status codes used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Ok = 0,
+    InvalidArgument = 3,
+    ResourceExhausted = 8,
+    Unimplemented = 12,
+}
+
+pub fn router(ingest: Ingest) -> Router {
+    Router::new()
+        .route(EXPORT_PATH, post(export))
+        .fallback(|| async {
+            status_only(
+                Code::Unimplemented,
+                "unknown method: spanlens serves TraceService/Export",
+            )
+        })
+        .with_state(ingest)
+}
+
+/// A trailers-only response carrying an error status.
+fn status_only(code: Code, message: &str) -> Response {
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        "grpc-accept-encoding",
+        HeaderValue::from_static(ACCEPT_ENCODING),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(message)) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+/// grpc-message is percent-encoded: everything outside printable ASCII, and `%`.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn ok_response(message: &[u8]) -> Response {
+    let mut frame = BytesMut::with_capacity(5 + message.len());
+    frame.put_u8(0);
+    frame.put_u32(message.len() as u32);
+    frame.put_slice(message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(Code::Ok as i32));
+    let body = Full::new(frame.freeze()).with_trailers(async move { Some(Ok(trailers)) });
+    let mut response = Response::new(Body::new(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        "grpc-accept-encoding",
+        HeaderValue::from_static(ACCEPT_ENCODING),
+    );
+    response
+}
+
+/// Splits the one length-prefixed message of a unary call.
+fn unframe(raw: &Bytes) -> Result<(bool, &[u8]), String> {
+    if raw.len() < 5 {
+        return Err(format!(
+            "request body of {} bytes has no complete gRPC message prefix",
+            raw.len()
+        ));
+    }
+    let compressed = match raw[0] {
+        0 => false,
+        1 => true,
+        flag => return Err(format!("invalid gRPC compressed flag {flag}")),
+    };
+    let len = u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]) as usize;
+    let message = &raw[5..];
+    if message.len() != len {
+        return Err(format!(
+            "gRPC message prefix says {len} bytes, body has {}; a unary call carries exactly one message",
+            message.len()
+        ));
+    }
+    Ok((compressed, message))
+}
+
+async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    let protocol = Protocol::Grpc;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/grpc") {
+        ingest
+            .pipeline
+            .count_refused_request(protocol, "unsupported_media_type");
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "gRPC requests need content-type application/grpc\n",
+        )
+            .into_response();
+    }
+    let refuse = |reason: &str, code: Code, message: &str| {
+        ingest.pipeline.count_refused_request(protocol, reason);
+        status_only(code, message)
+    };
+    let body_error = |error: BodyError| {
+        let code = match error {
+            BodyError::UnsupportedEncoding(_) => Code::Unimplemented,
+            BodyError::TooLarge { .. } => Code::ResourceExhausted,
+            BodyError::Corrupt { .. } => Code::InvalidArgument,
+        };
+        refuse(error.reason(), code, &error.to_string())
+    };
+    let encoding = match Encoding::parse(
+        headers
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap_or("invalid")),
+    ) {
+        Ok(encoding) => encoding,
+        Err(e) => return body_error(e),
+    };
+    let limit = ingest.max_request_bytes;
+    let raw = match read_body(body, limit + 5).await {
+        Ok(raw) => raw,
+        Err(None) => return body_error(BodyError::TooLarge { limit }),
+        Err(Some(e)) => {
+            return refuse(
+                "read_error",
+                Code::InvalidArgument,
+                &format!("cannot read the request: {e}"),
+            );
+        }
+    };
+    let (compressed, message) = match unframe(&raw) {
+        Ok(parts) => parts,
+        Err(message) => return refuse("malformed", Code::InvalidArgument, &message),
+    };
+    let encoding = match (compressed, encoding) {
+        (false, _) => Encoding::Identity,
+        (true, Encoding::Identity) => {
+            return refuse(
+                "malformed",
+                Code::InvalidArgument,
+                "message is flagged compressed but no grpc-encoding was sent",
+            );
+        }
+        (true, encoding) => encoding,
+    };
+    let request = match body::decode(encoding, message, limit) {
+        Ok(request) => request,
+        Err(e) => return body_error(e),
+    };
+    match ingest.run(protocol, request).await {
+        Ok(outcome) => ok_response(&export_response(&outcome).encode_to_vec()),
+        Err(refusal) => status_only(Code::InvalidArgument, &refusal.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("100% ok\né"), "100%25 ok%0A%C3%A9");
+    }
+
+    #[test]
+    fn unframe_checks_prefix_and_length() {
+        assert_eq!(
+            unframe(&Bytes::from_static(b"\x00\x00\x00\x00\x02hi")),
+            Ok((false, &b"hi"[..]))
+        );
+        assert!(unframe(&Bytes::from_static(b"\x00\x00\x00\x00\x03hi")).is_err());
+        assert!(unframe(&Bytes::from_static(b"\x02\x00\x00\x00\x02hi")).is_err());
+        assert!(unframe(&Bytes::from_static(b"\x00\x00")).is_err());
+    }
+}

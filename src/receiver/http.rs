@@ -1,0 +1,180 @@
+//! OTLP/HTTP: `POST /v1/traces` with application/x-protobuf or application/json bodies,
+//! gzip or zstd encoded. Responses and errors use the request's content type.
+
+use super::{Ingest, export_response, read_body};
+use crate::body::{self, BodyError, Encoding};
+use crate::json;
+use crate::pipeline::{Protocol, Refusal};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use prost::Message;
+
+pub fn router(ingest: Ingest) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export))
+        .fallback(|| async {
+            plain(
+                StatusCode::NOT_FOUND,
+                "not found: OTLP/HTTP traces are POSTed to /v1/traces",
+            )
+        })
+        .with_state(ingest)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Protobuf,
+    Json,
+}
+
+impl Kind {
+    fn protocol(self) -> Protocol {
+        match self {
+            Kind::Protobuf => Protocol::HttpProtobuf,
+            Kind::Json => Protocol::HttpJson,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Kind::Protobuf => "application/x-protobuf",
+            Kind::Json => "application/json",
+        }
+    }
+}
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error responses (code = 1, message = 2).
+#[derive(Clone, PartialEq, Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+fn plain(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+/// A `google.rpc.Status` with the OTLP error, in the request's content type.
+fn status(kind: Kind, http: StatusCode, grpc_code: i32, message: &str) -> Response {
+    let body = match kind {
+        Kind::Protobuf => RpcStatus {
+            code: grpc_code,
+            message: message.to_string(),
+        }
+        .encode_to_vec(),
+        Kind::Json => {
+            serde_json::to_vec(&serde_json::json!({ "code": grpc_code, "message": message }))
+                .unwrap_or_default()
+        }
+    };
+    (http, [(header::CONTENT_TYPE, kind.content_type())], body).into_response()
+}
+
+async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let kind = match content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "application/x-protobuf" | "application/protobuf" => Kind::Protobuf,
+        "application/json" => Kind::Json,
+        _ => {
+            ingest
+                .pipeline
+                .count_refused_request(Protocol::HttpProtobuf, "unsupported_media_type");
+            return plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!(
+                    "unsupported content type `{content_type}`: send application/x-protobuf or application/json"
+                ),
+            );
+        }
+    };
+    let protocol = kind.protocol();
+    let refuse = |error: BodyError| {
+        ingest
+            .pipeline
+            .count_refused_request(protocol, error.reason());
+        let (http, grpc) = match error {
+            BodyError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 12),
+            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 8),
+            BodyError::Corrupt { .. } => (StatusCode::BAD_REQUEST, 3),
+        };
+        status(kind, http, grpc, &error.to_string())
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("invalid"));
+    let encoding = match Encoding::parse(encoding) {
+        Ok(encoding) => encoding,
+        Err(e) => return refuse(e),
+    };
+    let limit = ingest.max_request_bytes;
+    let raw = match read_body(body, limit).await {
+        Ok(raw) => raw,
+        Err(None) => return refuse(BodyError::TooLarge { limit }),
+        Err(Some(e)) => {
+            ingest
+                .pipeline
+                .count_refused_request(protocol, "read_error");
+            return status(
+                kind,
+                StatusCode::BAD_REQUEST,
+                3,
+                &format!("cannot read the request body: {e}"),
+            );
+        }
+    };
+    let decoded = match body::decode(encoding, &raw, limit) {
+        Ok(decoded) => decoded,
+        Err(e) => return refuse(e),
+    };
+    let request = match kind {
+        Kind::Protobuf => decoded,
+        Kind::Json => match json::to_protobuf(&decoded) {
+            Ok(request) => request,
+            Err(message) => {
+                ingest.pipeline.count_refused_request(protocol, "malformed");
+                return status(kind, StatusCode::BAD_REQUEST, 3, &message);
+            }
+        },
+    };
+    match ingest.run(protocol, request).await {
+        Ok(outcome) => {
+            let response = export_response(&outcome);
+            let body = match kind {
+                Kind::Protobuf => response.encode_to_vec(),
+                // An absent partial_success is written as `{}` rather than a null field.
+                Kind::Json if response.partial_success.is_none() => b"{}".to_vec(),
+                Kind::Json => serde_json::to_vec(&response).unwrap_or_default(),
+            };
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, kind.content_type())],
+                body,
+            )
+                .into_response()
+        }
+        Err(refusal @ (Refusal::Malformed(_) | Refusal::AllSpansInvalid(_))) => {
+            status(kind, StatusCode::BAD_REQUEST, 3, &refusal.to_string())
+        }
+    }
+}
