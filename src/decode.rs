@@ -347,7 +347,9 @@ impl<'a> Batch<'a> {
                     self.attributes.push(key_value(value.bytes(9)?)?);
                     attr_index += 1;
                 }
-                15 => span.status_code = status(value.bytes(15)?)?,
+                // Repeated messages merge, as in prost: a later status without a
+                // code keeps the earlier code.
+                15 => span.status_code = status(value.bytes(15)?, span.status_code)?,
                 _ => {}
             }
         }
@@ -357,8 +359,7 @@ impl<'a> Batch<'a> {
     }
 }
 
-fn status(buf: &[u8]) -> Result<i32, WireError> {
-    let mut code = 0;
+fn status(buf: &[u8], mut code: i32) -> Result<i32, WireError> {
     for field in Fields::new(buf) {
         let (number, value) = field?;
         match number {
@@ -381,15 +382,15 @@ fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
         let (number, value) = field?;
         match number {
             1 => attribute.key = value.string(1)?,
-            2 => attribute.value = any_value(value.bytes(2)?)?,
+            2 => attribute.value = any_value(value.bytes(2)?, attribute.value)?,
             _ => {}
         }
     }
     Ok(attribute)
 }
 
-fn any_value(buf: &[u8]) -> Result<AnyValue<'_>, WireError> {
-    let mut result = AnyValue::Empty;
+/// Reads an AnyValue; `result` is the value of an earlier occurrence it merges over.
+fn any_value<'a>(buf: &'a [u8], mut result: AnyValue<'a>) -> Result<AnyValue<'a>, WireError> {
     for field in Fields::new(buf) {
         let (number, value) = field?;
         result = match number {

@@ -82,6 +82,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match &config_path {
         Some(path) => match Config::load(path) {

@@ -16,6 +16,8 @@ pub enum WireError {
     ZeroFieldNumber,
     #[error("unsupported wire type {wire_type} (field {field})")]
     BadWireType { field: u32, wire_type: u8 },
+    #[error("group {field} is not closed")]
+    UnclosedGroup { field: u32 },
     #[error("field {field} has wire type {found}, expected {expected}")]
     WrongWireType { field: u32, found: u8, expected: u8 },
     #[error("field {field} is not valid UTF-8")]
@@ -29,6 +31,8 @@ pub enum FieldValue<'a> {
     Fixed64(u64),
     Bytes(&'a [u8]),
     Fixed32(u32),
+    /// A (deprecated) group, skipped whole; no field spanlens reads is a group.
+    Group,
 }
 
 impl<'a> FieldValue<'a> {
@@ -38,6 +42,7 @@ impl<'a> FieldValue<'a> {
             FieldValue::Fixed64(_) => 1,
             FieldValue::Bytes(_) => 2,
             FieldValue::Fixed32(_) => 5,
+            FieldValue::Group => 3,
         }
     }
 
@@ -113,13 +118,43 @@ impl<'a> Fields<'a> {
         Ok(head)
     }
 
-    fn field(&mut self) -> Result<(u32, FieldValue<'a>), WireError> {
+    fn key(&mut self) -> Result<(u32, u8), WireError> {
         let key = self.varint()?;
         let field = u32::try_from(key >> 3).map_err(|_| WireError::ZeroFieldNumber)?;
         if field == 0 {
             return Err(WireError::ZeroFieldNumber);
         }
-        let value = match (key & 7) as u8 {
+        Ok((field, (key & 7) as u8))
+    }
+
+    /// Skips a group's fields up to its end marker, nested groups included.
+    fn skip_group(&mut self, field: u32) -> Result<(), WireError> {
+        let mut open = vec![field];
+        while let Some(&innermost) = open.last() {
+            if self.buf.is_empty() {
+                return Err(WireError::UnclosedGroup { field: innermost });
+            }
+            match self.key()? {
+                (f, 3) => open.push(f),
+                (f, 4) if f == innermost => {
+                    open.pop();
+                }
+                (f, 4) => return Err(WireError::BadWireType { field: f, wire_type: 4 }),
+                (f, wire_type) => {
+                    self.value(f, wire_type)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn field(&mut self) -> Result<(u32, FieldValue<'a>), WireError> {
+        let (field, wire_type) = self.key()?;
+        Ok((field, self.value(field, wire_type)?))
+    }
+
+    fn value(&mut self, field: u32, wire_type: u8) -> Result<FieldValue<'a>, WireError> {
+        let value = match wire_type {
             0 => FieldValue::Varint(self.varint()?),
             1 => {
                 let b = self.take(8, field)?;
@@ -134,9 +169,13 @@ impl<'a> Fields<'a> {
                 let b = self.take(4, field)?;
                 FieldValue::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))
             }
+            3 => {
+                self.skip_group(field)?;
+                FieldValue::Group
+            }
             wire_type => return Err(WireError::BadWireType { field, wire_type }),
         };
-        Ok((field, value))
+        Ok(value)
     }
 }
 
@@ -179,17 +218,29 @@ mod tests {
     }
 
     #[test]
+    fn skips_nested_groups() {
+        // group 1 { varint 2; group 3 { } } then varint 4 = 5
+        let buf = [0x0b, 0x10, 0x01, 0x1b, 0x1c, 0x0c, 0x20, 0x05];
+        let fields: Vec<_> = Fields::new(&buf).collect::<Result<_, _>>().unwrap();
+        assert_eq!(fields, vec![(1, FieldValue::Group), (4, FieldValue::Varint(5))]);
+    }
+
+    #[test]
     fn rejects_truncation_and_bad_wire_types() {
         assert_eq!(
             Fields::new(&[0x12, 0x05, b'a']).next(),
             Some(Err(WireError::Truncated { field: 2 }))
         );
         assert_eq!(
-            Fields::new(&[0x0b]).next(),
+            Fields::new(&[0x0c]).next(),
             Some(Err(WireError::BadWireType {
                 field: 1,
-                wire_type: 3
+                wire_type: 4
             }))
+        );
+        assert_eq!(
+            Fields::new(&[0x0b, 0x08, 0x01]).next(),
+            Some(Err(WireError::UnclosedGroup { field: 1 }))
         );
         assert_eq!(
             Fields::new(&[0x08, 0x80]).next(),

@@ -203,6 +203,7 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(value.to_string())),
         }),
+        ..Default::default()
     }
 }
 
@@ -870,6 +871,9 @@ async fn join_valid(mut tasks: JoinSet<Sent>) -> Sent {
     sent
 }
 
+/// One expected sample: (metric, labels, value).
+type Check = (String, Vec<(&'static str, String)>, f64);
+
 /// The counters a test expects, exactly.
 #[derive(Debug, Default)]
 struct Expected {
@@ -902,7 +906,7 @@ impl Expected {
     }
 
     /// (metric, labels, value) for every counter this test pins down.
-    fn checks(&self) -> Vec<(String, Vec<(&'static str, String)>, f64)> {
+    fn checks(&self) -> Vec<Check> {
         let stage = |name: &str| {
             (
                 name.to_string(),
@@ -956,7 +960,7 @@ async fn assert_counters(server: &Server, expected: &Expected) -> support::Expos
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let scraped = bounded("scrape", support::scrape(server)).await;
-        let got = |(name, labels, _): &(String, Vec<(&str, String)>, f64)| {
+        let got = |(name, labels, _): &Check| {
             let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
             scraped.value(name, &labels).unwrap_or(0.0)
         };

@@ -19,7 +19,9 @@
 
 mod support;
 
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Compression, Protocol, WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
@@ -31,7 +33,9 @@ use std::time::{Duration, Instant, SystemTime};
 use support::{Exposition, scrape, start, test_config};
 
 /// The default profile's bucket bounds (seconds); every histogram also has +Inf.
-const DEFAULT_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0];
+const DEFAULT_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
+];
 const EPSILON: f64 = 1e-9;
 const PROTOCOLS: [&str; 3] = ["grpc", "http_protobuf", "http_json"];
 
@@ -185,7 +189,13 @@ struct FixtureSpan {
 }
 
 impl FixtureSpan {
-    fn new(svc: Svc, name: &'static str, stage: Option<Stage>, start_us: u64, duration_us: u64) -> FixtureSpan {
+    fn new(
+        svc: Svc,
+        name: &'static str,
+        stage: Option<Stage>,
+        start_us: u64,
+        duration_us: u64,
+    ) -> FixtureSpan {
         FixtureSpan {
             emitter: svc as usize,
             service: svc.name(),
@@ -249,6 +259,7 @@ impl FixtureSpan {
 }
 
 struct Task {
+    number: u32,
     namespace: &'static str,
     name: &'static str,
     task_uuid: String,
@@ -258,6 +269,7 @@ struct Task {
 impl Task {
     fn new(namespace: &'static str, name: &'static str, number: u32) -> Task {
         Task {
+            number,
             namespace,
             name,
             task_uuid: format!("0191e3c2-{number:04x}-7a00-8000-00000000a11c"),
@@ -290,7 +302,7 @@ impl Step {
             .collect();
         Step {
             name,
-            step_uuid: format!("{}-{number:04x}", &task.task_uuid[..23]).replace("-7a00-", "-7b00-") + "00000000",
+            step_uuid: format!("0191e3c2-{:04x}-7b00-8000-{number:012x}", task.number),
             callable: format!("{callable_prefix}{camel}Handler"),
         }
     }
@@ -316,7 +328,10 @@ struct Scenario {
 
 impl Scenario {
     fn new(vocab: Vocab) -> Scenario {
-        Scenario { vocab, spans: Vec::new() }
+        Scenario {
+            vocab,
+            spans: Vec::new(),
+        }
     }
 
     /// Adds a row; with the real vocabulary every span also gets the attributes tracing's
@@ -344,34 +359,53 @@ impl Scenario {
         let o = Svc::Orchestration;
         match self.vocab {
             Vocab::Nominal => {
-                self.add(FixtureSpan::new(o, "create_task", Some(Stage::TaskCreation), at, dur).attrs(vec![
-                    KeyValue::new("correlation_id", task.correlation_id.clone()),
-                    KeyValue::new("task_uuid", task.task_uuid.clone()),
-                    KeyValue::new("namespace", task.namespace),
-                    KeyValue::new("task_name", task.name),
-                ]));
+                self.add(
+                    FixtureSpan::new(o, "create_task", Some(Stage::TaskCreation), at, dur).attrs(
+                        vec![
+                            KeyValue::new("correlation_id", task.correlation_id.clone()),
+                            KeyValue::new("task_uuid", task.task_uuid.clone()),
+                            KeyValue::new("namespace", task.namespace),
+                            KeyValue::new("task_name", task.name),
+                        ],
+                    ),
+                );
                 at + dur
             }
             Vocab::Real => {
-                self.add(FixtureSpan::new(o, "read_messages", None, at, 1_100).attrs(vec![
-                    KeyValue::new("queue", "orchestration_task_requests"),
-                    KeyValue::new("limit", 10_i64),
-                    KeyValue::new("visibility_timeout", 30_i64),
-                ]));
+                self.add(
+                    FixtureSpan::new(o, "read_messages", None, at, 1_100).attrs(vec![
+                        KeyValue::new("queue", "orchestration_task_requests"),
+                        KeyValue::new("limit", 10_i64),
+                        KeyValue::new("visibility_timeout", 30_i64),
+                    ]),
+                );
                 let parent_dur = dur + 2_500;
                 let parent = self.add(
-                    FixtureSpan::new(o, "create_and_enqueue_task_from_request", None, at + 1_200, parent_dur).attrs(vec![
+                    FixtureSpan::new(
+                        o,
+                        "create_and_enqueue_task_from_request",
+                        None,
+                        at + 1_200,
+                        parent_dur,
+                    )
+                    .attrs(vec![
                         KeyValue::new("correlation_id", task.correlation_id.clone()),
                         KeyValue::new("task_name", task.name),
                     ]),
                 );
                 self.add(
-                    FixtureSpan::new(o, "create_task_from_request", Some(Stage::TaskCreation), at + 1_300, dur)
-                        .attrs(vec![
-                            KeyValue::new("correlation_id", task.correlation_id.clone()),
-                            KeyValue::new("task_name", task.name),
-                        ])
-                        .child_of(parent),
+                    FixtureSpan::new(
+                        o,
+                        "create_task_from_request",
+                        Some(Stage::TaskCreation),
+                        at + 1_300,
+                        dur,
+                    )
+                    .attrs(vec![
+                        KeyValue::new("correlation_id", task.correlation_id.clone()),
+                        KeyValue::new("task_name", task.name),
+                    ])
+                    .child_of(parent),
                 );
                 at + 1_200 + parent_dur
             }
@@ -383,18 +417,28 @@ impl Scenario {
         let o = Svc::Orchestration;
         match self.vocab {
             Vocab::Nominal => {
-                self.add(FixtureSpan::new(o, "enqueue_steps", Some(Stage::StepEnqueueing), at, dur).attrs(vec![
-                    KeyValue::new("correlation_id", task.correlation_id.clone()),
-                    KeyValue::new("task_uuid", task.task_uuid.clone()),
-                    KeyValue::new("namespace", task.namespace),
-                    KeyValue::new("queue", task.queue()),
-                ]));
+                self.add(
+                    FixtureSpan::new(o, "enqueue_steps", Some(Stage::StepEnqueueing), at, dur)
+                        .attrs(vec![
+                            KeyValue::new("correlation_id", task.correlation_id.clone()),
+                            KeyValue::new("task_uuid", task.task_uuid.clone()),
+                            KeyValue::new("namespace", task.namespace),
+                            KeyValue::new("queue", task.queue()),
+                        ]),
+                );
                 at + dur
             }
             Vocab::Real => {
                 let parent_dur = dur + 1_500;
                 let parent = self.add(
-                    FixtureSpan::new(o, "process_single_task_from_ready_info", None, at, parent_dur).attrs(vec![
+                    FixtureSpan::new(
+                        o,
+                        "process_single_task_from_ready_info",
+                        None,
+                        at,
+                        parent_dur,
+                    )
+                    .attrs(vec![
                         KeyValue::new("task_uuid", task.task_uuid.clone()),
                         KeyValue::new("namespace", task.namespace),
                     ]),
@@ -405,15 +449,27 @@ impl Scenario {
                         .child_of(parent),
                 );
                 let enqueue = self.add(
-                    FixtureSpan::new(o, "enqueue_ready_steps", Some(Stage::StepEnqueueing), at + 500, dur)
-                        .attrs(vec![KeyValue::new("task_uuid", task.task_uuid.clone())])
-                        .child_of(parent),
+                    FixtureSpan::new(
+                        o,
+                        "enqueue_ready_steps",
+                        Some(Stage::StepEnqueueing),
+                        at + 500,
+                        dur,
+                    )
+                    .attrs(vec![KeyValue::new("task_uuid", task.task_uuid.clone())])
+                    .child_of(parent),
                 );
                 for (i, _step) in steps.iter().enumerate() {
                     self.add(
-                        FixtureSpan::new(o, "send_json_message", None, at + 600 + 400 * i as u64, 300)
-                            .attrs(vec![KeyValue::new("queue", task.queue())])
-                            .child_of(enqueue),
+                        FixtureSpan::new(
+                            o,
+                            "send_json_message",
+                            None,
+                            at + 600 + 400 * i as u64,
+                            300,
+                        )
+                        .attrs(vec![KeyValue::new("queue", task.queue())])
+                        .child_of(enqueue),
                     );
                 }
                 at + parent_dur
@@ -444,41 +500,74 @@ impl Scenario {
                         .attrs(vec![KeyValue::new("queue", e.task.queue())]),
                 );
                 self.add(
-                    FixtureSpan::new(e.svc, "execute_handler", Some(Stage::HandlerExecution), handler_at, e.handler)
-                        .attrs(common())
-                        .status(e.status.clone()),
+                    FixtureSpan::new(
+                        e.svc,
+                        "execute_handler",
+                        Some(Stage::HandlerExecution),
+                        handler_at,
+                        e.handler,
+                    )
+                    .attrs(common())
+                    .status(e.status.clone()),
                 );
                 self.add(
-                    FixtureSpan::new(e.svc, "submit_result", Some(Stage::ResultSubmission), submit_at, e.submit)
-                        .kind(SpanKind::Producer)
-                        .attrs(common())
-                        .attrs(vec![
-                            KeyValue::new("success", success),
-                            KeyValue::new("queue", "orchestration_step_results"),
-                        ]),
+                    FixtureSpan::new(
+                        e.svc,
+                        "submit_result",
+                        Some(Stage::ResultSubmission),
+                        submit_at,
+                        e.submit,
+                    )
+                    .kind(SpanKind::Producer)
+                    .attrs(common())
+                    .attrs(vec![
+                        KeyValue::new("success", success),
+                        KeyValue::new("queue", "orchestration_step_results"),
+                    ]),
                 );
             }
             Vocab::Real => {
-                self.add(FixtureSpan::new(e.svc, "read_messages", Some(Stage::StepClaim), e.at, e.claim).attrs(vec![
-                    KeyValue::new("queue", e.task.queue()),
-                    KeyValue::new("limit", 10_i64),
-                    KeyValue::new("visibility_timeout", 30_i64),
-                ]));
+                self.add(
+                    FixtureSpan::new(
+                        e.svc,
+                        "read_messages",
+                        Some(Stage::StepClaim),
+                        e.at,
+                        e.claim,
+                    )
+                    .attrs(vec![
+                        KeyValue::new("queue", e.task.queue()),
+                        KeyValue::new("limit", 10_i64),
+                        KeyValue::new("visibility_timeout", 30_i64),
+                    ]),
+                );
                 let execution = self.add(
-                    FixtureSpan::new(e.svc, "worker.step_execution", Some(Stage::HandlerExecution), handler_at, e.handler)
-                        .attrs(vec![
-                            KeyValue::new("correlation_id", e.task.correlation_id.clone()),
-                            KeyValue::new("task_uuid", e.task.task_uuid.clone()),
-                            KeyValue::new("step_uuid", e.step.step_uuid.clone()),
-                            KeyValue::new("step_name", e.step.name),
-                            KeyValue::new("namespace", e.task.namespace),
-                        ])
-                        .status(e.status.clone()),
+                    FixtureSpan::new(
+                        e.svc,
+                        "worker.step_execution",
+                        Some(Stage::HandlerExecution),
+                        handler_at,
+                        e.handler,
+                    )
+                    .attrs(vec![
+                        KeyValue::new("correlation_id", e.task.correlation_id.clone()),
+                        KeyValue::new("task_uuid", e.task.task_uuid.clone()),
+                        KeyValue::new("step_uuid", e.step.step_uuid.clone()),
+                        KeyValue::new("step_name", e.step.name),
+                        KeyValue::new("namespace", e.task.namespace),
+                    ])
+                    .status(e.status.clone()),
                 );
                 self.add(
-                    FixtureSpan::new(e.svc, "resolve", Some(Stage::HandlerResolution), handler_at + 50, e.resolve)
-                        .attrs(vec![KeyValue::new("callable", e.step.callable.clone())])
-                        .child_of(execution),
+                    FixtureSpan::new(
+                        e.svc,
+                        "resolve",
+                        Some(Stage::HandlerResolution),
+                        handler_at + 50,
+                        e.resolve,
+                    )
+                    .attrs(vec![KeyValue::new("callable", e.step.callable.clone())])
+                    .child_of(execution),
                 );
                 let completion = self.add(
                     FixtureSpan::new(
@@ -503,9 +592,15 @@ impl Scenario {
                         .child_of(completion),
                 );
                 self.add(
-                    FixtureSpan::new(e.svc, "send_json_message", None, submit_at + e.submit - 1_500, 900)
-                        .attrs(vec![KeyValue::new("queue", "orchestration_step_results")])
-                        .child_of(completion),
+                    FixtureSpan::new(
+                        e.svc,
+                        "send_json_message",
+                        None,
+                        submit_at + e.submit - 1_500,
+                        900,
+                    )
+                    .attrs(vec![KeyValue::new("queue", "orchestration_step_results")])
+                    .child_of(completion),
                 );
             }
         }
@@ -517,36 +612,59 @@ impl Scenario {
         let o = Svc::Orchestration;
         match self.vocab {
             Vocab::Nominal => {
-                self.add(FixtureSpan::new(o, "process_result", Some(Stage::ResultProcessing), at, dur).attrs(vec![
-                    KeyValue::new("correlation_id", task.correlation_id.clone()),
-                    KeyValue::new("task_uuid", task.task_uuid.clone()),
-                    KeyValue::new("step_uuid", step.step_uuid.clone()),
-                ]));
+                self.add(
+                    FixtureSpan::new(o, "process_result", Some(Stage::ResultProcessing), at, dur)
+                        .attrs(vec![
+                            KeyValue::new("correlation_id", task.correlation_id.clone()),
+                            KeyValue::new("task_uuid", task.task_uuid.clone()),
+                            KeyValue::new("step_uuid", step.step_uuid.clone()),
+                        ]),
+                );
                 at + dur
             }
             Vocab::Real => {
                 // Orchestration reading its result queue: same span name as a claim, NOT a claim.
-                self.add(FixtureSpan::new(o, "read_messages", None, at, 900).attrs(vec![
-                    KeyValue::new("queue", "orchestration_step_results"),
-                    KeyValue::new("limit", 10_i64),
-                    KeyValue::new("visibility_timeout", 30_i64),
-                ]));
+                self.add(
+                    FixtureSpan::new(o, "read_messages", None, at, 900).attrs(vec![
+                        KeyValue::new("queue", "orchestration_step_results"),
+                        KeyValue::new("limit", 10_i64),
+                        KeyValue::new("visibility_timeout", 30_i64),
+                    ]),
+                );
                 let outer = self.add(
-                    FixtureSpan::new(o, "process_single_step_result", None, at + 1_000, dur + 1_200)
-                        .attrs(vec![KeyValue::new("msg_id", 4_242_i64)]),
+                    FixtureSpan::new(
+                        o,
+                        "process_single_step_result",
+                        None,
+                        at + 1_000,
+                        dur + 1_200,
+                    )
+                    .attrs(vec![KeyValue::new("msg_id", 4_242_i64)]),
                 );
                 let wrapper = self.add(
-                    FixtureSpan::new(o, "handle_step_result_with_metadata", None, at + 1_100, dur + 800)
-                        .attrs(vec![
-                            KeyValue::new("step_uuid", step.step_uuid.clone()),
-                            KeyValue::new("correlation_id", task.correlation_id.clone()),
-                        ])
-                        .child_of(outer),
+                    FixtureSpan::new(
+                        o,
+                        "handle_step_result_with_metadata",
+                        None,
+                        at + 1_100,
+                        dur + 800,
+                    )
+                    .attrs(vec![
+                        KeyValue::new("step_uuid", step.step_uuid.clone()),
+                        KeyValue::new("correlation_id", task.correlation_id.clone()),
+                    ])
+                    .child_of(outer),
                 );
                 self.add(
-                    FixtureSpan::new(o, "handle_step_execution_result", Some(Stage::ResultProcessing), at + 1_300, dur)
-                        .attrs(vec![KeyValue::new("step_uuid", step.step_uuid.clone())])
-                        .child_of(wrapper),
+                    FixtureSpan::new(
+                        o,
+                        "handle_step_execution_result",
+                        Some(Stage::ResultProcessing),
+                        at + 1_300,
+                        dur,
+                    )
+                    .attrs(vec![KeyValue::new("step_uuid", step.step_uuid.clone())])
+                    .child_of(wrapper),
                 );
                 at + 1_000 + dur + 1_200
             }
@@ -555,7 +673,14 @@ impl Scenario {
 
     fn finalize(&mut self, task: &Task, at: u64, dur: u64) -> u64 {
         self.add(
-            FixtureSpan::new(Svc::Orchestration, "finalize_task", Some(Stage::TaskFinalization), at, dur).attrs(vec![
+            FixtureSpan::new(
+                Svc::Orchestration,
+                "finalize_task",
+                Some(Stage::TaskFinalization),
+                at,
+                dur,
+            )
+            .attrs(vec![
                 KeyValue::new("task_uuid", task.task_uuid.clone()),
                 KeyValue::new("correlation_id", task.correlation_id.clone()),
             ]),
@@ -591,11 +716,16 @@ const DIAMOND_FINALIZE: u64 = 13_000;
 fn linear_workflow(s: &mut Scenario, at: u64) -> u64 {
     let task = Task::new("rust_e2e_linear", "mathematical_sequence", 1);
     let prefix = "tasker_example_rs::step_handlers::linear_workflow::";
-    let steps: Vec<Step> = ["linear_step_1", "linear_step_2", "linear_step_3", "linear_step_4"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Step::new(&task, i as u32 + 1, name, prefix))
-        .collect();
+    let steps: Vec<Step> = [
+        "linear_step_1",
+        "linear_step_2",
+        "linear_step_3",
+        "linear_step_4",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, name)| Step::new(&task, i as u32 + 1, name, prefix))
+    .collect();
     let mut t = s.create(&task, at, LINEAR_CREATE);
     for (i, step) in steps.iter().enumerate() {
         t = s.enqueue(&task, &[step], t + 300, LINEAR_ENQUEUE[i]);
@@ -624,10 +754,6 @@ fn diamond_workflow(s: &mut Scenario, at: u64) -> u64 {
     let b = Step::new(&task, 2, "diamond_branch_b", prefix);
     let c = Step::new(&task, 3, "diamond_branch_c", prefix);
     let end = Step::new(&task, 4, "diamond_end", prefix);
-    let exec = |i: usize, step: &'static Step, at: u64, status: Status| -> (usize, &'static Step, u64, Status) {
-        (i, step, at, status)
-    };
-    let _ = exec; // (kept simple below)
     let run = |s: &mut Scenario, i: usize, step: &Step, at: u64, status: Status| {
         s.worker_step(Exec {
             svc: Svc::RubyWorker,
@@ -650,7 +776,13 @@ fn diamond_workflow(s: &mut Scenario, at: u64) -> u64 {
     t = s.enqueue(&task, &[&b, &c], t + 300, DIAMOND_ENQUEUE[1]);
     // The branches run in parallel.
     let b_end = run(s, 1, &b, t + 2_000, Status::Unset);
-    let c_end = run(s, 2, &c, t + 2_400, Status::error("ZeroDivisionError: divided by 0"));
+    let c_end = run(
+        s,
+        2,
+        &c,
+        t + 2_400,
+        Status::error("ZeroDivisionError: divided by 0"),
+    );
     let b_done = s.process(&task, &b, b_end + 1_500, DIAMOND_PROCESS[1]);
     let c_done = s.process(&task, &c, c_end + 1_500, DIAMOND_PROCESS[2]);
     t = b_done.max(c_done);
@@ -683,7 +815,11 @@ fn workflows(vocab: Vocab) -> Vec<FixtureSpan> {
 // Sending with the real OTLP exporter
 // ----------------------------------------------------------------------------------------------
 
-fn exporter(transport: Transport, grpc: Option<SocketAddr>, http: Option<SocketAddr>) -> opentelemetry_otlp::SpanExporter {
+fn exporter(
+    transport: Transport,
+    grpc: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+) -> opentelemetry_otlp::SpanExporter {
     let timeout = Duration::from_secs(5);
     match transport {
         Transport::Grpc(compression) => {
@@ -751,7 +887,11 @@ fn emit_service(
     let tracer = provider.tracer("tasker-core");
 
     let mut contexts: Vec<Option<Context>> = vec![None; spans.len()];
-    for (i, row) in spans.iter().enumerate().filter(|(_, row)| row.emitter == index) {
+    for (i, row) in spans
+        .iter()
+        .enumerate()
+        .filter(|(_, row)| row.emitter == index)
+    {
         let parent = match row.parent {
             Some(p) => contexts[p].clone().expect("parent rows come first"),
             None => Context::new(),
@@ -767,9 +907,17 @@ fn emit_service(
         }
         contexts[i] = Some(parent.with_span(span));
     }
-    for (i, row) in spans.iter().enumerate().filter(|(_, row)| row.emitter == index) {
+    for (i, row) in spans
+        .iter()
+        .enumerate()
+        .filter(|(_, row)| row.emitter == index)
+    {
         let end = base + Duration::from_micros(row.start_us + row.duration_us);
-        contexts[i].as_ref().expect("started").span().end_with_timestamp(end);
+        contexts[i]
+            .as_ref()
+            .expect("started")
+            .span()
+            .end_with_timestamp(end);
     }
     provider.force_flush().expect("force_flush");
     provider.shutdown().expect("provider shutdown");
@@ -779,22 +927,34 @@ fn emit_service(
 fn per_protocol(services: &[ServiceDef], spans: &[FixtureSpan]) -> BTreeMap<&'static str, usize> {
     let mut counts = BTreeMap::new();
     for span in spans {
-        *counts.entry(services[span.emitter].transport.protocol()).or_insert(0) += 1;
+        *counts
+            .entry(services[span.emitter].transport.protocol())
+            .or_insert(0) += 1;
     }
     counts
 }
 
 /// Scrapes until spanlens_spans_accepted_total and the generic span metrics show every span
 /// (or 10 s have passed; the assertions then report what is missing).
-async fn scrape_when_delivered(server: &Server, expected: &BTreeMap<&'static str, usize>) -> Exposition {
+async fn scrape_when_delivered(
+    server: &Server,
+    expected: &BTreeMap<&'static str, usize>,
+) -> Exposition {
     let total: usize = expected.values().sum();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let exposition = scrape(server).await;
         let accepted = expected.iter().all(|(protocol, n)| {
-            exposition.value("spanlens_spans_accepted_total", &[("protocol", protocol)]).unwrap_or(0.0) >= *n as f64
+            exposition
+                .value("spanlens_spans_accepted_total", &[("protocol", protocol)])
+                .unwrap_or(0.0)
+                >= *n as f64
         });
-        let aggregated: f64 = exposition.all("traces_span_metrics_calls_total").iter().map(|s| s.value).sum();
+        let aggregated: f64 = exposition
+            .all("traces_span_metrics_calls_total")
+            .iter()
+            .map(|s| s.value)
+            .sum();
         if (accepted && aggregated >= total as f64) || Instant::now() > deadline {
             return exposition;
         }
@@ -814,16 +974,27 @@ fn parse_le(le: &str) -> f64 {
 }
 
 fn expected_bounds() -> Vec<f64> {
-    DEFAULT_BUCKETS.iter().copied().chain([f64::INFINITY]).collect()
+    DEFAULT_BUCKETS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .collect()
 }
 
 fn assert_close(got: Option<f64>, want: f64, what: &str) {
     let got = got.unwrap_or_else(|| panic!("{what}: no such sample (want {want})"));
-    assert!((got - want).abs() < EPSILON, "{what}: got {got}, want {want}");
+    assert!(
+        (got - want).abs() < EPSILON,
+        "{what}: got {got}, want {want}"
+    );
 }
 
 fn assert_count(got: Option<f64>, want: usize, what: &str) {
-    assert_eq!(got.unwrap_or_else(|| panic!("{what}: no such sample (want {want})")), want as f64, "{what}");
+    assert_eq!(
+        got.unwrap_or_else(|| panic!("{what}: no such sample (want {want})")),
+        want as f64,
+        "{what}"
+    );
 }
 
 /// A counter that may be absent when its expected value is 0.
@@ -833,17 +1004,33 @@ fn assert_count_or_absent(got: Option<f64>, want: usize, what: &str) {
 
 /// Bucket bounds (as floats) are exactly the default ones plus +Inf; every cumulative count,
 /// `_sum` and `_count` agree with the given durations.
-fn assert_histogram(exposition: &Exposition, name: &str, labels: &[(&str, &str)], durations: &[f64]) {
+fn assert_histogram(
+    exposition: &Exposition,
+    name: &str,
+    labels: &[(&str, &str)],
+    durations: &[f64],
+) {
     let buckets = exposition.buckets(name, labels);
     let bounds: Vec<f64> = buckets.iter().map(|(le, _)| parse_le(le)).collect();
-    assert_eq!(bounds, expected_bounds(), "{name} {labels:?}: bucket bounds");
+    assert_eq!(
+        bounds,
+        expected_bounds(),
+        "{name} {labels:?}: bucket bounds"
+    );
     for (le, count) in &buckets {
         let bound = parse_le(le);
         let want = durations.iter().filter(|d| **d <= bound).count();
-        assert_eq!(*count, want as f64, "{name}_bucket {labels:?} le={le}: durations {durations:?}");
+        assert_eq!(
+            *count, want as f64,
+            "{name}_bucket {labels:?} le={le}: durations {durations:?}"
+        );
     }
     let sum: f64 = durations.iter().sum();
-    assert_close(exposition.value(&format!("{name}_sum"), labels), sum, &format!("{name}_sum {labels:?}"));
+    assert_close(
+        exposition.value(&format!("{name}_sum"), labels),
+        sum,
+        &format!("{name}_sum {labels:?}"),
+    );
     assert_count(
         exposition.value(&format!("{name}_count"), labels),
         durations.len(),
@@ -852,9 +1039,21 @@ fn assert_histogram(exposition: &Exposition, name: &str, labels: &[(&str, &str)]
 }
 
 /// Literal cumulative counts, in bound order (0.001 ... 10, +Inf).
-fn assert_buckets_literal(exposition: &Exposition, name: &str, labels: &[(&str, &str)], want: [u64; 15]) {
-    let got: Vec<(f64, f64)> = exposition.buckets(name, labels).iter().map(|(le, c)| (parse_le(le), *c)).collect();
-    let want: Vec<(f64, f64)> = expected_bounds().into_iter().zip(want.iter().map(|c| *c as f64)).collect();
+fn assert_buckets_literal(
+    exposition: &Exposition,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: [u64; 15],
+) {
+    let got: Vec<(f64, f64)> = exposition
+        .buckets(name, labels)
+        .iter()
+        .map(|(le, c)| (parse_le(le), *c))
+        .collect();
+    let want: Vec<(f64, f64)> = expected_bounds()
+        .into_iter()
+        .zip(want.iter().map(|c| *c as f64))
+        .collect();
     assert_eq!(got, want, "{name} {labels:?}: (le, cumulative count)");
 }
 
@@ -868,7 +1067,10 @@ fn assert_stage_metrics(exposition: &Exposition, spans: &[FixtureSpan]) {
     let mut expected: BTreeMap<(Stage, &str, &str), Vec<&FixtureSpan>> = BTreeMap::new();
     for span in spans {
         if let Some(stage) = span.stage {
-            expected.entry((stage, span.service, span.language)).or_default().push(span);
+            expected
+                .entry((stage, span.service, span.language))
+                .or_default()
+                .push(span);
         }
     }
     for stage in Stage::ALL {
@@ -877,14 +1079,23 @@ fn assert_stage_metrics(exposition: &Exposition, spans: &[FixtureSpan]) {
             .filter(|(s, _, _)| *s == stage)
             .map(|(_, service, language)| (service.to_string(), language.to_string()))
             .collect();
-        for metric in [format!("{}_count", stage.histogram()), stage.calls()] {
+        // The errors counter exists (at 0 when nothing failed) wherever calls does, so that
+        // errors / calls ratios have both sides.
+        for metric in [
+            format!("{}_count", stage.histogram()),
+            stage.calls(),
+            stage.errors(),
+        ] {
             let got: BTreeSet<(String, String)> = exposition
                 .all(&metric)
                 .iter()
                 .map(|s| {
                     (
                         s.labels.get("service").cloned().unwrap_or_default(),
-                        s.labels.get("handler_language").cloned().unwrap_or_default(),
+                        s.labels
+                            .get("handler_language")
+                            .cloned()
+                            .unwrap_or_default(),
                     )
                 })
                 .collect();
@@ -895,9 +1106,13 @@ fn assert_stage_metrics(exposition: &Exposition, spans: &[FixtureSpan]) {
         let labels = stage_labels(service, language);
         let durations: Vec<f64> = rows.iter().map(|r| r.seconds()).collect();
         assert_histogram(exposition, &stage.histogram(), &labels, &durations);
-        assert_count(exposition.value(&stage.calls(), &labels), rows.len(), &format!("{} {labels:?}", stage.calls()));
+        assert_count(
+            exposition.value(&stage.calls(), &labels),
+            rows.len(),
+            &format!("{} {labels:?}", stage.calls()),
+        );
         let errors = rows.iter().filter(|r| r.is_error()).count();
-        assert_count_or_absent(
+        assert_count(
             exposition.value(&stage.errors(), &labels),
             errors,
             &format!("{} {labels:?}", stage.errors()),
@@ -911,7 +1126,12 @@ fn assert_span_metrics(exposition: &Exposition, spans: &[FixtureSpan]) {
     let mut expected: BTreeMap<[&str; 4], Vec<f64>> = BTreeMap::new();
     for span in spans {
         expected
-            .entry([span.service, span.name, span.kind_label(), span.status_label()])
+            .entry([
+                span.service,
+                span.name,
+                span.kind_label(),
+                span.status_label(),
+            ])
             .or_default()
             .push(span.seconds());
     }
@@ -919,9 +1139,16 @@ fn assert_span_metrics(exposition: &Exposition, spans: &[FixtureSpan]) {
     let got: BTreeSet<Vec<String>> = exposition
         .all("traces_span_metrics_calls_total")
         .iter()
-        .map(|s| keys.iter().map(|k| s.labels.get(*k).cloned().unwrap_or_default()).collect())
+        .map(|s| {
+            keys.iter()
+                .map(|k| s.labels.get(*k).cloned().unwrap_or_default())
+                .collect()
+        })
         .collect();
-    let want: BTreeSet<Vec<String>> = expected.keys().map(|k| k.iter().map(|v| v.to_string()).collect()).collect();
+    let want: BTreeSet<Vec<String>> = expected
+        .keys()
+        .map(|k| k.iter().map(|v| v.to_string()).collect())
+        .collect();
     assert_eq!(got, want, "traces_span_metrics_calls_total series");
     for (values, durations) in &expected {
         let labels: Vec<(&str, &str)> = keys.iter().copied().zip(values.iter().copied()).collect();
@@ -930,7 +1157,12 @@ fn assert_span_metrics(exposition: &Exposition, spans: &[FixtureSpan]) {
             durations.len(),
             &format!("traces_span_metrics_calls_total {labels:?}"),
         );
-        assert_histogram(exposition, "traces_span_metrics_duration_seconds", &labels, durations);
+        assert_histogram(
+            exposition,
+            "traces_span_metrics_duration_seconds",
+            &labels,
+            durations,
+        );
     }
 }
 
@@ -938,7 +1170,10 @@ fn assert_span_metrics(exposition: &Exposition, spans: &[FixtureSpan]) {
 fn assert_protocol_counters(exposition: &Exposition, expected: &BTreeMap<&'static str, usize>) {
     for protocol in PROTOCOLS {
         let want = expected.get(protocol).copied().unwrap_or(0);
-        for counter in ["spanlens_spans_received_total", "spanlens_spans_accepted_total"] {
+        for counter in [
+            "spanlens_spans_received_total",
+            "spanlens_spans_accepted_total",
+        ] {
             assert_count_or_absent(
                 exposition.value(counter, &[("protocol", protocol)]),
                 want,
@@ -957,27 +1192,86 @@ fn explicit_checks(exposition: &Exposition, vocab: Vocab) {
     let claim = "tasker_step_claim_duration_seconds";
 
     // Rust handler: 42, 42, 130, 610 ms.
-    assert_buckets_literal(exposition, handler, &rust, [0, 0, 0, 0, 0, 2, 2, 3, 3, 4, 4, 4, 4, 4, 4]);
-    assert_close(exposition.value(&format!("{handler}_sum"), &rust), 0.824, "rust handler sum");
-    assert_eq!(exposition.value("tasker_handler_execution_calls_total", &rust), Some(4.0));
-    assert_eq!(exposition.value("tasker_handler_execution_errors_total", &rust).unwrap_or(0.0), 0.0);
+    assert_buckets_literal(
+        exposition,
+        handler,
+        &rust,
+        [0, 0, 0, 0, 0, 2, 2, 3, 3, 4, 4, 4, 4, 4, 4],
+    );
+    assert_close(
+        exposition.value(&format!("{handler}_sum"), &rust),
+        0.824,
+        "rust handler sum",
+    );
+    assert_eq!(
+        exposition.value("tasker_handler_execution_calls_total", &rust),
+        Some(4.0)
+    );
+    assert_eq!(
+        exposition.value("tasker_handler_execution_errors_total", &rust),
+        Some(0.0)
+    );
 
     // Ruby handler: 85, 42, 1200 (ERROR), 260, 42 ms.
-    assert_buckets_literal(exposition, handler, &ruby, [0, 0, 0, 0, 0, 2, 3, 3, 4, 4, 4, 5, 5, 5, 5]);
-    assert_close(exposition.value(&format!("{handler}_sum"), &ruby), 1.629, "ruby handler sum");
-    assert_eq!(exposition.value(&format!("{handler}_count"), &ruby), Some(5.0));
-    assert_eq!(exposition.value("tasker_handler_execution_calls_total", &ruby), Some(5.0));
-    assert_eq!(exposition.value("tasker_handler_execution_errors_total", &ruby), Some(1.0));
+    assert_buckets_literal(
+        exposition,
+        handler,
+        &ruby,
+        [0, 0, 0, 0, 0, 2, 3, 3, 4, 4, 4, 5, 5, 5, 5],
+    );
+    assert_close(
+        exposition.value(&format!("{handler}_sum"), &ruby),
+        1.629,
+        "ruby handler sum",
+    );
+    assert_eq!(
+        exposition.value(&format!("{handler}_count"), &ruby),
+        Some(5.0)
+    );
+    assert_eq!(
+        exposition.value("tasker_handler_execution_calls_total", &ruby),
+        Some(5.0)
+    );
+    assert_eq!(
+        exposition.value("tasker_handler_execution_errors_total", &ruby),
+        Some(1.0)
+    );
 
     // Rust claim: 15, 3.2, 0.8, 15 ms.
-    assert_buckets_literal(exposition, claim, &rust, [1, 1, 2, 2, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]);
-    assert_close(exposition.value(&format!("{claim}_sum"), &rust), 0.034, "rust claim sum");
+    assert_buckets_literal(
+        exposition,
+        claim,
+        &rust,
+        [1, 1, 2, 2, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4],
+    );
+    assert_close(
+        exposition.value(&format!("{claim}_sum"), &rust),
+        0.034,
+        "rust claim sum",
+    );
     // Ruby claim: 15, 16, 14, 2.6, 15 ms.
-    assert_buckets_literal(exposition, claim, &ruby, [0, 0, 1, 1, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]);
+    assert_buckets_literal(
+        exposition,
+        claim,
+        &ruby,
+        [0, 0, 1, 1, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5],
+    );
     // Orchestration never claims (in the real vocabulary it does emit read_messages, on
     // orchestration_task_requests / orchestration_step_results).
-    assert_eq!(exposition.value(&format!("{claim}_count"), &[("service", "tasker-orchestration")]), None);
-    assert_eq!(exposition.value("tasker_step_claim_calls_total", &[("service", "tasker-orchestration")]), None);
+    assert_eq!(
+        exposition.value(
+            &format!("{claim}_count"),
+            &[("service", "tasker-orchestration")]
+        ),
+        None
+    );
+    assert_eq!(
+        exposition.value(
+            "tasker_step_claim_calls_total",
+            &[("service", "tasker-orchestration")]
+        ),
+        None
+    );
 
     // Orchestration is labelled handler_language="unknown"; creation 18 and 20.8 ms.
     assert_buckets_literal(
@@ -1003,16 +1297,25 @@ fn explicit_checks(exposition: &Exposition, vocab: Vocab) {
         exposition,
         "tasker_result_processing_duration_seconds",
         &orchestration,
-        [0, 0, 0, 7, 7, 7, 9, 9, 9, 9, 9, 9, 9, 9, 9],
+        [0, 0, 0, 7, 7, 8, 9, 9, 9, 9, 9, 9, 9, 9, 9],
     );
     assert_close(
-        exposition.value("tasker_result_processing_duration_seconds_sum", &orchestration),
+        exposition.value(
+            "tasker_result_processing_duration_seconds_sum",
+            &orchestration,
+        ),
         0.154,
         "result processing sum",
     );
     // Submission: 23, 23, 27, 6 (rust); 23, 23, 31, 23, 24 (ruby) ms.
-    assert_eq!(exposition.value("tasker_result_submission_calls_total", &rust), Some(4.0));
-    assert_eq!(exposition.value("tasker_result_submission_calls_total", &ruby), Some(5.0));
+    assert_eq!(
+        exposition.value("tasker_result_submission_calls_total", &rust),
+        Some(4.0)
+    );
+    assert_eq!(
+        exposition.value("tasker_result_submission_calls_total", &ruby),
+        Some(5.0)
+    );
     assert_buckets_literal(
         exposition,
         "tasker_result_submission_duration_seconds",
@@ -1022,17 +1325,32 @@ fn explicit_checks(exposition: &Exposition, vocab: Vocab) {
 
     // Generic span metrics.
     let calls = "traces_span_metrics_calls_total";
-    let span = |service: &'static str, name: &'static str, kind: &'static str, status: &'static str| {
-        [("service_name", service), ("span_name", name), ("span_kind", kind), ("status_code", status)]
-    };
+    let span =
+        |service: &'static str, name: &'static str, kind: &'static str, status: &'static str| {
+            [
+                ("service_name", service),
+                ("span_name", name),
+                ("span_kind", kind),
+                ("status_code", status),
+            ]
+        };
     let (internal, unset) = ("SPAN_KIND_INTERNAL", "STATUS_CODE_UNSET");
     match vocab {
         Vocab::Real => {
             let h = "worker.step_execution";
             let ruby_w = "tasker-ruby-worker";
-            assert_eq!(exposition.value(calls, &span(ruby_w, h, internal, unset)), Some(3.0));
-            assert_eq!(exposition.value(calls, &span(ruby_w, h, internal, "STATUS_CODE_ERROR")), Some(1.0));
-            assert_eq!(exposition.value(calls, &span(ruby_w, h, internal, "STATUS_CODE_OK")), Some(1.0));
+            assert_eq!(
+                exposition.value(calls, &span(ruby_w, h, internal, unset)),
+                Some(3.0)
+            );
+            assert_eq!(
+                exposition.value(calls, &span(ruby_w, h, internal, "STATUS_CODE_ERROR")),
+                Some(1.0)
+            );
+            assert_eq!(
+                exposition.value(calls, &span(ruby_w, h, internal, "STATUS_CODE_OK")),
+                Some(1.0)
+            );
             let failed = span(ruby_w, h, internal, "STATUS_CODE_ERROR");
             assert_buckets_literal(
                 exposition,
@@ -1048,11 +1366,25 @@ fn explicit_checks(exposition: &Exposition, vocab: Vocab) {
             // read_messages: 2 task-request reads + 9 step-result reads on orchestration;
             // one claim per execution on the workers.
             let read = "read_messages";
-            assert_eq!(exposition.value(calls, &span("tasker-orchestration", read, internal, unset)), Some(11.0));
-            assert_eq!(exposition.value(calls, &span("tasker-rust-worker", read, internal, unset)), Some(4.0));
-            assert_eq!(exposition.value(calls, &span(ruby_w, read, internal, unset)), Some(5.0));
+            assert_eq!(
+                exposition.value(calls, &span("tasker-orchestration", read, internal, unset)),
+                Some(11.0)
+            );
+            assert_eq!(
+                exposition.value(calls, &span("tasker-rust-worker", read, internal, unset)),
+                Some(4.0)
+            );
+            assert_eq!(
+                exposition.value(calls, &span(ruby_w, read, internal, unset)),
+                Some(5.0)
+            );
             // Wrappers that are not stages still reach the generic metrics.
-            let wrapper = span("tasker-orchestration", "create_and_enqueue_task_from_request", internal, unset);
+            let wrapper = span(
+                "tasker-orchestration",
+                "create_and_enqueue_task_from_request",
+                internal,
+                unset,
+            );
             assert_eq!(exposition.value(calls, &wrapper), Some(2.0));
             // resolve (handler_resolution) on the Rust worker: 0.4, 0.3, 0.3, 2.0 ms.
             assert_buckets_literal(
@@ -1064,11 +1396,33 @@ fn explicit_checks(exposition: &Exposition, vocab: Vocab) {
         }
         Vocab::Nominal => {
             let consumer = "SPAN_KIND_CONSUMER";
-            assert_eq!(exposition.value(calls, &span("tasker-rust-worker", "step_claim", consumer, unset)), Some(4.0));
-            assert_eq!(exposition.value(calls, &span("tasker-ruby-worker", "step_claim", consumer, unset)), Some(5.0));
-            let submit = span("tasker-ruby-worker", "submit_result", "SPAN_KIND_PRODUCER", unset);
+            assert_eq!(
+                exposition.value(
+                    calls,
+                    &span("tasker-rust-worker", "step_claim", consumer, unset)
+                ),
+                Some(4.0)
+            );
+            assert_eq!(
+                exposition.value(
+                    calls,
+                    &span("tasker-ruby-worker", "step_claim", consumer, unset)
+                ),
+                Some(5.0)
+            );
+            let submit = span(
+                "tasker-ruby-worker",
+                "submit_result",
+                "SPAN_KIND_PRODUCER",
+                unset,
+            );
             assert_eq!(exposition.value(calls, &submit), Some(5.0));
-            let failed = span("tasker-ruby-worker", "execute_handler", internal, "STATUS_CODE_ERROR");
+            let failed = span(
+                "tasker-ruby-worker",
+                "execute_handler",
+                internal,
+                "STATUS_CODE_ERROR",
+            );
             assert_eq!(exposition.value(calls, &failed), Some(1.0));
             assert_close(
                 exposition.value("traces_span_metrics_duration_seconds_sum", &failed),
@@ -1076,7 +1430,12 @@ fn explicit_checks(exposition: &Exposition, vocab: Vocab) {
                 "failed handler sum",
             );
             // The nominal vocabulary has no resolve span.
-            assert_eq!(exposition.all("tasker_handler_resolution_duration_seconds_count").len(), 0);
+            assert_eq!(
+                exposition
+                    .all("tasker_handler_resolution_duration_seconds_count")
+                    .len(),
+                0
+            );
         }
     }
 }
@@ -1094,7 +1453,10 @@ async fn run_workflows(vocab: Vocab, transport: Transport) {
 /// transports; a fresh server.
 async fn run_workflows_mixed(vocab: Vocab, transports: [Transport; 3]) {
     let server = start(test_config(|_| {})).await;
-    let services: Vec<ServiceDef> = Svc::ALL.iter().map(|svc| svc.def(transports[*svc as usize])).collect();
+    let services: Vec<ServiceDef> = Svc::ALL
+        .iter()
+        .map(|svc| svc.def(transports[*svc as usize]))
+        .collect();
     let spans = workflows(vocab);
     let expected = per_protocol(&services, &spans);
 
@@ -1148,15 +1510,17 @@ async fn http_json_real_vocabulary() {
 /// protocol, and each protocol counter must hold exactly its service's spans (77/24/30).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_protocols_into_one_server() {
-    let services = Svc::ALL.map(|svc| svc.def(Transport::HttpJson));
     let spans = workflows(Vocab::Real);
     let counts = |svc: Svc| spans.iter().filter(|s| s.service == svc.name()).count();
     assert_eq!(
-        (counts(Svc::Orchestration), counts(Svc::RustWorker), counts(Svc::RubyWorker)),
+        (
+            counts(Svc::Orchestration),
+            counts(Svc::RustWorker),
+            counts(Svc::RubyWorker)
+        ),
         (77, 24, 30),
         "fixture per service"
     );
-    drop(services);
     run_workflows_mixed(
         Vocab::Real,
         [
@@ -1175,14 +1539,24 @@ async fn mixed_protocols_into_one_server() {
 async fn handler_language_label_sources() {
     let server = start(test_config(|_| {})).await;
     let grpc = Transport::Grpc(None);
-    let def = |name: &'static str, resource: Vec<KeyValue>| ServiceDef { name, resource, transport: grpc };
+    let def = |name: &'static str, resource: Vec<KeyValue>| ServiceDef {
+        name,
+        resource,
+        transport: grpc,
+    };
     let services = vec![
         // 0: generic service name, language only as a resource attribute.
-        def("tasker-core", vec![KeyValue::new("handler.language", "python")]),
+        def(
+            "tasker-core",
+            vec![KeyValue::new("handler.language", "python")],
+        ),
         // 1: Ruby worker by name.
         def("tasker-ruby-worker", vec![]),
         // 2: same service name, but the resource says python: resource beats the name.
-        def("tasker-ruby-worker", vec![KeyValue::new("handler.language", "python")]),
+        def(
+            "tasker-ruby-worker",
+            vec![KeyValue::new("handler.language", "python")],
+        ),
         // 3: Python worker by name.
         def("tasker-python-worker", vec![]),
         // 4: the regex is anchored: a suffixed name does not match.
@@ -1212,9 +1586,11 @@ async fn handler_language_label_sources() {
             span.emitter = *emitter;
             span.service = services[*emitter].name;
             span.language = language;
-            span.attributes.push(KeyValue::new("step_name", "linear_step_1"));
+            span.attributes
+                .push(KeyValue::new("step_name", "linear_step_1"));
             if let Some(value) = attribute {
-                span.attributes.push(KeyValue::new("handler.language", *value));
+                span.attributes
+                    .push(KeyValue::new("handler.language", *value));
             }
             span
         })
@@ -1237,10 +1613,17 @@ async fn handler_language_label_sources() {
         ("tasker-python-worker", "python"),
         ("tasker-python-worker-canary", "unknown"),
     ] {
-        assert_eq!(exposition.value(calls, &stage_labels(service, language)), Some(1.0), "{service} {language}");
+        assert_eq!(
+            exposition.value(calls, &stage_labels(service, language)),
+            Some(1.0),
+            "{service} {language}"
+        );
     }
     assert!(
-        exposition.all(calls).iter().all(|s| s.labels.get("handler_language").map(String::as_str) != Some("")),
+        exposition
+            .all(calls)
+            .iter()
+            .all(|s| s.labels.get("handler_language").map(String::as_str) != Some("")),
         "no empty handler_language"
     );
     server.shutdown().await;

@@ -241,6 +241,37 @@ impl Rng {
     }
 }
 
+/// How one kind of span is generated: its name and kind, a log-uniform duration between `lo`
+/// and `hi` seconds, the chance of status ERROR, and the `queue` attribute if any.
+struct Plan {
+    name: &'static str,
+    kind: SpanKind,
+    lo: f64,
+    hi: f64,
+    p_error: f64,
+    queue: Option<&'static str>,
+}
+
+impl Plan {
+    fn new(name: &'static str, kind: SpanKind, lo: f64, hi: f64, p_error: f64) -> Plan {
+        Plan {
+            name,
+            kind,
+            lo,
+            hi,
+            p_error,
+            queue: None,
+        }
+    }
+
+    fn queue(self, queue: &'static str) -> Plan {
+        Plan {
+            queue: Some(queue),
+            ..self
+        }
+    }
+}
+
 /// A workflow: tasks of linear steps, each step claimed, executed and submitted by a Rust or a
 /// Ruby worker, its result read and processed by orchestration. Durations are log-uniform per
 /// span name, whole microseconds, distinct within a series and never on a bucket bound.
@@ -290,28 +321,33 @@ fn workflow_spans(seed: u64) -> Vec<SentSpan> {
             } else {
                 RUBY_WORKER
             };
-            // (name, kind, lo s, hi s, error probability, queue)
-            let worker_spans: [(&'static str, SpanKind, f64, f64, f64, Option<&'static str>); 4] = [
-                (
-                    "read_messages",
-                    SpanKind::Consumer,
-                    0.0002,
-                    0.008,
-                    0.0,
-                    Some(WORKER_QUEUE),
-                ),
-                ("step_claim", SpanKind::Internal, 0.001, 0.04, 0.03, None),
-                (
+            let (handler_lo, handler_hi) = if worker == RUBY_WORKER {
+                (0.01, 1.9)
+            } else {
+                (0.003, 0.9)
+            };
+            let worker_spans = [
+                Plan::new("read_messages", SpanKind::Consumer, 0.0002, 0.008, 0.0)
+                    .queue(WORKER_QUEUE),
+                Plan::new("step_claim", SpanKind::Internal, 0.001, 0.04, 0.03),
+                Plan::new(
                     "execute_handler",
                     SpanKind::Internal,
-                    if worker == RUBY_WORKER { 0.01 } else { 0.003 },
-                    if worker == RUBY_WORKER { 1.9 } else { 0.9 },
+                    handler_lo,
+                    handler_hi,
                     0.12,
-                    None,
                 ),
-                ("submit_result", SpanKind::Producer, 0.001, 0.07, 0.05, None),
+                Plan::new("submit_result", SpanKind::Producer, 0.001, 0.07, 0.05),
             ];
-            for (name, kind, lo, hi, p_error, queue) in worker_spans {
+            for Plan {
+                name,
+                kind,
+                lo,
+                hi,
+                p_error,
+                queue,
+            } in worker_spans
+            {
                 let d = duration(&mut rng, worker, name, lo, hi);
                 let status = if rng.chance(p_error) {
                     StatusCode::Error
@@ -333,24 +369,20 @@ fn workflow_spans(seed: u64) -> Vec<SentSpan> {
                 });
                 clock += d + 150_000;
             }
-            for (name, kind, lo, hi, p_error, queue) in [
-                (
-                    "read_messages",
-                    SpanKind::Consumer,
-                    0.0002,
-                    0.006,
-                    0.0,
-                    Some(RESULTS_QUEUE),
-                ),
-                (
-                    "process_result",
-                    SpanKind::Internal,
-                    0.002,
-                    0.15,
-                    0.05,
-                    None,
-                ),
-            ] {
+            let orchestration_spans = [
+                Plan::new("read_messages", SpanKind::Consumer, 0.0002, 0.006, 0.0)
+                    .queue(RESULTS_QUEUE),
+                Plan::new("process_result", SpanKind::Internal, 0.002, 0.15, 0.05),
+            ];
+            for Plan {
+                name,
+                kind,
+                lo,
+                hi,
+                p_error,
+                queue,
+            } in orchestration_spans
+            {
                 let d = duration(&mut rng, ORCHESTRATION, name, lo, hi);
                 let status = if rng.chance(p_error) {
                     StatusCode::Error

@@ -1,0 +1,183 @@
+//! The real binary: `check-config`, `default-config`, running on the embedded profile, and
+//! shutting down on SIGTERM with every accepted span accounted for.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn spanlens() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_spanlens"))
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spanlens-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_accepts_the_shipped_profile() {
+    let out = spanlens().args(["check-config", "config/spanlens.yaml"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "config/spanlens.yaml: ok (8 stages, 14 rules)\n"
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem_with_line_and_field() {
+    let bad = spanlens::config::DEFAULT_PROFILE
+        .replace("    endpoint: 127.0.0.1:4318", "    endpoint: 127.0.0.1:4318\n    verbose: true")
+        .replace("  - stage: task_finalization", "  - stage: task_finalisation")
+        .replace("histogram: tasker_step_claim_duration_seconds", "histogram: tasker_step_claim_duration");
+    let path = temp_file("bad.yaml", &bad);
+    let out = spanlens().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let file = path.display();
+    for expected in [
+        format!("{file}:{}: receivers.http.verbose: unknown field `verbose`", line_of("verbose: true")),
+        format!(
+            "{file}:{}: stages.step_claim.histogram: histogram `tasker_step_claim_duration` observes seconds",
+            line_of("histogram: tasker_step_claim_duration")
+        ),
+        format!("{file}:{}: rules[", line_of("stage: task_finalisation")),
+    ] {
+        assert!(stderr.contains(&expected), "missing `{expected}` in:\n{stderr}");
+    }
+    assert!(stderr.starts_with(&format!("{file}: 3 problems\n")), "{stderr}");
+}
+
+#[test]
+fn default_config_prints_the_embedded_profile() {
+    let out = spanlens().arg("default-config").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        std::fs::read_to_string("config/spanlens.yaml").unwrap()
+    );
+}
+
+#[test]
+fn help_teaches_the_defaults() {
+    let out = spanlens().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["127.0.0.1:4317", "127.0.0.1:4318", "9464/metrics", "check-config", "--config"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+/// Reads stderr lines on a thread and hands them over.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(command: &mut Command) -> Running {
+        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no `{needle}` on stderr; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+fn address(line: &str) -> String {
+    line.rsplit("local=").next().unwrap().trim().to_string()
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn runs_on_the_embedded_profile_with_no_arguments() {
+    let mut running = Running::start(&mut spanlens());
+    running.wait_for("spanlens started");
+    assert_eq!(get("http://127.0.0.1:9464/readyz").await.0, 200);
+    let (status, body) = get("http://127.0.0.1:9464/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.is_empty() || body.starts_with("# HELP"), "{body}");
+    assert!(running.terminate().success());
+}
+
+#[tokio::test]
+async fn sigterm_stops_gracefully_and_accounts_for_every_span() {
+    let config = spanlens::config::DEFAULT_PROFILE
+        .replace("127.0.0.1:4317", "127.0.0.1:0")
+        .replace("127.0.0.1:4318", "127.0.0.1:0")
+        .replace("127.0.0.1:9464", "127.0.0.1:0");
+    let path = temp_file("ephemeral.yaml", &config);
+    let mut running = Running::start(spanlens().arg("--config").arg(&path));
+    let http = address(&running.wait_for("OTLP/HTTP receiver listening"));
+    running.wait_for("spanlens started");
+    let span = |i: u32| {
+        format!(
+            r#"{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"{:016x}","name":"step_claim","kind":1,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000015000000"}}"#,
+            i + 1
+        )
+    };
+    let spans: Vec<String> = (0..25).map(span).collect();
+    let body = format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"tasker-rust-worker"}}}}]}},"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+        spans.join(",")
+    );
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let response = client
+            .post(format!("http://{http}/v1/traces"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let status = running.terminate();
+    assert!(status.success(), "exit status {status}");
+    let last = running.wait_for("stopped");
+    assert!(last.contains("spans_accepted=100"), "{last}");
+}
