@@ -420,3 +420,277 @@ fn describe(batch: &Batch, problems: &[(usize, SpanProblem)]) -> String {
     }
     message
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exposition::{Format, render};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn span(id: u8, name: &str, millis: u64, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![7; 16],
+            span_id: vec![id; 8],
+            name: name.into(),
+            kind: 1,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_000_000_000 + millis * 1_000_000,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn request(service: &str, spans: Vec<Span>) -> Vec<u8> {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", service)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn lines(pipeline: &Pipeline) -> Vec<String> {
+        render(&pipeline.snapshot(), Format::Text)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn has(lines: &[String], line: &str) {
+        assert!(
+            lines.iter().any(|l| l == line),
+            "missing {line}\n{}",
+            lines.join("\n")
+        );
+    }
+
+    #[test]
+    fn handler_language_chain_prefers_span_then_resource_then_service_name() {
+        let pipeline = Pipeline::new(&Config::default_profile()).unwrap();
+        let language = |l| vec![kv("handler.language", l)];
+        pipeline
+            .ingest(
+                Protocol::Grpc,
+                &request(
+                    "tasker-rust-worker",
+                    vec![
+                        span(1, "step_claim", 15, vec![]),
+                        span(2, "step_claim", 15, language("python")),
+                    ],
+                ),
+            )
+            .unwrap();
+        pipeline
+            .ingest(
+                Protocol::Grpc,
+                &request(
+                    "tasker-orchestration",
+                    vec![span(3, "step_claim", 15, vec![])],
+                ),
+            )
+            .unwrap();
+        let lines = lines(&pipeline);
+        has(
+            &lines,
+            r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="rust"} 1"#,
+        );
+        has(
+            &lines,
+            r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="python"} 1"#,
+        );
+        has(
+            &lines,
+            r#"tasker_step_claim_calls_total{service="tasker-orchestration",handler_language="unknown"} 1"#,
+        );
+    }
+
+    #[test]
+    fn extra_labels_are_capped_and_overflow_is_counted() {
+        let mut config = Config::default_profile();
+        config
+            .stages
+            .get_mut("handler_execution")
+            .unwrap()
+            .extra_labels = vec!["namespace".into()];
+        config.labels.extra.get_mut("namespace").unwrap().max_values = 2;
+        let pipeline = Pipeline::new(&config).unwrap();
+        let spans = [
+            "linear_workflow",
+            "diamond_workflow",
+            "tree_workflow",
+            "linear_workflow",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            span(
+                i as u8 + 1,
+                "worker.step_execution",
+                42,
+                vec![kv("namespace", ns)],
+            )
+        })
+        .collect();
+        pipeline
+            .ingest(
+                Protocol::HttpProtobuf,
+                &request("tasker-ruby-worker", spans),
+            )
+            .unwrap();
+        // read_messages names its namespace only through the queue.
+        let claim = span(
+            9,
+            "read_messages",
+            5,
+            vec![kv("queue", "worker_linear_workflow_queue")],
+        );
+        config.stages.get_mut("step_claim").unwrap().extra_labels = vec!["namespace".into()];
+        let with_claim = Pipeline::new(&config).unwrap();
+        with_claim
+            .ingest(Protocol::Grpc, &request("tasker-ruby-worker", vec![claim]))
+            .unwrap();
+        let lines = lines(&pipeline);
+        let base = r#"service="tasker-ruby-worker",handler_language="ruby""#;
+        has(
+            &lines,
+            &format!(
+                r#"tasker_handler_execution_calls_total{{{base},namespace="linear_workflow"}} 2"#
+            ),
+        );
+        has(
+            &lines,
+            &format!(
+                r#"tasker_handler_execution_calls_total{{{base},namespace="diamond_workflow"}} 1"#
+            ),
+        );
+        has(
+            &lines,
+            &format!(
+                r#"tasker_handler_execution_calls_total{{{base},namespace="__overflow__"}} 1"#
+            ),
+        );
+        has(
+            &lines,
+            r#"spanlens_label_overflow_total{label="namespace"} 1"#,
+        );
+        has(
+            &self::lines(&with_claim),
+            &format!(r#"tasker_step_claim_calls_total{{{base},namespace="linear_workflow"}} 1"#),
+        );
+    }
+
+    #[test]
+    fn long_label_values_are_truncated_on_a_character_boundary() {
+        let mut config = Config::default_profile();
+        config.metrics.max_label_value_length = 10;
+        let pipeline = Pipeline::new(&config).unwrap();
+        pipeline
+            .ingest(
+                Protocol::Grpc,
+                &request("ééééééééé-service", vec![span(1, "step_claim", 1, vec![])]),
+            )
+            .unwrap();
+        has(
+            &lines(&pipeline),
+            r#"tasker_step_claim_calls_total{service="ééééé",handler_language="unknown"} 1"#,
+        );
+    }
+
+    #[test]
+    fn partial_rejection_counts_only_good_spans_and_explains_the_rest() {
+        let pipeline = Pipeline::new(&Config::default_profile()).unwrap();
+        let mut bad = span(2, "step_claim", 5, vec![]);
+        bad.trace_id = vec![1; 15];
+        let mut late = span(3, "step_claim", 5, vec![]);
+        late.end_time_unix_nano = 0;
+        let outcome = pipeline
+            .ingest(
+                Protocol::HttpJson,
+                &request(
+                    "tasker-rust-worker",
+                    vec![span(1, "step_claim", 5, vec![]), bad, late],
+                ),
+            )
+            .unwrap();
+        assert_eq!((outcome.accepted, outcome.rejected), (1, 2));
+        assert_eq!(
+            outcome.message,
+            "2 of 3 spans rejected: resource_spans[0].scope_spans[0].spans[1] (\"step_claim\"): trace_id is 15 bytes, must be 16; \
+             resource_spans[0].scope_spans[0].spans[2] (\"step_claim\"): end_time_unix_nano is missing"
+        );
+        let lines = lines(&pipeline);
+        has(
+            &lines,
+            r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="rust"} 1"#,
+        );
+        has(
+            &lines,
+            r#"spanlens_spans_refused_total{protocol="http_json",reason="invalid_trace_id"} 1"#,
+        );
+        has(
+            &lines,
+            r#"spanlens_spans_refused_total{protocol="http_json",reason="missing_timestamp"} 1"#,
+        );
+        has(
+            &lines,
+            r#"spanlens_spans_accepted_total{protocol="http_json"} 1"#,
+        );
+        has(
+            &lines,
+            r#"spanlens_spans_received_total{protocol="http_json"} 3"#,
+        );
+    }
+
+    #[test]
+    fn a_request_with_no_usable_span_is_refused_whole() {
+        let pipeline = Pipeline::new(&Config::default_profile()).unwrap();
+        let mut bad = span(0, "step_claim", 5, vec![]);
+        bad.span_id = vec![0; 8];
+        let refusal = pipeline
+            .ingest(Protocol::Grpc, &request("s", vec![bad]))
+            .unwrap_err();
+        assert!(
+            matches!(refusal, Refusal::AllSpansInvalid(ref m) if m.contains("span_id is all zeros")),
+            "{refusal}"
+        );
+        let malformed = pipeline
+            .ingest(Protocol::Grpc, b"\x0a\x05\x12")
+            .unwrap_err();
+        assert_eq!(
+            malformed,
+            Refusal::Malformed("request: field 1 ends past the end of its message".into())
+        );
+        let lines = lines(&pipeline);
+        has(
+            &lines,
+            r#"spanlens_requests_refused_total{protocol="grpc",reason="invalid_spans"} 1"#,
+        );
+        has(
+            &lines,
+            r#"spanlens_requests_refused_total{protocol="grpc",reason="malformed"} 1"#,
+        );
+        assert!(!lines.iter().any(|l| l.starts_with("tasker_step_claim")));
+    }
+}

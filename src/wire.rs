@@ -139,7 +139,12 @@ impl<'a> Fields<'a> {
                 (f, 4) if f == innermost => {
                     open.pop();
                 }
-                (f, 4) => return Err(WireError::BadWireType { field: f, wire_type: 4 }),
+                (f, 4) => {
+                    return Err(WireError::BadWireType {
+                        field: f,
+                        wire_type: 4,
+                    });
+                }
                 (f, wire_type) => {
                     self.value(f, wire_type)?;
                 }
@@ -222,7 +227,10 @@ mod tests {
         // group 1 { varint 2; group 3 { } } then varint 4 = 5
         let buf = [0x0b, 0x10, 0x01, 0x1b, 0x1c, 0x0c, 0x20, 0x05];
         let fields: Vec<_> = Fields::new(&buf).collect::<Result<_, _>>().unwrap();
-        assert_eq!(fields, vec![(1, FieldValue::Group), (4, FieldValue::Varint(5))]);
+        assert_eq!(
+            fields,
+            vec![(1, FieldValue::Group), (4, FieldValue::Varint(5))]
+        );
     }
 
     #[test]

@@ -21,8 +21,15 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn check_config_accepts_the_shipped_profile() {
-    let out = spanlens().args(["check-config", "config/spanlens.yaml"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spanlens()
+        .args(["check-config", "config/spanlens.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "config/spanlens.yaml: ok (8 stages, 14 rules)\n"
@@ -32,9 +39,18 @@ fn check_config_accepts_the_shipped_profile() {
 #[test]
 fn check_config_reports_every_problem_with_line_and_field() {
     let bad = spanlens::config::DEFAULT_PROFILE
-        .replace("    endpoint: 127.0.0.1:4318", "    endpoint: 127.0.0.1:4318\n    verbose: true")
-        .replace("  - stage: task_finalization", "  - stage: task_finalisation")
-        .replace("histogram: tasker_step_claim_duration_seconds", "histogram: tasker_step_claim_duration");
+        .replace(
+            "    endpoint: 127.0.0.1:4318",
+            "    endpoint: 127.0.0.1:4318\n    verbose: true",
+        )
+        .replace(
+            "  - stage: task_finalization",
+            "  - stage: task_finalisation",
+        )
+        .replace(
+            "histogram: tasker_step_claim_duration_seconds",
+            "histogram: tasker_step_claim_duration",
+        );
     let path = temp_file("bad.yaml", &bad);
     let out = spanlens().arg("check-config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -42,16 +58,25 @@ fn check_config_reports_every_problem_with_line_and_field() {
     let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let file = path.display();
     for expected in [
-        format!("{file}:{}: receivers.http.verbose: unknown field `verbose`", line_of("verbose: true")),
+        format!(
+            "{file}:{}: receivers.http.verbose: unknown field `verbose`",
+            line_of("verbose: true")
+        ),
         format!(
             "{file}:{}: stages.step_claim.histogram: histogram `tasker_step_claim_duration` observes seconds",
             line_of("histogram: tasker_step_claim_duration")
         ),
         format!("{file}:{}: rules[", line_of("stage: task_finalisation")),
     ] {
-        assert!(stderr.contains(&expected), "missing `{expected}` in:\n{stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
     }
-    assert!(stderr.starts_with(&format!("{file}: 3 problems\n")), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{file}: 3 problems\n")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -68,7 +93,13 @@ fn default_config_prints_the_embedded_profile() {
 fn help_teaches_the_defaults() {
     let out = spanlens().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["127.0.0.1:4317", "127.0.0.1:4318", "9464/metrics", "check-config", "--config"] {
+    for needle in [
+        "127.0.0.1:4317",
+        "127.0.0.1:4318",
+        "9464/metrics",
+        "check-config",
+        "--config",
+    ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
 }
@@ -82,7 +113,11 @@ struct Running {
 
 impl Running {
     fn start(command: &mut Command) -> Running {
-        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
