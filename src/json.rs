@@ -9,7 +9,34 @@ use prost::Message;
 pub fn to_protobuf(json: &[u8]) -> Result<Vec<u8>, String> {
     let request: ExportTraceServiceRequest =
         serde_json::from_slice(json).map_err(|e| format!("invalid OTLP/JSON: {e}"))?;
+    check_ids(&request)?;
     Ok(request.encode_to_vec())
+}
+
+/// In OTLP/JSON ids are hex strings of a fixed length (32 digits for a trace id, 16 for a
+/// span id); the serde mapping accepts any even length, so a wrong length is caught here and
+/// refused as malformed JSON, like any other value that does not fit its field.
+fn check_ids(request: &ExportTraceServiceRequest) -> Result<(), String> {
+    for (r, rs) in request.resource_spans.iter().enumerate() {
+        for (s, ss) in rs.scope_spans.iter().enumerate() {
+            for (i, span) in ss.spans.iter().enumerate() {
+                let path = format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}]");
+                for (field, id, digits, optional) in [
+                    ("traceId", &span.trace_id, 32, false),
+                    ("spanId", &span.span_id, 16, false),
+                    ("parentSpanId", &span.parent_span_id, 16, true),
+                ] {
+                    if id.len() * 2 != digits && !(optional && id.is_empty()) {
+                        return Err(format!(
+                            "invalid OTLP/JSON: {path}.{field} must be {digits} hex digits, found {}",
+                            id.len() * 2
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -39,5 +66,10 @@ mod tests {
                 .unwrap_err();
         assert!(err.starts_with("invalid OTLP/JSON"), "{err}");
         assert!(to_protobuf(b"{").unwrap_err().contains("line 1"));
+        let short = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"abab","spanId":"eee19b7ec3c1b174"}]}]}]}"#;
+        assert_eq!(
+            to_protobuf(short).unwrap_err(),
+            "invalid OTLP/JSON: resourceSpans[0].scopeSpans[0].spans[0].traceId must be 32 hex digits, found 4"
+        );
     }
 }

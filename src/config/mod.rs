@@ -37,6 +37,109 @@ pub struct Config {
     /// The generic spanmetrics-style metrics.
     #[serde(default)]
     pub span_metrics: SpanMetricsConfig,
+    /// What `spanlens rules` generates besides each stage's own alert.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
+}
+
+/// Settings shared by every generated rule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Window of the recorded rates and quantiles (a Prometheus duration).
+    #[serde(default = "default_rate_window")]
+    pub rate_window: String,
+    /// A latency alert needs at least this many spans per second in its series, so that a
+    /// quiet service never pages.
+    #[serde(default = "default_min_calls_per_second")]
+    pub min_calls_per_second: f64,
+    /// Regression alerts fire when the quantile is this many times its value `regression_offset` ago.
+    #[serde(default = "default_regression_ratio")]
+    pub regression_ratio: f64,
+    /// How far back the regression alert compares (same hour yesterday: 1d).
+    #[serde(default = "default_regression_offset")]
+    pub regression_offset: String,
+    /// How long a regression must last before it fires.
+    #[serde(default = "default_regression_for")]
+    pub regression_for: String,
+    /// Base URL of the runbook; each alert links to its own section.
+    #[serde(default = "default_runbook_url")]
+    pub runbook_url: String,
+    /// Prometheus job that scrapes spanlens, for the scrape-failure alert.
+    #[serde(default = "default_job")]
+    pub job: String,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            rate_window: default_rate_window(),
+            min_calls_per_second: default_min_calls_per_second(),
+            regression_ratio: default_regression_ratio(),
+            regression_offset: default_regression_offset(),
+            regression_for: default_regression_for(),
+            runbook_url: default_runbook_url(),
+            job: default_job(),
+        }
+    }
+}
+
+fn default_rate_window() -> String {
+    "5m".to_string()
+}
+
+fn default_min_calls_per_second() -> f64 {
+    0.05
+}
+
+fn default_regression_ratio() -> f64 {
+    1.5
+}
+
+fn default_regression_offset() -> String {
+    "1d".to_string()
+}
+
+fn default_regression_for() -> String {
+    "30m".to_string()
+}
+
+fn default_runbook_url() -> String {
+    "https://github.com/spanlens/spanlens/blob/main/docs/RUNBOOK.md".to_string()
+}
+
+fn default_job() -> String {
+    "spanlens".to_string()
+}
+
+/// A stage's latency alert.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageAlert {
+    /// The quantile watched, such as 0.95.
+    #[serde(default = "default_quantile")]
+    pub quantile: f64,
+    /// Fire when the quantile is above this many seconds. Must be one of the histogram's
+    /// bucket bounds, or the quantile would be interpolated around it.
+    pub above_seconds: f64,
+    /// How long the condition must hold (a Prometheus duration).
+    #[serde(default = "default_for", rename = "for")]
+    pub for_duration: String,
+    /// The `severity` label Alertmanager routes on.
+    #[serde(default = "default_severity")]
+    pub severity: String,
+}
+
+fn default_quantile() -> f64 {
+    0.95
+}
+
+fn default_for() -> String {
+    "10m".to_string()
+}
+
+fn default_severity() -> String {
+    "warning".to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -256,6 +359,9 @@ pub struct StageConfig {
     /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
     #[serde(default)]
     pub buckets: Option<Vec<f64>>,
+    /// The latency alert `spanlens rules` generates for this stage; none when unset.
+    #[serde(default)]
+    pub alert: Option<StageAlert>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -475,6 +581,7 @@ pub(crate) struct Sections {
     pub(crate) stages: Option<BTreeMap<String, StageConfig>>,
     pub(crate) rules: Option<Vec<RuleConfig>>,
     pub(crate) span_metrics: Option<SpanMetricsConfig>,
+    pub(crate) alerting: Option<AlertingConfig>,
 }
 
 impl Sections {
@@ -486,6 +593,7 @@ impl Sections {
             stages: self.stages?,
             rules: self.rules?,
             span_metrics: self.span_metrics?,
+            alerting: self.alerting?,
         })
     }
 }
@@ -504,12 +612,13 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
             continue;
         };
         match key.as_str() {
-            "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics" => {
+            "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics"
+            | "alerting" => {
                 sections.insert(key, value);
             }
             other => problems.add(
                 other,
-                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics",
+                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting",
             ),
         }
     }
@@ -517,6 +626,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
     let receivers = optional(section("receivers"), "receivers", problems);
     let metrics = optional(section("metrics"), "metrics", problems);
     let span_metrics = optional(section("span_metrics"), "span_metrics", problems);
+    let alerting = optional(section("alerting"), "alerting", problems);
     let labels = required(section("labels"), "labels", problems);
     let stages = match section("stages") {
         Some(yaml_serde::Value::Mapping(map)) => {
@@ -570,6 +680,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         stages,
         rules,
         span_metrics,
+        alerting,
     }
 }
 

@@ -2,8 +2,8 @@
 
 use super::Problems;
 use super::{
-    LabelConfig, LabelSourceKind, LabelsConfig, MetricsConfig, ReceiversConfig, RuleConfig,
-    Sections, SpanMetricsConfig, StageConfig,
+    AlertingConfig, LabelConfig, LabelSourceKind, LabelsConfig, MetricsConfig, ReceiversConfig,
+    RuleConfig, Sections, SpanMetricsConfig, StageAlert, StageConfig,
 };
 use regex::Regex;
 use std::collections::BTreeMap;
@@ -49,6 +49,105 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
     }
     if let Some(rules) = &s.rules {
         check_rules(rules, s.stages.as_ref(), problems);
+    }
+    if let Some(alerting) = &s.alerting {
+        check_alerting(alerting, problems);
+    }
+    if let (Some(stages), Some(metrics)) = (&s.stages, &s.metrics) {
+        for (name, stage) in stages {
+            if let Some(alert) = &stage.alert {
+                let buckets = stage.buckets.as_ref().unwrap_or(&metrics.default_buckets);
+                check_stage_alert(alert, buckets, &format!("stages.{name}.alert"), problems);
+            }
+        }
+    }
+}
+
+/// A Prometheus duration: digits and a unit (ms, s, m, h, d, w, y), possibly repeated (1h30m).
+pub fn is_prometheus_duration(text: &str) -> bool {
+    let mut rest = text;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h", "d", "w", "y"]
+            .into_iter()
+            .find(|u| rest.starts_with(u));
+        match unit {
+            Some(unit) => rest = &rest[unit.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn check_duration(value: &str, path: &str, problems: &mut Problems) {
+    if !is_prometheus_duration(value) {
+        problems.add(
+            path,
+            format!("`{value}` is not a Prometheus duration (such as 30s, 5m, 1h, 1d)"),
+        );
+    }
+}
+
+fn check_alerting(a: &AlertingConfig, problems: &mut Problems) {
+    check_duration(&a.rate_window, "alerting.rate_window", problems);
+    check_duration(&a.regression_offset, "alerting.regression_offset", problems);
+    check_duration(&a.regression_for, "alerting.regression_for", problems);
+    if !(a.min_calls_per_second >= 0.0 && a.min_calls_per_second.is_finite()) {
+        problems.add(
+            "alerting.min_calls_per_second",
+            "must be a number of spans per second, 0 or more",
+        );
+    }
+    if !(a.regression_ratio > 1.0 && a.regression_ratio.is_finite()) {
+        problems.add(
+            "alerting.regression_ratio",
+            "must be above 1 (1.5 means 50% slower than before)",
+        );
+    }
+    if a.job.is_empty() {
+        problems.add(
+            "alerting.job",
+            "must name the Prometheus job that scrapes spanlens",
+        );
+    }
+}
+
+fn check_stage_alert(alert: &StageAlert, buckets: &[f64], path: &str, problems: &mut Problems) {
+    if !(alert.quantile > 0.0 && alert.quantile < 1.0) {
+        problems.add(
+            format!("{path}.quantile"),
+            "must be between 0 and 1, such as 0.95",
+        );
+    }
+    if !buckets.contains(&alert.above_seconds) {
+        let bounds: Vec<String> = buckets.iter().map(f64::to_string).collect();
+        problems.add(
+            format!("{path}.above_seconds"),
+            format!(
+                "{} is not a bucket bound of this histogram, so the quantile would be interpolated around it; use one of {} or add it to the buckets",
+                alert.above_seconds,
+                bounds.join(", ")
+            ),
+        );
+    }
+    check_duration(&alert.for_duration, &format!("{path}.for"), problems);
+    if alert.severity.is_empty()
+        || !alert
+            .severity
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        problems.add(
+            format!("{path}.severity"),
+            "must be a word such as warning, critical or page",
+        );
     }
 }
 

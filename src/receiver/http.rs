@@ -94,7 +94,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         .to_ascii_lowercase()
         .as_str()
     {
-        "application/x-protobuf" | "application/protobuf" => Kind::Protobuf,
+        "application/x-protobuf" => Kind::Protobuf,
         "application/json" => Kind::Json,
         _ => {
             ingest
