@@ -18,5 +18,6 @@ pub mod json;
 pub mod labels;
 pub mod pipeline;
 pub mod receiver;
+pub mod rules;
 pub mod server;
 pub mod wire;

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  spanlens\n  spanlens --config my.yaml\n  spanlens default-config > my.yaml\n  spanlens check-config my.yaml\n\nLog level: RUST_LOG (default info), e.g. RUST_LOG=spanlens=debug."
+    after_help = "Examples:\n  spanlens\n  spanlens --config my.yaml\n  spanlens default-config > my.yaml\n  spanlens check-config my.yaml\n  spanlens rules --config my.yaml > spanlens.rules.yml\n\nLog level: RUST_LOG (default info), e.g. RUST_LOG=spanlens=debug."
 )]
 struct Cli {
     /// Config file (YAML) to use instead of the embedded default profile. `${NAME}` and
@@ -38,6 +38,13 @@ enum Command {
     },
     /// Print the embedded default profile, a documented starting point for your own.
     DefaultConfig,
+    /// Write the Prometheus rule file for the config (recording rules, p95 alerts guarded by
+    /// a minimum traffic rate, regression alerts, spanlens's own health).
+    Rules {
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,7 +55,39 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { files } => check_config(&files),
+        Command::Rules { output } => rules(cli.config, output),
         Command::Run => run(cli.config),
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }),
+        None => Ok(Config::default_profile()),
+    }
+}
+
+fn rules(config: Option<PathBuf>, output: Option<PathBuf>) -> ExitCode {
+    let config = match load(config.as_ref()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let text = spanlens::rules::render(&config);
+    match output {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match std::fs::write(&path, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spanlens: cannot write {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -84,15 +123,9 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = match &config_path {
-        Some(path) => match Config::load(path) {
-            Ok(config) => config,
-            Err(e) => {
-                eprint!("{e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::default_profile(),
+    let config = match load(config_path.as_ref()) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     let origin = config_path.map_or("the embedded default profile".to_string(), |p| {
         p.display().to_string()

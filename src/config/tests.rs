@@ -22,6 +22,40 @@ fn default_profile_restates_the_code_defaults() {
     assert_eq!(config.receivers, ReceiversConfig::default());
     assert_eq!(config.metrics, MetricsConfig::default());
     assert_eq!(config.span_metrics, SpanMetricsConfig::default());
+    assert_eq!(config.alerting, AlertingConfig::default());
+}
+
+#[test]
+fn alert_thresholds_must_be_bucket_bounds() {
+    let text = MINIMAL.replace(
+        "    errors: claim_errors_total\n",
+        "    errors: claim_errors_total\n    alert: { above_seconds: 0.3, for: 5 minutes }\n",
+    );
+    let err = parse(&text).unwrap_err();
+    let found: Vec<(&str, Option<usize>)> = err
+        .problems
+        .iter()
+        .map(|p| (p.path.as_str(), p.line))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("stages.claim.alert.above_seconds", Some(13)),
+            ("stages.claim.alert.for", Some(13))
+        ],
+        "{err}"
+    );
+    assert!(
+        err.problems[0].message.contains("not a bucket bound"),
+        "{err}"
+    );
+    assert!(
+        parse(&MINIMAL.replace(
+            "    errors: claim_errors_total\n",
+            "    errors: claim_errors_total\n    alert: { above_seconds: 0.25, for: 1h30m }\n",
+        ))
+        .is_ok()
+    );
 }
 
 #[test]

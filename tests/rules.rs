@@ -1,0 +1,70 @@
+//! The committed rule file is what `spanlens rules` generates for the shipped config, it
+//! passes `promtool check rules`, and every runbook link lands on a section of the runbook.
+
+use std::process::Command;
+
+const COMMITTED: &str = "config/rules/spanlens.rules.yml";
+
+fn generated() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_spanlens"))
+        .arg("rules")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn promtool() -> String {
+    std::env::var("SPANLENS_PROMTOOL").unwrap_or_else(|_| "promtool".to_string())
+}
+
+#[test]
+fn committed_rules_match_the_shipped_config() {
+    let committed = std::fs::read_to_string(COMMITTED).unwrap();
+    assert!(
+        committed == generated(),
+        "{COMMITTED} is stale: regenerate it with `cargo run -- rules --output {COMMITTED}`"
+    );
+}
+
+#[test]
+fn promtool_accepts_the_rules() {
+    let out = Command::new(promtool())
+        .args(["check", "rules", COMMITTED])
+        .output()
+        .unwrap_or_else(|e| panic!("promtool is needed (scripts/test.sh installs it): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("SUCCESS"), "{stdout}");
+}
+
+#[test]
+fn every_runbook_link_has_a_section() {
+    let runbook = std::fs::read_to_string("docs/RUNBOOK.md").unwrap();
+    let anchors: Vec<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    let rules = generated();
+    let links: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
+        .collect();
+    assert!(links.len() >= 20, "{}", links.len());
+    for link in links {
+        let anchor = link.rsplit('#').next().unwrap();
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "docs/RUNBOOK.md has no section for #{anchor}"
+        );
+    }
+}
