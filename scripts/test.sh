@@ -133,6 +133,12 @@ section "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 elapsed clippy
 
+# Doc tests first: nextest does not run them, and the suite's summary should be the last
+# test-runner line printed (the doc tests may number zero).
+section "cargo test --doc"
+cargo test --doc
+elapsed doctests
+
 if [ "$have_nextest" -eq 1 ]; then
     section "cargo nextest run --all-targets --no-fail-fast"
     cargo nextest run --all-targets --no-fail-fast
@@ -141,10 +147,6 @@ else
     cargo test --all-targets --no-fail-fast
 fi
 elapsed tests
-
-section "cargo test --doc"
-cargo test --doc
-elapsed doctests
 
 if [ -d benches ]; then
     section "cargo bench --no-run"

@@ -52,6 +52,7 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
         };
         let kind = match spec.kind {
             MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
             MetricKind::Histogram { .. } => "histogram",
         };
         let _ = writeln!(out, "# HELP {family} {}", escape_help(&spec.help));
@@ -69,6 +70,9 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
             match (&s.values, &spec.kind) {
                 (Values::Counter(n), _) => {
                     sample(&mut out, &spec.name, &labels, None, &n.to_string());
+                }
+                (Values::Gauge(v), _) => {
+                    sample(&mut out, &spec.name, &labels, None, &float(*v, format));
                 }
                 (
                     Values::Histogram {
@@ -114,7 +118,9 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
                         &count.to_string(),
                     );
                 }
-                (Values::Histogram { .. }, MetricKind::Counter) => unreachable!("kinds agree"),
+                (Values::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
+                    unreachable!("kinds agree")
+                }
             }
         }
     }

@@ -93,6 +93,18 @@ impl LabelResolver {
         resource_values: &ResourceValues<'r>,
         buf: &'r mut String,
     ) -> &'r str {
+        self.find(batch, span, resource_values, buf)
+            .unwrap_or(&self.default)
+    }
+
+    /// The value of the first source that yields one, without the default.
+    pub fn find<'r>(
+        &self,
+        batch: &Batch<'r>,
+        span: &SpanView<'r>,
+        resource_values: &ResourceValues<'r>,
+        buf: &'r mut String,
+    ) -> Option<&'r str> {
         for (i, source) in self.sources.iter().enumerate() {
             let found = match source {
                 Source::Span { key, regex } => {
@@ -105,16 +117,20 @@ impl LabelResolver {
                             value:
                                 value @ (AnyValue::Bool(_) | AnyValue::Int(_) | AnyValue::Double(_)),
                             ..
-                        }) if regex.is_none() => return format_scalar(value, buf),
+                        }) if regex.is_none() => return Some(format_scalar(value, buf)),
                         _ => None,
                     }
                 }
                 _ => resource_values.values[span.resource][i],
             };
-            if let Some(v) = found {
-                return v;
+            if found.is_some() {
+                return found;
             }
         }
+        None
+    }
+
+    pub fn default_value(&self) -> &str {
         &self.default
     }
 }

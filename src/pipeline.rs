@@ -3,13 +3,20 @@
 
 use crate::aggregate::{
     DimensionId, Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, Store, StoreSpec, Values,
+    Writer,
 };
 use crate::classify::{Classifier, SpanFacts, StageId};
 use crate::config::Config;
+use crate::config::validate::parse_duration;
+use crate::decode::{AnyValue, SpanView};
 use crate::decode::{Batch, SpanProblem};
+use crate::dedupe::RecentSpans;
+use crate::join::{Arrival, Eviction, JoinSpec, JoinWindow, Offer, PartSpan};
+use crate::labels::ResourceValues;
 use crate::labels::{LabelResolver, truncate};
 use std::fmt::Write;
 use std::sync::Arc;
+use std::time::Instant;
 use thiserror::Error;
 
 /// How a request arrived; the `protocol` label of spanlens's own counters.
@@ -80,8 +87,45 @@ struct Dimensions {
     span_name: DimensionId,
 }
 
+/// A derived metric as the pipeline runs it.
+struct DerivedMetric {
+    name: String,
+    histogram: MetricId,
+    key: String,
+    labels: Vec<LabelSlot>,
+}
+
+#[derive(Clone, Copy)]
+enum LabelSlot {
+    Service,
+    HandlerLanguage,
+    /// Index into `Pipeline::extras`.
+    Extra(usize),
+}
+
+/// A stage's span as a part of a derived metric.
+struct JoinPart {
+    derived: usize,
+    part: usize,
+    span_name: Option<String>,
+}
+
+struct JoinMetrics {
+    duplicates: MetricId,
+    evicted: MetricId,
+    late: MetricId,
+    repeated: MetricId,
+    pending: MetricId,
+}
+
 pub struct Pipeline {
     store: Store,
+    recent: RecentSpans,
+    join: JoinWindow,
+    derived: Vec<DerivedMetric>,
+    /// Per stage: the derived metrics its spans are part of.
+    joins_by_stage: Vec<Vec<JoinPart>>,
+    join_metrics: JoinMetrics,
     classifier: Classifier,
     stages: Vec<StageMetrics>,
     handler_language: LabelResolver,
@@ -152,6 +196,13 @@ impl Pipeline {
                 &["protocol", "reason"],
             ),
         };
+        let join_metrics = JoinMetrics {
+            duplicates: table.add("spanlens_spans_duplicate_total", "Spans seen again (same trace and span id, resent by a retrying exporter) and not counted again, by protocol.", MetricKind::Counter, &["protocol"]),
+            evicted: table.add("spanlens_join_evicted_total", "Keys of derived metrics that left the join window incomplete, by derived metric and reason (timeout: waited longer than join.max_wait; capacity: oldest when join.max_pending was reached).", MetricKind::Counter, &["derived", "reason"]),
+            late: table.add("spanlens_join_late_spans_total", "Spans that arrived for a key already completed, by derived metric.", MetricKind::Counter, &["derived"]),
+            repeated: table.add("spanlens_join_repeated_spans_total", "Spans for a part a waiting key already had (not used), by derived metric.", MetricKind::Counter, &["derived"]),
+            pending: table.add("spanlens_join_pending", "Keys waiting for their missing parts, by derived metric.", MetricKind::Gauge, &["derived"]),
+        };
         let label_overflow = table.add("spanlens_label_overflow_total", "Label values replaced by the overflow value because the label reached its max_values, by label.", MetricKind::Counter, &["label"]);
         let series_overflow = table.add("spanlens_series_overflow_total", "Observations folded into the overflow series because the metric reached max_series_per_metric, by metric.", MetricKind::Counter, &["metric"]);
 
@@ -216,6 +267,54 @@ impl Pipeline {
                 extras,
             });
         }
+        let mut joins_by_stage: Vec<Vec<JoinPart>> = stages.iter().map(|_| Vec::new()).collect();
+        let mut derived = Vec::new();
+        let mut join_specs = Vec::new();
+        for (index, (name, d)) in config.derived.iter().enumerate() {
+            let labels = d
+                .labels
+                .iter()
+                .map(|l| match l.as_str() {
+                    "service" => Ok(LabelSlot::Service),
+                    "handler_language" => Ok(LabelSlot::HandlerLanguage),
+                    other => extra_names
+                        .iter()
+                        .position(|n| *n == other)
+                        .map(LabelSlot::Extra)
+                        .ok_or(format!("derived.{name}: unknown label {other}")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (part, p) in d.parts.iter().enumerate() {
+                let stage = stage_names
+                    .iter()
+                    .position(|s| **s == p.stage)
+                    .ok_or(format!("derived.{name}: unknown stage {}", p.stage))?;
+                joins_by_stage[stage].push(JoinPart {
+                    derived: index,
+                    part,
+                    span_name: p.span_name.clone(),
+                });
+            }
+            let label_names: Vec<&str> = d.labels.iter().map(String::as_str).collect();
+            derived.push(DerivedMetric {
+                name: name.clone(),
+                histogram: table.add(
+                    &d.histogram,
+                    &d.help,
+                    histogram(&d.buckets, config),
+                    &label_names,
+                ),
+                key: d.key.clone(),
+                labels,
+            });
+            join_specs.push(JoinSpec {
+                operation: d.operation,
+                parts: d.parts.len(),
+                labels: d.labels.len(),
+            });
+        }
+        let max_wait =
+            parse_duration(&config.join.max_wait).ok_or("join.max_wait is not a duration")?;
         let span_labels = ["service_name", "span_name", "span_kind", "status_code"];
         let span_metrics = config.span_metrics.enabled.then(|| SpanMetrics {
             calls: table.add(
@@ -235,6 +334,11 @@ impl Pipeline {
             stage_names.iter().position(|s| *s == name).map(StageId)
         })?;
         Ok(Pipeline {
+            recent: RecentSpans::new(config.join.dedupe_spans),
+            join: JoinWindow::new(join_specs, config.join.max_pending, max_wait),
+            derived,
+            joins_by_stage,
+            join_metrics,
             store: Store::new(StoreSpec {
                 metrics: table.metrics,
                 dimensions,
@@ -258,8 +362,32 @@ impl Pipeline {
         })
     }
 
+    /// Every series now. Evicts join keys that waited too long first, so that the eviction
+    /// counters are current even without traffic.
     pub fn snapshot(&self) -> Snapshot {
-        self.store.snapshot()
+        let mut evictions = Vec::new();
+        self.join
+            .sweep(Instant::now(), &mut |d, why| evictions.push((d, why)));
+        self.count_evictions(&mut self.store.writer(), &evictions);
+        let mut snapshot = self.store.snapshot();
+        for (d, pending) in self.derived.iter().zip(self.join.pending()) {
+            snapshot.set_gauge(self.join_metrics.pending, &[&d.name], pending as f64);
+        }
+        snapshot
+    }
+
+    fn count_evictions(&self, w: &mut Writer, evictions: &[(usize, Eviction)]) {
+        for (d, why) in evictions {
+            let reason = match why {
+                Eviction::Timeout => "timeout",
+                Eviction::Capacity => "capacity",
+            };
+            w.add(
+                self.join_metrics.evicted,
+                &[&self.derived[*d].name, reason],
+                1,
+            );
+        }
     }
 
     /// Spans accepted since start, over every protocol (for the final log line).
@@ -269,7 +397,7 @@ impl Pipeline {
             .series(self.own.accepted)
             .map(|s| match s.values {
                 Values::Counter(n) => n,
-                Values::Histogram { .. } => 0,
+                Values::Gauge(_) | Values::Histogram { .. } => 0,
             })
             .sum()
     }
@@ -323,8 +451,14 @@ impl Pipeline {
             .collect();
         let mut bufs: [String; MAX_STAGE_LABELS] = Default::default();
         let mut problems = problems.iter().map(|(i, _)| *i).peekable();
+        let now = Instant::now();
+        let mut evictions = Vec::new();
         for (index, span) in batch.spans.iter().enumerate() {
             if problems.next_if_eq(&index).is_some() {
+                continue;
+            }
+            if !self.recent.first_time(span.trace_id, span.span_id) {
+                w.add(self.join_metrics.duplicates, &[p], 1);
                 continue;
             }
             let resource = &batch.resources[span.resource];
@@ -358,19 +492,18 @@ impl Pipeline {
             let Some(stage) = self.classifier.classify(&facts) else {
                 continue;
             };
-            let stage = &self.stages[stage.0];
+            let stage_id = stage.0;
+            let stage = &self.stages[stage_id];
             let mut labels = [""; MAX_STAGE_LABELS];
             labels[0] = service;
             let mut bufs = bufs.iter_mut();
-            let language = self.handler_language.resolve(
-                &batch,
-                span,
-                &language_values,
-                bufs.next().expect("slot"),
-            );
+            let language = self
+                .handler_language
+                .find(&batch, span, &language_values, bufs.next().expect("slot"))
+                .map(|l| truncate(l, self.max_label_len));
             labels[1] = w.admitted(
                 self.dimensions.handler_language,
-                truncate(language, self.max_label_len),
+                language.unwrap_or(self.handler_language.default_value()),
             );
             for (slot, &extra) in stage.extras.iter().enumerate() {
                 let (resolver, dimension) = &self.extras[extra];
@@ -386,9 +519,124 @@ impl Pipeline {
             w.observe(stage.histogram, labels, seconds, exemplar);
             w.add(stage.calls, labels, 1);
             w.add(stage.errors, labels, u64::from(span.is_error()));
+            for join in &self.joins_by_stage[stage_id] {
+                if join.span_name.as_deref().is_some_and(|n| n != span.name) {
+                    continue;
+                }
+                let found = JoinedSpan {
+                    batch: &batch,
+                    span,
+                    service,
+                    language,
+                    extra_values: &extra_values,
+                };
+                self.join_span(&mut w, join, &found, now, &mut evictions);
+            }
         }
+        self.count_evictions(&mut w, &evictions);
         Ok(outcome)
     }
+
+    /// Offers a classified span to one derived metric and observes the result if the key
+    /// completes.
+    fn join_span(
+        &self,
+        w: &mut Writer,
+        join: &JoinPart,
+        found: &JoinedSpan,
+        now: Instant,
+        evictions: &mut Vec<(usize, Eviction)>,
+    ) {
+        let d = &self.derived[join.derived];
+        let Some(key) = found
+            .batch
+            .span_attributes(found.span)
+            .iter()
+            .find_map(|a| match a.value {
+                AnyValue::Str(v) if a.key == d.key => Some(v),
+                _ => None,
+            })
+        else {
+            return;
+        };
+        let mut bufs: [String; MAX_STAGE_LABELS] = Default::default();
+        let mut bufs = bufs.iter_mut();
+        let labels: Vec<Option<&str>> = d
+            .labels
+            .iter()
+            .map(|slot| match *slot {
+                LabelSlot::Service => Some(found.service),
+                LabelSlot::HandlerLanguage => found.language,
+                LabelSlot::Extra(i) => self.extras[i]
+                    .0
+                    .find(
+                        found.batch,
+                        found.span,
+                        &found.extra_values[i],
+                        bufs.next().expect("slot"),
+                    )
+                    .map(|v| truncate(v, self.max_label_len)),
+            })
+            .collect();
+        let span = found.span;
+        let part = PartSpan {
+            start_unix_nano: span.start_time_unix_nano,
+            end_unix_nano: span.end_time_unix_nano,
+            trace_id: span.trace_id.try_into().expect("checked: 16 bytes"),
+            span_id: span.span_id.try_into().expect("checked: 8 bytes"),
+        };
+        let arrival = Arrival {
+            derived: join.derived,
+            key,
+            part: join.part,
+            span: part,
+            labels: &labels,
+        };
+        let offer = self
+            .join
+            .offer(arrival, now, &mut |d, why| evictions.push((d, why)));
+        match offer {
+            Offer::Waiting => {}
+            Offer::Late => w.add(self.join_metrics.late, &[&d.name], 1),
+            Offer::Repeated => w.add(self.join_metrics.repeated, &[&d.name], 1),
+            Offer::Complete(done) => {
+                let mut values = [""; MAX_STAGE_LABELS];
+                for (i, slot) in d.labels.iter().enumerate() {
+                    let (dimension, default) = match *slot {
+                        LabelSlot::Service => (self.dimensions.service, "unknown_service"),
+                        LabelSlot::HandlerLanguage => (
+                            self.dimensions.handler_language,
+                            self.handler_language.default_value(),
+                        ),
+                        LabelSlot::Extra(e) => (self.extras[e].1, self.extras[e].0.default_value()),
+                    };
+                    values[i] = w.admitted(dimension, done.labels[i].as_deref().unwrap_or(default));
+                }
+                let exemplar = Exemplar {
+                    trace_id: done.exemplar.trace_id,
+                    span_id: done.exemplar.span_id,
+                    value: done.seconds,
+                    timestamp_unix_nano: done.exemplar.end_unix_nano,
+                    epoch: 0,
+                };
+                w.observe(
+                    d.histogram,
+                    &values[..d.labels.len()],
+                    done.seconds,
+                    exemplar,
+                );
+            }
+        }
+    }
+}
+
+/// What a derived metric may take from a classified span.
+struct JoinedSpan<'a, 'b> {
+    batch: &'b Batch<'a>,
+    span: &'b SpanView<'a>,
+    service: &'b str,
+    language: Option<&'b str>,
+    extra_values: &'b [ResourceValues<'a>],
 }
 
 /// A readable account of the first few rejected spans.
@@ -660,6 +908,95 @@ mod tests {
         has(
             &lines,
             r#"spanlens_spans_received_total{protocol="http_json"} 3"#,
+        );
+    }
+
+    fn at(mut span: Span, start_ms: u64) -> Span {
+        let length = span.end_time_unix_nano - span.start_time_unix_nano;
+        span.start_time_unix_nano = 1_700_000_000_000_000_000 + start_ms * 1_000_000;
+        span.end_time_unix_nano = span.start_time_unix_nano + length;
+        span
+    }
+
+    #[test]
+    fn derived_durations_join_across_requests_in_any_order_without_double_counting() {
+        let pipeline = Pipeline::new(&Config::default_profile()).unwrap();
+        let step = |id, name, ms| {
+            span(
+                id,
+                name,
+                ms,
+                vec![kv("step_uuid", "s-1"), kv("correlation_id", "c-1")],
+            )
+        };
+        let submit = at(step(2, "submit_result", 23), 100);
+        let claim = at(step(1, "step_claim", 15), 0);
+        let process = at(step(3, "process_result", 8), 130);
+        let create = at(
+            span(
+                4,
+                "create_task",
+                18,
+                vec![
+                    kv("correlation_id", "c-1"),
+                    kv("task_name", "mathematical_sequence"),
+                ],
+            ),
+            0,
+        );
+        let finalize = at(
+            span(5, "finalize_task", 10, vec![kv("correlation_id", "c-1")]),
+            200,
+        );
+        // The worker's submission arrives first, then its claim, twice (a retrying exporter).
+        pipeline
+            .ingest(Protocol::Grpc, &request("tasker-ruby-worker", vec![submit]))
+            .unwrap();
+        for _ in 0..2 {
+            pipeline
+                .ingest(
+                    Protocol::Grpc,
+                    &request("tasker-ruby-worker", vec![claim.clone()]),
+                )
+                .unwrap();
+        }
+        pipeline
+            .ingest(
+                Protocol::Grpc,
+                &request("tasker-orchestration", vec![finalize, process, create]),
+            )
+            .unwrap();
+        let lines = lines(&pipeline);
+        let worker = r#"service="tasker-ruby-worker",handler_language="ruby""#;
+        has(
+            &lines,
+            &format!("tasker_worker_overhead_seconds_sum{{{worker}}} 0.038"),
+        );
+        has(
+            &lines,
+            &format!("tasker_worker_overhead_seconds_count{{{worker}}} 1"),
+        );
+        // From the end of the submission (123 ms) to the start of processing (130 ms).
+        has(
+            &lines,
+            &format!("tasker_result_propagation_seconds_sum{{{worker}}} 0.007"),
+        );
+        // From the start of creation (0) to the end of finalization (210 ms).
+        has(
+            &lines,
+            r#"tasker_task_e2e_duration_seconds_sum{task_name="mathematical_sequence"} 0.21"#,
+        );
+        has(
+            &lines,
+            &format!("tasker_step_claim_calls_total{{{worker}}} 1"),
+        );
+        has(
+            &lines,
+            r#"spanlens_spans_duplicate_total{protocol="grpc"} 1"#,
+        );
+        has(
+            &lines,
+            r#"spanlens_join_pending{derived="worker_overhead"} 0"#,
         );
     }
 

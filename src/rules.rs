@@ -5,7 +5,7 @@
 //! latency alert guarded by a minimum traffic rate, and a regression alert against the same
 //! time yesterday. Then spanlens's own health.
 
-use crate::config::{Config, StageConfig};
+use crate::config::{Config, DerivedConfig, StageConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -44,10 +44,20 @@ enum Rule {
 /// The rule file for `config`, as YAML.
 pub fn render(config: &Config) -> String {
     let mut groups = Vec::new();
-    for (name, stage) in &config.stages {
+    let families = config
+        .stages
+        .iter()
+        .map(|(name, stage)| Family::stage(name, stage))
+        .chain(
+            config
+                .derived
+                .iter()
+                .map(|(name, d)| Family::derived(name, d)),
+        );
+    for family in families {
         groups.push(Group {
-            name: format!("spanlens.{name}"),
-            rules: stage_rules(config, name, stage),
+            name: format!("spanlens.{}", family.name),
+            rules: family_rules(config, &family),
         });
     }
     groups.push(Group {
@@ -97,118 +107,241 @@ fn runbook(config: &Config, alert: &str) -> String {
     )
 }
 
-/// Names of one stage's recorded series.
-struct Recorded {
-    buckets: String,
-    calls: String,
+/// One histogram the rules are generated for: a stage's or a derived metric's.
+struct Family<'a> {
+    /// Stage or derived metric name, such as `step_claim`.
+    name: &'a str,
+    /// `stage` or `derived`: the alert label that names it.
+    kind: &'static str,
+    histogram: &'a str,
+    /// Labels the recorded series keep.
+    level: Vec<&'a str>,
+    /// The counter of spans behind the traffic guard (a stage's calls counter, or the
+    /// histogram's `_count`).
+    traffic: String,
+    alerts: Vec<AlertSpec<'a>>,
 }
 
-impl Recorded {
-    fn new(stage: &StageConfig, window: &str) -> Recorded {
-        let level = LEVEL_LABELS.join("_");
-        let calls = stage.calls.strip_suffix("_total").unwrap_or(&stage.calls);
-        Recorded {
-            buckets: format!("{level}:{}_bucket:rate{window}", stage.histogram),
-            calls: format!("{level}:{calls}:rate{window}"),
+struct AlertSpec<'a> {
+    /// Appended to the alert name.
+    suffix: &'a str,
+    /// Label regexes selecting the watched series.
+    matchers: Vec<(&'a str, &'a str)>,
+    quantile: f64,
+    above_seconds: f64,
+    for_duration: &'a str,
+    severity: &'a str,
+}
+
+impl<'a> Family<'a> {
+    fn stage(name: &'a str, stage: &'a StageConfig) -> Family<'a> {
+        Family {
+            name,
+            kind: "stage",
+            histogram: &stage.histogram,
+            level: LEVEL_LABELS.to_vec(),
+            traffic: stage.calls.clone(),
+            alerts: stage
+                .alert
+                .iter()
+                .map(|a| AlertSpec {
+                    suffix: "",
+                    matchers: Vec::new(),
+                    quantile: a.quantile,
+                    above_seconds: a.above_seconds,
+                    for_duration: &a.for_duration,
+                    severity: &a.severity,
+                })
+                .collect(),
         }
     }
 
-    fn quantile(stage: &StageConfig, q: f64, window: &str) -> String {
+    fn derived(name: &'a str, d: &'a DerivedConfig) -> Family<'a> {
+        Family {
+            name,
+            kind: "derived",
+            histogram: &d.histogram,
+            level: d.labels.iter().map(String::as_str).collect(),
+            traffic: format!("{}_count", d.histogram),
+            alerts: d
+                .alerts
+                .iter()
+                .map(|a| AlertSpec {
+                    suffix: &a.name,
+                    matchers: a
+                        .matchers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect(),
+                    quantile: a.quantile,
+                    above_seconds: a.above_seconds,
+                    for_duration: &a.for_duration,
+                    severity: &a.severity,
+                })
+                .collect(),
+        }
+    }
+
+    fn level_name(&self) -> String {
+        if self.level.is_empty() {
+            "all".to_string()
+        } else {
+            self.level.join("_")
+        }
+    }
+
+    fn buckets(&self, window: &str) -> String {
+        format!(
+            "{}:{}_bucket:rate{window}",
+            self.level_name(),
+            self.histogram
+        )
+    }
+
+    fn traffic_rate(&self, window: &str) -> String {
+        let counter = self.traffic.strip_suffix("_total").unwrap_or(&self.traffic);
+        format!("{}:{counter}:rate{window}", self.level_name())
+    }
+
+    fn quantile(&self, q: f64, window: &str) -> String {
         format!(
             "{}:{}:{}_rate{window}",
-            LEVEL_LABELS.join("_"),
-            stage.histogram,
+            self.level_name(),
+            self.histogram,
             quantile_name(q)
         )
     }
+
+    /// How an alert names its series: short for summaries, long for descriptions.
+    fn who(&self) -> (String, String) {
+        if self.level == LEVEL_LABELS {
+            return (
+                "{{ $labels.service }} ({{ $labels.handler_language }})".to_string(),
+                "service {{ $labels.service }}, handler_language {{ $labels.handler_language }}"
+                    .to_string(),
+            );
+        }
+        let long = self
+            .level
+            .iter()
+            .map(|l| format!("{l} {{{{ $labels.{l} }}}}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (long.clone(), long)
+    }
 }
 
-fn stage_rules(config: &Config, name: &str, stage: &StageConfig) -> Vec<Rule> {
+fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
     let a = &config.alerting;
     let window = &a.rate_window;
-    let by = LEVEL_LABELS.join(", ");
-    let recorded = Recorded::new(stage, window);
+    let by = family.level.join(", ");
+    let buckets = family.buckets(window);
+    let traffic = family.traffic_rate(window);
     let mut rules = vec![
         Rule::Record {
-            record: recorded.buckets.clone(),
+            record: buckets.clone(),
             expr: format!(
-                "sum by ({by}, le) (rate({}_bucket[{window}]))",
-                stage.histogram
+                "sum by ({}) (rate({}_bucket[{window}]))",
+                family
+                    .level
+                    .iter()
+                    .chain(&["le"])
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                family.histogram
             ),
         },
         Rule::Record {
-            record: recorded.calls.clone(),
-            expr: format!("sum by ({by}) (rate({}[{window}]))", stage.calls),
+            record: traffic.clone(),
+            expr: format!("sum by ({by}) (rate({}[{window}]))", family.traffic),
         },
     ];
     let mut quantiles = QUANTILES.to_vec();
-    if let Some(alert) = &stage.alert
-        && !quantiles.contains(&alert.quantile)
-    {
-        quantiles.push(alert.quantile);
+    for alert in &family.alerts {
+        if !quantiles.contains(&alert.quantile) {
+            quantiles.push(alert.quantile);
+        }
     }
     for q in quantiles {
         rules.push(Rule::Record {
-            record: Recorded::quantile(stage, q, window),
-            expr: format!("histogram_quantile({q}, {})", recorded.buckets),
+            record: family.quantile(q, window),
+            expr: format!("histogram_quantile({q}, {buckets})"),
         });
     }
-    let Some(alert) = &stage.alert else {
-        return rules;
-    };
-    let quantile = Recorded::quantile(stage, alert.quantile, window);
-    let q = quantile_name(alert.quantile);
-    let guard = format!(
-        "and on ({by}) {} >= {}",
-        recorded.calls, a.min_calls_per_second
-    );
-    let labels = |severity: &str| {
-        BTreeMap::from([
-            ("severity".to_string(), severity.to_string()),
-            ("stage".to_string(), name.to_string()),
-        ])
-    };
-    let who = "{{ $labels.service }} ({{ $labels.handler_language }})";
-    let high = format!("{}Latency{}High", camel(name), q.to_uppercase());
-    let threshold = human_seconds(alert.above_seconds);
-    rules.push(Rule::Alert {
-        expr: format!("{quantile} > {}\n{guard}", alert.above_seconds),
-        for_duration: alert.for_duration.clone(),
-        labels: labels(&alert.severity),
-        annotations: BTreeMap::from([
-            ("summary".to_string(), format!("{name} {q} latency above {threshold} for {who}")),
-            (
-                "description".to_string(),
-                format!(
-                    "The {q} of {} is {{{{ $value | humanizeDuration }}}} for service {{{{ $labels.service }}}}, handler_language {{{{ $labels.handler_language }}}} (threshold {threshold}, over {window}, for {}).",
-                    stage.histogram, alert.for_duration
+    let (who, who_long) = family.who();
+    let name = family.name;
+    for alert in &family.alerts {
+        let matchers: Vec<String> = alert
+            .matchers
+            .iter()
+            .map(|(k, v)| format!("{k}=~\"{v}\""))
+            .collect();
+        let selector = if matchers.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", matchers.join(", "))
+        };
+        let quantile = format!("{}{selector}", family.quantile(alert.quantile, window));
+        let q = quantile_name(alert.quantile);
+        let guard = format!("and on ({by}) {traffic} >= {}", a.min_calls_per_second);
+        let labels = |severity: &str| {
+            BTreeMap::from([
+                ("severity".to_string(), severity.to_string()),
+                (family.kind.to_string(), name.to_string()),
+            ])
+        };
+        let high = format!(
+            "{}Latency{}High{}",
+            camel(name),
+            q.to_uppercase(),
+            alert.suffix
+        );
+        let threshold = human_seconds(alert.above_seconds);
+        rules.push(Rule::Alert {
+            expr: format!("{quantile} > {}\n{guard}", alert.above_seconds),
+            for_duration: alert.for_duration.to_string(),
+            labels: labels(alert.severity),
+            annotations: BTreeMap::from([
+                ("summary".to_string(), format!("{name} {q} latency above {threshold} for {who}")),
+                (
+                    "description".to_string(),
+                    format!(
+                        "The {q} of {} is {{{{ $value | humanizeDuration }}}} for {who_long} (threshold {threshold}, over {window}, for {}).",
+                        family.histogram, alert.for_duration
+                    ),
                 ),
+                ("runbook_url".to_string(), runbook(config, &high)),
+            ]),
+            alert: high,
+        });
+        let regression = format!(
+            "{}Latency{}Regression{}",
+            camel(name),
+            q.to_uppercase(),
+            alert.suffix
+        );
+        rules.push(Rule::Alert {
+            expr: format!(
+                "{quantile} > {} * ({quantile} offset {})\n{guard}",
+                a.regression_ratio, a.regression_offset
             ),
-            ("runbook_url".to_string(), runbook(config, &high)),
-        ]),
-        alert: high,
-    });
-    let regression = format!("{}Latency{}Regression", camel(name), q.to_uppercase());
-    rules.push(Rule::Alert {
-        expr: format!(
-            "{quantile} > {} * ({quantile} offset {})\n{guard}",
-            a.regression_ratio, a.regression_offset
-        ),
-        for_duration: a.regression_for.clone(),
-        labels: labels("warning"),
-        annotations: BTreeMap::from([
-            ("summary".to_string(), format!("{name} {q} latency regressed for {who}")),
-            (
-                "description".to_string(),
-                format!(
-                    "The {q} of {} is {{{{ $value | humanizeDuration }}}} for service {{{{ $labels.service }}}}, handler_language {{{{ $labels.handler_language }}}}: more than {}x its value {} ago.",
-                    stage.histogram, a.regression_ratio, a.regression_offset
+            for_duration: a.regression_for.clone(),
+            labels: labels("warning"),
+            annotations: BTreeMap::from([
+                ("summary".to_string(), format!("{name} {q} latency regressed for {who}")),
+                (
+                    "description".to_string(),
+                    format!(
+                        "The {q} of {} is {{{{ $value | humanizeDuration }}}} for {who_long}: more than {}x its value {} ago.",
+                        family.histogram, a.regression_ratio, a.regression_offset
+                    ),
                 ),
-            ),
-            ("runbook_url".to_string(), runbook(config, &regression)),
-        ]),
-        alert: regression,
-    });
+                ("runbook_url".to_string(), runbook(config, &regression)),
+            ]),
+            alert: regression,
+        });
+    }
     rules
 }
 

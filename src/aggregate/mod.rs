@@ -265,7 +265,10 @@ impl<'s> Writer<'s> {
         let epoch = self.epoch;
         let store: &'s Store = self.store;
         let MetricKind::Histogram { bounds } = &store.metrics[metric.0].kind else {
-            panic!("observe on counter {}", store.metrics[metric.0].name);
+            panic!(
+                "observe on {} which is not a histogram",
+                store.metrics[metric.0].name
+            );
         };
         self.cell(metric, labels).observe(
             bounds,

@@ -12,6 +12,8 @@ pub struct MetricId(pub usize);
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricKind {
     Counter,
+    /// A value set at snapshot time (see [`Snapshot::set_gauge`]), never by ingest.
+    Gauge,
     /// Upper bounds in seconds, increasing; +Inf is implied.
     Histogram {
         bounds: Arc<[f64]>,
@@ -107,6 +109,7 @@ impl Exemplar {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
     Counter(u64),
+    Gauge(f64),
     Histogram {
         /// Per bucket (not cumulative); the last one is +Inf.
         counts: Box<[u64]>,
@@ -119,6 +122,7 @@ impl Cell {
     pub fn new(kind: &MetricKind) -> Cell {
         match kind {
             MetricKind::Counter => Cell::Counter(0),
+            MetricKind::Gauge => Cell::Gauge(0.0),
             MetricKind::Histogram { bounds } => Cell::Histogram {
                 counts: vec![0; bounds.len() + 1].into_boxed_slice(),
                 sum: 0.0,
@@ -153,6 +157,7 @@ impl Cell {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Values {
     Counter(u64),
+    Gauge(f64),
     Histogram {
         /// Cumulative counts per bound, then +Inf.
         cumulative: Vec<u64>,
@@ -189,6 +194,7 @@ impl Snapshot {
         };
         match (total, cell) {
             (Cell::Counter(a), Cell::Counter(b)) => *a += b,
+            (Cell::Gauge(a), Cell::Gauge(b)) => *a += b,
             (
                 Cell::Histogram {
                     counts,
@@ -228,6 +234,7 @@ impl Snapshot {
                 labels: key.labels.clone(),
                 values: match cell {
                     Cell::Counter(n) => Values::Counter(*n),
+                    Cell::Gauge(v) => Values::Gauge(*v),
                     Cell::Histogram {
                         counts,
                         sum,
@@ -245,6 +252,12 @@ impl Snapshot {
                     },
                 },
             })
+    }
+
+    /// Sets a gauge series, for values read at snapshot time (such as keys waiting to join).
+    pub fn set_gauge(&mut self, metric: MetricId, labels: &[&str], value: f64) {
+        self.series
+            .insert(SeriesKey::new(metric.0, labels), Cell::Gauge(value));
     }
 
     /// Looks up one series by its label values (used by tests and the self-check).

@@ -40,6 +40,114 @@ pub struct Config {
     /// What `spanlens rules` generates besides each stage's own alert.
     #[serde(default)]
     pub alerting: AlertingConfig,
+    /// Durations that join several spans by a key attribute, by name.
+    #[serde(default)]
+    pub derived: BTreeMap<String, DerivedConfig>,
+    /// The join window behind derived durations, and duplicate detection.
+    #[serde(default)]
+    pub join: JoinConfig,
+}
+
+/// A duration no single span carries, computed from the spans that share a key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedConfig {
+    /// HELP text of the histogram.
+    pub help: String,
+    /// Histogram name, in seconds.
+    pub histogram: String,
+    /// Span attribute whose value joins the parts, such as `step_uuid` or `correlation_id`.
+    pub key: String,
+    /// `sum` of the parts' durations; `difference` first minus second; `gap` from the end of
+    /// the first to the start of the second; `envelope` from the earliest start to the latest end.
+    pub operation: Operation,
+    /// The spans to join: a stage, optionally narrowed to one span name.
+    pub parts: Vec<PartConfig>,
+    /// Labels of the histogram: `service`, `handler_language` or names from labels.extra,
+    /// each taken from the first part that has a value.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
+    #[serde(default)]
+    pub buckets: Option<Vec<f64>>,
+    /// Latency alerts, each optionally for a subset of the series (label regexes).
+    #[serde(default)]
+    pub alerts: Vec<DerivedAlert>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Sum,
+    Difference,
+    Gap,
+    Envelope,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartConfig {
+    /// A stage name from `stages`.
+    pub stage: String,
+    /// Only spans of the stage with this exact name.
+    #[serde(default)]
+    pub span_name: Option<String>,
+}
+
+/// A derived metric's alert.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedAlert {
+    /// Appended to the alert name (CamelCase), such as `Linear`.
+    #[serde(default)]
+    pub name: String,
+    /// Label regexes (fully anchored by Prometheus) selecting the series this alert watches.
+    #[serde(default)]
+    pub matchers: BTreeMap<String, String>,
+    #[serde(default = "default_quantile")]
+    pub quantile: f64,
+    /// Fire above this many seconds; must be a bucket bound of the histogram.
+    pub above_seconds: f64,
+    #[serde(default = "default_for", rename = "for")]
+    pub for_duration: String,
+    #[serde(default = "default_severity")]
+    pub severity: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// How long a key waits for its missing parts before it is evicted (a Prometheus duration).
+    #[serde(default = "default_max_wait")]
+    pub max_wait: String,
+    /// Keys waiting at once, over every derived metric; the oldest are evicted past it.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// Span ids remembered to drop resent duplicates (about 16 bytes each).
+    #[serde(default = "default_dedupe_spans")]
+    pub dedupe_spans: usize,
+}
+
+impl Default for JoinConfig {
+    fn default() -> Self {
+        JoinConfig {
+            max_wait: default_max_wait(),
+            max_pending: default_max_pending(),
+            dedupe_spans: default_dedupe_spans(),
+        }
+    }
+}
+
+fn default_max_wait() -> String {
+    "5m".to_string()
+}
+
+fn default_max_pending() -> usize {
+    50_000
+}
+
+fn default_dedupe_spans() -> usize {
+    262_144
 }
 
 /// Settings shared by every generated rule.
@@ -582,6 +690,8 @@ pub(crate) struct Sections {
     pub(crate) rules: Option<Vec<RuleConfig>>,
     pub(crate) span_metrics: Option<SpanMetricsConfig>,
     pub(crate) alerting: Option<AlertingConfig>,
+    pub(crate) derived: Option<BTreeMap<String, DerivedConfig>>,
+    pub(crate) join: Option<JoinConfig>,
 }
 
 impl Sections {
@@ -594,6 +704,8 @@ impl Sections {
             rules: self.rules?,
             span_metrics: self.span_metrics?,
             alerting: self.alerting?,
+            derived: self.derived?,
+            join: self.join?,
         })
     }
 }
@@ -613,12 +725,12 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         };
         match key.as_str() {
             "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics"
-            | "alerting" => {
+            | "alerting" | "derived" | "join" => {
                 sections.insert(key, value);
             }
             other => problems.add(
                 other,
-                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting",
+                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, join",
             ),
         }
     }
@@ -627,30 +739,28 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
     let metrics = optional(section("metrics"), "metrics", problems);
     let span_metrics = optional(section("span_metrics"), "span_metrics", problems);
     let alerting = optional(section("alerting"), "alerting", problems);
+    let join = optional(section("join"), "join", problems);
+    let derived = match section("derived") {
+        None => Some(BTreeMap::new()),
+        value => named_items(
+            value,
+            "derived",
+            "must be a mapping from derived metric name to its definition",
+            problems,
+        ),
+    };
     let labels = required(section("labels"), "labels", problems);
     let stages = match section("stages") {
-        Some(yaml_serde::Value::Mapping(map)) => {
-            let mut stages = Some(BTreeMap::new());
-            for (key, value) in map {
-                let name = key.as_str().unwrap_or_default().to_string();
-                let item = typed::<StageConfig>(value, &format!("stages.{name}"), problems);
-                match (stages.as_mut(), item) {
-                    (Some(stages), Some(item)) => {
-                        stages.insert(name, item);
-                    }
-                    _ => stages = None,
-                }
-            }
-            stages
-        }
-        Some(_) => {
-            problems.add("stages", "must be a mapping from stage name to its metrics");
-            None
-        }
         None => {
             problems.add("stages", "missing section: at least one stage is needed");
             None
         }
+        value => named_items(
+            value,
+            "stages",
+            "must be a mapping from stage name to its metrics",
+            problems,
+        ),
     };
     let rules = match section("rules") {
         Some(yaml_serde::Value::Sequence(items)) => {
@@ -681,7 +791,34 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         rules,
         span_metrics,
         alerting,
+        derived,
+        join,
     }
+}
+
+/// A mapping from names to items, each deserialized on its own.
+fn named_items<T: DeserializeOwned>(
+    value: Option<yaml_serde::Value>,
+    path: &str,
+    not_a_mapping: &str,
+    problems: &mut Problems,
+) -> Option<BTreeMap<String, T>> {
+    let Some(yaml_serde::Value::Mapping(map)) = value else {
+        problems.add(path, not_a_mapping);
+        return None;
+    };
+    let mut items = Some(BTreeMap::new());
+    for (key, value) in map {
+        let name = key.as_str().unwrap_or_default().to_string();
+        let item = typed::<T>(value, &format!("{path}.{name}"), problems);
+        match (items.as_mut(), item) {
+            (Some(items), Some(item)) => {
+                items.insert(name, item);
+            }
+            _ => items = None,
+        }
+    }
+    items
 }
 
 fn optional<T: DeserializeOwned + Default>(

@@ -23,6 +23,7 @@ fn default_profile_restates_the_code_defaults() {
     assert_eq!(config.metrics, MetricsConfig::default());
     assert_eq!(config.span_metrics, SpanMetricsConfig::default());
     assert_eq!(config.alerting, AlertingConfig::default());
+    assert_eq!(config.join, JoinConfig::default());
 }
 
 #[test]

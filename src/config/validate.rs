@@ -2,8 +2,8 @@
 
 use super::Problems;
 use super::{
-    AlertingConfig, LabelConfig, LabelSourceKind, LabelsConfig, MetricsConfig, ReceiversConfig,
-    RuleConfig, Sections, SpanMetricsConfig, StageAlert, StageConfig,
+    AlertingConfig, DerivedConfig, LabelConfig, LabelSourceKind, LabelsConfig, MetricsConfig,
+    Operation, ReceiversConfig, RuleConfig, Sections, SpanMetricsConfig, StageAlert, StageConfig,
 };
 use regex::Regex;
 use std::collections::BTreeMap;
@@ -45,7 +45,13 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
         check_labels(labels, problems);
     }
     if let Some(stages) = &s.stages {
-        check_stages(stages, s.labels.as_ref(), s.span_metrics.as_ref(), problems);
+        check_stages(
+            stages,
+            s.labels.as_ref(),
+            s.span_metrics.as_ref(),
+            s.derived.as_ref(),
+            problems,
+        );
     }
     if let Some(rules) = &s.rules {
         check_rules(rules, s.stages.as_ref(), problems);
@@ -61,33 +67,148 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
             }
         }
     }
+    if let Some(join) = &s.join {
+        check_duration(&join.max_wait, "join.max_wait", problems);
+        if join.max_pending == 0 {
+            problems.add("join.max_pending", "must be at least 1");
+        }
+    }
+    if let (Some(derived), Some(stages), Some(labels), Some(metrics)) =
+        (&s.derived, &s.stages, &s.labels, &s.metrics)
+    {
+        for (name, d) in derived {
+            check_derived(
+                d,
+                &format!("derived.{name}"),
+                stages,
+                labels,
+                &metrics.default_buckets,
+                problems,
+            );
+        }
+    }
+}
+
+fn check_derived(
+    d: &DerivedConfig,
+    path: &str,
+    stages: &BTreeMap<String, StageConfig>,
+    labels: &LabelsConfig,
+    default_buckets: &[f64],
+    problems: &mut Problems,
+) {
+    check_histogram_name(&d.histogram, &format!("{path}.histogram"), problems);
+    if d.key.is_empty() {
+        problems.add(
+            format!("{path}.key"),
+            "name the span attribute that joins the parts, such as step_uuid",
+        );
+    }
+    let parts = d.parts.len();
+    let fits = match d.operation {
+        Operation::Difference | Operation::Gap => parts == 2,
+        Operation::Sum | Operation::Envelope => parts >= 2,
+    };
+    if !fits {
+        problems.add(
+            format!("{path}.parts"),
+            format!(
+                "{:?} needs {} parts, found {parts}",
+                d.operation,
+                match d.operation {
+                    Operation::Difference | Operation::Gap => "exactly 2",
+                    Operation::Sum | Operation::Envelope => "at least 2",
+                }
+            ),
+        );
+    }
+    for (i, part) in d.parts.iter().enumerate() {
+        if !stages.contains_key(&part.stage) {
+            problems.add(
+                format!("{path}.parts[{i}].stage"),
+                format!("unknown stage `{}`", part.stage),
+            );
+        }
+    }
+    if d.labels.len() > crate::pipeline::MAX_EXTRA_LABELS + 2 {
+        problems.add(format!("{path}.labels"), "too many labels");
+    }
+    for (i, label) in d.labels.iter().enumerate() {
+        if !(BUILTIN_STAGE_LABELS.contains(&label.as_str()) || labels.extra.contains_key(label)) {
+            problems.add(
+                format!("{path}.labels[{i}]"),
+                format!(
+                    "`{label}` is neither service, handler_language nor a label under labels.extra"
+                ),
+            );
+        }
+    }
+    let buckets = d.buckets.as_deref().unwrap_or(default_buckets);
+    if let Some(own) = &d.buckets {
+        check_buckets(own, &format!("{path}.buckets"), problems);
+    }
+    for (i, alert) in d.alerts.iter().enumerate() {
+        let apath = format!("{path}.alerts[{i}]");
+        check_stage_alert(
+            &StageAlert {
+                quantile: alert.quantile,
+                above_seconds: alert.above_seconds,
+                for_duration: alert.for_duration.clone(),
+                severity: alert.severity.clone(),
+            },
+            buckets,
+            &apath,
+            problems,
+        );
+        if !alert.name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            problems.add(
+                format!("{apath}.name"),
+                "must be letters and digits (it ends the alert name)",
+            );
+        }
+        for (label, pattern) in &alert.matchers {
+            if !d.labels.contains(label) {
+                problems.add(
+                    format!("{apath}.matchers.{label}"),
+                    format!("`{label}` is not a label of {}", d.histogram),
+                );
+            }
+            if let Err(message) = compile_regex(pattern) {
+                problems.add(format!("{apath}.matchers.{label}"), message);
+            }
+        }
+    }
 }
 
 /// A Prometheus duration: digits and a unit (ms, s, m, h, d, w, y), possibly repeated (1h30m).
-pub fn is_prometheus_duration(text: &str) -> bool {
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    const UNITS: [(&str, u64); 7] = [
+        ("ms", 1),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+        ("w", 604_800_000),
+        ("y", 31_536_000_000),
+    ];
     let mut rest = text;
+    let mut millis = 0u64;
     if rest.is_empty() {
-        return false;
+        return None;
     }
     while !rest.is_empty() {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return false;
-        }
+        let amount: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit = ["ms", "s", "m", "h", "d", "w", "y"]
-            .into_iter()
-            .find(|u| rest.starts_with(u));
-        match unit {
-            Some(unit) => rest = &rest[unit.len()..],
-            None => return false,
-        }
+        let (unit, scale) = UNITS.into_iter().find(|(u, _)| rest.starts_with(u))?;
+        rest = &rest[unit.len()..];
+        millis = millis.checked_add(amount.checked_mul(scale)?)?;
     }
-    true
+    Some(std::time::Duration::from_millis(millis))
 }
 
 fn check_duration(value: &str, path: &str, problems: &mut Problems) {
-    if !is_prometheus_duration(value) {
+    if parse_duration(value).is_none() {
         problems.add(
             path,
             format!("`{value}` is not a Prometheus duration (such as 30s, 5m, 1h, 1d)"),
@@ -257,6 +378,7 @@ fn check_stages(
     stages: &BTreeMap<String, StageConfig>,
     labels: Option<&LabelsConfig>,
     span_metrics: Option<&SpanMetricsConfig>,
+    derived: Option<&BTreeMap<String, DerivedConfig>>,
     problems: &mut Problems,
 ) {
     let mut names: HashMap<String, String> = HashMap::new();
@@ -277,6 +399,9 @@ fn check_stages(
     if let Some(s) = span_metrics.filter(|s| s.enabled) {
         claim(&s.calls, "span_metrics.calls".into(), problems);
         claim(&s.duration, "span_metrics.duration".into(), problems);
+    }
+    for (name, d) in derived.into_iter().flatten() {
+        claim(&d.histogram, format!("derived.{name}.histogram"), problems);
     }
     if stages.is_empty() {
         problems.add("stages", "at least one stage is needed");

@@ -1,0 +1,141 @@
+use super::*;
+
+fn span(start_ms: u64, end_ms: u64, id: u8) -> PartSpan {
+    PartSpan {
+        start_unix_nano: start_ms * 1_000_000,
+        end_unix_nano: end_ms * 1_000_000,
+        trace_id: [id; 16],
+        span_id: [id; 8],
+    }
+}
+
+fn window(operation: Operation, parts: usize, max_pending: usize) -> JoinWindow {
+    JoinWindow::new(
+        vec![JoinSpec {
+            operation,
+            parts,
+            labels: 1,
+        }],
+        max_pending,
+        Duration::from_secs(60),
+    )
+}
+
+fn offer(
+    w: &JoinWindow,
+    key: &str,
+    part: usize,
+    span: PartSpan,
+    label: Option<&str>,
+    now: Instant,
+) -> Offer {
+    let arrival = Arrival {
+        derived: 0,
+        key,
+        part,
+        span,
+        labels: &[label],
+    };
+    w.offer(arrival, now, &mut |_, _| panic!("no eviction expected"))
+}
+
+fn complete(offer: Offer) -> Completed {
+    match offer {
+        Offer::Complete(c) => c,
+        other => panic!("expected completion, got {other:?}"),
+    }
+}
+
+#[test]
+fn each_operation_in_any_order() {
+    let now = Instant::now();
+    let cases = [
+        (Operation::Sum, 0.038),      // 15 ms + 23 ms
+        (Operation::Difference, 0.0), // 15 - 23 clamps at 0
+        (Operation::Gap, 0.085),      // from end of claim (115) to start of submit (200)
+        (Operation::Envelope, 0.123), // 100 .. 223
+    ];
+    for (operation, expected) in cases {
+        let w = window(operation, 2, 100);
+        // Second part first: order does not matter.
+        assert_eq!(
+            offer(&w, "step-1", 1, span(200, 223, 2), None, now),
+            Offer::Waiting
+        );
+        let done = complete(offer(&w, "step-1", 0, span(100, 115, 1), Some("ruby"), now));
+        assert!(
+            (done.seconds - expected).abs() < 1e-12,
+            "{operation:?}: {}",
+            done.seconds
+        );
+        assert_eq!(done.labels[0].as_deref(), Some("ruby"));
+        assert_eq!(done.exemplar.span_id, [2; 8], "the part that ended last");
+    }
+}
+
+#[test]
+fn late_and_repeated_parts_are_not_counted_twice() {
+    let now = Instant::now();
+    let w = window(Operation::Sum, 2, 100);
+    assert_eq!(offer(&w, "k", 0, span(0, 10, 1), None, now), Offer::Waiting);
+    assert_eq!(
+        offer(&w, "k", 0, span(0, 10, 1), None, now),
+        Offer::Repeated
+    );
+    complete(offer(&w, "k", 1, span(20, 30, 2), None, now));
+    assert_eq!(offer(&w, "k", 1, span(20, 30, 2), None, now), Offer::Late);
+    assert_eq!(offer(&w, "k", 0, span(0, 10, 1), None, now), Offer::Late);
+}
+
+#[test]
+fn envelope_merges_repeated_parts() {
+    let now = Instant::now();
+    let w = window(Operation::Envelope, 2, 100);
+    offer(&w, "task", 0, span(100, 118, 1), None, now);
+    offer(&w, "task", 0, span(90, 95, 3), None, now);
+    let done = complete(offer(&w, "task", 1, span(200, 218, 2), None, now));
+    assert!((done.seconds - 0.128).abs() < 1e-12, "{}", done.seconds);
+}
+
+#[test]
+fn keys_that_wait_too_long_are_evicted_and_counted() {
+    let start = Instant::now();
+    let w = window(Operation::Sum, 2, 100);
+    offer(&w, "slow", 0, span(0, 1, 1), None, start);
+    let mut evicted = Vec::new();
+    w.sweep(start + Duration::from_secs(30), &mut |d, why| {
+        evicted.push((d, why))
+    });
+    assert!(evicted.is_empty());
+    w.sweep(start + Duration::from_secs(61), &mut |d, why| {
+        evicted.push((d, why))
+    });
+    assert_eq!(evicted, vec![(0, Eviction::Timeout)]);
+    assert_eq!(w.pending(), vec![0]);
+}
+
+#[test]
+fn a_flood_of_keys_that_never_complete_stays_at_the_cap() {
+    let now = Instant::now();
+    let w = window(Operation::Sum, 2, 1600);
+    let mut capacity_evictions = 0u64;
+    for i in 0..1_000_000u32 {
+        let key = format!("key-{i}");
+        let arrival = Arrival {
+            derived: 0,
+            key: &key,
+            part: 0,
+            span: span(0, 1, 1),
+            labels: &[None],
+        };
+        w.offer(arrival, now, &mut |_, why| {
+            assert_eq!(why, Eviction::Capacity);
+            capacity_evictions += 1;
+        });
+    }
+    let pending = w.pending()[0];
+    assert!(pending <= 1600, "{pending}");
+    assert_eq!(capacity_evictions, 1_000_000 - pending as u64);
+    let queued: usize = w.shards.iter().map(|s| s.lock().unwrap().order.len()).sum();
+    assert!(queued <= 2 * 1600 + 64 * SHARDS, "{queued}");
+}
