@@ -1,10 +1,11 @@
-//! The scrape endpoint: `/metrics` (text 0.0.4, or OpenMetrics 1.0 when asked), `/healthz`
-//! and `/readyz`.
+//! The scrape endpoint: `/metrics` (text 0.0.4, or OpenMetrics 1.0 when asked), `/healthz`,
+//! `/readyz`, and `/api/v1/breakdown/{correlation_id or task_uuid}` (JSON).
 
 use crate::exposition::{self, Format};
 use crate::pipeline::Pipeline;
+use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/api/v1/breakdown/{id}", get(breakdown))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .fallback(|| async {
@@ -22,6 +24,20 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
             )
         })
         .with_state(pipeline)
+}
+
+/// One task's breakdown as JSON, by correlation id or task uuid.
+async fn breakdown(State(pipeline): State<Arc<Pipeline>>, Path(id): Path<String>) -> Response {
+    match pipeline.breakdown(&id) {
+        Some(found) => Json(found).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": format!("no recent span has correlation id or task uuid `{id}` (spans are kept for breakdown.max_age, at most breakdown.max_spans)")
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(pipeline): State<Arc<Pipeline>>, headers: HeaderMap) -> Response {

@@ -284,7 +284,7 @@ fn duration(p: &PartSpan) -> u64 {
 }
 
 /// The derived value; differences and gaps below zero (clock skew between hosts) are 0.
-fn value(operation: Operation, parts: &[PartSpan]) -> f64 {
+pub fn value(operation: Operation, parts: &[PartSpan]) -> f64 {
     seconds(match operation {
         Operation::Sum => parts.iter().map(duration).sum(),
         Operation::Difference => duration(&parts[0]).saturating_sub(duration(&parts[1])),

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod body;
+pub mod breakdown;
 pub mod classify;
 pub mod config;
 pub mod decode;

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  spanlens\n  spanlens --config my.yaml\n  spanlens default-config > my.yaml\n  spanlens check-config my.yaml\n  spanlens rules --config my.yaml > spanlens.rules.yml\n\nLog level: RUST_LOG (default info), e.g. RUST_LOG=spanlens=debug."
+    after_help = "Examples:\n  spanlens\n  spanlens --config my.yaml\n  spanlens default-config > my.yaml\n  spanlens check-config my.yaml\n  spanlens rules --config my.yaml > spanlens.rules.yml\n  spanlens breakdown <correlation_id> --from http://127.0.0.1:9464\n\nLog level: RUST_LOG (default info), e.g. RUST_LOG=spanlens=debug."
 )]
 struct Cli {
     /// Config file (YAML) to use instead of the embedded default profile. `${NAME}` and
@@ -38,6 +38,18 @@ enum Command {
     },
     /// Print the embedded default profile, a documented starting point for your own.
     DefaultConfig,
+    /// Print one task's breakdown (stages per step, worker, derived values, total) from a
+    /// running spanlens, by correlation id or task uuid.
+    Breakdown {
+        /// The task's correlation id or task uuid.
+        id: String,
+        /// The running spanlens's metrics address.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        from: String,
+        /// Print the JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the Prometheus rule file for the config (recording rules, p95 alerts guarded by
     /// a minimum traffic rate, regression alerts, spanlens's own health).
     Rules {
@@ -56,6 +68,23 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { files } => check_config(&files),
         Command::Rules { output } => rules(cli.config, output),
+        Command::Breakdown { id, from, json } => match spanlens::breakdown::fetch(&from, &id) {
+            Ok(found) if json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&found).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(found) => {
+                print!("{}", spanlens::breakdown::render_table(&found));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("spanlens breakdown: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run => run(cli.config),
     }
 }

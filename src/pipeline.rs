@@ -5,7 +5,9 @@ use crate::aggregate::{
     DimensionId, Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, Store, StoreSpec, Values,
     Writer,
 };
+use crate::breakdown::{Breakdown, DerivedRule, SpanLog, SpanRecord};
 use crate::classify::{Classifier, SpanFacts, StageId};
+use crate::config::BreakdownConfig;
 use crate::config::Config;
 use crate::config::validate::parse_duration;
 use crate::decode::{AnyValue, SpanView};
@@ -120,6 +122,8 @@ struct JoinMetrics {
 
 pub struct Pipeline {
     store: Store,
+    span_log: SpanLog,
+    breakdown_keys: BreakdownConfig,
     recent: RecentSpans,
     join: JoinWindow,
     derived: Vec<DerivedMetric>,
@@ -315,6 +319,31 @@ impl Pipeline {
         }
         let max_wait =
             parse_duration(&config.join.max_wait).ok_or("join.max_wait is not a duration")?;
+        let derived_rules = config
+            .derived
+            .values()
+            .zip(&derived)
+            .map(|(d, metric)| DerivedRule {
+                name: metric.name.clone(),
+                key: d.key.clone(),
+                operation: d.operation,
+                parts: d
+                    .parts
+                    .iter()
+                    .map(|p| {
+                        let stage = stage_names.iter().position(|s| **s == p.stage);
+                        (stage.expect("checked above"), p.span_name.clone())
+                    })
+                    .collect(),
+            })
+            .collect();
+        let span_log = SpanLog::new(
+            &config.breakdown,
+            parse_duration(&config.breakdown.max_age)
+                .ok_or("breakdown.max_age is not a duration")?,
+            stage_names.iter().map(|s| s.to_string()).collect(),
+            derived_rules,
+        );
         let span_labels = ["service_name", "span_name", "span_kind", "status_code"];
         let span_metrics = config.span_metrics.enabled.then(|| SpanMetrics {
             calls: table.add(
@@ -334,6 +363,8 @@ impl Pipeline {
             stage_names.iter().position(|s| *s == name).map(StageId)
         })?;
         Ok(Pipeline {
+            span_log,
+            breakdown_keys: config.breakdown.clone(),
             recent: RecentSpans::new(config.join.dedupe_spans),
             join: JoinWindow::new(join_specs, config.join.max_pending, max_wait),
             derived,
@@ -453,6 +484,7 @@ impl Pipeline {
         let mut problems = problems.iter().map(|(i, _)| *i).peekable();
         let now = Instant::now();
         let mut evictions = Vec::new();
+        let mut records = Vec::new();
         for (index, span) in batch.spans.iter().enumerate() {
             if problems.next_if_eq(&index).is_some() {
                 continue;
@@ -519,6 +551,11 @@ impl Pipeline {
             w.observe(stage.histogram, labels, seconds, exemplar);
             w.add(stage.calls, labels, 1);
             w.add(stage.errors, labels, u64::from(span.is_error()));
+            if self.span_log.enabled()
+                && let Some(record) = self.record(&batch, span, stage_id, service, labels[1])
+            {
+                records.push(record);
+            }
             for join in &self.joins_by_stage[stage_id] {
                 if join.span_name.as_deref().is_some_and(|n| n != span.name) {
                     continue;
@@ -534,7 +571,61 @@ impl Pipeline {
             }
         }
         self.count_evictions(&mut w, &evictions);
+        drop(w);
+        self.span_log.record(records, now);
         Ok(outcome)
+    }
+
+    /// The span as kept for breakdowns, if it carries a key that ties it to a task.
+    fn record(
+        &self,
+        batch: &Batch,
+        span: &SpanView,
+        stage: usize,
+        service: &str,
+        language: &str,
+    ) -> Option<SpanRecord> {
+        let k = &self.breakdown_keys;
+        let mut found: [Option<Box<str>>; 4] = Default::default();
+        for a in batch.span_attributes(span) {
+            let AnyValue::Str(v) = a.value else { continue };
+            let slot = [
+                &k.correlation_key,
+                &k.task_key,
+                &k.step_key,
+                &k.step_name_key,
+            ]
+            .iter()
+            .position(|key| a.key == key.as_str());
+            if let Some(slot) = slot {
+                found[slot] = Some(truncate(v, self.max_label_len).into());
+            }
+        }
+        let [correlation_id, task_uuid, step_uuid, step_name] = found;
+        if correlation_id.is_none() && task_uuid.is_none() && step_uuid.is_none() {
+            return None;
+        }
+        Some(SpanRecord {
+            stage,
+            span_name: truncate(span.name, self.max_label_len).into(),
+            service: service.into(),
+            handler_language: language.into(),
+            span: PartSpan {
+                start_unix_nano: span.start_time_unix_nano,
+                end_unix_nano: span.end_time_unix_nano,
+                trace_id: span.trace_id.try_into().expect("checked: 16 bytes"),
+                span_id: span.span_id.try_into().expect("checked: 8 bytes"),
+            },
+            correlation_id,
+            task_uuid,
+            step_uuid,
+            step_name,
+        })
+    }
+
+    /// The breakdown of one task by correlation id or task uuid, from recent spans.
+    pub fn breakdown(&self, id: &str) -> Option<Breakdown> {
+        self.span_log.breakdown(id)
     }
 
     /// Offers a classified span to one derived metric and observes the result if the key

@@ -46,6 +46,70 @@ pub struct Config {
     /// The join window behind derived durations, and duplicate detection.
     #[serde(default)]
     pub join: JoinConfig,
+    /// Recent spans kept for `GET /api/v1/breakdown/{id}`.
+    #[serde(default)]
+    pub breakdown: BreakdownConfig,
+}
+
+/// What is kept for per-task breakdowns, and the attributes that tie a task together.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakdownConfig {
+    /// Classified spans kept (about 300 bytes each); 0 turns breakdowns off.
+    #[serde(default = "default_breakdown_spans")]
+    pub max_spans: usize,
+    /// Spans older than this are dropped (a Prometheus duration).
+    #[serde(default = "default_breakdown_age")]
+    pub max_age: String,
+    /// Attribute naming the request a task came from.
+    #[serde(default = "default_correlation_key")]
+    pub correlation_key: String,
+    /// Attribute naming the task.
+    #[serde(default = "default_task_key")]
+    pub task_key: String,
+    /// Attribute naming the step.
+    #[serde(default = "default_step_key")]
+    pub step_key: String,
+    /// Attribute with the step's name.
+    #[serde(default = "default_step_name_key")]
+    pub step_name_key: String,
+}
+
+impl Default for BreakdownConfig {
+    fn default() -> Self {
+        BreakdownConfig {
+            max_spans: default_breakdown_spans(),
+            max_age: default_breakdown_age(),
+            correlation_key: default_correlation_key(),
+            task_key: default_task_key(),
+            step_key: default_step_key(),
+            step_name_key: default_step_name_key(),
+        }
+    }
+}
+
+fn default_breakdown_spans() -> usize {
+    50_000
+}
+
+fn default_breakdown_age() -> String {
+    "15m".to_string()
+}
+
+fn default_correlation_key() -> String {
+    "correlation_id".to_string()
+}
+
+fn default_task_key() -> String {
+    "task_uuid".to_string()
+}
+
+fn default_step_key() -> String {
+    "step_uuid".to_string()
+}
+
+fn default_step_name_key() -> String {
+    "step_name".to_string()
 }
 
 /// A duration no single span carries, computed from the spans that share a key.
@@ -692,6 +756,7 @@ pub(crate) struct Sections {
     pub(crate) alerting: Option<AlertingConfig>,
     pub(crate) derived: Option<BTreeMap<String, DerivedConfig>>,
     pub(crate) join: Option<JoinConfig>,
+    pub(crate) breakdown: Option<BreakdownConfig>,
 }
 
 impl Sections {
@@ -706,6 +771,7 @@ impl Sections {
             alerting: self.alerting?,
             derived: self.derived?,
             join: self.join?,
+            breakdown: self.breakdown?,
         })
     }
 }
@@ -725,12 +791,12 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         };
         match key.as_str() {
             "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics"
-            | "alerting" | "derived" | "join" => {
+            | "alerting" | "derived" | "join" | "breakdown" => {
                 sections.insert(key, value);
             }
             other => problems.add(
                 other,
-                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, join",
+                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, join, breakdown",
             ),
         }
     }
@@ -740,6 +806,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
     let span_metrics = optional(section("span_metrics"), "span_metrics", problems);
     let alerting = optional(section("alerting"), "alerting", problems);
     let join = optional(section("join"), "join", problems);
+    let breakdown = optional(section("breakdown"), "breakdown", problems);
     let derived = match section("derived") {
         None => Some(BTreeMap::new()),
         value => named_items(
@@ -793,6 +860,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         alerting,
         derived,
         join,
+        breakdown,
     }
 }
 

@@ -24,6 +24,7 @@ fn default_profile_restates_the_code_defaults() {
     assert_eq!(config.span_metrics, SpanMetricsConfig::default());
     assert_eq!(config.alerting, AlertingConfig::default());
     assert_eq!(config.join, JoinConfig::default());
+    assert_eq!(config.breakdown, BreakdownConfig::default());
 }
 
 #[test]

@@ -1,0 +1,454 @@
+//! The per-correlation breakdown of the design note's "How to use this system", without a
+//! trace backend: the spans of recent tasks are kept (bounded by count and age) and one
+//! task is put back together from its correlation id or task uuid, across services and
+//! traces: correlation id → task uuids → step uuids, by attributes, never by trace id.
+
+use crate::config::Operation;
+use crate::join::{PartSpan, value};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One classified span, as kept for breakdowns.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub stage: usize,
+    pub span_name: Box<str>,
+    pub service: Box<str>,
+    pub handler_language: Box<str>,
+    pub span: PartSpan,
+    pub correlation_id: Option<Box<str>>,
+    pub task_uuid: Option<Box<str>>,
+    pub step_uuid: Option<Box<str>>,
+    pub step_name: Option<Box<str>>,
+}
+
+/// A derived metric as a breakdown computes it from the spans it holds.
+#[derive(Debug, Clone)]
+pub struct DerivedRule {
+    pub name: String,
+    pub key: String,
+    pub operation: Operation,
+    /// (stage, optional span name) per part.
+    pub parts: Vec<(usize, Option<String>)>,
+}
+
+pub struct SpanLog {
+    inner: Mutex<Log>,
+    max_spans: usize,
+    max_age: Duration,
+    stages: Vec<String>,
+    derived: Vec<DerivedRule>,
+    /// Attribute names of the step and task keys, as derived rules name them.
+    step_key: String,
+    task_keys: [String; 2],
+}
+
+#[derive(Default)]
+struct Log {
+    records: VecDeque<(u64, Instant, SpanRecord)>,
+    /// Key value (correlation id, task uuid or step uuid) → record sequence numbers.
+    index: HashMap<Box<str>, Vec<u64>>,
+    next_seq: u64,
+}
+
+impl Log {
+    fn first_seq(&self) -> u64 {
+        self.records.front().map_or(self.next_seq, |(s, _, _)| *s)
+    }
+
+    fn get(&self, seq: u64) -> Option<&SpanRecord> {
+        let offset = seq.checked_sub(self.first_seq())?;
+        self.records.get(offset as usize).map(|(_, _, r)| r)
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((seq, _, record)) = self.records.pop_front() {
+            for key in keys(&record) {
+                if let Some(seqs) = self.index.get_mut(key) {
+                    seqs.retain(|s| *s != seq);
+                    if seqs.is_empty() {
+                        self.index.remove(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn keys(record: &SpanRecord) -> impl Iterator<Item = &str> {
+    [&record.correlation_id, &record.task_uuid, &record.step_uuid]
+        .into_iter()
+        .flatten()
+        .map(|k| &**k)
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct StageTiming {
+    pub stage: String,
+    pub span_name: String,
+    pub service: String,
+    pub duration_ms: f64,
+    pub start_unix_nano: u64,
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepBreakdown {
+    pub step_uuid: String,
+    pub step_name: Option<String>,
+    /// The worker that handled it (from its handler, claim or submission span).
+    pub service: Option<String>,
+    pub handler_language: Option<String>,
+    pub stages: Vec<StageTiming>,
+    /// Derived values of this step, in milliseconds.
+    pub derived: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Breakdown {
+    pub correlation_ids: Vec<String>,
+    pub task_uuids: Vec<String>,
+    /// Spans of the task itself (creation, enqueueing, finalization...), by start.
+    pub task_stages: Vec<StageTiming>,
+    pub steps: Vec<StepBreakdown>,
+    /// Derived values keyed by correlation id or task uuid, in milliseconds.
+    pub derived: BTreeMap<String, f64>,
+    /// From the first start to the last end of every span found, in milliseconds.
+    pub total_ms: f64,
+}
+
+fn ms(nanos: u64) -> f64 {
+    nanos as f64 / 1e6
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl SpanLog {
+    pub fn new(
+        config: &crate::config::BreakdownConfig,
+        max_age: Duration,
+        stages: Vec<String>,
+        derived: Vec<DerivedRule>,
+    ) -> SpanLog {
+        SpanLog {
+            inner: Mutex::default(),
+            max_spans: config.max_spans,
+            max_age,
+            stages,
+            derived,
+            step_key: config.step_key.clone(),
+            task_keys: [config.correlation_key.clone(), config.task_key.clone()],
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max_spans > 0
+    }
+
+    /// Keeps the spans of one request (one lock per request).
+    pub fn record(&self, records: Vec<SpanRecord>, now: Instant) {
+        if records.is_empty() {
+            return;
+        }
+        let mut log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for record in records {
+            let seq = log.next_seq;
+            log.next_seq += 1;
+            for key in keys(&record) {
+                log.index.entry(key.into()).or_default().push(seq);
+            }
+            log.records.push_back((seq, now, record));
+        }
+        while log.records.len() > self.max_spans
+            || log
+                .records
+                .front()
+                .is_some_and(|(_, at, _)| now.saturating_duration_since(*at) > self.max_age)
+        {
+            log.pop_oldest();
+        }
+    }
+
+    /// The breakdown of the task with this correlation id or task uuid, if any span of it
+    /// is still held.
+    pub fn breakdown(&self, id: &str) -> Option<Breakdown> {
+        let log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let lookup = |key: &str| -> Vec<&SpanRecord> {
+            log.index
+                .get(key)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| log.get(*s))
+                .collect()
+        };
+        // The id names a task (by correlation id or task uuid), not a step. A task's own
+        // spans tie its correlation ids to its task uuids; step spans may carry a fresh
+        // correlation id, so only task-level spans extend the set of correlation ids.
+        let mut correlations: BTreeSet<&str> = BTreeSet::new();
+        let mut tasks: BTreeSet<&str> = BTreeSet::new();
+        let mut found: Vec<&SpanRecord> = Vec::new();
+        let mut frontier = vec![id];
+        while let Some(key) = frontier.pop() {
+            for r in lookup(key) {
+                let task_level = r.step_uuid.is_none();
+                let by_correlation = task_level && r.correlation_id.as_deref() == Some(key);
+                if !(by_correlation || r.task_uuid.as_deref() == Some(key)) {
+                    continue;
+                }
+                found.push(r);
+                if let Some(task) = r.task_uuid.as_deref()
+                    && tasks.insert(task)
+                {
+                    frontier.push(task);
+                }
+                if let Some(correlation) = r.correlation_id.as_deref()
+                    && task_level
+                    && correlations.insert(correlation)
+                {
+                    frontier.push(correlation);
+                }
+            }
+        }
+        if found.is_empty() {
+            return None;
+        }
+        let steps: BTreeSet<&str> = found
+            .iter()
+            .filter_map(|r| r.step_uuid.as_deref())
+            .collect();
+        for step in &steps {
+            found.extend(
+                lookup(step)
+                    .into_iter()
+                    .filter(|r| r.step_uuid.as_deref() == Some(*step)),
+            );
+        }
+        found.sort_by_key(|r| (r.span.start_unix_nano, r.span.span_id));
+        found.dedup_by_key(|r| r.span.span_id);
+        Some(self.assemble(&found, tasks))
+    }
+
+    fn timing(&self, r: &SpanRecord) -> StageTiming {
+        StageTiming {
+            stage: self.stages[r.stage].clone(),
+            span_name: r.span_name.to_string(),
+            service: r.service.to_string(),
+            duration_ms: ms(r.span.end_unix_nano.saturating_sub(r.span.start_unix_nano)),
+            start_unix_nano: r.span.start_unix_nano,
+            trace_id: hex(&r.span.trace_id),
+            span_id: hex(&r.span.span_id),
+        }
+    }
+
+    /// Derived values for one group of spans (one step, or the whole task) whose key is `key`.
+    fn derived_values(&self, spans: &[&SpanRecord], key: &str) -> BTreeMap<String, f64> {
+        let mut values = BTreeMap::new();
+        for rule in self.derived.iter().filter(|d| d.key == key) {
+            let parts: Option<Vec<PartSpan>> = rule
+                .parts
+                .iter()
+                .map(|(stage, name)| {
+                    let mut matching = spans.iter().filter(|r| {
+                        r.stage == *stage && name.as_deref().is_none_or(|n| n == &*r.span_name)
+                    });
+                    let first = matching.next()?.span;
+                    // An envelope spans every span of the part; other operations use the first.
+                    Some(match rule.operation {
+                        Operation::Envelope => matching.fold(first, |acc, r| PartSpan {
+                            start_unix_nano: acc.start_unix_nano.min(r.span.start_unix_nano),
+                            end_unix_nano: acc.end_unix_nano.max(r.span.end_unix_nano),
+                            ..acc
+                        }),
+                        _ => first,
+                    })
+                })
+                .collect();
+            if let Some(parts) = parts {
+                values.insert(
+                    format!("{}_ms", rule.name),
+                    value(rule.operation, &parts) * 1e3,
+                );
+            }
+        }
+        values
+    }
+
+    fn assemble(&self, found: &[&SpanRecord], tasks: BTreeSet<&str>) -> Breakdown {
+        let mut by_step: BTreeMap<&str, Vec<&SpanRecord>> = BTreeMap::new();
+        let mut task_level = Vec::new();
+        for r in found {
+            match r.step_uuid.as_deref() {
+                Some(step) => by_step.entry(step).or_default().push(r),
+                None => task_level.push(*r),
+            }
+        }
+        let mut steps: Vec<StepBreakdown> = by_step
+            .iter()
+            .map(|(step, spans)| {
+                let worker = spans
+                    .iter()
+                    .find(|r| &*r.handler_language != "unknown")
+                    .or(spans.first());
+                StepBreakdown {
+                    step_uuid: step.to_string(),
+                    step_name: spans
+                        .iter()
+                        .find_map(|r| r.step_name.as_deref())
+                        .map(str::to_string),
+                    service: worker.map(|r| r.service.to_string()),
+                    handler_language: worker.map(|r| r.handler_language.to_string()),
+                    stages: spans.iter().map(|r| self.timing(r)).collect(),
+                    derived: self.derived_values(spans, &self.step_key),
+                }
+            })
+            .collect();
+        steps.sort_by_key(|s| s.stages.first().map(|t| t.start_unix_nano));
+        let mut derived = self.derived_values(found, &self.task_keys[0]);
+        derived.extend(self.derived_values(found, &self.task_keys[1]));
+        let start = found
+            .iter()
+            .map(|r| r.span.start_unix_nano)
+            .min()
+            .unwrap_or(0);
+        let end = found
+            .iter()
+            .map(|r| r.span.end_unix_nano)
+            .max()
+            .unwrap_or(0);
+        Breakdown {
+            correlation_ids: found
+                .iter()
+                .filter(|r| r.step_uuid.is_none())
+                .filter_map(|r| r.correlation_id.as_deref())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            task_uuids: tasks.into_iter().map(str::to_string).collect(),
+            task_stages: task_level.iter().map(|r| self.timing(r)).collect(),
+            steps,
+            derived,
+            total_ms: ms(end.saturating_sub(start)),
+        }
+    }
+}
+
+/// The breakdown as a table for people, like the design note's example.
+pub fn render_table(b: &Breakdown) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "correlation_id {}   task_uuid {}   total {:.1} ms",
+        if b.correlation_ids.is_empty() {
+            "-".to_string()
+        } else {
+            b.correlation_ids.join(",")
+        },
+        if b.task_uuids.is_empty() {
+            "-".to_string()
+        } else {
+            b.task_uuids.join(",")
+        },
+        b.total_ms
+    );
+    let row = |out: &mut String, indent: &str, t: &StageTiming| {
+        let _ = writeln!(
+            out,
+            "{indent}{:<20} {:<34} {:<26} {:>9.1} ms",
+            t.stage, t.span_name, t.service, t.duration_ms
+        );
+    };
+    if !b.task_stages.is_empty() {
+        let _ = writeln!(out, "\ntask");
+        for t in &b.task_stages {
+            row(&mut out, "  ", t);
+        }
+    }
+    for s in &b.steps {
+        let _ = writeln!(
+            out,
+            "\nstep {} ({})   {} {}",
+            s.step_name.as_deref().unwrap_or("?"),
+            s.step_uuid,
+            s.service.as_deref().unwrap_or("?"),
+            s.handler_language.as_deref().unwrap_or("?")
+        );
+        for t in &s.stages {
+            row(&mut out, "  ", t);
+        }
+        for (name, v) in &s.derived {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<61} {v:>9.1} ms",
+                name.trim_end_matches("_ms"),
+                "(derived)"
+            );
+        }
+    }
+    if !b.derived.is_empty() {
+        let _ = writeln!(out);
+        for (name, v) in &b.derived {
+            let _ = writeln!(
+                out,
+                "{:<22} {:<61} {v:>9.1} ms",
+                name.trim_end_matches("_ms"),
+                "(derived)"
+            );
+        }
+    }
+    out
+}
+
+/// Fetches a breakdown from a running spanlens (`from` is its metrics address, such as
+/// `http://127.0.0.1:9464`). Plain HTTP/1.1 over loopback or a trusted network.
+pub fn fetch(from: &str, id: &str) -> Result<Breakdown, String> {
+    use std::io::{Read, Write};
+    let rest = from
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--from must be an http:// URL, got `{from}`"))?;
+    let (authority, base) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let encoded: String = id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let path = format!("/{}/api/v1/breakdown/{encoded}", base.trim_end_matches('/'));
+    let path = path.replacen("//", "/", 1);
+    let mut stream = std::net::TcpStream::connect(authority)
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("cannot read the response: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("the response has no body")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err("chunked responses are not expected from spanlens".to_string());
+    }
+    match status {
+        "200" => serde_json::from_str(body).map_err(|e| format!("unexpected breakdown JSON: {e}")),
+        "404" => Err(format!("{id}: not found: {}", body.trim())),
+        other => Err(format!("{from} answered HTTP {other}: {}", body.trim())),
+    }
+}
