@@ -232,6 +232,7 @@ mod tests {
             max_series_per_metric: 10,
             label_overflow: None,
             series_overflow: None,
+            keep_raw_values: false,
         });
         let mut w = store.writer();
         let e = Exemplar {

@@ -44,7 +44,7 @@ pub struct JoinSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completed {
     pub seconds: f64,
-    /// Label values, each from the first part that had one.
+    /// Label values, each from the first part (in part order) that had one.
     pub labels: Box<[Option<Box<str>>]>,
     /// The part that ended last.
     pub exemplar: PartSpan,
@@ -70,6 +70,8 @@ pub enum Eviction {
 
 struct Pending {
     parts: Box<[Option<PartSpan>]>,
+    /// Label values per part (parts × labels), so that labels come from the first part in
+    /// part order that has them, whatever order the spans arrive in.
     labels: Box<[Option<Box<str>>]>,
     seq: u64,
 }
@@ -163,7 +165,7 @@ impl JoinWindow {
                 Key(derived, key.into()),
                 Pending {
                     parts: vec![None; spec.parts].into_boxed_slice(),
-                    labels: vec![None; spec.labels].into_boxed_slice(),
+                    labels: vec![None; spec.parts * spec.labels].into_boxed_slice(),
                     seq,
                 },
             );
@@ -187,7 +189,8 @@ impl JoinWindow {
             }
             (Some(_), _) => return Offer::Repeated,
         }
-        for (slot, value) in pending.labels.iter_mut().zip(labels) {
+        let own = &mut pending.labels[part * spec.labels..(part + 1) * spec.labels];
+        for (slot, value) in own.iter_mut().zip(labels) {
             if slot.is_none() {
                 *slot = value.map(Box::from);
             }
@@ -204,9 +207,12 @@ impl JoinWindow {
             shard.completed_before = std::mem::take(&mut shard.completed);
         }
         let parts: Vec<PartSpan> = pending.parts.iter().map(|p| p.expect("complete")).collect();
+        let labels = (0..spec.labels)
+            .map(|l| (0..spec.parts).find_map(|p| pending.labels[p * spec.labels + l].clone()))
+            .collect();
         Offer::Complete(Completed {
             seconds: value(spec.operation, &parts),
-            labels: pending.labels,
+            labels,
             exemplar: *parts
                 .iter()
                 .max_by_key(|p| p.end_unix_nano)

@@ -21,6 +21,7 @@ pub mod json;
 pub mod labels;
 pub mod pipeline;
 pub mod receiver;
+pub mod replay;
 pub mod rules;
 pub mod server;
 pub mod wire;

@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use spanlens::config::{Config, DEFAULT_PROFILE};
+use spanlens::exposition;
+use spanlens::pipeline::Pipeline;
 use spanlens::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  spanlens\n  spanlens --config my.yaml\n  spanlens default-config > my.yaml\n  spanlens check-config my.yaml\n  spanlens rules --config my.yaml > spanlens.rules.yml\n  spanlens breakdown <correlation_id> --from http://127.0.0.1:9464\n\nLog level: RUST_LOG (default info), e.g. RUST_LOG=spanlens=debug."
+    after_help = "Examples:\n  spanlens\n  spanlens --config my.yaml\n  spanlens default-config > my.yaml\n  spanlens check-config my.yaml\n  spanlens rules --config my.yaml > spanlens.rules.yml\n  spanlens breakdown <correlation_id> --from http://127.0.0.1:9464\n  spanlens replay traces.jsonl jaeger-traces.json\n\nLog level: RUST_LOG (default info), e.g. RUST_LOG=spanlens=debug."
 )]
 struct Cli {
     /// Config file (YAML) to use instead of the embedded default profile. `${NAME}` and
@@ -50,6 +52,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Analyse spans offline: OTLP/JSON files (one export request per line, as the Collector's
+    /// file exporter writes them) and Jaeger query API responses (/api/traces), through the
+    /// same pipeline; prints exact p50/p95/p99 per stage and derived metric.
+    Replay {
+        /// Files to read.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print the Prometheus text exposition instead of the percentile table.
+        #[arg(long)]
+        metrics: bool,
+    },
     /// Write the Prometheus rule file for the config (recording rules, p95 alerts guarded by
     /// a minimum traffic rate, regression alerts, spanlens's own health).
     Rules {
@@ -68,6 +81,7 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { files } => check_config(&files),
         Command::Rules { output } => rules(cli.config, output),
+        Command::Replay { files, metrics } => replay(cli.config, &files, metrics),
         Command::Breakdown { id, from, json } => match spanlens::breakdown::fetch(&from, &id) {
             Ok(found) if json => {
                 println!(
@@ -117,6 +131,55 @@ fn rules(config: Option<PathBuf>, output: Option<PathBuf>) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn replay(config: Option<PathBuf>, files: &[PathBuf], metrics: bool) -> ExitCode {
+    let config = match load(config.as_ref()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let pipeline = match Pipeline::keeping_raw_values(&config) {
+        Ok(pipeline) => pipeline,
+        Err(e) => {
+            eprintln!("spanlens replay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    for file in files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", file.display());
+                ok = false;
+                continue;
+            }
+        };
+        let report = spanlens::replay::ingest_text(&pipeline, &text);
+        eprintln!(
+            "{}: {} requests, {} spans accepted, {} rejected",
+            file.display(),
+            report.requests,
+            report.spans_accepted,
+            report.spans_rejected
+        );
+        for problem in &report.problems {
+            eprintln!("{}: {problem}", file.display());
+        }
+    }
+    if metrics {
+        print!(
+            "{}",
+            exposition::render(&pipeline.snapshot(), exposition::Format::Text)
+        );
+    } else {
+        print!("{}", spanlens::replay::render_percentiles(&pipeline));
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

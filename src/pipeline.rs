@@ -27,6 +27,8 @@ pub enum Protocol {
     Grpc,
     HttpProtobuf,
     HttpJson,
+    /// Files read by `spanlens replay`.
+    Replay,
 }
 
 impl Protocol {
@@ -35,6 +37,7 @@ impl Protocol {
             Protocol::Grpc => "grpc",
             Protocol::HttpProtobuf => "http_protobuf",
             Protocol::HttpJson => "http_json",
+            Protocol::Replay => "replay",
         }
     }
 }
@@ -171,6 +174,38 @@ fn histogram(buckets: &Option<Vec<f64>>, config: &Config) -> MetricKind {
 
 impl Pipeline {
     pub fn new(config: &Config) -> Result<Pipeline, String> {
+        Pipeline::build(config, false)
+    }
+
+    /// A pipeline that also keeps every observed value, for exact offline percentiles
+    /// (`spanlens replay`).
+    pub fn keeping_raw_values(config: &Config) -> Result<Pipeline, String> {
+        Pipeline::build(config, true)
+    }
+
+    /// Every observed value of the stage and derived histograms: (metric name, label pairs,
+    /// values), when built with [`Pipeline::keeping_raw_values`].
+    pub fn raw_values(&self) -> Vec<(String, Vec<(String, String)>, Vec<f64>)> {
+        let metrics = self.store.metrics();
+        let wanted: Vec<MetricId> = self
+            .stages
+            .iter()
+            .map(|s| s.histogram)
+            .chain(self.derived.iter().map(|d| d.histogram))
+            .collect();
+        self.store
+            .raw_values()
+            .into_iter()
+            .filter(|(metric, _, _)| wanted.contains(metric))
+            .map(|(metric, labels, values)| {
+                let spec = &metrics[metric.0];
+                let pairs = spec.label_names.iter().cloned().zip(labels).collect();
+                (spec.name.clone(), pairs, values)
+            })
+            .collect()
+    }
+
+    fn build(config: &Config, keep_raw_values: bool) -> Result<Pipeline, String> {
         let mut table = Table {
             metrics: Vec::new(),
         };
@@ -377,6 +412,7 @@ impl Pipeline {
                 max_series_per_metric: config.metrics.max_series_per_metric,
                 label_overflow: Some(label_overflow),
                 series_overflow: Some(series_overflow),
+                keep_raw_values,
             }),
             classifier,
             stages,

@@ -12,6 +12,7 @@ pub use series::{Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotS
 use hashbrown::{HashMap, HashSet};
 use series::{BorrowedKey, Cell, SeriesKey};
 use std::cell::Cell as StdCell;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
@@ -38,6 +39,8 @@ pub struct StoreSpec {
     pub label_overflow: Option<MetricId>,
     /// Counter (labelled by metric name) of observations folded into the overflow series.
     pub series_overflow: Option<MetricId>,
+    /// Keep every observed value too (for offline analysis; memory grows with the input).
+    pub keep_raw_values: bool,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +64,8 @@ pub struct Store {
     epoch: AtomicU64,
     label_overflow: Option<MetricId>,
     series_overflow: Option<MetricId>,
+    /// Every observed value by series, when kept (offline replay wants exact percentiles).
+    raw: Option<Mutex<BTreeMap<SeriesKey, Vec<f64>>>>,
 }
 
 thread_local! {
@@ -79,6 +84,7 @@ impl Store {
             admitted_series: spec.metrics.iter().map(|_| Mutex::default()).collect(),
             label_overflow: spec.label_overflow,
             series_overflow: spec.series_overflow,
+            raw: spec.keep_raw_values.then(Mutex::default),
             metrics: spec.metrics,
             dimensions: spec
                 .dimensions
@@ -130,6 +136,20 @@ impl Store {
             shard,
             epoch: self.epoch.load(Ordering::Relaxed),
         }
+    }
+
+    /// Every observed value of every histogram series, when `keep_raw_values` was set.
+    pub fn raw_values(&self) -> Vec<(MetricId, Vec<String>, Vec<f64>)> {
+        let Some(raw) = &self.raw else {
+            return Vec::new();
+        };
+        lock(raw)
+            .iter()
+            .map(|(key, values)| {
+                let labels = key.labels.iter().map(|l| l.to_string()).collect();
+                (MetricId(key.metric), labels, values.clone())
+            })
+            .collect()
     }
 
     /// Merges every shard. Also starts a new exemplar interval.
@@ -264,6 +284,12 @@ impl<'s> Writer<'s> {
     pub fn observe(&mut self, metric: MetricId, labels: &[&str], seconds: f64, exemplar: Exemplar) {
         let epoch = self.epoch;
         let store: &'s Store = self.store;
+        if let Some(raw) = &store.raw {
+            lock(raw)
+                .entry(SeriesKey::new(metric.0, labels))
+                .or_default()
+                .push(seconds);
+        }
         let MetricKind::Histogram { bounds } = &store.metrics[metric.0].kind else {
             panic!(
                 "observe on {} which is not a histogram",

@@ -36,6 +36,7 @@ fn store(max_series: usize, cap: usize) -> Store {
         max_series_per_metric: max_series,
         label_overflow: Some(MetricId(2)),
         series_overflow: Some(MetricId(3)),
+        keep_raw_values: false,
     })
 }
 
