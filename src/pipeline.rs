@@ -60,6 +60,9 @@ pub struct Outcome {
     pub message: String,
 }
 
+/// Every value observed in one series: (metric name, label pairs, values).
+pub type RawSeries = (String, Vec<(String, String)>, Vec<f64>);
+
 /// At most this many extra labels per stage.
 pub const MAX_EXTRA_LABELS: usize = 6;
 const MAX_STAGE_LABELS: usize = 2 + MAX_EXTRA_LABELS;
@@ -132,6 +135,8 @@ pub struct Pipeline {
     derived: Vec<DerivedMetric>,
     /// Per stage: the derived metrics its spans are part of.
     joins_by_stage: Vec<Vec<JoinPart>>,
+    /// Per stage: comparison histograms (by step label, an index into `extras`).
+    comparisons_by_stage: Vec<Vec<(MetricId, usize)>>,
     join_metrics: JoinMetrics,
     classifier: Classifier,
     stages: Vec<StageMetrics>,
@@ -185,7 +190,7 @@ impl Pipeline {
 
     /// Every observed value of the stage and derived histograms: (metric name, label pairs,
     /// values), when built with [`Pipeline::keeping_raw_values`].
-    pub fn raw_values(&self) -> Vec<(String, Vec<(String, String)>, Vec<f64>)> {
+    pub fn raw_values(&self) -> Vec<RawSeries> {
         let metrics = self.store.metrics();
         let wanted: Vec<MetricId> = self
             .stages
@@ -352,6 +357,29 @@ impl Pipeline {
                 labels: d.labels.len(),
             });
         }
+        let mut comparisons_by_stage: Vec<Vec<(MetricId, usize)>> =
+            stages.iter().map(|_| Vec::new()).collect();
+        for (name, c) in &config.comparisons {
+            let stage = stage_names
+                .iter()
+                .position(|s| **s == c.stage)
+                .ok_or(format!("comparisons.{name}: unknown stage {}", c.stage))?;
+            let step = extra_names
+                .iter()
+                .position(|n| **n == c.step_label)
+                .ok_or(format!(
+                    "comparisons.{name}: unknown label {}",
+                    c.step_label
+                ))?;
+            let labels = [c.step_label.as_str(), "handler_language"];
+            let histogram = table.add(
+                &c.histogram,
+                &c.help,
+                histogram(&c.buckets, config),
+                &labels,
+            );
+            comparisons_by_stage[stage].push((histogram, step));
+        }
         let max_wait =
             parse_duration(&config.join.max_wait).ok_or("join.max_wait is not a duration")?;
         let derived_rules = config
@@ -404,6 +432,7 @@ impl Pipeline {
             join: JoinWindow::new(join_specs, config.join.max_pending, max_wait),
             derived,
             joins_by_stage,
+            comparisons_by_stage,
             join_metrics,
             store: Store::new(StoreSpec {
                 metrics: table.metrics,
@@ -587,6 +616,17 @@ impl Pipeline {
             w.observe(stage.histogram, labels, seconds, exemplar);
             w.add(stage.calls, labels, 1);
             w.add(stage.errors, labels, u64::from(span.is_error()));
+            for &(histogram, step) in &self.comparisons_by_stage[stage_id] {
+                let (resolver, dimension) = &self.extras[step];
+                let mut buf = String::new();
+                let value = resolver.resolve(&batch, span, &extra_values[step], &mut buf);
+                let step = w.admitted(*dimension, truncate(value, self.max_label_len));
+                let language = w.admitted(
+                    self.dimensions.handler_language,
+                    language.unwrap_or(self.handler_language.default_value()),
+                );
+                w.observe(histogram, &[step, language], seconds, exemplar);
+            }
             if self.span_log.enabled()
                 && let Some(record) = self.record(&batch, span, stage_id, service, labels[1])
             {
@@ -1125,6 +1165,30 @@ mod tests {
             &lines,
             r#"spanlens_join_pending{derived="worker_overhead"} 0"#,
         );
+    }
+
+    #[test]
+    fn handler_execution_is_compared_by_normalised_step_across_languages() {
+        let pipeline = Pipeline::new(&Config::default_profile()).unwrap();
+        for (id, service, step, ms) in [
+            (1, "tasker-rust-worker", "linear_step_1", 10),
+            (2, "tasker-python-worker", "linear_step_1_py", 30),
+            (3, "tasker-typescript-worker", "linear_step_1_ts", 20),
+        ] {
+            let handler = span(id, "worker.step_execution", ms, vec![kv("step_name", step)]);
+            pipeline
+                .ingest(Protocol::Grpc, &request(service, vec![handler]))
+                .unwrap();
+        }
+        let lines = lines(&pipeline);
+        for (language, sum) in [("rust", "0.01"), ("python", "0.03"), ("typescript", "0.02")] {
+            has(
+                &lines,
+                &format!(
+                    r#"tasker_handler_execution_by_step_seconds_sum{{step="linear_step_1",handler_language="{language}"}} {sum}"#
+                ),
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! latency alert guarded by a minimum traffic rate, and a regression alert against the same
 //! time yesterday. Then spanlens's own health.
 
-use crate::config::{Config, DerivedConfig, StageConfig};
+use crate::config::{ComparisonConfig, Config, DerivedConfig, StageConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -58,6 +58,12 @@ pub fn render(config: &Config) -> String {
         groups.push(Group {
             name: format!("spanlens.{}", family.name),
             rules: family_rules(config, &family),
+        });
+    }
+    for (name, c) in &config.comparisons {
+        groups.push(Group {
+            name: format!("spanlens.{name}"),
+            rules: comparison_rules(config, c),
         });
     }
     groups.push(Group {
@@ -343,6 +349,40 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
         });
     }
     rules
+}
+
+/// A language's quantile against the baseline language's for the same step: 1.8 means the
+/// step takes 80% longer in that language (for FFI languages, the FFI overhead).
+fn comparison_rules(config: &Config, c: &ComparisonConfig) -> Vec<Rule> {
+    let window = &config.alerting.rate_window;
+    let step = &c.step_label;
+    let level = format!("{step}_handler_language");
+    let buckets = format!("{level}:{}_bucket:rate{window}", c.histogram);
+    let q = quantile_name(c.quantile);
+    let quantile = format!("{level}:{}:{q}_rate{window}", c.histogram);
+    let baseline = &c.baseline;
+    vec![
+        Rule::Record {
+            record: buckets.clone(),
+            expr: format!(
+                "sum by ({step}, handler_language, le) (rate({}_bucket[{window}]))",
+                c.histogram
+            ),
+        },
+        Rule::Record {
+            record: quantile.clone(),
+            expr: format!("histogram_quantile({}, {buckets})", c.quantile),
+        },
+        Rule::Record {
+            record: format!(
+                "{level}:{}:{q}_ratio_to_{baseline}_rate{window}",
+                c.histogram
+            ),
+            expr: format!(
+                "{quantile}{{handler_language!=\"{baseline}\"}}\n/ on ({step}) group_left\n{quantile}{{handler_language=\"{baseline}\"}}"
+            ),
+        },
+    ]
 }
 
 fn health_rules(config: &Config) -> Vec<Rule> {

@@ -43,6 +43,10 @@ pub struct Config {
     /// Durations that join several spans by a key attribute, by name.
     #[serde(default)]
     pub derived: BTreeMap<String, DerivedConfig>,
+    /// A stage's latency by step and handler language, compared against one baseline
+    /// language (FFI overhead: Ruby, Python, TypeScript handlers against Rust).
+    #[serde(default)]
+    pub comparisons: BTreeMap<String, ComparisonConfig>,
     /// The join window behind derived durations, and duplicate detection.
     #[serde(default)]
     pub join: JoinConfig,
@@ -110,6 +114,34 @@ fn default_step_key() -> String {
 
 fn default_step_name_key() -> String {
     "step_name".to_string()
+}
+
+/// A stage's spans, histogrammed by step and handler language, and recording rules that set
+/// each language's quantile against the baseline language's for the same step.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComparisonConfig {
+    /// HELP text of the histogram.
+    pub help: String,
+    /// Histogram name, in seconds; labelled by the step label and handler_language.
+    pub histogram: String,
+    /// The stage whose spans are compared.
+    pub stage: String,
+    /// A label from labels.extra naming the step (normalise names there with a regex).
+    pub step_label: String,
+    /// The handler language the others are set against.
+    #[serde(default = "default_baseline")]
+    pub baseline: String,
+    /// The quantile compared.
+    #[serde(default = "default_quantile")]
+    pub quantile: f64,
+    /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
+    #[serde(default)]
+    pub buckets: Option<Vec<f64>>,
+}
+
+fn default_baseline() -> String {
+    "rust".to_string()
 }
 
 /// A duration no single span carries, computed from the spans that share a key.
@@ -757,6 +789,7 @@ pub(crate) struct Sections {
     pub(crate) derived: Option<BTreeMap<String, DerivedConfig>>,
     pub(crate) join: Option<JoinConfig>,
     pub(crate) breakdown: Option<BreakdownConfig>,
+    pub(crate) comparisons: Option<BTreeMap<String, ComparisonConfig>>,
 }
 
 impl Sections {
@@ -772,6 +805,7 @@ impl Sections {
             derived: self.derived?,
             join: self.join?,
             breakdown: self.breakdown?,
+            comparisons: self.comparisons?,
         })
     }
 }
@@ -791,12 +825,12 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         };
         match key.as_str() {
             "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics"
-            | "alerting" | "derived" | "join" | "breakdown" => {
+            | "alerting" | "derived" | "comparisons" | "join" | "breakdown" => {
                 sections.insert(key, value);
             }
             other => problems.add(
                 other,
-                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, join, breakdown",
+                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, comparisons, join, breakdown",
             ),
         }
     }
@@ -806,6 +840,15 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
     let span_metrics = optional(section("span_metrics"), "span_metrics", problems);
     let alerting = optional(section("alerting"), "alerting", problems);
     let join = optional(section("join"), "join", problems);
+    let comparisons = match section("comparisons") {
+        None => Some(BTreeMap::new()),
+        value => named_items(
+            value,
+            "comparisons",
+            "must be a mapping from comparison name to its definition",
+            problems,
+        ),
+    };
     let breakdown = optional(section("breakdown"), "breakdown", problems);
     let derived = match section("derived") {
         None => Some(BTreeMap::new()),
@@ -861,6 +904,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         derived,
         join,
         breakdown,
+        comparisons,
     }
 }
 

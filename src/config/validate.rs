@@ -2,8 +2,9 @@
 
 use super::Problems;
 use super::{
-    AlertingConfig, DerivedConfig, LabelConfig, LabelSourceKind, LabelsConfig, MetricsConfig,
-    Operation, ReceiversConfig, RuleConfig, Sections, SpanMetricsConfig, StageAlert, StageConfig,
+    AlertingConfig, ComparisonConfig, DerivedConfig, LabelConfig, LabelSourceKind, LabelsConfig,
+    MetricsConfig, Operation, ReceiversConfig, RuleConfig, Sections, SpanMetricsConfig, StageAlert,
+    StageConfig,
 };
 use regex::Regex;
 use std::collections::BTreeMap;
@@ -50,6 +51,7 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
             s.labels.as_ref(),
             s.span_metrics.as_ref(),
             s.derived.as_ref(),
+            s.comparisons.as_ref(),
             problems,
         );
     }
@@ -64,6 +66,34 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
             if let Some(alert) = &stage.alert {
                 let buckets = stage.buckets.as_ref().unwrap_or(&metrics.default_buckets);
                 check_stage_alert(alert, buckets, &format!("stages.{name}.alert"), problems);
+            }
+        }
+    }
+    if let (Some(comparisons), Some(stages), Some(labels)) = (&s.comparisons, &s.stages, &s.labels)
+    {
+        for (name, c) in comparisons {
+            let path = format!("comparisons.{name}");
+            check_histogram_name(&c.histogram, &format!("{path}.histogram"), problems);
+            if !stages.contains_key(&c.stage) {
+                problems.add(
+                    format!("{path}.stage"),
+                    format!("unknown stage `{}`", c.stage),
+                );
+            }
+            if !labels.extra.contains_key(&c.step_label) {
+                problems.add(
+                    format!("{path}.step_label"),
+                    format!("`{}` is not defined under labels.extra", c.step_label),
+                );
+            }
+            if !(c.quantile > 0.0 && c.quantile < 1.0) {
+                problems.add(
+                    format!("{path}.quantile"),
+                    "must be between 0 and 1, such as 0.95",
+                );
+            }
+            if let Some(buckets) = &c.buckets {
+                check_buckets(buckets, &format!("{path}.buckets"), problems);
             }
         }
     }
@@ -382,6 +412,7 @@ fn check_stages(
     labels: Option<&LabelsConfig>,
     span_metrics: Option<&SpanMetricsConfig>,
     derived: Option<&BTreeMap<String, DerivedConfig>>,
+    comparisons: Option<&BTreeMap<String, ComparisonConfig>>,
     problems: &mut Problems,
 ) {
     let mut names: HashMap<String, String> = HashMap::new();
@@ -405,6 +436,13 @@ fn check_stages(
     }
     for (name, d) in derived.into_iter().flatten() {
         claim(&d.histogram, format!("derived.{name}.histogram"), problems);
+    }
+    for (name, c) in comparisons.into_iter().flatten() {
+        claim(
+            &c.histogram,
+            format!("comparisons.{name}.histogram"),
+            problems,
+        );
     }
     if stages.is_empty() {
         problems.add("stages", "at least one stage is needed");

@@ -1,0 +1,962 @@
+//! The real alerting chain, end to end: spanlens → Prometheus → Alertmanager → webhook.
+//!
+//! spanlens runs in-process on loopback with a `handler_execution` p95 alert at a test
+//! threshold (250 ms, for 5 s, severity page) and a 15 s rate window. `spanlens::rules::render`
+//! writes the rule file; Debian's Prometheus (`/usr/bin/prometheus`) scrapes spanlens every
+//! second, evaluates those rules every second and sends to Debian's Alertmanager
+//! (`/usr/bin/prometheus-alertmanager`), which routes `severity=page` to a webhook served by
+//! this test. Nothing else is mocked.
+//!
+//! The real `opentelemetry-otlp` exporter (gRPC) sends `worker.step_execution` spans of
+//! `tasker-ruby-worker` with explicit start and end times: 400 ms spans until the webhook
+//! receives `HandlerExecutionLatencyP95High` firing with the right labels and annotations,
+//! then 5 ms spans until it receives the same alert resolved. Meanwhile
+//! `tasker-python-worker` sends two slow spans in all: its p95 goes above the threshold for
+//! longer than `for`, but its traffic stays under `min_calls_per_second`, so it must never
+//! alert (checked in Prometheus's `ALERTS` history and in the webhook payloads).
+//!
+//! Child processes are killed when the test ends, however it ends; on failure their logs, the
+//! webhook payloads and Prometheus's view of the alerts are printed. Elapsed times are printed
+//! on success (`cargo test --test alert_chain -- --nocapture`).
+
+mod support;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use serde_json::Value;
+use spanlens::config::StageAlert;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use support::{scrape, start, test_config};
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+
+const STAGE: &str = "handler_execution";
+const ALERT: &str = "HandlerExecutionLatencyP95High";
+const SPAN_NAME: &str = "worker.step_execution";
+/// The service that pages, and its handler_language (from the service.name regex).
+const LOUD: (&str, &str) = ("tasker-ruby-worker", "ruby");
+/// The service with too little traffic to page.
+const QUIET: (&str, &str) = ("tasker-python-worker", "python");
+
+/// Test thresholds: the alert fires on p95 > 250 ms (a bucket bound) held for 5 s, over a
+/// 15 s rate window, for series with at least 0.2 spans/s.
+const THRESHOLD_SECONDS: f64 = 0.25;
+const FOR: &str = "5s";
+const FOR_SECONDS: u64 = 5;
+const RATE_WINDOW: &str = "15s";
+const MIN_CALLS_PER_SECOND: f64 = 0.2;
+
+const SLOW_SPAN: Duration = Duration::from_millis(400);
+const FAST_SPAN: Duration = Duration::from_millis(5);
+/// The loud service sends SPANS_PER_TICK spans every TICK: 25 spans/s.
+const TICK: Duration = Duration::from_millis(200);
+const SPANS_PER_TICK: usize = 5;
+/// The quiet service's two slow spans go out once Prometheus holds this many samples of its
+/// series (made by one earlier fast span). With fewer, `rate()` extrapolates the two spans over
+/// a short sampled interval (seen across 2 samples 1 s apart they count as 0.2 to 0.33/s over
+/// 15 s), at or above min_calls_per_second; after 6 samples it is at most about 0.17/s.
+const QUIET_SAMPLES_BEFORE: usize = 6;
+const QUIET_SLOW_SPANS: usize = 2;
+
+/// Bounds of the waits; together (with the quiet service's settling) well under three minutes.
+/// All the waits for the chain to come up (daemons ready, target scraped, rules loaded).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+const FIRE_TIMEOUT: Duration = Duration::from_secs(60);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
+    for binary in [PROMETHEUS, ALERTMANAGER] {
+        assert!(
+            Path::new(binary).is_file(),
+            "{binary} is missing: this test runs the real Prometheus and Alertmanager from \
+             Debian's `prometheus` and `prometheus-alertmanager` packages (scripts/test.sh \
+             installs them)"
+        );
+    }
+    let began = Instant::now();
+    let scratch = Scratch::new();
+
+    // spanlens, with the test alert.
+    let config = test_config(|c| {
+        let stage = c
+            .stages
+            .get_mut(STAGE)
+            .expect("default profile has the stage");
+        stage.alert = Some(StageAlert {
+            quantile: 0.95,
+            above_seconds: THRESHOLD_SECONDS,
+            for_duration: FOR.to_string(),
+            severity: "page".to_string(),
+        });
+        c.alerting.rate_window = RATE_WINDOW.to_string();
+        c.alerting.min_calls_per_second = MIN_CALLS_PER_SECOND;
+    });
+    let buckets = config.stages[STAGE]
+        .buckets
+        .clone()
+        .unwrap_or_else(|| config.metrics.default_buckets.clone());
+    assert!(
+        buckets.contains(&THRESHOLD_SECONDS),
+        "the test threshold must be a bucket bound of {STAGE}: {buckets:?}"
+    );
+    let server = start(config.clone()).await;
+    let grpc = server.grpc_addr().expect("gRPC receiver enabled");
+
+    // The webhook Alertmanager notifies.
+    let webhook = Webhook::start().await;
+
+    // The rule file, as `spanlens rules` writes it for this config.
+    let rules_text = spanlens::rules::render(&config);
+    assert!(
+        rules_text.contains(&format!("alert: {ALERT}")),
+        "the generated rules have no {ALERT}:\n{rules_text}"
+    );
+    let rules_path = scratch.write("spanlens.rules.yml", &rules_text);
+
+    // Alertmanager, then Prometheus.
+    let am_port = free_port();
+    let prom_port = free_port();
+    let am_config = scratch.write(
+        "alertmanager.yml",
+        &format!(
+            r#"route:
+  receiver: blackhole
+  group_by: [alertname, service, handler_language]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+  routes:
+    - matchers: ['severity="page"']
+      receiver: webhook
+receivers:
+  - name: blackhole
+  - name: webhook
+    webhook_configs:
+      - url: http://{}/alerts
+        send_resolved: true
+"#,
+            webhook.addr
+        ),
+    );
+    let alertmanager = Daemon::spawn(
+        "alertmanager",
+        ALERTMANAGER,
+        &[
+            format!("--config.file={}", am_config.display()),
+            format!(
+                "--storage.path={}",
+                scratch.dir("alertmanager-data").display()
+            ),
+            format!("--web.listen-address=127.0.0.1:{am_port}"),
+            "--cluster.listen-address=".to_string(),
+        ],
+        &scratch.path.join("alertmanager.log"),
+    );
+    let prom_config = scratch.write(
+        "prometheus.yml",
+        &format!(
+            r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - {rules}
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["127.0.0.1:{am_port}"]
+scrape_configs:
+  - job_name: {job}
+    static_configs:
+      - targets: ["{metrics}"]
+"#,
+            rules = rules_path.display(),
+            job = config.alerting.job,
+            metrics = server.metrics_addr(),
+        ),
+    );
+    let prometheus = Daemon::spawn(
+        "prometheus",
+        PROMETHEUS,
+        &[
+            format!("--config.file={}", prom_config.display()),
+            format!(
+                "--storage.tsdb.path={}",
+                scratch.dir("prometheus-data").display()
+            ),
+            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+            "--rules.alert.resend-delay=1s".to_string(),
+        ],
+        &scratch.path.join("prometheus.log"),
+    );
+    let chain = Chain {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+        prometheus: format!("http://127.0.0.1:{prom_port}"),
+        alertmanager: format!("http://127.0.0.1:{am_port}"),
+        daemons: vec![alertmanager, prometheus],
+        webhook: webhook.clone(),
+        rules: rules_text,
+    };
+
+    // The senders start now: the quiet service's first (fast) span creates its series, so that
+    // Prometheus has earlier samples when its slow spans come.
+    let control = Arc::new(Control::default());
+    let stop = StopOnDrop(control.clone());
+    let sender = {
+        let control = control.clone();
+        tokio::task::spawn_blocking(move || send_spans(grpc, &control))
+    };
+
+    // Wait until the chain is up: both ready, the target scraped, the Alertmanager known,
+    // the test's rule loaded.
+    let setup_deadline = Instant::now() + SETUP_TIMEOUT;
+    let setup_left = || setup_deadline.saturating_duration_since(Instant::now());
+    chain
+        .until("Alertmanager /-/ready", setup_left(), async || {
+            chain
+                .get_ok(&format!("{}/-/ready", chain.alertmanager))
+                .await
+        })
+        .await;
+    chain
+        .until("Prometheus /-/ready", setup_left(), async || {
+            chain.get_ok(&format!("{}/-/ready", chain.prometheus)).await
+        })
+        .await;
+    let job = config.alerting.job.clone();
+    chain
+        .until("Prometheus to scrape spanlens", setup_left(), async || {
+            let up = chain.query(&format!("up{{job=\"{job}\"}} == 1")).await?;
+            (!up.is_empty()).then_some(())
+        })
+        .await;
+    chain
+        .until(
+            "Prometheus to discover Alertmanager",
+            setup_left(),
+            async || {
+                let v = chain.api("/api/v1/alertmanagers").await?;
+                let active = v["data"]["activeAlertmanagers"].as_array()?;
+                (!active.is_empty()).then_some(())
+            },
+        )
+        .await;
+    let rule = chain
+        .until(
+            "Prometheus to load the generated alert",
+            setup_left(),
+            async || {
+                let v = chain.api("/api/v1/rules?type=alert").await?;
+                v["data"]["groups"]
+                    .as_array()?
+                    .iter()
+                    .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                    .find(|r| r["name"] == ALERT)
+            },
+        )
+        .await;
+    assert_eq!(rule["duration"], FOR_SECONDS as f64, "{rule}");
+    assert!(
+        rule["query"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("> {THRESHOLD_SECONDS}")),
+        "{rule}"
+    );
+    let quiet = format!("service=\"{}\"", QUIET.0);
+    let calls_total = &config.stages[STAGE].calls;
+    chain
+        .until(
+            "Prometheus to hold samples of the quiet service's series",
+            setup_left(),
+            async || {
+                let q = format!("count_over_time({calls_total}{{{quiet}}}[1m])");
+                let n: f64 = chain.query(&q).await?.first()?["value"][1]
+                    .as_str()?
+                    .parse()
+                    .ok()?;
+                (n >= QUIET_SAMPLES_BEFORE as f64).then_some(())
+            },
+        )
+        .await;
+    control.quiet_go.store(true, Ordering::SeqCst);
+    let ready = began.elapsed();
+
+    // Slow spans until the webhook has the alert firing.
+    let slow_from = Instant::now();
+    control.mode.store(SLOW, Ordering::SeqCst);
+    let (fired_at, firing) = chain
+        .until(
+            "the webhook to receive the alert firing",
+            FIRE_TIMEOUT,
+            async || chain.webhook.find(ALERT, LOUD.0, "firing"),
+        )
+        .await;
+    let to_fire = fired_at - slow_from;
+
+    // Fast spans until the webhook has it resolved.
+    let fast_from = Instant::now();
+    control.mode.store(FAST, Ordering::SeqCst);
+    let (resolved_at, resolved) = chain
+        .until(
+            "the webhook to receive the alert resolved",
+            RESOLVE_TIMEOUT,
+            async || chain.webhook.find(ALERT, LOUD.0, "resolved"),
+        )
+        .await;
+    let to_resolve = resolved_at - fast_from;
+    let chain_done = began.elapsed();
+    control.mode.store(STOP, Ordering::SeqCst);
+    let sent = sender.await.expect("sender thread");
+
+    // The alert as Alertmanager delivered it.
+    let expected_labels = serde_json::json!({
+        "alertname": ALERT,
+        "severity": "page",
+        "stage": STAGE,
+        "service": LOUD.0,
+        "handler_language": LOUD.1,
+    });
+    chain
+        .check(
+            firing["labels"] == expected_labels,
+            "firing labels",
+            &firing,
+        )
+        .await;
+    chain
+        .check(
+            resolved["labels"] == expected_labels,
+            "resolved labels",
+            &resolved,
+        )
+        .await;
+    let annotations = &firing["annotations"];
+    let text = |key: &str| annotations[key].as_str().unwrap_or_default().to_string();
+    let (summary, description, runbook) =
+        (text("summary"), text("description"), text("runbook_url"));
+    for (key, value) in [
+        ("summary", &summary),
+        ("description", &description),
+        ("runbook_url", &runbook),
+    ] {
+        chain
+            .check(
+                !value.is_empty(),
+                &format!("annotation {key} present"),
+                &firing,
+            )
+            .await;
+        chain
+            .check(
+                !value.contains("{{") && !value.contains("<no value>") && !value.contains("%!"),
+                &format!("annotation {key} fully rendered"),
+                &firing,
+            )
+            .await;
+    }
+    chain
+        .check(
+            summary.contains(LOUD.0) && summary.contains(LOUD.1),
+            "summary names the service and handler language",
+            &firing,
+        )
+        .await;
+    chain
+        .check(
+            description.contains(LOUD.0) && description.contains(LOUD.1),
+            "description names the service and handler language",
+            &firing,
+        )
+        .await;
+    chain
+        .check(
+            runbook
+                == format!(
+                    "{}#{}",
+                    config.alerting.runbook_url,
+                    ALERT.to_ascii_lowercase()
+                ),
+            "runbook_url points at the alert's runbook section",
+            &firing,
+        )
+        .await;
+
+    // The quiet service: its p95 went over the threshold for longer than `for`, but its rate
+    // stayed under the guard, so it never alerted (not even pending). Its slow spans must
+    // have left the rate window (plus `for`) before this is judged.
+    let quiet_sent = control
+        .quiet_sent
+        .lock()
+        .unwrap()
+        .expect("the quiet service sent its slow spans");
+    let settle = Duration::from_secs(15 + FOR_SECONDS + 3);
+    if quiet_sent.elapsed() < settle {
+        tokio::time::sleep(settle - quiet_sent.elapsed()).await;
+    }
+    let lookback = format!("{}s", began.elapsed().as_secs() + 60);
+    let histogram = &config.stages[STAGE].histogram;
+    let p95 = format!("service_handler_language:{histogram}:p95_rate{RATE_WINDOW}");
+    let calls = config.stages[STAGE].calls.trim_end_matches("_total");
+    let calls = format!("service_handler_language:{calls}:rate{RATE_WINDOW}");
+    let seconds_above = chain
+        .scalar(&format!(
+            "count_over_time(({p95}{{{quiet}}} > {THRESHOLD_SECONDS})[{lookback}:1s])"
+        ))
+        .await;
+    chain
+        .check(
+            seconds_above.is_some_and(|s| s > (FOR_SECONDS + 1) as f64),
+            &format!(
+                "the quiet service's recorded p95 stays above {THRESHOLD_SECONDS}s for longer \
+             than `for` (seconds above: {seconds_above:?}), so only the traffic guard keeps it \
+             silent"
+            ),
+            &Value::Null,
+        )
+        .await;
+    let max_rate = chain
+        .scalar(&format!("max_over_time({calls}{{{quiet}}}[{lookback}])"))
+        .await;
+    chain
+        .check(
+            max_rate.is_some_and(|r| r > 0.0 && r < MIN_CALLS_PER_SECOND),
+            &format!(
+                "the quiet service's recorded call rate stays under min_calls_per_second (max: \
+             {max_rate:?})"
+            ),
+            &Value::Null,
+        )
+        .await;
+    let quiet_alerts = chain
+        .query(&format!("max_over_time(ALERTS{{{quiet}}}[{lookback}])"))
+        .await
+        .expect("Prometheus answers");
+    chain
+        .check(
+            quiet_alerts.is_empty(),
+            "no alert was ever pending or firing for the quiet service",
+            &Value::Array(quiet_alerts.clone()),
+        )
+        .await;
+    let quiet_notified: Vec<Value> = chain
+        .webhook
+        .alerts()
+        .into_iter()
+        .filter(|(_, a)| a["labels"]["service"] == QUIET.0)
+        .map(|(_, a)| a)
+        .collect();
+    chain
+        .check(
+            quiet_notified.is_empty(),
+            "the webhook received nothing for the quiet service",
+            &Value::Array(quiet_notified),
+        )
+        .await;
+    // Nothing but the loud service's alert reached the page route.
+    let others: Vec<Value> = chain
+        .webhook
+        .alerts()
+        .into_iter()
+        .filter(|(_, a)| a["labels"]["alertname"] != ALERT || a["labels"]["service"] != LOUD.0)
+        .map(|(_, a)| a)
+        .collect();
+    chain
+        .check(
+            others.is_empty(),
+            "the webhook received no other alert",
+            &Value::Array(others),
+        )
+        .await;
+
+    // Every generated rule evaluated without error all along.
+    let unhealthy: Vec<Value> = chain
+        .api("/api/v1/rules")
+        .await
+        .expect("Prometheus answers")["data"]["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["health"] != "ok")
+        .collect();
+    chain
+        .check(
+            unhealthy.is_empty(),
+            "every generated rule evaluates without error",
+            &Value::Array(unhealthy),
+        )
+        .await;
+
+    // spanlens counted every span the exporter flushed.
+    let exposition = scrape(&server).await;
+    let counted = |service: &str| {
+        exposition
+            .value(calls_total, &[("service", service)])
+            .unwrap_or(0.0) as usize
+    };
+    chain
+        .check(
+            sent.flush_errors == 0,
+            &format!("every flush succeeded ({sent:?})"),
+            &Value::Null,
+        )
+        .await;
+    chain
+        .check(
+            counted(LOUD.0) == sent.loud && counted(QUIET.0) == sent.quiet,
+            &format!(
+                "spanlens counted every span sent ({sent:?}; counted {} loud, {} quiet)",
+                counted(LOUD.0),
+                counted(QUIET.0)
+            ),
+            &Value::Null,
+        )
+        .await;
+
+    println!("alert chain: firing alert as delivered: {firing:#}");
+    println!(
+        "alert chain timings: chain up {:.1}s after start; slow spans → firing at the webhook \
+         {:.1}s; fast spans → resolved at the webhook {:.1}s; chain done {:.1}s; whole test \
+         {:.1}s ({} loud spans, {} quiet spans, {} webhook payloads; quiet service: p95 above \
+         the threshold for {:?} s at a max rate of {:?}/s, never alerted)",
+        ready.as_secs_f64(),
+        to_fire.as_secs_f64(),
+        to_resolve.as_secs_f64(),
+        chain_done.as_secs_f64(),
+        began.elapsed().as_secs_f64(),
+        sent.loud,
+        sent.quiet,
+        chain.webhook.payloads.lock().unwrap().len(),
+        seconds_above,
+        max_rate,
+    );
+    drop(stop);
+    drop(chain);
+    server.shutdown().await;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Spans, with the real OTLP exporter
+// ----------------------------------------------------------------------------------------------
+
+const IDLE: u8 = 0;
+const SLOW: u8 = 1;
+const FAST: u8 = 2;
+const STOP: u8 = 3;
+
+/// What the test tells the sender thread, and when the quiet service's slow spans went out.
+#[derive(Default)]
+struct Control {
+    /// IDLE, SLOW, FAST or STOP: the loud service's spans.
+    mode: AtomicU8,
+    /// Send the quiet service's slow spans (once).
+    quiet_go: AtomicBool,
+    quiet_sent: Mutex<Option<Instant>>,
+}
+
+/// Stops the sender thread however the test ends (the runtime waits for blocking threads).
+struct StopOnDrop(Arc<Control>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.mode.store(STOP, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Sent {
+    loud: usize,
+    quiet: usize,
+    flush_errors: usize,
+    last_error: Option<String>,
+}
+
+fn provider(grpc: SocketAddr, service: &str) -> SdkTracerProvider {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{grpc}"))
+        .with_timeout(Duration::from_secs(5))
+        .build()
+        .expect("gRPC exporter");
+    SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_string())
+                .with_attributes([KeyValue::new("deployment.environment", "test")])
+                .build(),
+        )
+        .with_batch_exporter(exporter)
+        .build()
+}
+
+/// One handler span that ended now and lasted `duration`.
+fn emit(tracer: &SdkTracer, duration: Duration, n: usize) {
+    let end = SystemTime::now();
+    tracer
+        .span_builder(SPAN_NAME)
+        .with_kind(SpanKind::Internal)
+        .with_start_time(end - duration)
+        .with_attributes([
+            KeyValue::new("namespace", "alert_chain"),
+            KeyValue::new("step_name", format!("step_{}", n % 7)),
+        ])
+        .start(tracer)
+        .end_with_timestamp(end);
+}
+
+fn flush(provider: &SdkTracerProvider, sent: &mut Sent) {
+    if let Err(e) = provider.force_flush() {
+        sent.flush_errors += 1;
+        sent.last_error = Some(e.to_string());
+    }
+}
+
+/// Runs on a blocking thread of the runtime (tonic needs its context) until the mode is STOP.
+fn send_spans(grpc: SocketAddr, control: &Control) -> Sent {
+    let mut sent = Sent::default();
+    let loud = provider(grpc, LOUD.0);
+    let quiet = provider(grpc, QUIET.0);
+    let (loud_tracer, quiet_tracer) = (loud.tracer("tasker-worker"), quiet.tracer("tasker-worker"));
+    emit(&quiet_tracer, FAST_SPAN, 0);
+    flush(&quiet, &mut sent);
+    sent.quiet += 1;
+    loop {
+        if control.quiet_go.swap(false, Ordering::SeqCst) {
+            for n in 0..QUIET_SLOW_SPANS {
+                emit(&quiet_tracer, SLOW_SPAN, n);
+            }
+            flush(&quiet, &mut sent);
+            sent.quiet += QUIET_SLOW_SPANS;
+            *control.quiet_sent.lock().unwrap() = Some(Instant::now());
+        }
+        let duration = match control.mode.load(Ordering::SeqCst) {
+            IDLE => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            SLOW => SLOW_SPAN,
+            FAST => FAST_SPAN,
+            _ => break,
+        };
+        for _ in 0..SPANS_PER_TICK {
+            emit(&loud_tracer, duration, sent.loud);
+            sent.loud += 1;
+        }
+        flush(&loud, &mut sent);
+        std::thread::sleep(TICK);
+    }
+    for p in [loud, quiet] {
+        if let Err(e) = p.shutdown() {
+            sent.last_error = Some(format!("shutdown: {e}"));
+        }
+    }
+    sent
+}
+
+// ----------------------------------------------------------------------------------------------
+// The webhook receiver
+// ----------------------------------------------------------------------------------------------
+
+/// Every JSON payload Alertmanager POSTed to /alerts, with when it arrived.
+#[derive(Clone)]
+struct Webhook {
+    addr: SocketAddr,
+    payloads: Arc<Mutex<Vec<(Instant, Value)>>>,
+}
+
+impl Webhook {
+    async fn start() -> Webhook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the webhook");
+        let hook = Webhook {
+            addr: listener.local_addr().unwrap(),
+            payloads: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/alerts", post(receive))
+            .with_state(hook.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        hook
+    }
+
+    /// Every alert of every payload, with the payload's arrival time.
+    fn alerts(&self) -> Vec<(Instant, Value)> {
+        self.payloads
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(at, p)| {
+                p["alerts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| (*at, a))
+            })
+            .collect()
+    }
+
+    /// The first alert named `alert` for `service` received with `status`.
+    fn find(&self, alert: &str, service: &str, status: &str) -> Option<(Instant, Value)> {
+        self.alerts().into_iter().find(|(_, a)| {
+            a["status"] == status
+                && a["labels"]["alertname"] == alert
+                && a["labels"]["service"] == service
+        })
+    }
+}
+
+async fn receive(State(hook): State<Webhook>, body: String) -> StatusCode {
+    let payload = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    hook.payloads
+        .lock()
+        .unwrap()
+        .push((Instant::now(), payload));
+    StatusCode::OK
+}
+
+// ----------------------------------------------------------------------------------------------
+// Prometheus, Alertmanager and their scratch space
+// ----------------------------------------------------------------------------------------------
+
+struct Chain {
+    http: reqwest::Client,
+    prometheus: String,
+    alertmanager: String,
+    daemons: Vec<Daemon>,
+    webhook: Webhook,
+    rules: String,
+}
+
+impl Chain {
+    /// Polls `probe` until it yields, failing with diagnostics when `timeout` passes or a
+    /// daemon exits.
+    async fn until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            for daemon in &self.daemons {
+                if let Some(status) = daemon.exited() {
+                    self.fail(&format!(
+                        "{} exited ({status}) while waiting for {what}",
+                        daemon.name
+                    ))
+                    .await;
+                }
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("timed out after {timeout:?} waiting for {what}"))
+                    .await;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn check(&self, ok: bool, what: &str, evidence: &Value) {
+        if !ok {
+            self.fail(&format!("check failed: {what}\nevidence: {evidence:#}"))
+                .await;
+        }
+    }
+
+    /// Panics with what Prometheus and the webhook saw (the daemons' logs follow, printed
+    /// when they are dropped).
+    async fn fail(&self, message: &str) -> ! {
+        let alerts = self.api("/api/v1/alerts").await;
+        let rules = self.api("/api/v1/rules?type=alert").await.map(|v| {
+            let groups = v["data"]["groups"].as_array().cloned().unwrap_or_default();
+            let rules: Vec<Value> = groups
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .filter(|r| r["name"] == ALERT)
+                .collect();
+            Value::Array(rules)
+        });
+        let mut series = String::new();
+        for q in [
+            "{__name__=~\"service_handler_language:tasker_handler_execution.*\"}",
+            "up",
+        ] {
+            series.push_str(&format!("{q} = {:?}\n", self.query(q).await));
+        }
+        let payloads: Vec<Value> = self
+            .webhook
+            .payloads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect();
+        panic!(
+            "{message}\n\n--- Prometheus /api/v1/alerts ---\n{alerts:#?}\n\n--- the alert rule \
+             ---\n{rules:#?}\n\n--- recorded series ---\n{series}\n--- webhook payloads ---\n{}\n\n\
+             --- generated rules ---\n{}",
+            serde_json::to_string_pretty(&payloads).unwrap(),
+            self.rules
+        );
+    }
+
+    async fn get_ok(&self, url: &str) -> Option<()> {
+        let response = self.http.get(url).send().await.ok()?;
+        response.status().is_success().then_some(())
+    }
+
+    async fn api(&self, path: &str) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.prometheus))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// An instant query's result vector; None when Prometheus does not answer.
+    async fn query(&self, query: &str) -> Option<Vec<Value>> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/query", self.prometheus))
+            .query(&[("query", query)])
+            .send()
+            .await
+            .ok()?;
+        let v: Value = response.json().await.ok()?;
+        assert_eq!(v["status"], "success", "query {query}: {v}");
+        v["data"]["result"].as_array().cloned()
+    }
+
+    /// The value of a query that yields one series; None when it yields none.
+    async fn scalar(&self, query: &str) -> Option<f64> {
+        let result = self.query(query).await.expect("Prometheus answers");
+        assert!(
+            result.len() <= 1,
+            "{query} yields several series: {result:?}"
+        );
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+}
+
+/// A child process killed (and reaped) on drop; its stdout and stderr go to a log file that
+/// is printed when the test is failing.
+struct Daemon {
+    name: &'static str,
+    child: Mutex<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, program: &str, args: &[String], log: &Path) -> Daemon {
+        let file = File::create(log).expect("create log file");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        Daemon {
+            name,
+            child: Mutex::new(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().unwrap().try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!(
+                "\n----- {} log ({}) -----\n{log}----- end of {} log -----",
+                self.name,
+                self.log.display(),
+                self.name
+            );
+        }
+    }
+}
+
+/// A directory under the target's tmp dir, removed when the test passes and kept (its path
+/// printed) when it fails.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("alert_chain-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create the scratch dir");
+        Scratch { path }
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path.join(name);
+        std::fs::write(&path, text).expect("write scratch file");
+        path
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        let path = self.path.join(name);
+        std::fs::create_dir_all(&path).expect("create scratch dir");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("alert chain files kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A free loopback port: bind port 0, read it, release it.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
