@@ -4,7 +4,7 @@
 //! traces: correlation id → task uuids → step uuids, by attributes, never by trace id.
 
 use crate::config::Operation;
-use crate::join::{PartSpan, value};
+use crate::join::{PartSpan, value_nanos};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -271,7 +271,7 @@ impl SpanLog {
             if let Some(parts) = parts {
                 values.insert(
                     format!("{}_ms", rule.name),
-                    value(rule.operation, &parts) * 1e3,
+                    ms(value_nanos(rule.operation, &parts)),
                 );
             }
         }

@@ -291,7 +291,12 @@ fn duration(p: &PartSpan) -> u64 {
 
 /// The derived value; differences and gaps below zero (clock skew between hosts) are 0.
 pub fn value(operation: Operation, parts: &[PartSpan]) -> f64 {
-    seconds(match operation {
+    seconds(value_nanos(operation, parts))
+}
+
+/// The derived value in nanoseconds.
+pub fn value_nanos(operation: Operation, parts: &[PartSpan]) -> u64 {
+    match operation {
         Operation::Sum => parts.iter().map(duration).sum(),
         Operation::Difference => duration(&parts[0]).saturating_sub(duration(&parts[1])),
         Operation::Gap => parts[1]
@@ -302,7 +307,7 @@ pub fn value(operation: Operation, parts: &[PartSpan]) -> f64 {
             let end = parts.iter().map(|p| p.end_unix_nano).max().unwrap_or(0);
             end.saturating_sub(start)
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use spanlens::pipeline::{Pipeline, Protocol};
 use spanlens::server::Server;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::{Exposition, scrape, start, test_config};
 
@@ -523,6 +523,7 @@ fn label_default(label: &str) -> &'static str {
 }
 
 type Series = Vec<(&'static str, String)>;
+type Milliseconds = Vec<f64>;
 
 /// Expected observations of one derived metric, by series. Every key of the fixture has
 /// exactly one span per part (asserted), so every key completes.
@@ -586,7 +587,7 @@ fn check_fixture_literals(rows: &[Row]) {
         ("handler_language", "ruby"),
     ]);
     // In series order (BTreeMap: ruby before rust).
-    let want: [(&str, Vec<(Series, Vec<f64>)>); 4] = [
+    let want: [(&str, Vec<(Series, Milliseconds)>); 4] = [
         (
             "worker_overhead",
             vec![
@@ -1723,40 +1724,51 @@ fn flood() {
             )))
         })
     );
-    // Two ingesting threads, as concurrent export requests would be; batches 0..checkpoint
-    // first, then the rest.
+    // Two ingesting threads, as concurrent export requests would be. Both stop at the
+    // checkpoint while VmRSS is read, then go on: the same threads throughout, so that the
+    // allocator's per-thread arenas are the same at both readings.
     let next = AtomicU64::new(0);
-    let ingest = |until: u64, flood: &mut Flood| {
-        loop {
-            let batch = next.fetch_add(1, Ordering::Relaxed);
-            if batch >= until {
-                break;
+    let checkpoint = FLOOD_CHECKPOINT / FLOOD_BATCH as u64;
+    let batches = FLOOD_KEYS / FLOOD_BATCH as u64;
+    let (stopped, resume) = (Barrier::new(3), Barrier::new(3));
+    let ingest = |mut flood: Flood| {
+        for until in [checkpoint, batches] {
+            // A failure still reaches the barriers below (so nothing hangs), then panics.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                loop {
+                    let batch = next.fetch_add(1, Ordering::Relaxed);
+                    if batch >= until {
+                        break;
+                    }
+                    flood.set_batch(batch);
+                    let outcome = pipeline
+                        .ingest(Protocol::Grpc, &flood.bytes)
+                        .expect("ingest");
+                    assert_eq!(outcome.accepted, FLOOD_BATCH);
+                }
+            }));
+            if until == checkpoint {
+                stopped.wait();
+                resume.wait();
             }
-            flood.set_batch(batch);
-            let outcome = pipeline
-                .ingest(Protocol::Grpc, &flood.bytes)
-                .expect("ingest");
-            assert_eq!(outcome.accepted, FLOOD_BATCH);
+            if let Err(panic) = run {
+                std::panic::resume_unwind(panic);
+            }
         }
     };
-    let mut floods = [flood, Flood::new()];
-    let batch = FLOOD_BATCH as u64;
-    let mut rss_checkpoint = 0;
-    for until in [FLOOD_CHECKPOINT / batch, FLOOD_KEYS / batch] {
-        std::thread::scope(|s| {
-            for flood in floods.iter_mut() {
-                s.spawn(|| ingest(until, flood));
-            }
-        });
-        next.store(until, Ordering::Relaxed);
-        if until == FLOOD_CHECKPOINT / batch {
-            rss_checkpoint = vm_rss_kib();
-            eprintln!(
-                "flood: {FLOOD_CHECKPOINT} keys in {:?}, VmRSS {rss_checkpoint} KiB",
-                started.elapsed()
-            );
-        }
-    }
+    let rss_checkpoint = std::thread::scope(|s| {
+        s.spawn(|| ingest(flood));
+        s.spawn(|| ingest(Flood::new()));
+        stopped.wait();
+        next.store(checkpoint, Ordering::Relaxed);
+        let rss = vm_rss_kib();
+        eprintln!(
+            "flood: {FLOOD_CHECKPOINT} keys in {:?}, VmRSS {rss} KiB",
+            started.elapsed()
+        );
+        resume.wait();
+        rss
+    });
     let rss_end = vm_rss_kib();
     eprintln!(
         "flood: {FLOOD_KEYS} keys in {:?}, VmRSS {rss_end} KiB (+{} KiB since {FLOOD_CHECKPOINT})",
