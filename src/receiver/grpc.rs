@@ -40,9 +40,8 @@ pub fn router(ingest: Ingest) -> Router {
         .with_state(ingest)
 }
 
-/// A trailers-only response carrying an error status.
-fn status_only(code: Code, message: &str) -> Response {
-    let mut response = StatusCode::OK.into_response();
+/// The headers every gRPC response carries.
+fn grpc_headers(response: &mut Response) -> &mut HeaderMap {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -52,6 +51,13 @@ fn status_only(code: Code, message: &str) -> Response {
         "grpc-accept-encoding",
         HeaderValue::from_static(ACCEPT_ENCODING),
     );
+    headers
+}
+
+/// A trailers-only response carrying an error status.
+fn status_only(code: Code, message: &str) -> Response {
+    let mut response = StatusCode::OK.into_response();
+    let headers = grpc_headers(&mut response);
     headers.insert("grpc-status", HeaderValue::from(code as i32));
     if let Ok(message) = HeaderValue::from_str(&percent_encode(message)) {
         headers.insert("grpc-message", message);
@@ -81,15 +87,7 @@ fn ok_response(message: &[u8]) -> Response {
     trailers.insert("grpc-status", HeaderValue::from(Code::Ok as i32));
     let body = Full::new(frame.freeze()).with_trailers(async move { Some(Ok(trailers)) });
     let mut response = Response::new(Body::new(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert(
-        "grpc-accept-encoding",
-        HeaderValue::from_static(ACCEPT_ENCODING),
-    );
+    grpc_headers(&mut response);
     response
 }
 
