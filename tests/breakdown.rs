@@ -3,25 +3,13 @@
 
 mod support;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use prost::Message;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use spanlens::breakdown::Breakdown;
+use support::{kv, request};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 const MS: u64 = 1_000_000;
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 /// A span of `ms` milliseconds starting `at` ms after T0, in its service's own trace.
 fn span(trace: u8, id: u8, name: &str, at: u64, ms: u64, attributes: Vec<KeyValue>) -> Span {
@@ -35,23 +23,6 @@ fn span(trace: u8, id: u8, name: &str, at: u64, ms: u64, attributes: Vec<KeyValu
         attributes,
         ..Default::default()
     }
-}
-
-fn request(service: &str, spans: Vec<Span>) -> Vec<u8> {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", service)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
 }
 
 async fn post(server: &spanlens::server::Server, body: Vec<u8>) {

@@ -2,26 +2,15 @@
 //! writes it (real tasker-core span names, two linear tasks) and a Jaeger query API response
 //! (the design note's example), compared with a golden percentile table.
 
-use std::process::Command;
+mod support;
 
 const OTLP: &str = "tests/data/replay/tasker-linear.otlp.jsonl";
 const JAEGER: &str = "tests/data/replay/note-example.jaeger.json";
 
 fn replay(args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spanlens"))
-        .arg("replay")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let mut all = vec!["replay"];
+    all.extend_from_slice(args);
+    support::run_spanlens(&all)
 }
 
 #[test]

@@ -1,21 +1,14 @@
 //! The committed rule file is what `spanlens rules` generates for the shipped config, it
 //! passes `promtool check rules`, and every runbook link lands on a section of the runbook.
 
+mod support;
+
 use std::process::Command;
 
 const COMMITTED: &str = "config/rules/spanlens.rules.yml";
 
 fn generated() -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_spanlens"))
-        .arg("rules")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    support::run_spanlens(&["rules"]).0
 }
 
 fn promtool() -> String {

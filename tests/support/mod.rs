@@ -2,6 +2,11 @@
 //! scrape it, and read values out of the Prometheus text exposition.
 #![allow(dead_code)]
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
 use spanlens::config::Config;
 use spanlens::server::Server;
 use std::collections::{BTreeMap, HashMap};
@@ -171,4 +176,50 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
         rest = after[end..].trim_start_matches(',');
     }
     labels
+}
+
+/// A string attribute.
+pub fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// An encoded OTLP request: one resource (`service.name` = `service`), one scope.
+pub fn request(service: &str, spans: Vec<Span>) -> Vec<u8> {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// Runs the spanlens binary; panics with its stderr unless it succeeds. (stdout, stderr)
+pub fn run_spanlens(args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spanlens"))
+        .args(args)
+        .output()
+        .expect("the spanlens binary runs");
+    assert!(
+        out.status.success(),
+        "spanlens {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+        String::from_utf8(out.stderr).expect("UTF-8 stderr"),
+    )
 }
