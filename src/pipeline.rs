@@ -223,7 +223,7 @@ impl Pipeline {
             ),
             accepted: table.add(
                 "spanlens_spans_accepted_total",
-                "Spans accepted and observed, by protocol.",
+                "Spans accepted, by protocol (resent duplicates included; they are not observed again, see spanlens_spans_duplicate_total).",
                 MetricKind::Counter,
                 &["protocol"],
             ),

@@ -10,12 +10,13 @@
 //! then hands those to the real `opentelemetry-otlp` exporter in chosen groups, out of order
 //! and split over several requests, resends one request through the same exporter (a retry)
 //! and re-exports one span through a second exporter over OTLP/HTTP protobuf. Every expected
-//! derived value is computed from the fixture table by a small reference join, and checked
-//! against literal numbers too.
+//! derived value (and each series' exemplar) is computed from the fixture table by a small
+//! reference join, and checked against literal numbers too.
 //!
 //! The eviction and late-span tests post hand-built OTLP/HTTP protobuf requests. The memory test
-//! floods an in-process `Pipeline` with 1,000,000 keys that never complete, in a child process
-//! of its own so that VmRSS is not shared with the other tests.
+//! floods an in-process `Pipeline` with 1,000,000 keys that never complete (two ingesting
+//! threads, requests of 1000 spans patched in place), in a child process of its own so that
+//! VmRSS is not shared with the other tests.
 
 mod support;
 
@@ -525,28 +526,29 @@ fn label_default(label: &str) -> &'static str {
 type Series = Vec<(&'static str, String)>;
 type Milliseconds = Vec<f64>;
 
-/// Expected observations of one derived metric, by series. Every key of the fixture has
-/// exactly one span per part (asserted), so every key completes.
-fn expected_derived(rows: &[Row], d: &DerivedDef) -> BTreeMap<Series, Vec<f64>> {
-    let mut keys: BTreeMap<String, [Vec<&Row>; 2]> = BTreeMap::new();
-    for row in rows {
+/// Expected observations of one derived metric, by series: the value and the row of the
+/// part that ended last (the exemplar's span). Every key of the fixture has exactly one span
+/// per part (asserted), so every key completes.
+fn observations(rows: &[Row], d: &DerivedDef) -> BTreeMap<Series, Vec<(f64, usize)>> {
+    let mut keys: BTreeMap<String, [Vec<usize>; 2]> = BTreeMap::new();
+    for (i, row) in rows.iter().enumerate() {
         for (p, (stage, name)) in d.parts.iter().enumerate() {
             if row.stage() == Some(*stage)
                 && name.is_none_or(|n| n == row.name)
                 && let Some(key) = row.attr(d.key)
             {
-                keys.entry(key).or_default()[p].push(row);
+                keys.entry(key).or_default()[p].push(i);
             }
         }
     }
-    let mut series: BTreeMap<Series, Vec<f64>> = BTreeMap::new();
+    let mut series: BTreeMap<Series, Vec<(f64, usize)>> = BTreeMap::new();
     for (key, parts) in &keys {
         assert!(
             parts.iter().all(|p| p.len() == 1),
             "fixture: {} key {key} must have one span per part",
             d.name
         );
-        let (a, b) = (parts[0][0], parts[1][0]);
+        let (a, b) = (&rows[parts[0][0]], &rows[parts[1][0]]);
         let duration = |r: &Row| r.end_ns() - r.start_ns();
         let nanos = match d.op {
             Op::Sum => duration(a) + duration(b),
@@ -566,9 +568,26 @@ fn expected_derived(rows: &[Row], d: &DerivedDef) -> BTreeMap<Series, Vec<f64>> 
                 (*l, value)
             })
             .collect();
-        series.entry(labels).or_default().push(nanos as f64 / 1e9);
+        assert_ne!(a.end_ns(), b.end_ns(), "fixture: one part ends last");
+        let last = if a.end_ns() > b.end_ns() {
+            parts[0][0]
+        } else {
+            parts[1][0]
+        };
+        series
+            .entry(labels)
+            .or_default()
+            .push((nanos as f64 / 1e9, last));
     }
     series
+}
+
+/// Expected values of one derived metric, by series.
+fn expected_derived(rows: &[Row], d: &DerivedDef) -> BTreeMap<Series, Vec<f64>> {
+    observations(rows, d)
+        .into_iter()
+        .map(|(s, o)| (s, o.iter().map(|(v, _)| *v).collect()))
+        .collect()
 }
 
 fn series(labels: &[(&'static str, &str)]) -> Series {
@@ -1138,6 +1157,68 @@ fn explicit_checks(exposition: &Exposition) {
     );
 }
 
+/// OpenMetrics: each derived series carries its slowest observation as exemplar, on the first
+/// bucket that holds it, pointing at the span (the SDK's trace and span id) of the part that
+/// ended last, stamped with that span's end.
+async fn assert_exemplars(server: &Server, rows: &[Row], recorded: &Recorded) {
+    let (_, text) =
+        support::scrape_as(server, Some("application/openmetrics-text; version=1.0.0")).await;
+    for d in &DERIVED {
+        for (labels, observed) in observations(rows, d) {
+            let (value, row) = observed
+                .iter()
+                .copied()
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .expect("observed");
+            let what = format!("{} {labels:?} exemplar", d.histogram);
+            let prefix = format!("{}_bucket{{", d.histogram);
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with(&prefix)
+                        && l.contains(" # {")
+                        && labels
+                            .iter()
+                            .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+                })
+                .collect();
+            assert_eq!(lines.len(), 1, "{what}: one bucket line with it: {lines:?}");
+            let (series, exemplar) = lines[0].split_once(" # ").expect("exemplar");
+            let le = series
+                .split_once("le=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(le, _)| parse_le(le))
+                .expect("le");
+            let bound = DEFAULT_BUCKETS
+                .iter()
+                .copied()
+                .find(|b| *b >= value)
+                .unwrap_or(f64::INFINITY);
+            assert_eq!(le, bound, "{what}: bucket");
+            let span = &recorded.spans[row].span_context;
+            let ids = format!(
+                "{{trace_id=\"{:032x}\",span_id=\"{:016x}\"}}",
+                span.trace_id(),
+                span.span_id()
+            );
+            let (got_ids, rest) = exemplar.split_at(exemplar.find('}').expect("}") + 1);
+            assert_eq!(got_ids, ids, "{what}: the span of {}", rows[row].name);
+            let mut rest = rest.split_whitespace();
+            let got_value: f64 = rest.next().expect("value").parse().expect("value");
+            assert!(
+                (got_value - value).abs() < EPSILON,
+                "{what}: {got_value} vs {value}"
+            );
+            let end = recorded.spans[row]
+                .end_time
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970");
+            let want_ts = format!("{}.{:03}", end.as_secs(), end.subsec_millis());
+            assert_eq!(rest.next(), Some(want_ts.as_str()), "{what}: timestamp");
+        }
+    }
+}
+
 /// Both workflows from three services through the real exporter, split and out of order
 /// (`reversed`: the request order turned around), with a resent request and a re-exported
 /// span; then every derived histogram, the stage counters and the join gauges.
@@ -1198,6 +1279,7 @@ async fn run_workflows(reversed: bool) {
     assert_derived(&exposition, &rows);
     explicit_checks(&exposition);
     assert_join_idle(&exposition);
+    assert_exemplars(&server, &rows, &recorded).await;
     server.shutdown().await;
 }
 
