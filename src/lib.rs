@@ -16,6 +16,7 @@ pub mod config;
 pub mod decode;
 pub mod dedupe;
 pub mod exposition;
+pub mod fixtures;
 pub mod join;
 pub mod json;
 pub mod labels;

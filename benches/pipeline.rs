@@ -1,0 +1,66 @@
+//! Decode + classify + aggregate in process, on one core:
+//! `Pipeline::new(&Config::default_profile()).ingest(Protocol::Grpc, &bytes)` over requests
+//! of 512 realistic tasker spans. Every iteration gets new trace, span and step ids
+//! ([`Renewable`], outside the timed section), as real traffic does: replaying one request
+//! would only measure the duplicate-span path.
+//!
+//! Times are the benchmark thread's CPU time (see `support/cpu_time.rs`).
+//!
+//! `cargo bench --bench pipeline`
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use spanlens::config::Config;
+use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
+use spanlens::pipeline::{Pipeline, Protocol};
+use std::hint::black_box;
+use std::time::Duration;
+
+#[path = "support/cpu_time.rs"]
+mod support;
+use support::cpu_time;
+
+const REQUESTS: usize = 16;
+
+fn ingest(c: &mut Criterion) {
+    let templates: Vec<Renewable> = Fixtures::new(1)
+        .encoded_requests(REQUESTS, DEFAULT_SPANS_PER_REQUEST)
+        .into_iter()
+        .map(Renewable::protobuf)
+        .collect();
+    let pipeline = Pipeline::new(&Config::default_profile()).expect("default profile");
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(DEFAULT_SPANS_PER_REQUEST as u64));
+    let mut sent: u64 = 0;
+    group.bench_function("ingest_grpc_default_profile", |b| {
+        b.iter_custom(|iters| {
+            cpu_time(
+                iters,
+                || {
+                    let template = &templates[(sent % REQUESTS as u64) as usize];
+                    let mut body = Vec::with_capacity(template.bytes().len());
+                    template.renew_into((sent / REQUESTS as u64 + 1) as u32, &mut body);
+                    sent += 1;
+                    body
+                },
+                |body| {
+                    let outcome = pipeline.ingest(Protocol::Grpc, black_box(&body));
+                    assert_eq!(
+                        outcome.expect("accepted").accepted,
+                        DEFAULT_SPANS_PER_REQUEST
+                    );
+                },
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    targets = ingest
+}
+criterion_main!(benches);

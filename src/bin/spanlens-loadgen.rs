@@ -1,0 +1,935 @@
+//! spanlens-loadgen: drives a running spanlens (or any OTLP trace receiver) with realistic
+//! tasker workflow spans and reports throughput, server CPU and memory, and client latency.
+//! Run `spanlens-loadgen --help` for what it does and how to read its report.
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Load generator for spanlens: realistic tasker workflow spans over OTLP, with server CPU,
+/// memory and client latency in the report.
+///
+/// Requests come from spanlens's fixtures builder (`spanlens::fixtures`, the one shared with
+/// the tests and benches): tasks of the linear, diamond, DAG, tree and batch workflows on
+/// tasker-orchestration and Rust/Ruby/Python workers, in both span vocabularies, eight
+/// attributes per span, about 400 bytes per span. `--distinct-requests` bodies are generated
+/// and encoded (and compressed) before the clock starts and then sent round-robin, so the
+/// client spends its CPU on sending, not on building spans.
+///
+/// Each of `--concurrency` workers sends one request at a time (closed loop), or, with
+/// `--rate`, at its share of a fixed schedule (open loop: latency is measured from the
+/// scheduled send time, so a server that falls behind shows it). A `--warmup` phase runs
+/// first and is not counted.
+///
+/// Given `--server-pid`, the report adds the server's CPU time (utime + stime from
+/// /proc/PID/stat over the measured phase), spans per server CPU-second (the throughput
+/// figure that does not depend on how much CPU the load generator takes from a shared
+/// machine), its peak resident memory (VmHWM since it started) and the highest VmRSS
+/// sampled every 100 ms during the measured phase.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "\
+Examples (start the server first: target/release/spanlens --config bench.yaml):
+  # saturate OTLP/gRPC, uncompressed, 20 s after a 3 s warm-up
+  spanlens-loadgen --protocol grpc --target http://127.0.0.1:4317 --server-pid $(pgrep -n spanlens) --duration 20s
+  # OTLP/HTTP protobuf with gzip
+  spanlens-loadgen --protocol http-protobuf --target http://127.0.0.1:4318 --gzip --server-pid PID
+  # a steady 100,000 spans/s for the memory target, with latency from the schedule
+  spanlens-loadgen --rate 100000 --concurrency 4 --duration 60s --server-pid PID
+  # ingest while a scraper polls /metrics every 100 ms
+  spanlens-loadgen --scrape-url http://127.0.0.1:9464/metrics --scrape-interval 100ms --server-pid PID
+  # machine-readable summary
+  spanlens-loadgen --requests 2000 --json
+
+Reading the report:
+  spans/s                  accepted spans / wall time of the measured phase
+  spans per server CPU-s   accepted spans / (server utime+stime) over the same phase
+  server CPU               server CPU seconds per wall second (2.00 = both cores of a 2-core box)
+  latency p50/p99/p99.9    client round trip of one request (send to last byte/trailers), loopback
+  errors                   failed requests (transport, HTTP status, gRPC status) and rejected spans
+On a shared machine compare spans per server CPU-second, not spans/s: the first only counts the
+time the server actually ran. A gRPC latency that sits near 40 ms at low load is Nagle's
+algorithm meeting delayed ACKs on the server's sockets, not request processing.
+
+Exit status: 0 when every request succeeded, 1 when any failed, 2 on bad arguments or setup."
+)]
+struct Args {
+    /// Wire protocol: OTLP/gRPC (HTTP/2 cleartext), or OTLP/HTTP with a protobuf or JSON body.
+    #[arg(long, value_enum, default_value = "grpc")]
+    protocol: Proto,
+    /// Receiver base URL [default: http://127.0.0.1:4317 for grpc, http://127.0.0.1:4318 for
+    /// http-*]. Only http:// (no TLS).
+    #[arg(long)]
+    target: Option<Uri>,
+    /// Compress each request with gzip (grpc-encoding / Content-Encoding: gzip).
+    #[arg(long)]
+    gzip: bool,
+    /// Spans per request.
+    #[arg(long, default_value_t = DEFAULT_SPANS_PER_REQUEST)]
+    spans_per_request: usize,
+    /// Distinct requests generated and encoded up front, sent round-robin. Without --gzip
+    /// their trace, span and parent ids and attribute UUIDs are renewed on every send (a
+    /// copy and a few thousand XORs per request, off the timed path), so no span is ever
+    /// sent twice.
+    #[arg(long, default_value_t = 64)]
+    distinct_requests: usize,
+    /// With --gzip: copies of each distinct request, each with its own ids, compressed up
+    /// front (ids repeat after distinct-requests × gzip-variants × spans-per-request spans;
+    /// the default 64 × 16 × 512 = 524,288 is twice spanlens's default dedupe window).
+    #[arg(long, default_value_t = 16)]
+    gzip_variants: usize,
+    /// Seed of the fixtures builder.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Requests in flight at once (one worker each).
+    #[arg(long, short = 'c', default_value_t = 8)]
+    concurrency: usize,
+    /// TCP connections. HTTP/2 multiplexes workers over them [default: 2 for grpc and
+    /// --http2, else one per worker, as HTTP/1.1 needs].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// For http-* protocols: use HTTP/2 (h2c, prior knowledge) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// Length of the measured phase (e.g. 10s, 500ms, 2m). Ignored with --requests.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Send exactly this many requests in the measured phase instead of running for --duration.
+    #[arg(long, short = 'n')]
+    requests: Option<u64>,
+    /// Unmeasured phase before the measured one (connections, server caches, allocator).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Cap on spans per second over all workers (0: as fast as the server answers).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// pid of the server, for CPU time and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Poll this /metrics URL during the measured phase (a Prometheus stand-in).
+    #[arg(long)]
+    scrape_url: Option<Uri>,
+    /// Interval between scrapes with --scrape-url.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    scrape_interval: Duration,
+    /// Worker threads of the load generator's own runtime. Keep it low on a small machine:
+    /// every core the client uses is one the server does not get.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print the summary as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Proto {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: use e.g. 10s, 500ms, 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// What is sent: templates whose ids are renewed on every send (uncompressed bodies), or
+/// bodies compressed in advance with their ids renewed per variant (gzip).
+enum Bodies {
+    Renewed(Vec<Renewable>),
+    Fixed(Vec<Bytes>),
+}
+
+impl Bodies {
+    fn len(&self) -> usize {
+        match self {
+            Bodies::Renewed(v) => v.len(),
+            Bodies::Fixed(v) => v.len(),
+        }
+    }
+
+    /// The body of send number `n` (counted over the whole run, warm-up included).
+    fn get(&self, n: u64, grpc: bool) -> Bytes {
+        match self {
+            Bodies::Fixed(bodies) => bodies[(n % bodies.len() as u64) as usize].clone(),
+            Bodies::Renewed(templates) => {
+                let len = templates.len() as u64;
+                let template = &templates[(n % len) as usize];
+                let generation = (n / len + 1) as u32;
+                let mut out = Vec::with_capacity(template.bytes().len() + 5);
+                if grpc {
+                    out.push(0);
+                    out.extend_from_slice(&(template.bytes().len() as u32).to_be_bytes());
+                }
+                template.renew_into(generation, &mut out);
+                Bytes::from(out)
+            }
+        }
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), Default::default());
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
+/// Builds and encodes every body before anything is timed; returns them with the encoded
+/// (uncompressed) bytes per span and the spans sent before an id repeats (None: never).
+fn bodies(args: &Args) -> (Bodies, f64, Option<u64>) {
+    let mut fixtures = Fixtures::new(args.seed);
+    let templates: Vec<Renewable> = (0..args.distinct_requests.max(1))
+        .map(|_| {
+            let request = fixtures.request(args.spans_per_request);
+            match args.protocol {
+                Proto::HttpJson => Renewable::json(serde_json::to_vec(&request).expect("JSON")),
+                _ => Renewable::protobuf(request.encode_to_vec()),
+            }
+        })
+        .collect();
+    let raw: usize = templates.iter().map(|t| t.bytes().len()).sum();
+    let per_span = raw as f64 / (templates.len() * args.spans_per_request) as f64;
+    if !args.gzip {
+        return (Bodies::Renewed(templates), per_span, None);
+    }
+    // Compressing takes a while: use every core, once, before the clock starts.
+    let variants = args.gzip_variants.max(1);
+    let jobs: Vec<(usize, u32)> = (0..variants as u32)
+        .flat_map(|g| (0..templates.len()).map(move |t| (t, g)))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = jobs.len().div_ceil(threads);
+    let grpc = args.protocol == Proto::Grpc;
+    let fixed: Vec<Bytes> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|jobs| {
+                let templates = &templates;
+                scope.spawn(move || {
+                    jobs.iter()
+                        .map(|&(t, g)| {
+                            let mut plain = Vec::new();
+                            templates[t].renew_into(g, &mut plain);
+                            let packed = gzip(&plain);
+                            let mut out = Vec::with_capacity(packed.len() + 5);
+                            if grpc {
+                                out.push(1);
+                                out.extend_from_slice(&(packed.len() as u32).to_be_bytes());
+                            }
+                            out.extend_from_slice(&packed);
+                            Bytes::from(out)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("gzip worker"))
+            .collect()
+    });
+    let unique = (fixed.len() * args.spans_per_request) as u64;
+    (Bodies::Fixed(fixed), per_span, Some(unique))
+}
+
+/// One connection's request sender.
+#[derive(Clone)]
+enum Sender {
+    H1(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+async fn connect(authority: &str, http2: bool) -> Result<Sender, String> {
+    let stream = TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    if http2 {
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .max_frame_size(1 << 20)
+            .handshake(io)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(send))
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake with {authority}: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(Arc::new(tokio::sync::Mutex::new(send))))
+    }
+}
+
+/// What one request turned into.
+enum Answer {
+    Ok { rejected: u64 },
+    Failed(String),
+}
+
+struct Target {
+    protocol: Proto,
+    gzip: bool,
+    uri: Uri,
+    /// Request headers built once.
+    content_type: &'static str,
+}
+
+impl Target {
+    fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(header::CONTENT_TYPE, self.content_type);
+        match (self.protocol, self.gzip) {
+            (Proto::Grpc, true) => builder = builder.header("grpc-encoding", "gzip"),
+            (_, true) => builder = builder.header(header::CONTENT_ENCODING, "gzip"),
+            _ => {}
+        }
+        if self.protocol == Proto::Grpc {
+            builder = builder.header(header::TE, "trailers");
+        }
+        builder.body(Full::new(body)).expect("valid request")
+    }
+
+    async fn send(&self, sender: &Sender, body: Bytes) -> Answer {
+        let request = self.request(body);
+        let response = match sender {
+            Sender::H2(send) => {
+                let mut send = send.clone();
+                if let Err(e) = send.ready().await {
+                    return Answer::Failed(format!("connection: {e}"));
+                }
+                send.send_request(request).await
+            }
+            Sender::H1(send) => {
+                let mut send = send.lock().await;
+                if let Err(e) = send.ready().await {
+                    return Answer::Failed(format!("connection: {e}"));
+                }
+                send.send_request(request).await
+            }
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => return Answer::Failed(format!("transport: {e}")),
+        };
+        let (parts, body) = response.into_parts();
+        let collected = match body.collect().await {
+            Ok(collected) => collected,
+            Err(e) => return Answer::Failed(format!("reading the response: {e}")),
+        };
+        let trailers = collected.trailers().cloned();
+        let bytes = collected.to_bytes();
+        if parts.status != StatusCode::OK {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+            return Answer::Failed(format!("HTTP {}: {}", parts.status.as_u16(), text.trim()));
+        }
+        let rejected = |message: &[u8]| {
+            ExportTraceServiceResponse::decode(message)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .map_or(0, |p| p.rejected_spans.max(0) as u64)
+        };
+        match self.protocol {
+            Proto::Grpc => {
+                let status = trailers
+                    .as_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .or_else(|| parts.headers.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("missing");
+                if status != "0" {
+                    let message = trailers
+                        .as_ref()
+                        .and_then(|t| t.get("grpc-message"))
+                        .or_else(|| parts.headers.get("grpc-message"))
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    return Answer::Failed(format!("grpc-status {status}: {message}"));
+                }
+                let message = bytes.get(5..).unwrap_or(&[]);
+                Answer::Ok {
+                    rejected: rejected(message),
+                }
+            }
+            Proto::HttpProtobuf => Answer::Ok {
+                rejected: rejected(&bytes),
+            },
+            Proto::HttpJson => Answer::Ok {
+                rejected: serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| {
+                        let n = v.pointer("/partialSuccess/rejectedSpans")?.clone();
+                        n.as_u64().or_else(|| n.as_str()?.parse().ok())
+                    })
+                    .unwrap_or(0),
+            },
+        }
+    }
+}
+
+/// What the workers of one phase measured.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    spans: u64,
+    rejected_spans: u64,
+    failed: u64,
+    failures: BTreeMap<String, u64>,
+    /// Per successful request, nanoseconds.
+    latencies: Vec<u64>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.requests += other.requests;
+        self.spans += other.spans;
+        self.rejected_spans += other.rejected_spans;
+        self.failed += other.failed;
+        for (k, v) in other.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+        self.latencies.extend(other.latencies);
+    }
+}
+
+/// How a phase ends.
+#[derive(Clone, Copy)]
+enum Until {
+    Time(Instant),
+    Count(u64),
+}
+
+/// Runs every worker until the phase ends, and returns what they measured.
+async fn phase(
+    target: &Arc<Target>,
+    senders: &[Sender],
+    bodies: &Arc<Bodies>,
+    sent: &Arc<AtomicU64>,
+    args: &Args,
+    until: Until,
+) -> Tally {
+    let start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let spans = args.spans_per_request as u64;
+    let grpc = args.protocol == Proto::Grpc;
+    // Seconds between two scheduled requests, over all workers.
+    let interval = (args.rate > 0.0).then(|| args.spans_per_request as f64 / args.rate);
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|worker| {
+            let sender = senders[worker % senders.len()].clone();
+            let (target, bodies, next, sent) =
+                (target.clone(), bodies.clone(), next.clone(), sent.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                loop {
+                    let slot = next.fetch_add(1, Ordering::Relaxed);
+                    if let Until::Count(n) = until
+                        && slot >= n
+                    {
+                        break;
+                    }
+                    let body = bodies.get(sent.fetch_add(1, Ordering::Relaxed), grpc);
+                    let scheduled = match interval {
+                        Some(interval) => {
+                            let at = start + Duration::from_secs_f64(slot as f64 * interval);
+                            if let Until::Time(end) = until
+                                && at >= end
+                            {
+                                break;
+                            }
+                            tokio::time::sleep_until(at.into()).await;
+                            at
+                        }
+                        None => Instant::now(),
+                    };
+                    if let Until::Time(end) = until
+                        && Instant::now() >= end
+                    {
+                        break;
+                    }
+                    let answer = target.send(&sender, body).await;
+                    let elapsed = scheduled.elapsed();
+                    tally.requests += 1;
+                    match answer {
+                        Answer::Ok { rejected } => {
+                            tally.spans += spans - rejected.min(spans);
+                            tally.rejected_spans += rejected;
+                            tally.latencies.push(elapsed.as_nanos() as u64);
+                        }
+                        Answer::Failed(why) => {
+                            tally.failed += 1;
+                            *tally.failures.entry(why).or_default() += 1;
+                            // Do not spin on a dead server.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for worker in workers {
+        if let Ok(tally) = worker.await {
+            total.merge(tally);
+        }
+    }
+    total
+}
+
+/// CPU and memory of a process, from /proc.
+#[derive(Debug, Clone, Copy)]
+struct ProcSample {
+    cpu_seconds: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn read_proc(pid: &str, ticks: f64) -> Result<ProcSample, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').ok_or("unexpected /proc stat format")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let cpu_seconds = (tick(11) + tick(12)) as f64 / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(ProcSample {
+        cpu_seconds,
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+    })
+}
+
+/// Polls /metrics at an interval until told to stop; returns per-scrape latencies and sizes.
+async fn scraper(
+    uri: Uri,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<(Vec<u64>, u64, u64), String> {
+    let authority = uri.authority().ok_or("scrape URL has no host")?.to_string();
+    let Sender::H1(send) = connect(&authority, false).await? else {
+        unreachable!("HTTP/1.1 asked")
+    };
+    let mut latencies = Vec::new();
+    let (mut bytes, mut failed) = (0u64, 0u64);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let request = Request::builder()
+            .uri(uri.path_and_query().map_or("/metrics", |p| p.as_str()))
+            .header(header::HOST, &authority)
+            .header(
+                header::ACCEPT,
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            )
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        let start = Instant::now();
+        let mut send = send.lock().await;
+        let result = async {
+            send.ready().await?;
+            let response = send.send_request(request).await?;
+            let ok = response.status() == StatusCode::OK;
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((ok, body.len()))
+        }
+        .await;
+        match result {
+            Ok((true, len)) => {
+                latencies.push(start.elapsed().as_nanos() as u64);
+                bytes = len as u64;
+            }
+            _ => failed += 1,
+        }
+    }
+    Ok((latencies, bytes, failed))
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1e6
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.concurrency == 0 || args.spans_per_request == 0 || args.threads == 0 {
+        eprintln!(
+            "spanlens-loadgen: --concurrency, --spans-per-request and --threads must be at least 1"
+        );
+        return ExitCode::from(2);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("spanlens-loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    let http2 = args.protocol == Proto::Grpc || args.http2;
+    let base = args.target.clone().unwrap_or_else(|| {
+        match args.protocol {
+            Proto::Grpc => "http://127.0.0.1:4317",
+            _ => "http://127.0.0.1:4318",
+        }
+        .parse()
+        .expect("valid default")
+    });
+    if base.scheme_str().is_some_and(|s| s != "http") {
+        return Err(format!(
+            "{base}: only http:// targets are supported (no TLS)"
+        ));
+    }
+    let authority = base
+        .authority()
+        .ok_or_else(|| format!("{base}: the target needs a host and port"))?
+        .to_string();
+    let path = match args.protocol {
+        Proto::Grpc => GRPC_PATH,
+        _ => "/v1/traces",
+    };
+    let target = Arc::new(Target {
+        protocol: args.protocol,
+        gzip: args.gzip,
+        uri: format!("http://{authority}{path}")
+            .parse()
+            .map_err(|e| format!("target URL: {e}"))?,
+        content_type: match args.protocol {
+            Proto::Grpc => "application/grpc",
+            Proto::HttpProtobuf => "application/x-protobuf",
+            Proto::HttpJson => "application/json",
+        },
+    });
+    let connections = if http2 {
+        args.connections.unwrap_or(2).clamp(1, args.concurrency)
+    } else {
+        if args.connections.is_some_and(|c| c != args.concurrency) {
+            eprintln!(
+                "note: HTTP/1.1 has one request in flight per connection; using one connection per worker"
+            );
+        }
+        args.concurrency
+    };
+
+    let prepared = Instant::now();
+    let (bodies, bytes_per_span, unique_spans) = bodies(&args);
+    let body_bytes = (0..bodies.len() as u64)
+        .map(|n| bodies.get(n, false).len())
+        .sum::<usize>()
+        / bodies.len();
+    let bodies = Arc::new(bodies);
+    let sent = Arc::new(AtomicU64::new(0));
+    if !args.json {
+        eprintln!(
+            "prepared {} bodies of {} spans in {:.1?}: {:.0} bytes/span encoded, {} bytes/request on the wire; {}",
+            bodies.len(),
+            args.spans_per_request,
+            prepared.elapsed(),
+            bytes_per_span,
+            body_bytes,
+            match unique_spans {
+                None => "ids renewed on every send".to_string(),
+                Some(n) => format!("ids repeat after {n} spans"),
+            }
+        );
+    }
+
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        senders.push(connect(&authority, http2).await?);
+    }
+
+    if !args.warmup.is_zero() {
+        let warm = phase(
+            &target,
+            &senders,
+            &bodies,
+            &sent,
+            &args,
+            Until::Time(Instant::now() + args.warmup),
+        )
+        .await;
+        if let Some((why, _)) = warm.failures.iter().next()
+            && warm.failed == warm.requests
+        {
+            return Err(format!("every warm-up request failed; first: {why}"));
+        }
+    }
+
+    let pid = args.server_pid.map(|p| p.to_string());
+    let ticks = clock_ticks();
+    let server_before = pid.as_deref().map(|p| read_proc(p, ticks)).transpose()?;
+    let client_before = read_proc("self", ticks).ok();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss_sampler = pid.clone().map(|pid| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut max_rss = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(s) = read_proc(&pid, ticks) {
+                    max_rss = max_rss.max(s.rss_kib);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            max_rss
+        })
+    });
+    let scrapes = args
+        .scrape_url
+        .clone()
+        .map(|uri| tokio::spawn(scraper(uri, args.scrape_interval, stop.clone())));
+
+    let start = Instant::now();
+    let until = match args.requests {
+        Some(n) => Until::Count(n),
+        None => Until::Time(start + args.duration),
+    };
+    let mut tally = phase(&target, &senders, &bodies, &sent, &args, until).await;
+    let wall = start.elapsed().as_secs_f64();
+    let server_after = pid.as_deref().map(|p| read_proc(p, ticks)).transpose()?;
+    let client_after = read_proc("self", ticks).ok();
+    stop.store(true, Ordering::Relaxed);
+    let max_rss = match rss_sampler {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
+    let scrapes = match scrapes {
+        Some(task) => Some(task.await.map_err(|e| e.to_string())??),
+        None => None,
+    };
+
+    tally.latencies.sort_unstable();
+    let lat = |q| percentile(&tally.latencies, q);
+    let server_cpu = server_before
+        .zip(server_after)
+        .map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
+    let client_cpu = client_before
+        .zip(client_after)
+        .map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
+    let spans_per_cpu = server_cpu.map(|cpu| tally.spans as f64 / cpu);
+    let mut report = serde_json::json!({
+        "protocol": format!("{:?}", args.protocol),
+        "gzip": args.gzip,
+        "http2": http2,
+        "spans_per_request": args.spans_per_request,
+        "bytes_per_span": bytes_per_span.round(),
+        "bytes_per_request_on_wire": body_bytes,
+        "concurrency": args.concurrency,
+        "connections": connections,
+        "rate_cap_spans_per_s": args.rate,
+        "wall_seconds": wall,
+        "requests": tally.requests,
+        "failed_requests": tally.failed,
+        "rejected_spans": tally.rejected_spans,
+        "spans_accepted": tally.spans,
+        "spans_per_second": tally.spans as f64 / wall,
+        "latency_ms": {
+            "p50": lat(0.5), "p90": lat(0.9), "p99": lat(0.99), "p999": lat(0.999),
+            "max": tally.latencies.last().map_or(f64::NAN, |&n| n as f64 / 1e6),
+        },
+        "client_cpu_seconds": client_cpu,
+    });
+    if let (Some(cpu), Some(after)) = (server_cpu, server_after) {
+        report["server"] = serde_json::json!({
+            "pid": args.server_pid,
+            "cpu_seconds": cpu,
+            "cpu_cores_used": cpu / wall,
+            "spans_per_cpu_second": spans_per_cpu,
+            "peak_rss_mib_since_start": after.hwm_kib as f64 / 1024.0,
+            "max_rss_mib_sampled": max_rss.map(|k| k as f64 / 1024.0),
+            "rss_mib_at_end": after.rss_kib as f64 / 1024.0,
+        });
+    }
+    if let Some((mut latencies, bytes, failed)) = scrapes {
+        latencies.sort_unstable();
+        report["scrapes"] = serde_json::json!({
+            "count": latencies.len(),
+            "failed": failed,
+            "bytes": bytes,
+            "latency_ms": { "p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99),
+                            "max": latencies.last().map_or(f64::NAN, |&n| n as f64 / 1e6) },
+        });
+    }
+    if !tally.failures.is_empty() {
+        report["failures"] = serde_json::json!(tally.failures);
+    }
+
+    if args.json {
+        println!("{report}");
+    } else {
+        print_report(&args, &report, wall, &tally);
+    }
+    Ok(tally.failed == 0 && tally.rejected_spans == 0)
+}
+
+fn print_report(args: &Args, r: &serde_json::Value, wall: f64, tally: &Tally) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "protocol {:?}{}, {} spans/request ({} bytes/span), concurrency {} over {} connection(s){}",
+        args.protocol,
+        if args.gzip { " + gzip" } else { "" },
+        args.spans_per_request,
+        r["bytes_per_span"],
+        args.concurrency,
+        r["connections"],
+        if args.rate > 0.0 {
+            format!(", rate cap {} spans/s", args.rate)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "measured {:.2} s: {} requests, {} spans accepted, {} failed requests, {} rejected spans",
+        wall, tally.requests, tally.spans, tally.failed, tally.rejected_spans
+    );
+    println!(
+        "throughput            {:>12.0} spans/s  ({:.0} requests/s)",
+        f(&r["spans_per_second"]),
+        tally.requests as f64 / wall
+    );
+    let l = &r["latency_ms"];
+    println!(
+        "latency (ms)          p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        f(&l["p50"]),
+        f(&l["p90"]),
+        f(&l["p99"]),
+        f(&l["p999"]),
+        f(&l["max"])
+    );
+    if let Some(s) = r.get("server") {
+        println!(
+            "server CPU            {:>12.2} s  ({:.2} cores)",
+            f(&s["cpu_seconds"]),
+            f(&s["cpu_cores_used"])
+        );
+        println!(
+            "spans per server CPU-s{:>12.0}",
+            f(&s["spans_per_cpu_second"])
+        );
+        println!(
+            "server memory (MiB)   peak since start {:.1}, max sampled {:.1}, at end {:.1}",
+            f(&s["peak_rss_mib_since_start"]),
+            f(&s["max_rss_mib_sampled"]),
+            f(&s["rss_mib_at_end"])
+        );
+    }
+    if let Some(cpu) = r["client_cpu_seconds"].as_f64() {
+        println!(
+            "client CPU            {:>12.2} s  ({:.2} cores)",
+            cpu,
+            cpu / wall
+        );
+    }
+    if let Some(s) = r.get("scrapes") {
+        println!(
+            "scrapes               {} ok, {} failed, {} bytes, latency p50 {:.3} ms p99 {:.3} ms",
+            s["count"],
+            s["failed"],
+            s["bytes"],
+            f(&s["latency_ms"]["p50"]),
+            f(&s["latency_ms"]["p99"])
+        );
+    }
+    for (why, n) in &tally.failures {
+        println!("failure ×{n}: {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted: Vec<u64> = (1..=1000).map(|i| i * 1_000_000).collect();
+        assert_eq!(percentile(&sorted, 0.5), 500.0);
+        assert_eq!(percentile(&sorted, 0.99), 990.0);
+        assert_eq!(percentile(&sorted, 0.999), 999.0);
+    }
+
+    #[test]
+    fn proc_self_is_readable() {
+        let sample = read_proc("self", 100.0).unwrap();
+        assert!(sample.rss_kib > 0 && sample.hwm_kib >= sample.rss_kib);
+    }
+}
