@@ -91,6 +91,11 @@ impl Server {
             .map(|(listener, router)| {
                 let stop = stop.clone();
                 tokio::spawn(async move {
+                    // gRPC answers in several small frames (headers, data, trailers): with
+                    // Nagle on, the last one waits for the client's delayed ACK (~40 ms).
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     let served = axum::serve(listener, router)
                         .with_graceful_shutdown(async move { stop.cancelled().await })
                         .await;
