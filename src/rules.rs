@@ -281,7 +281,7 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
         let matchers: Vec<String> = alert
             .matchers
             .iter()
-            .map(|(k, v)| format!("{k}=~\"{v}\""))
+            .map(|(k, v)| format!("{k}=~\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
             .collect();
         let selector = if matchers.is_empty() {
             String::new()

@@ -24,11 +24,8 @@ use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerPr
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol as OtlpProtocol, WithExportConfig as _};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{
-    AnyValue as ProtoValue, KeyValue as ProtoKeyValue, any_value,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as ProtoSpan};
+use opentelemetry_proto::tonic::common::v1::{AnyValue as ProtoValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
@@ -1304,16 +1301,6 @@ fn now_ns() -> u64 {
         .as_nanos() as u64
 }
 
-fn pkv(key: &str, value: &str) -> ProtoKeyValue {
-    ProtoKeyValue {
-        key: key.into(),
-        value: Some(ProtoValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 /// A span with its own trace (trace id derived from the span id), INTERNAL.
 fn pspan(
     id: u64,
@@ -1332,26 +1319,9 @@ fn pspan(
         kind: 1,
         start_time_unix_nano: base + start_ms * 1_000_000,
         end_time_unix_nano: base + (start_ms + dur_ms) * 1_000_000,
-        attributes: attrs.iter().map(|(k, v)| pkv(k, v)).collect(),
+        attributes: attrs.iter().map(|(k, v)| support::kv(k, v)).collect(),
         ..Default::default()
     }
-}
-
-fn request(service: &str, spans: Vec<ProtoSpan>) -> Vec<u8> {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(ProtoResource {
-                attributes: vec![pkv("service.name", service)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
 }
 
 /// POST /v1/traces (application/x-protobuf); spanlens has ingested it when this returns.
@@ -1410,8 +1380,16 @@ async fn keys_that_never_complete_are_evicted_after_max_wait() {
         })
         .collect();
     let (first, second) = claims.split_at(10);
-    post(&server, request("tasker-rust-worker", first.to_vec())).await;
-    post(&server, request("tasker-rust-worker", second.to_vec())).await;
+    post(
+        &server,
+        support::request("tasker-rust-worker", first.to_vec()),
+    )
+    .await;
+    post(
+        &server,
+        support::request("tasker-rust-worker", second.to_vec()),
+    )
+    .await;
     let waiting = scrape(&server).await;
     assert_eq!(pending(&waiting, "worker_overhead"), N as f64, "waiting");
     assert_eq!(evicted(&waiting, "worker_overhead", "timeout"), None);
@@ -1447,7 +1425,7 @@ async fn keys_that_never_complete_are_evicted_after_max_wait() {
     // A submission after its claim was evicted completes nothing and is not late.
     post(
         &server,
-        request(
+        support::request(
             "tasker-rust-worker",
             vec![pspan(
                 1000,
@@ -1503,7 +1481,7 @@ async fn a_full_join_window_evicts_the_oldest_keys() {
                 )
             })
             .collect();
-        post(&server, request("tasker-rust-worker", spans)).await;
+        post(&server, support::request("tasker-rust-worker", spans)).await;
     }
     let exposition = scrape(&server).await;
     let waiting = pending(&exposition, "worker_overhead");
@@ -1533,7 +1511,7 @@ async fn a_full_join_window_evicts_the_oldest_keys() {
     let newest = format!("never-completes-{}", KEYS - 1);
     post(
         &server,
-        request(
+        support::request(
             "tasker-rust-worker",
             vec![pspan(
                 5000,
@@ -1575,7 +1553,7 @@ async fn late_parts_of_completed_keys_are_counted_not_observed() {
     // One step and its task, complete: claim 15 + submit 23 (worker), processing 8 ms after.
     post(
         &server,
-        request(
+        support::request(
             "tasker-rust-worker",
             vec![
                 pspan(1, "step_claim", base, 20, 15, &step),
@@ -1586,7 +1564,7 @@ async fn late_parts_of_completed_keys_are_counted_not_observed() {
     .await;
     post(
         &server,
-        request(
+        support::request(
             "tasker-orchestration",
             vec![
                 pspan(3, "create_task", base, 0, 18, &task),
@@ -1616,14 +1594,14 @@ async fn late_parts_of_completed_keys_are_counted_not_observed() {
 
     // Late: a second claim of the finished step (another span) and a second finalization of
     // the finished task. Then the late claim once more (a resend: a duplicate, not late).
-    let late_claim = request(
+    let late_claim = support::request(
         "tasker-rust-worker",
         vec![pspan(6, "step_claim", base, 200, 30, &step)],
     );
     post(&server, late_claim.clone()).await;
     post(
         &server,
-        request(
+        support::request(
             "tasker-orchestration",
             vec![pspan(7, "finalize_task", base, 300, 50, &task[..1])],
         ),
@@ -1743,11 +1721,11 @@ impl Flood {
                 kind: 1,
                 start_time_unix_nano: base,
                 end_time_unix_nano: base + 4_000_000,
-                attributes: vec![pkv("step_uuid", &key)],
+                attributes: vec![support::kv("step_uuid", &key)],
                 ..Default::default()
             })
             .collect();
-        let bytes = request("tasker-rust-worker", spans);
+        let bytes = support::request("tasker-rust-worker", spans);
         let span_ids = find_all(&bytes, &SPAN_ID_MARK);
         let keys: Vec<usize> = find_all(&bytes, KEY_PREFIX)
             .into_iter()
