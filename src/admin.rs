@@ -2,6 +2,7 @@
 //! `/readyz`, and `/api/v1/breakdown/{correlation_id or task_uuid}` (JSON).
 
 use crate::exposition::{self, Format};
+use crate::forward::Forwarder;
 use crate::pipeline::Pipeline;
 use axum::Json;
 use axum::Router;
@@ -11,7 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
 
-pub fn router(pipeline: Arc<Pipeline>) -> Router {
+/// What the admin endpoints read.
+#[derive(Clone)]
+struct Sources {
+    pipeline: Arc<Pipeline>,
+    forward: Option<Arc<Forwarder>>,
+}
+
+pub fn router(pipeline: Arc<Pipeline>, forward: Option<Arc<Forwarder>>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/breakdown/{id}", get(breakdown))
@@ -23,12 +31,12 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
                 "not found: try /metrics, /healthz or /readyz\n",
             )
         })
-        .with_state(pipeline)
+        .with_state(Sources { pipeline, forward })
 }
 
 /// One task's breakdown as JSON, by correlation id or task uuid.
-async fn breakdown(State(pipeline): State<Arc<Pipeline>>, Path(id): Path<String>) -> Response {
-    match pipeline.breakdown(&id) {
+async fn breakdown(State(sources): State<Sources>, Path(id): Path<String>) -> Response {
+    match sources.pipeline.breakdown(&id) {
         Some(found) => Json(found).into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -40,10 +48,16 @@ async fn breakdown(State(pipeline): State<Arc<Pipeline>>, Path(id): Path<String>
     }
 }
 
-async fn metrics(State(pipeline): State<Arc<Pipeline>>, headers: HeaderMap) -> Response {
+async fn metrics(State(sources): State<Sources>, headers: HeaderMap) -> Response {
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let body =
-        tokio::task::spawn_blocking(move || exposition::render(&pipeline.snapshot(), format)).await;
+    let body = tokio::task::spawn_blocking(move || {
+        let mut snapshot = sources.pipeline.snapshot();
+        if let Some(forward) = &sources.forward {
+            forward.contribute(&mut snapshot);
+        }
+        exposition::render(&snapshot, format)
+    })
+    .await;
     match body {
         Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(e) => (

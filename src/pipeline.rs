@@ -49,6 +49,9 @@ pub enum Refusal {
     Malformed(String),
     #[error("no usable span in the request: {0}")]
     AllSpansInvalid(String),
+    /// Forwarding cannot take the request now; the client should retry after a while.
+    #[error("{}", .0.message)]
+    Busy(crate::forward::Busy),
 }
 
 /// What happened to an accepted request.
@@ -507,6 +510,18 @@ impl Pipeline {
 
     /// Decodes an OTLP protobuf `ExportTraceServiceRequest` and observes its usable spans.
     pub fn ingest(&self, protocol: Protocol, bytes: &[u8]) -> Result<Outcome, Refusal> {
+        self.ingest_admitting(protocol, bytes, |_, _| Ok(()))
+    }
+
+    /// [`Pipeline::ingest`], where `admit` (given the indexes of rejected spans and the
+    /// number accepted) may still refuse a valid request as a whole before anything of it is
+    /// observed: forwarding does when its queue is full.
+    pub fn ingest_admitting(
+        &self,
+        protocol: Protocol,
+        bytes: &[u8],
+        admit: impl FnOnce(&[usize], usize) -> Result<(), crate::forward::Busy>,
+    ) -> Result<Outcome, Refusal> {
         let batch = match Batch::decode(bytes) {
             Ok(batch) => batch,
             Err(e) => {
@@ -525,17 +540,34 @@ impl Pipeline {
             rejected: problems.len(),
             message: describe(&batch, &problems),
         };
+        let all_invalid = outcome.accepted == 0 && outcome.rejected > 0;
+        let admitted = match all_invalid {
+            true => Ok(()),
+            false => {
+                let rejected: Vec<usize> = problems.iter().map(|(i, _)| *i).collect();
+                admit(&rejected, outcome.accepted)
+            }
+        };
         let p = protocol.as_str();
         let mut w = self.store.writer();
         w.add(self.own.received, &[p], batch.spans.len() as u64);
         for (_, problem) in &problems {
             w.add(self.own.refused_spans, &[p, problem.reason()], 1);
         }
-        if outcome.accepted == 0 && outcome.rejected > 0 {
+        if all_invalid {
             w.add(self.own.refused_requests, &[p, "invalid_spans"], 1);
             return Err(Refusal::AllSpansInvalid(std::mem::take(
                 &mut outcome.message,
             )));
+        }
+        if let Err(busy) = admitted {
+            w.add(
+                self.own.refused_spans,
+                &[p, busy.reason],
+                outcome.accepted as u64,
+            );
+            w.add(self.own.refused_requests, &[p, busy.reason], 1);
+            return Err(Refusal::Busy(busy));
         }
         w.add(self.own.accepted, &[p], outcome.accepted as u64);
 

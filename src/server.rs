@@ -3,6 +3,7 @@
 
 use crate::admin;
 use crate::config::Config;
+use crate::forward::{Drained, Forwarder};
 use crate::pipeline::Pipeline;
 use crate::receiver::{Ingest, grpc, http};
 use axum::Router;
@@ -17,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot start forwarding: {0}")]
+    Forward(String),
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: &'static str,
@@ -31,6 +34,7 @@ pub struct Server {
     http_addr: Option<SocketAddr>,
     metrics_addr: SocketAddr,
     pipeline: Arc<Pipeline>,
+    forward: Option<Arc<Forwarder>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -39,9 +43,11 @@ impl Server {
     /// Binds every listener, then serves. Fails before serving anything if one cannot bind.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let pipeline = Arc::new(Pipeline::new(&config).map_err(StartError::Config)?);
+        let forward = Forwarder::start(&config.forward).map_err(StartError::Forward)?;
         let ingest = Ingest {
             pipeline: pipeline.clone(),
             max_request_bytes: config.receivers.max_request_bytes,
+            forward: forward.clone(),
         };
         let stop = CancellationToken::new();
         let mut listeners = Vec::new();
@@ -83,7 +89,7 @@ impl Server {
         let metrics_addr = bind(
             "metrics endpoint",
             config.metrics.endpoint,
-            admin::router(pipeline.clone()),
+            admin::router(pipeline.clone(), forward.clone()),
         )
         .await?;
         let tasks = listeners
@@ -110,6 +116,7 @@ impl Server {
             http_addr,
             metrics_addr,
             pipeline,
+            forward,
             stop,
             tasks,
         })
@@ -131,11 +138,27 @@ impl Server {
         &self.pipeline
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits for every listener.
-    pub async fn shutdown(self) {
+    /// Stops accepting, lets in-flight requests finish, waits for every listener, then
+    /// drains forwarding (for up to forward.drain_timeout) and logs what became of it.
+    pub async fn shutdown(self) -> Vec<Drained> {
         self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
+        let Some(forward) = self.forward else {
+            return Vec::new();
+        };
+        let drained = forward.drain().await;
+        for d in &drained {
+            tracing::info!(
+                endpoint = %d.endpoint,
+                sent_spans = d.sent_spans,
+                dropped_spans = d.dropped_spans,
+                failed_spans = d.failed_spans,
+                persisted_spans = d.persisted_spans,
+                "forwarding stopped"
+            );
+        }
+        drained
     }
 }

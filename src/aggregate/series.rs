@@ -260,6 +260,18 @@ impl Snapshot {
             .insert(SeriesKey::new(metric.0, labels), Cell::Gauge(value));
     }
 
+    /// Adds a metric family whose values are read at snapshot time (such as forwarding's).
+    pub fn add_metric(&mut self, spec: MetricSpec) -> MetricId {
+        self.metrics.push(spec);
+        MetricId(self.metrics.len() - 1)
+    }
+
+    /// Sets a counter series read at snapshot time.
+    pub fn set_counter(&mut self, metric: MetricId, labels: &[&str], value: u64) {
+        self.series
+            .insert(SeriesKey::new(metric.0, labels), Cell::Counter(value));
+    }
+
     /// Looks up one series by its label values (used by tests and the self-check).
     pub fn get(&self, metric: MetricId, labels: &[&str]) -> Option<SnapshotSeries> {
         self.series(metric)

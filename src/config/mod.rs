@@ -3,6 +3,7 @@
 //! embedded in the binary.
 
 mod env;
+pub mod forward;
 mod lines;
 pub mod validate;
 
@@ -53,6 +54,9 @@ pub struct Config {
     /// Recent spans kept for `GET /api/v1/breakdown/{id}`.
     #[serde(default)]
     pub breakdown: BreakdownConfig,
+    /// Downstream OTLP endpoints that receive every accepted request (off when none).
+    #[serde(default)]
+    pub forward: forward::ForwardConfig,
 }
 
 /// What is kept for per-task breakdowns, and the attributes that tie a task together.
@@ -790,6 +794,7 @@ pub(crate) struct Sections {
     pub(crate) join: Option<JoinConfig>,
     pub(crate) breakdown: Option<BreakdownConfig>,
     pub(crate) comparisons: Option<BTreeMap<String, ComparisonConfig>>,
+    pub(crate) forward: Option<forward::ForwardConfig>,
 }
 
 impl Sections {
@@ -806,6 +811,7 @@ impl Sections {
             join: self.join?,
             breakdown: self.breakdown?,
             comparisons: self.comparisons?,
+            forward: self.forward?,
         })
     }
 }
@@ -825,12 +831,12 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         };
         match key.as_str() {
             "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics"
-            | "alerting" | "derived" | "comparisons" | "join" | "breakdown" => {
+            | "alerting" | "derived" | "comparisons" | "join" | "breakdown" | "forward" => {
                 sections.insert(key, value);
             }
             other => problems.add(
                 other,
-                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, comparisons, join, breakdown",
+                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, comparisons, join, breakdown, forward",
             ),
         }
     }
@@ -850,6 +856,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         ),
     };
     let breakdown = optional(section("breakdown"), "breakdown", problems);
+    let forward = optional(section("forward"), "forward", problems);
     let derived = match section("derived") {
         None => Some(BTreeMap::new()),
         value => named_items(
@@ -905,6 +912,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         join,
         breakdown,
         comparisons,
+        forward,
     }
 }
 

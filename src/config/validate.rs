@@ -100,6 +100,13 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
     if let Some(breakdown) = &s.breakdown {
         check_duration(&breakdown.max_age, "breakdown.max_age", problems);
     }
+    if let Some(forward) = &s.forward {
+        super::forward::check(
+            forward,
+            s.receivers.as_ref().map(|r| r.max_request_bytes),
+            problems,
+        );
+    }
     if let Some(join) = &s.join {
         check_duration(&join.max_wait, "join.max_wait", problems);
         if join.max_pending == 0 {

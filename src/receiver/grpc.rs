@@ -5,7 +5,10 @@
 
 use super::{Ingest, export_response, read_body};
 use crate::body::{self, BodyError, Encoding};
+use crate::forward::Arrived;
 use crate::pipeline::Protocol;
+use crate::pipeline::Refusal;
+use crate::status::{Code, RpcStatus};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -18,15 +21,6 @@ use prost::Message;
 
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const ACCEPT_ENCODING: &str = "identity,gzip,zstd";
-
-/// gRPC status codes used here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    Ok = 0,
-    InvalidArgument = 3,
-    ResourceExhausted = 8,
-    Unimplemented = 12,
-}
 
 pub fn router(ingest: Ingest) -> Router {
     Router::new()
@@ -164,7 +158,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         }
     };
     let (compressed, message) = match unframe(&raw) {
-        Ok(parts) => parts,
+        Ok((compressed, _)) => (compressed, raw.slice(5..)),
         Err(message) => return refuse("malformed", Code::InvalidArgument, &message),
     };
     let encoding = match (compressed, encoding) {
@@ -178,12 +172,29 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         }
         (true, encoding) => encoding,
     };
-    let request = match body::decode(encoding, message, limit) {
+    let request = match body::decode(encoding, &message, limit) {
         Ok(request) => request,
         Err(e) => return body_error(e),
     };
-    match ingest.run(protocol, request).await {
+    let arrived = Arrived {
+        raw: message,
+        encoding,
+        json: false,
+    };
+    match ingest.run(protocol, request, arrived).await {
         Ok(outcome) => ok_response(&export_response(&outcome).encode_to_vec()),
+        Err(Refusal::Busy(busy)) => {
+            let mut response = status_only(Code::Unavailable, &busy.message);
+            let details = RpcStatus::new(Code::Unavailable, &busy.message)
+                .retry_after(busy.retry_after)
+                .to_header();
+            if let Ok(details) = HeaderValue::from_str(&details) {
+                response
+                    .headers_mut()
+                    .insert("grpc-status-details-bin", details);
+            }
+            response
+        }
         Err(refusal) => status_only(Code::InvalidArgument, &refusal.to_string()),
     }
 }

@@ -3,8 +3,10 @@
 
 use super::{Ingest, export_response, read_body};
 use crate::body::{self, BodyError, Encoding};
+use crate::forward::Arrived;
 use crate::json;
 use crate::pipeline::{Protocol, Refusal};
+use crate::status::{Code, RpcStatus};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -47,15 +49,6 @@ impl Kind {
     }
 }
 
-/// `google.rpc.Status`, the body of OTLP/HTTP error responses (code = 1, message = 2).
-#[derive(Clone, PartialEq, Message)]
-pub struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-    #[prost(string, tag = "2")]
-    pub message: String,
-}
-
 fn plain(status: StatusCode, message: &str) -> Response {
     (
         status,
@@ -66,15 +59,11 @@ fn plain(status: StatusCode, message: &str) -> Response {
 }
 
 /// A `google.rpc.Status` with the OTLP error, in the request's content type.
-fn status(kind: Kind, http: StatusCode, grpc_code: i32, message: &str) -> Response {
+fn status(kind: Kind, http: StatusCode, grpc_code: Code, message: &str) -> Response {
     let body = match kind {
-        Kind::Protobuf => RpcStatus {
-            code: grpc_code,
-            message: message.to_string(),
-        }
-        .encode_to_vec(),
+        Kind::Protobuf => RpcStatus::new(grpc_code, message).encode_to_vec(),
         Kind::Json => {
-            serde_json::to_vec(&serde_json::json!({ "code": grpc_code, "message": message }))
+            serde_json::to_vec(&serde_json::json!({ "code": grpc_code as i32, "message": message }))
                 .unwrap_or_default()
         }
     };
@@ -114,9 +103,11 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             .pipeline
             .count_refused_request(protocol, error.reason());
         let (http, grpc) = match error {
-            BodyError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 12),
-            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 8),
-            BodyError::Corrupt { .. } => (StatusCode::BAD_REQUEST, 3),
+            BodyError::UnsupportedEncoding(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::Unimplemented)
+            }
+            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted),
+            BodyError::Corrupt { .. } => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
         };
         status(kind, http, grpc, &error.to_string())
     };
@@ -138,7 +129,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             return status(
                 kind,
                 StatusCode::BAD_REQUEST,
-                3,
+                Code::InvalidArgument,
                 &format!("cannot read the request body: {e}"),
             );
         }
@@ -153,11 +144,21 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             Ok(request) => request,
             Err(message) => {
                 ingest.pipeline.count_refused_request(protocol, "malformed");
-                return status(kind, StatusCode::BAD_REQUEST, 3, &message);
+                return status(
+                    kind,
+                    StatusCode::BAD_REQUEST,
+                    Code::InvalidArgument,
+                    &message,
+                );
             }
         },
     };
-    match ingest.run(protocol, request).await {
+    let arrived = Arrived {
+        raw,
+        encoding,
+        json: kind == Kind::Json,
+    };
+    match ingest.run(protocol, request, arrived).await {
         Ok(outcome) => {
             let response = export_response(&outcome);
             let body = match kind {
@@ -173,8 +174,24 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             )
                 .into_response()
         }
-        Err(refusal @ (Refusal::Malformed(_) | Refusal::AllSpansInvalid(_))) => {
-            status(kind, StatusCode::BAD_REQUEST, 3, &refusal.to_string())
+        Err(Refusal::Busy(busy)) => {
+            let mut response = status(
+                kind,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                &busy.message,
+            );
+            let seconds = busy.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+            response
         }
+        Err(refusal @ (Refusal::Malformed(_) | Refusal::AllSpansInvalid(_))) => status(
+            kind,
+            StatusCode::BAD_REQUEST,
+            Code::InvalidArgument,
+            &refusal.to_string(),
+        ),
     }
 }

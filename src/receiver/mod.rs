@@ -4,6 +4,7 @@
 pub mod grpc;
 pub mod http;
 
+use crate::forward::{Arrived, Forwarder};
 use crate::pipeline::{Outcome, Pipeline, Protocol, Refusal};
 use axum::body::Body;
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -16,22 +17,36 @@ use std::sync::Arc;
 pub struct Ingest {
     pub pipeline: Arc<Pipeline>,
     pub max_request_bytes: usize,
+    /// Where accepted requests go on to, when forwarding is on.
+    pub forward: Option<Arc<Forwarder>>,
 }
 
 impl Ingest {
-    /// Runs the pipeline off the async workers' critical path for large requests.
-    pub async fn run(&self, protocol: Protocol, request: Vec<u8>) -> Result<Outcome, Refusal> {
+    /// Runs the pipeline (and queues the request for forwarding) off the async workers'
+    /// critical path for large requests. `request` is the decoded protobuf request.
+    pub async fn run(
+        &self,
+        protocol: Protocol,
+        request: Vec<u8>,
+        arrived: Arrived,
+    ) -> Result<Outcome, Refusal> {
         let pipeline = self.pipeline.clone();
-        if request.len() <= 64 * 1024 {
-            return pipeline.ingest(protocol, &request);
+        let forward = self.forward.clone();
+        let large = request.len() > 64 * 1024;
+        let work = move || match &forward {
+            None => pipeline.ingest(protocol, &request),
+            Some(forward) => pipeline.ingest_admitting(protocol, &request, |rejected, accepted| {
+                forward.admit(&request, &arrived, rejected, accepted as u64)
+            }),
+        };
+        if !large {
+            return work();
         }
-        tokio::task::spawn_blocking(move || pipeline.ingest(protocol, &request))
-            .await
-            .unwrap_or_else(|e| {
-                Err(Refusal::Malformed(format!(
-                    "request processing failed: {e}"
-                )))
-            })
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+            Err(Refusal::Malformed(format!(
+                "request processing failed: {e}"
+            )))
+        })
     }
 }
 

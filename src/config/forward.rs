@@ -1,0 +1,327 @@
+//! The `forward` section: downstream OTLP endpoints that receive every accepted request, the
+//! queue in front of them, retries, the optional persistent queue and the shutdown drain.
+
+use super::Problems;
+use super::validate::parse_duration;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Where accepted requests go; forwarding is off when this is empty.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Between receiving and sending, per endpoint.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// A write-ahead log of queued requests that survives a crash or restart.
+    #[serde(default)]
+    pub persistent: Option<PersistentConfig>,
+    /// On shutdown, how long queued requests are still sent (a Prometheus duration).
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: String,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            endpoints: Vec::new(),
+            queue: QueueConfig::default(),
+            retry: RetryConfig::default(),
+            persistent: None,
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardProtocol {
+    /// OTLP/gRPC TraceService/Export.
+    Grpc,
+    /// OTLP/HTTP protobuf, POST to `{url}/v1/traces` (or to the url when it has a path).
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// The `endpoint` label of the forwarding metrics; the url when unset.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `http://host:port` or `https://host:port` (OTLP/HTTP may add a path).
+    pub url: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: ForwardProtocol,
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Sent with every request (such as an authorization header or a tenant id).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Per attempt (a Prometheus duration).
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+}
+
+impl EndpointConfig {
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.url)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate authorities trusted for this endpoint.
+    pub ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Answer 503 / UNAVAILABLE with Retry-After: the client's exporter retries, nothing is
+    /// lost, nothing of the refused request is counted.
+    Refuse,
+    /// Drop the oldest queued request and count its spans.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(default = "default_queue_requests")]
+    pub max_requests: usize,
+    #[serde(default = "default_queue_bytes")]
+    pub max_bytes: usize,
+    /// Requests in flight at once, per endpoint.
+    #[serde(default = "default_senders")]
+    pub senders: usize,
+    #[serde(default = "default_when_full")]
+    pub when_full: WhenFull,
+    /// What refused clients are told to wait (Retry-After; a Prometheus duration).
+    #[serde(default = "default_retry_after")]
+    pub retry_after: String,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_requests: default_queue_requests(),
+            max_bytes: default_queue_bytes(),
+            senders: default_senders(),
+            when_full: default_when_full(),
+            retry_after: default_retry_after(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// The first wait; each retry doubles it (with ±50% jitter) up to max_interval.
+    #[serde(default = "default_initial_interval")]
+    pub initial_interval: String,
+    #[serde(default = "default_max_interval")]
+    pub max_interval: String,
+    /// A request still failing after this long is given up and counted failed.
+    #[serde(default = "default_max_elapsed")]
+    pub max_elapsed: String,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_interval: default_initial_interval(),
+            max_interval: default_max_interval(),
+            max_elapsed: default_max_elapsed(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistentConfig {
+    /// One subdirectory per endpoint is kept here.
+    pub directory: PathBuf,
+    /// Disk used per endpoint; when reached, new data is refused (503 / UNAVAILABLE).
+    #[serde(default = "default_persistent_bytes")]
+    pub max_bytes: u64,
+}
+
+/// Durations of the section, parsed (the section was validated).
+pub struct Timings {
+    pub drain_timeout: Duration,
+    pub retry_after: Duration,
+    pub initial_interval: Duration,
+    pub max_interval: Duration,
+    pub max_elapsed: Duration,
+}
+
+impl ForwardConfig {
+    pub fn enabled(&self) -> bool {
+        !self.endpoints.is_empty()
+    }
+
+    pub fn timings(&self) -> Timings {
+        Timings {
+            drain_timeout: duration(&self.drain_timeout),
+            retry_after: duration(&self.queue.retry_after),
+            initial_interval: duration(&self.retry.initial_interval),
+            max_interval: duration(&self.retry.max_interval),
+            max_elapsed: duration(&self.retry.max_elapsed),
+        }
+    }
+}
+
+/// A duration checked by [`check`].
+pub fn duration(text: &str) -> Duration {
+    parse_duration(text).expect("validated duration")
+}
+
+fn default_drain_timeout() -> String {
+    "10s".to_string()
+}
+fn default_protocol() -> ForwardProtocol {
+    ForwardProtocol::Grpc
+}
+fn default_compression() -> Compression {
+    Compression::Gzip
+}
+fn default_timeout() -> String {
+    "5s".to_string()
+}
+fn default_queue_requests() -> usize {
+    1_000
+}
+fn default_queue_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_senders() -> usize {
+    4
+}
+fn default_when_full() -> WhenFull {
+    WhenFull::Refuse
+}
+fn default_retry_after() -> String {
+    "1s".to_string()
+}
+fn default_initial_interval() -> String {
+    "500ms".to_string()
+}
+fn default_max_interval() -> String {
+    "30s".to_string()
+}
+fn default_max_elapsed() -> String {
+    "5m".to_string()
+}
+fn default_persistent_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+
+/// Checks the section; `max_request_bytes` is the receivers' limit (a queued request is at
+/// most that big).
+pub(super) fn check(f: &ForwardConfig, max_request_bytes: Option<usize>, problems: &mut Problems) {
+    let durations = [
+        (&f.drain_timeout, "forward.drain_timeout"),
+        (&f.queue.retry_after, "forward.queue.retry_after"),
+        (&f.retry.initial_interval, "forward.retry.initial_interval"),
+        (&f.retry.max_interval, "forward.retry.max_interval"),
+        (&f.retry.max_elapsed, "forward.retry.max_elapsed"),
+    ];
+    for (value, path) in durations {
+        if parse_duration(value).is_none() {
+            problems.add(
+                path,
+                format!("`{value}` is not a Prometheus duration (such as 500ms, 30s, 5m)"),
+            );
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, e) in f.endpoints.iter().enumerate() {
+        let path = format!("forward.endpoints[{i}]");
+        let scheme = e.url.split_once("://").map(|(s, _)| s);
+        match (scheme, e.url.parse::<http::Uri>()) {
+            (Some("http" | "https"), Ok(uri)) if uri.host().is_some() => {}
+            _ => problems.add(
+                format!("{path}.url"),
+                format!(
+                    "`{}` is not an http:// or https:// url with a host (such as http://127.0.0.1:4317)",
+                    e.url
+                ),
+            ),
+        }
+        if e.tls.is_some() && scheme != Some("https") {
+            problems.add(format!("{path}.tls"), "tls applies to https:// urls only");
+        }
+        if parse_duration(&e.timeout).is_none_or(|d| d.is_zero()) {
+            problems.add(
+                format!("{path}.timeout"),
+                format!("`{}` is not a positive Prometheus duration", e.timeout),
+            );
+        }
+        for (name, value) in &e.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                problems.add(
+                    format!("{path}.headers.{name}"),
+                    "not a valid HTTP header name and value",
+                );
+            }
+        }
+        if !names.insert(e.label()) {
+            problems.add(
+                format!("{path}.name"),
+                format!(
+                    "`{}` names two endpoints; give each a unique name",
+                    e.label()
+                ),
+            );
+        }
+    }
+    let q = &f.queue;
+    if q.max_requests == 0 {
+        problems.add("forward.queue.max_requests", "must be at least 1");
+    }
+    if q.senders == 0 || q.senders > 256 {
+        problems.add("forward.queue.senders", "must be between 1 and 256");
+    }
+    if let Some(limit) = max_request_bytes
+        && q.max_bytes < limit
+    {
+        problems.add(
+            "forward.queue.max_bytes",
+            format!(
+                "must be at least receivers.max_request_bytes ({limit}) so that any accepted request fits"
+            ),
+        );
+    }
+    if let Some(p) = &f.persistent {
+        if p.directory.as_os_str().is_empty() {
+            problems.add("forward.persistent.directory", "must name a directory");
+        }
+        if let Some(limit) = max_request_bytes
+            && p.max_bytes < 2 * limit as u64
+        {
+            problems.add(
+                "forward.persistent.max_bytes",
+                format!("must be at least twice receivers.max_request_bytes ({limit})"),
+            );
+        }
+    }
+}

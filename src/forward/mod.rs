@@ -1,0 +1,388 @@
+//! Forwarding: every accepted request goes on to the downstream OTLP endpoints through a
+//! bounded queue per endpoint (optionally persistent), with several senders, retries with
+//! backoff, and a drain at shutdown. What cannot be delivered is counted, never silently lost.
+
+mod payload;
+mod queue;
+mod retry;
+mod send;
+mod stats;
+pub mod wal;
+
+pub use payload::Arrived;
+
+use crate::aggregate::Snapshot;
+use crate::config::forward::{ForwardConfig, Timings, WhenFull};
+use bytes::Bytes;
+use payload::Bodies;
+use queue::{Item, Queue};
+use retry::Backoff;
+use send::{Attempt, Sender};
+use stats::{EndpointView, Stats, add};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A request that cannot be queued now; the client should retry after a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    /// The `reason` label of spanlens_requests_refused_total.
+    pub reason: &'static str,
+    pub message: String,
+    pub retry_after: Duration,
+}
+
+struct Endpoint {
+    label: String,
+    compression: crate::config::forward::Compression,
+    queue: Queue,
+    stats: Stats,
+    sender: Sender,
+    /// Spans left in the persistent queue by the drain.
+    persisted_spans: AtomicU64,
+}
+
+/// One endpoint's accounting at the end of a drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drained {
+    pub endpoint: String,
+    pub sent_spans: u64,
+    pub dropped_spans: u64,
+    pub failed_spans: u64,
+    pub persisted_spans: u64,
+}
+
+pub struct Forwarder {
+    endpoints: Vec<Arc<Endpoint>>,
+    when_full: WhenFull,
+    timings: Arc<Timings>,
+    senders: Mutex<JoinSet<()>>,
+    abandon: CancellationToken,
+}
+
+/// How delivering one request ended.
+enum Fate {
+    Delivered { rejected: u64 },
+    Failed { exhausted: bool },
+    Abandoned,
+}
+
+impl Forwarder {
+    /// The forwarder of `config`, or None when no endpoint is configured. Opens the persistent
+    /// queues (refilling the queues from them) and starts the senders; needs a tokio runtime.
+    pub fn start(config: &ForwardConfig) -> Result<Option<Arc<Forwarder>>, String> {
+        if !config.enabled() {
+            return Ok(None);
+        }
+        let q = &config.queue;
+        let mut endpoints = Vec::new();
+        for endpoint in &config.endpoints {
+            let label = endpoint.label().to_string();
+            let stats = Stats::default();
+            let log = match &config.persistent {
+                None => None,
+                Some(p) => {
+                    let dir = p.directory.join(directory_name(&label));
+                    let (wal, recovered) =
+                        wal::Wal::open(&dir, p.max_bytes, segment_bytes(p.max_bytes)).map_err(
+                            |e| {
+                                format!(
+                                    "endpoint {label}: cannot open the persistent queue in {}: {e}",
+                                    dir.display()
+                                )
+                            },
+                        )?;
+                    add(&stats.wal_skipped_regions, recovered.skipped_regions);
+                    if recovered.skipped_regions > 0 {
+                        tracing::warn!(endpoint = %label, regions = recovered.skipped_regions, bytes = recovered.skipped_bytes, "skipped damaged parts of the persistent queue");
+                    }
+                    Some((wal, recovered.records))
+                }
+            };
+            let (queue, refilled) = Queue::new(q.max_requests, q.max_bytes, log);
+            add(&stats.wal_recovered_requests, refilled);
+            if refilled > 0 {
+                tracing::info!(endpoint = %label, requests = refilled, "sending requests left in the persistent queue");
+            }
+            endpoints.push(Arc::new(Endpoint {
+                sender: Sender::new(endpoint)?,
+                compression: endpoint.compression,
+                label,
+                queue,
+                stats,
+                persisted_spans: AtomicU64::new(0),
+            }));
+        }
+        let forwarder = Arc::new(Forwarder {
+            endpoints,
+            when_full: q.when_full,
+            timings: Arc::new(config.timings()),
+            senders: Mutex::new(JoinSet::new()),
+            abandon: CancellationToken::new(),
+        });
+        let mut senders = forwarder.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos() as u64);
+        for (e, endpoint) in forwarder.endpoints.iter().enumerate() {
+            for s in 0..q.senders {
+                let seed =
+                    clock ^ ((e as u64) << 32 | s as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                senders.spawn(send_loop(
+                    endpoint.clone(),
+                    forwarder.timings.clone(),
+                    forwarder.abandon.clone(),
+                    seed,
+                ));
+            }
+        }
+        drop(senders);
+        Ok(Some(forwarder))
+    }
+
+    /// Queues an accepted request for every endpoint, or for none: `request` is the decoded
+    /// protobuf, `rejected` the indexes of spans spanlens rejected, `spans` those accepted.
+    pub fn admit(
+        &self,
+        request: &[u8],
+        arrived: &Arrived,
+        rejected: &[usize],
+        spans: u64,
+    ) -> Result<(), Busy> {
+        let busy = |reason: &'static str, message: String| Busy {
+            reason,
+            message,
+            retry_after: self.timings.retry_after,
+        };
+        let mut bodies = Bodies::new(request, arrived, rejected);
+        let prepared: Vec<Bytes> = self
+            .endpoints
+            .iter()
+            .map(|e| bodies.get(e.compression))
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                busy(
+                    "forward_error",
+                    format!("cannot compress the request for forwarding: {e}"),
+                )
+            })?;
+        let mut states: Vec<std::sync::MutexGuard<queue::State>> =
+            self.endpoints.iter().map(|e| e.queue.lock()).collect();
+        // First make room everywhere (or refuse before anything is queued)...
+        let mut fits = Vec::with_capacity(self.endpoints.len());
+        for ((endpoint, body), state) in self.endpoints.iter().zip(&prepared).zip(&mut states) {
+            let room = |state: &queue::State| endpoint.queue.has_room(state, body.len());
+            if !room(state) && self.when_full == WhenFull::Refuse {
+                return Err(busy(
+                    "forward_queue_full",
+                    format!(
+                        "the forwarding queue of endpoint {} is full; retry later",
+                        endpoint.label
+                    ),
+                ));
+            }
+            while !room(state) {
+                let Some(dropped) = state.drop_oldest() else {
+                    break;
+                };
+                add(&endpoint.stats.dropped_queue_full, dropped);
+            }
+            if !room(state) {
+                // Every queued request is being sent: this one is the oldest waiting.
+                add(&endpoint.stats.dropped_queue_full, spans);
+            }
+            fits.push(room(state));
+        }
+        // ...then queue it everywhere, or nowhere if a persistent queue cannot take it.
+        let mut pushed: Vec<usize> = Vec::new();
+        for (i, body) in prepared.into_iter().enumerate() {
+            if !fits[i] {
+                continue;
+            }
+            if let Err(e) = states[i].push(body, spans) {
+                for &j in &pushed {
+                    states[j].unpush();
+                }
+                let label = &self.endpoints[i].label;
+                return Err(match e {
+                    wal::AppendError::Full { .. } => busy(
+                        "forward_queue_full",
+                        format!("endpoint {label}: {e}; retry later"),
+                    ),
+                    wal::AppendError::Io(_) => {
+                        busy("forward_disk_error", format!("endpoint {label}: {e}"))
+                    }
+                });
+            }
+            pushed.push(i);
+        }
+        drop(states);
+        for i in pushed {
+            self.endpoints[i].queue.pushed();
+        }
+        Ok(())
+    }
+
+    /// Adds the forwarding metrics to a scrape.
+    pub fn contribute(&self, snapshot: &mut Snapshot) {
+        let views: Vec<_> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let (queued_requests, queued_bytes, log_bytes) = e.queue.sizes();
+                EndpointView {
+                    label: &e.label,
+                    stats: &e.stats,
+                    queued_requests,
+                    queued_bytes,
+                    log_bytes,
+                }
+            })
+            .collect();
+        stats::contribute(snapshot, &views);
+    }
+
+    /// Sends what is queued for up to forward.drain_timeout (call after the receivers
+    /// stopped); what is left stays in the persistent queue, or is counted dropped.
+    pub async fn drain(&self) -> Vec<Drained> {
+        for endpoint in &self.endpoints {
+            endpoint.queue.close();
+        }
+        let mut senders =
+            std::mem::take(&mut *self.senders.lock().unwrap_or_else(|e| e.into_inner()));
+        let drained = tokio::time::timeout(self.timings.drain_timeout, async {
+            while senders.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.abandon.cancel();
+            while senders.join_next().await.is_some() {}
+        }
+        self.endpoints
+            .iter()
+            .map(|endpoint| {
+                for item in endpoint.queue.take_waiting() {
+                    abandon(endpoint, &item);
+                }
+                if let Err(e) = endpoint.queue.sync() {
+                    tracing::warn!(endpoint = %endpoint.label, error = %e, "cannot sync the persistent queue");
+                }
+                Drained {
+                    endpoint: endpoint.label.clone(),
+                    sent_spans: endpoint.stats.sent_spans(),
+                    dropped_spans: endpoint.stats.dropped(),
+                    failed_spans: endpoint.stats.failed(),
+                    persisted_spans: endpoint.persisted_spans.load(std::sync::atomic::Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A request the drain could not deliver: kept for the next start, or counted dropped.
+fn abandon(endpoint: &Endpoint, item: &Item) {
+    if endpoint.queue.has_log() {
+        add(&endpoint.persisted_spans, item.spans);
+        endpoint.queue.finish(item, false);
+    } else {
+        add(&endpoint.stats.dropped_shutdown, item.spans);
+        endpoint.queue.finish(item, true);
+    }
+}
+
+async fn send_loop(
+    endpoint: Arc<Endpoint>,
+    timings: Arc<Timings>,
+    abandon_all: CancellationToken,
+    seed: u64,
+) {
+    loop {
+        let item = tokio::select! {
+            item = endpoint.queue.pop() => item,
+            _ = abandon_all.cancelled() => None,
+        };
+        let Some(item) = item else { return };
+        let stats = &endpoint.stats;
+        match deliver(&endpoint, &item, &timings, &abandon_all, seed).await {
+            Fate::Delivered { rejected } => {
+                add(&stats.sent_requests, 1);
+                add(&stats.sent_spans, item.spans.saturating_sub(rejected));
+                add(&stats.failed_rejected, rejected.min(item.spans));
+                endpoint.queue.finish(&item, true);
+            }
+            Fate::Failed { exhausted } => {
+                let counter = if exhausted {
+                    &stats.failed_exhausted
+                } else {
+                    &stats.failed_permanent
+                };
+                add(counter, item.spans);
+                endpoint.queue.finish(&item, true);
+            }
+            Fate::Abandoned => abandon(&endpoint, &item),
+        }
+    }
+}
+
+async fn deliver(
+    endpoint: &Endpoint,
+    item: &Item,
+    timings: &Timings,
+    abandon_all: &CancellationToken,
+    seed: u64,
+) -> Fate {
+    let started = Instant::now();
+    let mut backoff = Backoff::new(
+        timings.initial_interval,
+        timings.max_interval,
+        seed ^ item.spans,
+    );
+    loop {
+        let attempt = tokio::select! {
+            attempt = endpoint.sender.attempt(&item.body) => attempt,
+            _ = abandon_all.cancelled() => return Fate::Abandoned,
+        };
+        let (after, why) = match attempt {
+            Attempt::Delivered { rejected } => return Fate::Delivered { rejected },
+            Attempt::Permanent(why) => {
+                tracing::warn!(endpoint = %endpoint.label, spans = item.spans, %why, "the endpoint refused a forwarded request for good; its spans are counted failed");
+                return Fate::Failed { exhausted: false };
+            }
+            Attempt::Retry { after, why } => (after, why),
+        };
+        let wait = after.unwrap_or_else(|| backoff.next_wait());
+        if started.elapsed() + wait > timings.max_elapsed {
+            tracing::warn!(endpoint = %endpoint.label, spans = item.spans, %why, "giving up on a forwarded request after retry.max_elapsed; its spans are counted failed");
+            return Fate::Failed { exhausted: true };
+        }
+        tracing::debug!(endpoint = %endpoint.label, %why, ?wait, "forwarding will retry");
+        add(&endpoint.stats.retries, 1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = abandon_all.cancelled() => return Fate::Abandoned,
+        }
+    }
+}
+
+/// A directory name for an endpoint's persistent queue: its label with anything but
+/// letters, digits, `-` and `_` replaced.
+fn directory_name(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Segments of a sixteenth of the cap (between 1 MiB and 64 MiB): acknowledged space is
+/// reclaimed a segment at a time.
+fn segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 16).clamp(1 << 20, 64 << 20)
+}

@@ -1,0 +1,214 @@
+//! One endpoint's bounded queue: requests waiting or being sent, bounded by count and bytes,
+//! mirrored to the write-ahead log when there is one.
+
+use super::wal::{AppendError, RecordId, Wal};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// A request on its way to one endpoint.
+pub struct Item {
+    pub body: Bytes,
+    pub spans: u64,
+    record: Option<RecordId>,
+}
+
+/// Records a log held unacknowledged when it was opened.
+pub type Unsent = Vec<(RecordId, Vec<u8>)>;
+
+pub struct Queue {
+    state: Mutex<State>,
+    ready: Notify,
+    max_requests: usize,
+    max_bytes: usize,
+}
+
+pub struct State {
+    waiting: VecDeque<Item>,
+    /// Requests and bytes waiting or being sent.
+    requests: usize,
+    bytes: usize,
+    wal: Option<Wal>,
+    closed: bool,
+}
+
+impl Queue {
+    /// A queue, refilled from the log's unacknowledged records when there is one; also
+    /// returns how many requests were refilled.
+    pub fn new(
+        max_requests: usize,
+        max_bytes: usize,
+        wal: Option<(Wal, Unsent)>,
+    ) -> (Queue, u64) {
+        let mut state = State {
+            waiting: VecDeque::new(),
+            requests: 0,
+            bytes: 0,
+            wal: None,
+            closed: false,
+        };
+        let mut recovered = 0;
+        if let Some((wal, records)) = wal {
+            for (record, payload) in records {
+                let Some((spans, body)) = split_record(&payload) else {
+                    continue;
+                };
+                state.requests += 1;
+                state.bytes += body.len();
+                state.waiting.push_back(Item {
+                    body: Bytes::copy_from_slice(body),
+                    spans,
+                    record: Some(record),
+                });
+                recovered += 1;
+            }
+            state.wal = Some(wal);
+        }
+        let queue = Queue {
+            state: Mutex::new(state),
+            ready: Notify::new(),
+            max_requests,
+            max_bytes,
+        };
+        (queue, recovered)
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes a sender for an item pushed under the lock.
+    pub fn pushed(&self) {
+        self.ready.notify_one();
+    }
+
+    /// The next request to send; None once closed and empty.
+    pub async fn pop(&self) -> Option<Item> {
+        loop {
+            // Created before the check so a push or close in between is not missed.
+            let notified = self.ready.notified();
+            {
+                let mut state = self.lock();
+                if let Some(item) = state.waiting.pop_front() {
+                    return Some(item);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// A request left the queue: delivered or given up (`settled`: forget it in the log too),
+    /// or abandoned at shutdown (kept in the log for the next start).
+    pub fn finish(&self, item: &Item, settled: bool) {
+        let mut state = self.lock();
+        state.release(item);
+        if settled {
+            state.forget(item);
+        }
+    }
+
+    /// No more pushes; senders stop when the queue is empty.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_waiters();
+    }
+
+    /// Takes every waiting request (at the end of a drain).
+    pub fn take_waiting(&self) -> Vec<Item> {
+        let mut state = self.lock();
+        let items: Vec<Item> = state.waiting.drain(..).collect();
+        for item in &items {
+            state.release(item);
+        }
+        items
+    }
+
+    pub fn has_log(&self) -> bool {
+        self.lock().wal.is_some()
+    }
+
+    /// (requests, bytes) waiting or being sent, and bytes of the log on disk.
+    pub fn sizes(&self) -> (usize, usize, Option<u64>) {
+        let state = self.lock();
+        (
+            state.requests,
+            state.bytes,
+            state.wal.as_ref().map(Wal::disk_bytes),
+        )
+    }
+
+    /// fsyncs the log.
+    pub fn sync(&self) -> std::io::Result<()> {
+        match &mut self.lock().wal {
+            Some(wal) => wal.sync(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn has_room(&self, state: &State, body: usize) -> bool {
+        state.requests < self.max_requests && state.bytes + body <= self.max_bytes
+    }
+}
+
+impl State {
+    /// Queues a request (and logs it first: fails when the log is at its cap or cannot be
+    /// written). Does not check the queue's bounds.
+    pub fn push(&mut self, body: Bytes, spans: u64) -> Result<(), AppendError> {
+        let record = match &mut self.wal {
+            Some(wal) => {
+                let mut payload = Vec::with_capacity(4 + body.len());
+                payload.extend_from_slice(&(spans as u32).to_le_bytes());
+                payload.extend_from_slice(&body);
+                Some(wal.append(&payload)?)
+            }
+            None => None,
+        };
+        self.requests += 1;
+        self.bytes += body.len();
+        self.waiting.push_back(Item {
+            body,
+            spans,
+            record,
+        });
+        Ok(())
+    }
+
+    /// Takes back the request pushed last (when another endpoint refused the request).
+    pub fn unpush(&mut self) {
+        if let Some(item) = self.waiting.pop_back() {
+            self.release(&item);
+            self.forget(&item);
+        }
+    }
+
+    /// Drops the oldest waiting request; returns its span count.
+    pub fn drop_oldest(&mut self) -> Option<u64> {
+        let item = self.waiting.pop_front()?;
+        self.release(&item);
+        self.forget(&item);
+        Some(item.spans)
+    }
+
+    fn release(&mut self, item: &Item) {
+        self.requests -= 1;
+        self.bytes -= item.body.len();
+    }
+
+    fn forget(&mut self, item: &Item) {
+        if let (Some(wal), Some(record)) = (&mut self.wal, item.record)
+            && let Err(e) = wal.ack(record)
+        {
+            tracing::warn!(error = %e, "cannot mark a forwarded request done in the persistent queue; it may be sent again after a restart");
+        }
+    }
+}
+
+/// A log record: the span count (u32, little-endian), then the body.
+fn split_record(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let (spans, body) = payload.split_first_chunk::<4>()?;
+    Some((u64::from(u32::from_le_bytes(*spans)), body))
+}
