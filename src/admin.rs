@@ -1,6 +1,7 @@
 //! The scrape endpoint: `/metrics` (text 0.0.4, or OpenMetrics 1.0 when asked), `/healthz`,
 //! `/readyz`, and `/api/v1/breakdown/{correlation_id or task_uuid}` (JSON).
 
+use crate::access::BearerToken;
 use crate::exposition::{self, Format};
 use crate::forward::Forwarder;
 use crate::pipeline::Pipeline;
@@ -19,8 +20,13 @@ struct Sources {
     forward: Option<Arc<Forwarder>>,
 }
 
-pub fn router(pipeline: Arc<Pipeline>, forward: Option<Arc<Forwarder>>) -> Router {
-    Router::new()
+/// The admin routes; with a token, every request must carry it (401 otherwise).
+pub fn router(
+    pipeline: Arc<Pipeline>,
+    forward: Option<Arc<Forwarder>>,
+    token: Option<BearerToken>,
+) -> Router {
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/breakdown/{id}", get(breakdown))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -31,7 +37,29 @@ pub fn router(pipeline: Arc<Pipeline>, forward: Option<Arc<Forwarder>>) -> Route
                 "not found: try /metrics, /healthz or /readyz\n",
             )
         })
-        .with_state(Sources { pipeline, forward })
+        .with_state(Sources { pipeline, forward });
+    match token {
+        None => router,
+        Some(token) => {
+            let token = Arc::new(token);
+            router.layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let allowed = token.allows(request.headers());
+                    async move {
+                        match allowed {
+                            true => next.run(request).await,
+                            false => (
+                                StatusCode::UNAUTHORIZED,
+                                [(header::WWW_AUTHENTICATE, "Bearer")],
+                                "a valid bearer token is required (Authorization: Bearer <token>)\n",
+                            )
+                                .into_response(),
+                        }
+                    }
+                },
+            ))
+        }
+    }
 }
 
 /// One task's breakdown as JSON, by correlation id or task uuid.

@@ -233,6 +233,7 @@ mod tests {
             label_overflow: None,
             series_overflow: None,
             keep_raw_values: false,
+            series_idle_timeout: None,
         });
         let mut w = store.writer();
         let e = Exemplar {

@@ -7,6 +7,7 @@
 //! renders it for scrapes.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod aggregate;
 pub mod body;
@@ -21,10 +22,12 @@ pub mod forward;
 pub mod join;
 pub mod json;
 pub mod labels;
+pub mod listener;
 pub mod pipeline;
 pub mod receiver;
 pub mod replay;
 pub mod rules;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod wire;

@@ -9,6 +9,7 @@ use crate::breakdown::{Breakdown, DerivedRule, SpanLog, SpanRecord};
 use crate::classify::{Classifier, SpanFacts, StageId};
 use crate::config::BreakdownConfig;
 use crate::config::Config;
+use crate::config::validate::checked_duration;
 use crate::config::validate::parse_duration;
 use crate::decode::{AnyValue, SpanView};
 use crate::decode::{Batch, SpanProblem};
@@ -49,9 +50,18 @@ pub enum Refusal {
     Malformed(String),
     #[error("no usable span in the request: {0}")]
     AllSpansInvalid(String),
-    /// Forwarding cannot take the request now; the client should retry after a while.
+    /// Not now (overload, memory, a full forwarding queue); the client should retry later.
     #[error("{}", .0.message)]
-    Busy(crate::forward::Busy),
+    Busy(Busy),
+}
+
+/// A request refused for now; answered 503 / UNAVAILABLE with Retry-After.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    /// The `reason` label of spanlens_requests_refused_total.
+    pub reason: &'static str,
+    pub message: String,
+    pub retry_after: std::time::Duration,
 }
 
 /// What happened to an accepted request.
@@ -445,6 +455,8 @@ impl Pipeline {
                 label_overflow: Some(label_overflow),
                 series_overflow: Some(series_overflow),
                 keep_raw_values,
+                series_idle_timeout: Some(checked_duration(&config.metrics.series_idle_timeout))
+                    .filter(|d| !d.is_zero()),
             }),
             classifier,
             stages,
@@ -520,7 +532,7 @@ impl Pipeline {
         &self,
         protocol: Protocol,
         bytes: &[u8],
-        admit: impl FnOnce(&[usize], usize) -> Result<(), crate::forward::Busy>,
+        admit: impl FnOnce(&[usize], usize) -> Result<(), Busy>,
     ) -> Result<Outcome, Refusal> {
         let batch = match Batch::decode(bytes) {
             Ok(batch) => batch,

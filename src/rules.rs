@@ -426,6 +426,16 @@ fn health_rules(config: &Config) -> Vec<Rule> {
             "{{ $value | humanize }} requests/s refused over {{ $labels.protocol }} because of {{ $labels.reason }}; their spans are lost unless the exporter retries.",
         ),
         alert(
+            "SpanlensForwardingLosingSpans",
+            format!(
+                "sum by (instance, endpoint, reason) (rate(spanlens_forward_dropped_spans_total[{window}])) > 0 or sum by (instance, endpoint, reason) (rate(spanlens_forward_failed_spans_total[{window}])) > 0"
+            ),
+            "5m",
+            "warning",
+            "spanlens {{ $labels.instance }} loses spans on their way to {{ $labels.endpoint }} ({{ $labels.reason }})",
+            "{{ $value | humanize }} spans/s do not reach the trace backend {{ $labels.endpoint }} ({{ $labels.reason }}): their traces will be incomplete there.",
+        ),
+        alert(
             "SpanlensLabelOverflow",
             format!("sum by (instance, label) (rate(spanlens_label_overflow_total[{window}])) > 0"),
             "15m",

@@ -1,17 +1,25 @@
 //! Starts the receivers and the scrape endpoint on their configured addresses and stops them
 //! gracefully: stop accepting, finish in-flight requests, then return.
 
+use crate::access::BearerToken;
 use crate::admin;
-use crate::config::Config;
+use crate::config::security::{AuthConfig, TlsServerConfig};
+use crate::config::validate::checked_duration;
+use crate::config::{Config, ListenerConfig};
 use crate::forward::{Drained, Forwarder};
+use crate::listener::{self, Limits};
 use crate::pipeline::Pipeline;
+use crate::receiver::gate::Gate;
 use crate::receiver::{Ingest, grpc, http};
+use crate::tls;
 use axum::Router;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Error)]
@@ -20,6 +28,8 @@ pub enum StartError {
     Config(String),
     #[error("cannot start forwarding: {0}")]
     Forward(String),
+    #[error("{0}")]
+    Access(String),
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: &'static str,
@@ -40,18 +50,52 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener, then serves. Fails before serving anything if one cannot bind.
+    /// Binds every listener, then serves. Fails before serving anything if one cannot bind
+    /// or a certificate, key or token cannot be read.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let token = |auth: &Option<AuthConfig>, what: &str| {
+            auth.as_ref()
+                .map(|a| BearerToken::load(a, &env))
+                .transpose()
+                .map_err(|e| StartError::Access(format!("{what}: {e}")))
+        };
+        let tls = |t: &Option<TlsServerConfig>, what: &str| {
+            t.as_ref()
+                .map(tls::acceptor)
+                .transpose()
+                .map_err(|e| StartError::Access(format!("{what}: TLS: {e}")))
+        };
+        let r = &config.receivers;
         let pipeline = Arc::new(Pipeline::new(&config).map_err(StartError::Config)?);
         let forward = Forwarder::start(&config.forward).map_err(StartError::Forward)?;
         let ingest = Ingest {
             pipeline: pipeline.clone(),
-            max_request_bytes: config.receivers.max_request_bytes,
+            max_request_bytes: r.max_request_bytes,
             forward: forward.clone(),
+            gate: Arc::new(Gate::new(
+                token(&r.auth, "receivers.auth")?,
+                r.max_pending_requests,
+                r.memory_limit_bytes,
+                checked_duration(&r.retry_after),
+                r.max_request_bytes,
+            )),
+            body_read_timeout: checked_duration(&r.body_read_timeout),
+        };
+        let header_read_timeout = checked_duration(&r.header_read_timeout);
+        let limits = |l: &ListenerConfig| Limits {
+            header_read_timeout,
+            max_concurrent_streams: l.max_concurrent_streams,
+            keepalive_interval: checked_duration(&l.keepalive_interval),
+            keepalive_timeout: checked_duration(&l.keepalive_timeout),
         };
         let stop = CancellationToken::new();
         let mut listeners = Vec::new();
-        let mut bind = async |what: &'static str, addr: SocketAddr, router: Router| {
+        let mut bind = async |what: &'static str,
+                              addr: SocketAddr,
+                              router: Router,
+                              tls: Option<TlsAcceptor>,
+                              limits: Limits| {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { what, addr, source })?;
@@ -59,17 +103,19 @@ impl Server {
                 listener
                     .local_addr()
                     .map_err(|source| StartError::Bind { what, addr, source })?;
-            tracing::info!(%local, "{what} listening");
-            listeners.push((listener, router));
+            let scheme = if tls.is_some() { "TLS" } else { "plain text" };
+            tracing::info!(%local, "{what} listening ({scheme})");
+            listeners.push((listener, router, tls, limits));
             Ok::<_, StartError>(local)
         };
-        let r = &config.receivers;
         let grpc_addr = match r.grpc.enabled {
             true => Some(
                 bind(
                     "OTLP/gRPC receiver",
                     r.grpc.endpoint,
                     grpc::router(ingest.clone()),
+                    tls(&r.grpc.tls, "receivers.grpc")?,
+                    limits(&r.grpc),
                 )
                 .await?,
             ),
@@ -81,34 +127,30 @@ impl Server {
                     "OTLP/HTTP receiver",
                     r.http.endpoint,
                     http::router(ingest.clone()),
+                    tls(&r.http.tls, "receivers.http")?,
+                    limits(&r.http),
                 )
                 .await?,
             ),
             false => None,
         };
+        let m = &config.metrics;
         let metrics_addr = bind(
             "metrics endpoint",
-            config.metrics.endpoint,
-            admin::router(pipeline.clone(), forward.clone()),
+            m.endpoint,
+            admin::router(
+                pipeline.clone(),
+                forward.clone(),
+                token(&m.auth, "metrics.auth")?,
+            ),
+            tls(&m.tls, "metrics")?,
+            limits(&ListenerConfig::on(m.endpoint.port())),
         )
         .await?;
         let tasks = listeners
             .into_iter()
-            .map(|(listener, router)| {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    // gRPC answers in several small frames (headers, data, trailers): with
-                    // Nagle on, the last one waits for the client's delayed ACK (~40 ms).
-                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "listener failed");
-                    }
-                })
+            .map(|(listener, router, tls, limits)| {
+                tokio::spawn(listener::serve(listener, router, tls, limits, stop.clone()))
             })
             .collect();
         Ok(Server {

@@ -20,6 +20,7 @@ pub enum Code {
     Unimplemented = 12,
     Unavailable = 14,
     DataLoss = 15,
+    Unauthenticated = 16,
 }
 
 /// `google.rpc.Status` (code = 1, message = 2, details = 3).

@@ -4,17 +4,24 @@
 //!
 //! Caps live here too: distinct values per label dimension and distinct series per metric.
 //! Values past a cap become the overflow value and are counted.
+//!
+//! Series can expire ([`StoreSpec::series_idle_timeout`]): each snapshot starts a new *tick*
+//! of a coarse clock and drops the series no shard has written since a tick that began at
+//! least the timeout ago, with their slots under the series cap and the label values nothing
+//! admitted since. Writers read the tick once per batch and store it with each write.
 
 mod series;
 
 pub use series::{Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values};
 
+use hashbrown::hash_map::Entry;
 use hashbrown::{HashMap, HashSet};
 use series::{BorrowedKey, Cell, SeriesKey};
 use std::cell::Cell as StdCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 /// A label dimension with a cap on distinct values (service, span name, an extra label...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +31,10 @@ pub struct DimensionId(pub usize);
 struct Dimension {
     name: String,
     cap: usize,
-    values: RwLock<HashSet<Box<str>>>,
+    /// Admitted values, each with the last tick it is known to have been admitted in: set by
+    /// the shard that admits it first, raised by shards that miss it in their cache, and by
+    /// each expiry pass from the ticks of the shards' cache hits.
+    values: RwLock<HashMap<Box<str>, AtomicU64>>,
 }
 
 /// What storage needs to know up front.
@@ -39,17 +49,56 @@ pub struct StoreSpec {
     pub label_overflow: Option<MetricId>,
     /// Counter (labelled by metric name) of observations folded into the overflow series.
     pub series_overflow: Option<MetricId>,
-    /// Keep every observed value too (for offline analysis; memory grows with the input).
+    /// Keep every observed value too (for offline analysis; memory grows with the input;
+    /// never expired).
     pub keep_raw_values: bool,
+    /// Drop series no shard has written for this long, so that churning label values (pods,
+    /// step names, values chosen by a client) keep memory and `/metrics` bounded. `None` keeps
+    /// every series for the life of the process.
+    ///
+    /// An expired series frees its slot under `max_series_per_metric`, and a label value frees
+    /// its place under its dimension's cap once no live series uses it (once it has not been
+    /// admitted for as long). Any series may expire, the overflow series and the store's own
+    /// overflow counters included.
+    ///
+    /// Expiry runs at each [`Store::snapshot`] (see [`Store::expire_idle`]) and measures time
+    /// in snapshot intervals: a series goes no sooner than `timeout` after its last write and
+    /// at most about two snapshot intervals later. While a series lives its counters and
+    /// histograms only grow; one written again after it expired restarts from zero, which
+    /// Prometheus reads as a counter reset (`rate` and `increase` account for it).
+    pub series_idle_timeout: Option<Duration>,
+}
+
+/// One series in one shard.
+#[derive(Debug)]
+struct Slot {
+    key: SeriesKey,
+    cell: Cell,
+    /// Tick of the last write.
+    written: u64,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    /// Series key (as written, or as admitted) to the index of its cell.
+    /// Series key (as admitted) to the index of its slot.
     index: HashMap<SeriesKey, usize>,
-    cells: Vec<(SeriesKey, Cell)>,
-    /// Per dimension, values this shard knows are admitted globally.
-    admitted: Vec<HashSet<Box<str>>>,
+    slots: Vec<Slot>,
+    /// Per dimension, values this shard knows are admitted globally, with the tick this shard
+    /// last admitted each in.
+    admitted: Vec<HashMap<Box<str>, u64>>,
+}
+
+/// The coarse clock of expiry: ticks are numbered from 0 (store creation); each expiry pass
+/// starts the next one.
+#[derive(Debug, Default)]
+struct Ticks {
+    /// Ticks that started less than the timeout ago, oldest first, with their start.
+    started: VecDeque<(u64, Instant)>,
+    /// Slots last written in a tick before this one have been idle for the timeout: the latest
+    /// tick that started at least the timeout ago (0 until one has).
+    cutoff: u64,
+    /// The latest `now` of a pass: time never runs backwards for the store.
+    latest: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -59,9 +108,15 @@ pub struct Store {
     overflow_value: String,
     max_series: usize,
     shards: Box<[Mutex<Shard>]>,
-    /// Per metric: every series admitted by any shard, for the series cap.
-    admitted_series: Vec<Mutex<HashSet<SeriesKey>>>,
+    /// Per metric: every series admitted by any shard, for the series cap, with the tick a
+    /// shard last created a slot for it in.
+    admitted_series: Vec<Mutex<HashMap<SeriesKey, u64>>>,
     epoch: AtomicU64,
+    idle_timeout: Option<Duration>,
+    /// The current tick, read by each writer.
+    tick: AtomicU64,
+    /// Held for a whole expiry pass: passes never overlap.
+    ticks: Mutex<Ticks>,
     label_overflow: Option<MetricId>,
     series_overflow: Option<MetricId>,
     /// Every observed value by series, when kept (offline replay wants exact percentiles).
@@ -100,12 +155,15 @@ impl Store {
             shards: (0..shard_count)
                 .map(|_| {
                     Mutex::new(Shard {
-                        admitted: vec![HashSet::new(); dimension_count],
+                        admitted: vec![HashMap::new(); dimension_count],
                         ..Shard::default()
                     })
                 })
                 .collect(),
             epoch: AtomicU64::new(1),
+            idle_timeout: spec.series_idle_timeout,
+            tick: AtomicU64::new(0),
+            ticks: Mutex::default(),
         }
     }
 
@@ -135,6 +193,9 @@ impl Store {
             store: self,
             shard,
             epoch: self.epoch.load(Ordering::Relaxed),
+            // Read under the shard lock: a writer that takes the shard after an expiry pass
+            // has visited it sees that pass's tick (see `expire_idle`).
+            tick: self.tick.load(Ordering::Relaxed),
         }
     }
 
@@ -152,18 +213,165 @@ impl Store {
             .collect()
     }
 
-    /// Merges every shard. Also starts a new exemplar interval.
+    /// Merges every shard, after expiring idle series ([`Store::expire_idle`]). Also starts a
+    /// new exemplar interval.
     pub fn snapshot(&self) -> Snapshot {
         self.epoch.fetch_add(1, Ordering::Relaxed);
+        self.expire_idle(Instant::now());
         let mut snapshot = Snapshot::new(&self.metrics);
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            for (key, cell) in &shard.cells {
-                snapshot.merge(key, cell);
+            for slot in &shard.slots {
+                snapshot.merge(&slot.key, &slot.cell);
             }
         }
         snapshot
     }
+
+    /// Drops the series idle for the configured timeout at `now`, and the label values and
+    /// series-cap slots only they used; returns how many series went. Does nothing without a
+    /// timeout. [`Store::snapshot`] calls it; `now` earlier than a previous call's counts as
+    /// that call's.
+    ///
+    /// Starts a new tick. A series is idle when no shard has written it since a tick that
+    /// started at least the timeout before `now`. Shards are locked one at a time, each for a
+    /// pass over its slots and admitted values; work is proportional to the number of series
+    /// and values (times the number of shards for the series that expire).
+    pub fn expire_idle(&self, now: Instant) -> usize {
+        let Some(timeout) = self.idle_timeout else {
+            return 0;
+        };
+        let mut ticks = lock(&self.ticks);
+        let now = ticks.latest.map_or(now, |latest| latest.max(now));
+        ticks.latest = Some(now);
+        while let Some(&(tick, started)) = ticks.started.front()
+            && started.checked_add(timeout).is_some_and(|end| end <= now)
+        {
+            ticks.cutoff = tick;
+            ticks.started.pop_front();
+        }
+        // Ticks older than `cutoff` ended before it started. A writer holds the tick current
+        // when it locked its shard, and this pass locks every shard after starting the next
+        // tick, so once it is over no writer holds a tick before the current one: writers
+        // active during a pass hold the previous tick or later, which is `cutoff` or later.
+        let cutoff = ticks.cutoff;
+        let previous = self.tick.fetch_add(1, Ordering::Relaxed);
+        ticks.started.push_back((previous + 1, now));
+
+        // 1. Take the idle slots out of every shard, merged by key; forget cached values not
+        //    admitted since `cutoff`, and report the ticks of the others to their dimension
+        //    (those last admitted before `previous` were reported, with that tick, last pass).
+        let mut idle: HashMap<SeriesKey, Cell> = HashMap::new();
+        for shard in self.shards.iter() {
+            let mut guard = lock(shard);
+            let shard = &mut *guard;
+            let mut i = 0;
+            while i < shard.slots.len() {
+                if shard.slots[i].written >= cutoff {
+                    i += 1;
+                    continue;
+                }
+                let Slot { key, cell, .. } = shard.slots.swap_remove(i);
+                shard.index.remove(&key);
+                if let Some(moved) = shard.slots.get(i) {
+                    *shard
+                        .index
+                        .get_mut(&moved.key)
+                        .expect("every slot is indexed") = i;
+                }
+                match idle.entry(key) {
+                    Entry::Occupied(mut total) => total.get_mut().merge(&cell),
+                    Entry::Vacant(total) => {
+                        total.insert(cell);
+                    }
+                }
+            }
+            shrink(&mut shard.slots, &mut shard.index);
+            for (cache, dimension) in shard.admitted.iter_mut().zip(&self.dimensions) {
+                let values = read(&dimension.values);
+                cache.retain(|value, &mut last| {
+                    last >= cutoff
+                        && (last < previous
+                            || values
+                                .get(value)
+                                .map(|known| known.fetch_max(last, Ordering::Relaxed))
+                                .is_some())
+                });
+            }
+        }
+
+        // 2. A series idle in one shard may be live in another (or written again since): fold
+        //    its idle counts into that slot, so that it keeps counting up.
+        for shard in self.shards.iter() {
+            if idle.is_empty() {
+                break;
+            }
+            let mut guard = lock(shard);
+            let shard = &mut *guard;
+            idle.retain(|key, cell| match shard.index.get(key) {
+                Some(&i) => {
+                    shard.slots[i].cell.merge(cell);
+                    false
+                }
+                None => true,
+            });
+        }
+
+        // 3. The rest is gone: free its slots under the series cap, unless a shard created the
+        //    series again since (then with a tick not before `cutoff`).
+        let mut gone: Vec<SeriesKey> = idle.into_keys().collect();
+        let expired = gone.len();
+        gone.sort_unstable_by_key(|key| key.metric);
+        for keys in gone.chunk_by(|a, b| a.metric == b.metric) {
+            let mut admitted = lock(&self.admitted_series[keys[0].metric]);
+            for key in keys {
+                if admitted.get(key).is_some_and(|&last| last < cutoff) {
+                    admitted.remove(key);
+                }
+            }
+            if admitted.capacity() > 4 * admitted.len() + 64 {
+                admitted.shrink_to_fit();
+            }
+        }
+
+        // 4. Values no shard has admitted since `cutoff` are used by no live series: every
+        //    write admits its values in the same batch, with the same tick.
+        for dimension in &self.dimensions {
+            let mut values = write(&dimension.values);
+            values.retain(|_, last| *last.get_mut() >= cutoff);
+            if values.capacity() > 4 * values.len() + 64 {
+                values.shrink_to_fit();
+            }
+        }
+        expired
+    }
+
+    /// Live series over every metric (a series written in several shards counts once).
+    /// Takes every shard lock in turn and copies every key: for tests and diagnostics.
+    pub fn series_count(&self) -> usize {
+        let mut keys = HashSet::new();
+        for shard in self.shards.iter() {
+            keys.extend(lock(shard).slots.iter().map(|slot| slot.key.clone()));
+        }
+        keys.len()
+    }
+}
+
+/// Gives back the memory of a shard that churned through many more series than it holds.
+fn shrink(slots: &mut Vec<Slot>, index: &mut HashMap<SeriesKey, usize>) {
+    if slots.capacity() > 4 * slots.len() + 64 {
+        slots.shrink_to_fit();
+        index.shrink_to_fit();
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,6 +387,8 @@ pub struct Writer<'s> {
     store: &'s Store,
     shard: MutexGuard<'s, Shard>,
     epoch: u64,
+    /// The expiry tick, stored with every write and admission.
+    tick: u64,
 }
 
 /// A label value as admitted: the value itself or the overflow value.
@@ -193,21 +403,34 @@ impl<'s> Writer<'s> {
     /// overflow value (and counted).
     pub fn admit(&mut self, dimension: DimensionId, value: &str) -> Admission {
         let d = dimension.0;
-        if self.shard.admitted[d].contains(value) {
+        let tick = self.tick;
+        if let Some(last) = self.shard.admitted[d].get_mut(value) {
+            *last = tick;
             return Admission::Kept;
         }
         let global = &self.store.dimensions[d];
-        let known = global
-            .values
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(value);
+        let known = read(&global.values)
+            .get(value)
+            .map(|last| last.fetch_max(tick, Ordering::Relaxed))
+            .is_some();
         let kept = known || {
-            let mut values = global.values.write().unwrap_or_else(|p| p.into_inner());
-            values.contains(value) || (values.len() < global.cap && values.insert(value.into()))
+            let mut values = write(&global.values);
+            let room = values.len() < global.cap;
+            match values.get_mut(value) {
+                Some(last) => {
+                    let last = last.get_mut();
+                    *last = (*last).max(tick);
+                    true
+                }
+                None if room => {
+                    values.insert(value.into(), AtomicU64::new(tick));
+                    true
+                }
+                None => false,
+            }
         };
         if kept {
-            self.shard.admitted[d].insert(value.into());
+            self.shard.admitted[d].insert(value.into(), tick);
             Admission::Kept
         } else {
             if let Some(counter) = self.store.label_overflow {
@@ -229,14 +452,18 @@ impl<'s> Writer<'s> {
         }
     }
 
+    /// The cell of a series in this shard, created if new, marked as written now.
     fn cell(&mut self, metric: MetricId, labels: &[&str]) -> &mut Cell {
         let store: &'s Store = self.store;
+        let tick = self.tick;
         let borrowed = BorrowedKey {
             metric: metric.0,
             labels,
         };
         if let Some(&i) = self.shard.index.get(&borrowed) {
-            return &mut self.shard.cells[i].1;
+            let slot = &mut self.shard.slots[i];
+            slot.written = tick;
+            return &mut slot.cell;
         }
         let key = SeriesKey::new(metric.0, labels);
         let key = match self.admit_series(metric, key) {
@@ -253,30 +480,37 @@ impl<'s> Writer<'s> {
         let i = match shard.index.get(&key) {
             Some(&i) => i,
             None => {
-                let i = shard.cells.len();
-                let cell = Cell::new(&store.metrics[metric.0].kind);
-                shard.cells.push((key.clone(), cell));
+                let i = shard.slots.len();
+                shard.slots.push(Slot {
+                    key: key.clone(),
+                    cell: Cell::new(&store.metrics[metric.0].kind),
+                    written: tick,
+                });
                 shard.index.insert(key, i);
                 i
             }
         };
-        &mut shard.cells[i].1
+        let slot = &mut shard.slots[i];
+        slot.written = tick;
+        &mut slot.cell
     }
 
     /// Applies the per-metric series cap: a series past it becomes the overflow series
     /// (returned as the error).
     fn admit_series(&self, metric: MetricId, key: SeriesKey) -> Result<SeriesKey, SeriesKey> {
         let mut admitted = lock(&self.store.admitted_series[metric.0]);
-        if admitted.contains(&key) {
+        if let Some(last) = admitted.get_mut(&key) {
+            *last = (*last).max(self.tick);
             return Ok(key);
         }
         if admitted.len() < self.store.max_series {
-            admitted.insert(key.clone());
+            admitted.insert(key.clone(), self.tick);
             return Ok(key);
         }
         let overflow = vec![self.store.overflow_value.as_str(); key.labels.len()];
         let overflow = SeriesKey::new(metric.0, &overflow);
-        admitted.insert(overflow.clone());
+        let last = admitted.entry(overflow.clone()).or_insert(self.tick);
+        *last = (*last).max(self.tick);
         Err(overflow)
     }
 

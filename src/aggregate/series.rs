@@ -151,6 +151,38 @@ impl Cell {
             *n += by;
         }
     }
+
+    /// Adds `other` (the same series, from another shard) into `self`: counts and sums add
+    /// up, the better exemplar is kept.
+    pub fn merge(&mut self, other: &Cell) {
+        match (self, other) {
+            (Cell::Counter(a), Cell::Counter(b)) => *a += b,
+            (Cell::Gauge(a), Cell::Gauge(b)) => *a += b,
+            (
+                Cell::Histogram {
+                    counts,
+                    sum,
+                    exemplar,
+                },
+                Cell::Histogram {
+                    counts: more,
+                    sum: more_sum,
+                    exemplar: other,
+                },
+            ) => {
+                for (a, b) in counts.iter_mut().zip(more.iter()) {
+                    *a += b;
+                }
+                *sum += more_sum;
+                if let Some(other) = other
+                    && other.beats(exemplar)
+                {
+                    *exemplar = Some(*other);
+                }
+            }
+            _ => unreachable!("one metric id has one kind"),
+        }
+    }
 }
 
 /// Values of one series, merged over shards.
@@ -188,36 +220,11 @@ impl Snapshot {
     }
 
     pub(super) fn merge(&mut self, key: &SeriesKey, cell: &Cell) {
-        let Some(total) = self.series.get_mut(key) else {
-            self.series.insert(key.clone(), cell.clone());
-            return;
-        };
-        match (total, cell) {
-            (Cell::Counter(a), Cell::Counter(b)) => *a += b,
-            (Cell::Gauge(a), Cell::Gauge(b)) => *a += b,
-            (
-                Cell::Histogram {
-                    counts,
-                    sum,
-                    exemplar,
-                },
-                Cell::Histogram {
-                    counts: more,
-                    sum: more_sum,
-                    exemplar: other,
-                },
-            ) => {
-                for (a, b) in counts.iter_mut().zip(more.iter()) {
-                    *a += b;
-                }
-                *sum += more_sum;
-                if let Some(other) = other
-                    && other.beats(exemplar)
-                {
-                    *exemplar = Some(*other);
-                }
+        match self.series.get_mut(key) {
+            Some(total) => total.merge(cell),
+            None => {
+                self.series.insert(key.clone(), cell.clone());
             }
-            _ => unreachable!("one metric id has one kind"),
         }
     }
 

@@ -2,6 +2,10 @@ use super::*;
 use std::sync::Arc;
 
 fn store(max_series: usize, cap: usize) -> Store {
+    store_expiring(max_series, cap, None)
+}
+
+fn store_expiring(max_series: usize, cap: usize, idle: Option<Duration>) -> Store {
     Store::new(StoreSpec {
         metrics: vec![
             MetricSpec {
@@ -37,6 +41,7 @@ fn store(max_series: usize, cap: usize) -> Store {
         label_overflow: Some(MetricId(2)),
         series_overflow: Some(MetricId(3)),
         keep_raw_values: false,
+        series_idle_timeout: idle,
     })
 }
 
@@ -155,4 +160,249 @@ fn series_past_the_cap_fold_into_the_overflow_series() {
         snap.get(MetricId(3), &["c_total"]).unwrap().values,
         Values::Counter(2)
     );
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn counter(snap: &Snapshot, metric: usize, labels: &[&str]) -> Option<u64> {
+    snap.get(MetricId(metric), labels).map(|s| match s.values {
+        Values::Counter(n) => n,
+        other => panic!("not a counter: {other:?}"),
+    })
+}
+
+fn observations(snap: &Snapshot, labels: &[&str]) -> Option<u64> {
+    snap.get(MetricId(0), labels).map(|s| match s.values {
+        Values::Histogram { cumulative, .. } => *cumulative.last().unwrap(),
+        other => panic!("not a histogram: {other:?}"),
+    })
+}
+
+/// Admits each service and counts and observes it once, from this thread's shard.
+fn write(store: &Store, services: &[&str]) {
+    let mut w = store.writer();
+    for service in services {
+        let service = w.admitted(DimensionId(0), service);
+        w.add(MetricId(1), &[service], 1);
+        w.observe(MetricId(0), &[service], 0.05, exemplar(0.05, 1));
+    }
+}
+
+fn dimension_values(store: &Store) -> Vec<String> {
+    let mut values: Vec<String> = read(&store.dimensions[0].values)
+        .keys()
+        .map(|v| v.to_string())
+        .collect();
+    values.sort();
+    values
+}
+
+#[test]
+fn idle_series_expire_after_the_timeout_and_recent_ones_stay() {
+    for idle in [Some(TIMEOUT), None] {
+        let store = store_expiring(100, 100, idle);
+        write(&store, &["old", "recent"]);
+        let t0 = Instant::now();
+        assert_eq!(store.expire_idle(t0), 0);
+        write(&store, &["recent"]);
+        assert_eq!(
+            store.expire_idle(t0 + TIMEOUT - Duration::from_millis(1)),
+            0
+        );
+        let expired = store.expire_idle(t0 + TIMEOUT);
+        // Time never runs backwards: this real-time snapshot counts as at t0 + TIMEOUT.
+        let snap = store.snapshot();
+        assert_eq!(counter(&snap, 1, &["recent"]), Some(2));
+        assert_eq!(observations(&snap, &["recent"]), Some(2));
+        if idle.is_some() {
+            assert_eq!(expired, 2, "the counter and the histogram of old");
+            assert_eq!(counter(&snap, 1, &["old"]), None);
+            assert_eq!(observations(&snap, &["old"]), None);
+            assert_eq!(dimension_values(&store), vec!["recent"]);
+            assert_eq!(store.series_count(), 2);
+        } else {
+            assert_eq!(expired, 0);
+            assert_eq!(counter(&snap, 1, &["old"]), Some(1));
+            assert_eq!(dimension_values(&store), vec!["old", "recent"]);
+            assert_eq!(store.series_count(), 4);
+        }
+
+        // Written again after it expired, old restarts from zero (a counter reset); recent,
+        // idle since, goes in turn.
+        write(&store, &["old"]);
+        let expired = store.expire_idle(t0 + 3 * TIMEOUT);
+        let snap = store.snapshot();
+        if idle.is_some() {
+            assert_eq!(expired, 2);
+            assert_eq!(counter(&snap, 1, &["old"]), Some(1));
+            assert_eq!(counter(&snap, 1, &["recent"]), None);
+            assert_eq!(dimension_values(&store), vec!["old"]);
+        } else {
+            assert_eq!(expired, 0);
+            assert_eq!(counter(&snap, 1, &["old"]), Some(2));
+            assert_eq!(counter(&snap, 1, &["recent"]), Some(2));
+            assert_eq!(store.expire_idle(t0 + 1000 * TIMEOUT), 0);
+            assert_eq!(store.series_count(), 4);
+        }
+    }
+}
+
+/// Writes service "a" from a new thread whose shard is not `avoid` (new threads until one
+/// is); returns that shard.
+fn write_from_another_shard(store: &Arc<Store>, avoid: Option<usize>) -> usize {
+    for _ in 0..1000 {
+        let store = store.clone();
+        let shard = std::thread::spawn(move || {
+            let w = store.writer();
+            let hint = SHARD_HINT.with(|h| h.get()).unwrap();
+            drop(w);
+            let shard = hint % store.shards.len();
+            if Some(shard) != avoid {
+                write(&store, &["a"]);
+            }
+            shard
+        })
+        .join()
+        .unwrap();
+        if Some(shard) != avoid {
+            return shard;
+        }
+    }
+    panic!("every new thread took shard {avoid:?}");
+}
+
+fn slots_in(store: &Store, shard: usize) -> usize {
+    lock(&store.shards[shard]).slots.len()
+}
+
+#[test]
+fn a_series_written_in_two_shards_expires_only_when_idle_in_both() {
+    let store = Arc::new(store_expiring(100, 100, Some(TIMEOUT)));
+    let first = write_from_another_shard(&store, None);
+    let t0 = Instant::now();
+    store.expire_idle(t0);
+    let second = write_from_another_shard(&store, Some(first));
+    assert_eq!((slots_in(&store, first), slots_in(&store, second)), (2, 2));
+
+    // Idle in the first shard only: the series lives on, with the counts of both.
+    assert_eq!(store.expire_idle(t0 + TIMEOUT), 0);
+    let snap = store.snapshot();
+    assert_eq!(counter(&snap, 1, &["a"]), Some(2));
+    assert_eq!(observations(&snap, &["a"]), Some(2));
+    assert_eq!(store.series_count(), 2);
+    // It keeps counting up from there.
+    write_from_another_shard(&store, None);
+    assert_eq!(counter(&store.snapshot(), 1, &["a"]), Some(3));
+
+    // Idle everywhere: gone.
+    assert_eq!(store.expire_idle(t0 + 3 * TIMEOUT), 2);
+    let snap = store.snapshot();
+    assert_eq!(counter(&snap, 1, &["a"]), None);
+    assert_eq!(observations(&snap, &["a"]), None);
+    assert_eq!(store.series_count(), 0);
+    assert!(dimension_values(&store).is_empty());
+}
+
+#[test]
+fn expired_label_values_free_their_place_under_the_cap() {
+    let store = store_expiring(100, 3, Some(TIMEOUT));
+    write(&store, &["a", "b", "c"]);
+    let t0 = Instant::now();
+    store.expire_idle(t0);
+    assert_eq!(store.expire_idle(t0 + TIMEOUT), 6);
+    assert!(dimension_values(&store).is_empty());
+    for shard in store.shards.iter() {
+        assert!(lock(shard).admitted[0].is_empty());
+    }
+
+    let mut w = store.writer();
+    let kept: Vec<&str> = ["d", "e", "f"]
+        .iter()
+        .map(|v| w.admitted(DimensionId(0), v))
+        .collect();
+    assert_eq!(kept, vec!["d", "e", "f"]);
+    for service in &kept {
+        w.add(MetricId(1), &[service], 1);
+    }
+    // The cap still holds, over the live values.
+    assert_eq!(w.admitted(DimensionId(0), "g"), "__overflow__");
+    drop(w);
+    let snap = store.snapshot();
+    assert_eq!(counter(&snap, 2, &["service"]), Some(1), "g only");
+    let live: Vec<_> = snap
+        .series(MetricId(1))
+        .map(|s| s.labels[0].to_string())
+        .collect();
+    assert_eq!(live, vec!["d", "e", "f"]);
+}
+
+#[test]
+fn expired_series_free_their_place_under_the_series_cap() {
+    let store = store_expiring(2, 100, Some(TIMEOUT));
+    let mut w = store.writer();
+    for service in ["a", "b"] {
+        w.add(MetricId(1), &[service], 1);
+    }
+    drop(w);
+    let t0 = Instant::now();
+    store.expire_idle(t0);
+    assert_eq!(store.expire_idle(t0 + TIMEOUT), 2);
+    assert!(lock(&store.admitted_series[1]).is_empty());
+
+    let mut w = store.writer();
+    for service in ["c", "d", "e"] {
+        w.add(MetricId(1), &[service], 1);
+    }
+    drop(w);
+    let snap = store.snapshot();
+    let all: Vec<_> = snap
+        .series(MetricId(1))
+        .map(|s| (s.labels[0].to_string(), s.values))
+        .collect();
+    assert_eq!(
+        all,
+        vec![
+            ("__overflow__".to_string(), Values::Counter(1)),
+            ("c".to_string(), Values::Counter(1)),
+            ("d".to_string(), Values::Counter(1)),
+        ]
+    );
+    assert_eq!(counter(&snap, 3, &["c_total"]), Some(1), "e only");
+}
+
+#[test]
+fn churning_label_values_stay_bounded() {
+    const ROUND: usize = 1_000;
+    // One round a second, idle after 3 s: a series lives through its round and the next
+    // three passes at most, so four rounds bound everything.
+    const BOUND: usize = 4 * ROUND;
+    let store = store_expiring(5 * ROUND, 5 * ROUND, Some(Duration::from_secs(3)));
+    let t0 = Instant::now();
+    for round in 0..200u64 {
+        let mut w = store.writer();
+        for i in 0..ROUND {
+            let value = format!("{round}-{i}");
+            let service = w.admitted(DimensionId(0), &value);
+            assert_eq!(service, value, "round {round}: overflow");
+            w.add(MetricId(1), &[service], 1);
+        }
+        drop(w);
+        store.expire_idle(t0 + Duration::from_secs(round));
+        let live = store.series_count();
+        assert!((ROUND..=BOUND).contains(&live), "round {round}: {live}");
+        let values = read(&store.dimensions[0].values).len();
+        assert!(values <= BOUND, "round {round}: {values} values");
+        let admitted = lock(&store.admitted_series[1]).len();
+        assert!(admitted <= BOUND, "round {round}: {admitted} admitted");
+        for shard in store.shards.iter() {
+            let shard = lock(shard);
+            assert!(shard.admitted[0].len() <= BOUND && shard.index.len() <= BOUND);
+            assert!(shard.slots.capacity() <= 4 * BOUND + 64);
+        }
+    }
+    let snap = store.snapshot();
+    assert!(snap.get(MetricId(1), &["199-999"]).is_some());
+    assert!(snap.get(MetricId(1), &["0-0"]).is_none());
+    assert_eq!(counter(&snap, 2, &["service"]), None);
+    assert_eq!(counter(&snap, 3, &["c_total"]), None);
 }

@@ -2,7 +2,7 @@
 //! queue in front of them, retries, the optional persistent queue and the shutdown drain.
 
 use super::Problems;
-use super::validate::parse_duration;
+use super::validate::{checked_duration as duration, parse_duration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -186,11 +186,6 @@ impl ForwardConfig {
             max_elapsed: duration(&self.retry.max_elapsed),
         }
     }
-}
-
-/// A duration checked by [`check`].
-pub fn duration(text: &str) -> Duration {
-    parse_duration(text).expect("validated duration")
 }
 
 fn default_drain_timeout() -> String {

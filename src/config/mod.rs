@@ -5,6 +5,7 @@
 mod env;
 pub mod forward;
 mod lines;
+pub mod security;
 pub mod validate;
 
 use lines::LineIndex;
@@ -362,6 +363,27 @@ pub struct ReceiversConfig {
     /// Largest request body, in bytes, after decompression.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Requests being read or processed at once over both receivers; more are answered
+    /// 503 / UNAVAILABLE with Retry-After.
+    #[serde(default = "default_max_pending_requests")]
+    pub max_pending_requests: usize,
+    /// Refuse requests (503 / UNAVAILABLE) when resident memory plus what they may take
+    /// would pass this many bytes; 0 turns the check off.
+    #[serde(default)]
+    pub memory_limit_bytes: u64,
+    /// What refused clients are told to wait (a Prometheus duration).
+    #[serde(default = "default_retry_after")]
+    pub retry_after: String,
+    /// An HTTP/1 request head must arrive within this, or the connection is closed; also the
+    /// TLS handshake's limit.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: String,
+    /// A request body must arrive within this (HTTP 408 / gRPC DEADLINE_EXCEEDED).
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: String,
+    /// A bearer token both receivers require.
+    #[serde(default)]
+    pub auth: Option<security::AuthConfig>,
 }
 
 impl Default for ReceiversConfig {
@@ -370,8 +392,30 @@ impl Default for ReceiversConfig {
             grpc: ListenerConfig::grpc(),
             http: ListenerConfig::http(),
             max_request_bytes: default_max_request_bytes(),
+            max_pending_requests: default_max_pending_requests(),
+            memory_limit_bytes: 0,
+            retry_after: default_retry_after(),
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            auth: None,
         }
     }
+}
+
+fn default_max_pending_requests() -> usize {
+    64
+}
+
+fn default_retry_after() -> String {
+    "1s".to_string()
+}
+
+fn default_header_read_timeout() -> String {
+    "10s".to_string()
+}
+
+fn default_body_read_timeout() -> String {
+    "30s".to_string()
 }
 
 fn default_max_request_bytes() -> usize {
@@ -386,25 +430,55 @@ pub struct ListenerConfig {
     pub enabled: bool,
     /// Address to bind, such as 127.0.0.1:4317 (port 0 picks a free port).
     pub endpoint: SocketAddr,
+    /// HTTP/2 streams one connection may have open at once.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING interval; a connection whose peer does not answer within
+    /// keepalive_timeout is closed.
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: String,
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: String,
+    /// TLS (and mutual TLS with client_ca_file); plain text when unset.
+    #[serde(default)]
+    pub tls: Option<security::TlsServerConfig>,
 }
 
 fn yes() -> bool {
     true
 }
 
+fn default_max_concurrent_streams() -> u32 {
+    100
+}
+
+fn default_keepalive_interval() -> String {
+    "30s".to_string()
+}
+
+fn default_keepalive_timeout() -> String {
+    "10s".to_string()
+}
+
 impl ListenerConfig {
-    fn grpc() -> Self {
+    /// A listener on 127.0.0.1:`port` with the default limits.
+    pub fn on(port: u16) -> Self {
         ListenerConfig {
             enabled: true,
-            endpoint: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], port)),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
+            tls: None,
         }
     }
 
+    fn grpc() -> Self {
+        ListenerConfig::on(4317)
+    }
+
     fn http() -> Self {
-        ListenerConfig {
-            enabled: true,
-            endpoint: SocketAddr::from(([127, 0, 0, 1], 4318)),
-        }
+        ListenerConfig::on(4318)
     }
 }
 
@@ -426,6 +500,17 @@ pub struct MetricsConfig {
     /// Distinct series per metric before new ones fold into the overflow series.
     #[serde(default = "default_max_series_per_metric")]
     pub max_series_per_metric: usize,
+    /// A series not observed for this long disappears and frees its place under the caps
+    /// (a Prometheus duration; 0s keeps series forever). A series that comes back restarts
+    /// from zero, which Prometheus reads as a counter reset.
+    #[serde(default = "default_series_idle_timeout")]
+    pub series_idle_timeout: String,
+    /// TLS on the metrics endpoint.
+    #[serde(default)]
+    pub tls: Option<security::TlsServerConfig>,
+    /// A bearer token scrapes must carry (Prometheus: `authorization: { credentials_file }`).
+    #[serde(default)]
+    pub auth: Option<security::AuthConfig>,
 }
 
 impl Default for MetricsConfig {
@@ -436,8 +521,15 @@ impl Default for MetricsConfig {
             overflow_value: default_overflow_value(),
             max_label_value_length: default_max_label_value_length(),
             max_series_per_metric: default_max_series_per_metric(),
+            series_idle_timeout: default_series_idle_timeout(),
+            tls: None,
+            auth: None,
         }
     }
+}
+
+fn default_series_idle_timeout() -> String {
+    "1h".to_string()
 }
 
 fn default_metrics_endpoint() -> SocketAddr {

@@ -25,6 +25,7 @@ fn default_profile_restates_the_code_defaults() {
     assert_eq!(config.alerting, AlertingConfig::default());
     assert_eq!(config.join, JoinConfig::default());
     assert_eq!(config.breakdown, BreakdownConfig::default());
+    assert_eq!(config.forward, super::forward::ForwardConfig::default());
 }
 
 #[test]
@@ -201,4 +202,59 @@ fn listeners_must_not_share_an_address() {
     let text = format!("receivers:\n  http:\n    endpoint: 127.0.0.1:9464\n{MINIMAL}");
     let err = parse(&text).unwrap_err();
     assert_eq!(err.problems[0].path, "metrics.endpoint");
+}
+
+#[test]
+fn forwarding_problems_are_all_reported_with_their_paths() {
+    let text = format!(
+        "{MINIMAL}\
+forward:
+  endpoints:
+    - url: tempo:4317
+    - name: b
+      url: http://127.0.0.1:4317
+      tls: {{ ca_file: /ca.pem }}
+      timeout: 0s
+      headers: {{ \"bad header\": x }}
+    - name: b
+      url: https://127.0.0.1:4317
+      compression: brotli
+  queue: {{ max_bytes: 1024, senders: 0 }}
+  retry: {{ max_elapsed: soon }}
+"
+    );
+    let err = parse(&text).unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["forward.endpoints[2].compression"],
+        "an unknown compression fails the section: {err}"
+    );
+    let text = text.replace("      compression: brotli\n", "");
+    let err = parse(&text).unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "forward.retry.max_elapsed",
+            "forward.endpoints[0].url",
+            "forward.endpoints[1].tls",
+            "forward.endpoints[1].timeout",
+            "forward.endpoints[1].headers.bad header",
+            "forward.endpoints[2].name",
+            "forward.queue.senders",
+            "forward.queue.max_bytes",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn forwarding_is_off_unless_an_endpoint_is_set() {
+    let config = parse(MINIMAL).expect("valid");
+    assert!(!config.forward.enabled());
+    let text = format!("{MINIMAL}forward:\n  endpoints: [ {{ url: http://127.0.0.1:4317 }} ]\n");
+    let config = parse(&text).expect("valid");
+    assert!(config.forward.enabled());
+    assert_eq!(config.forward.endpoints[0].label(), "http://127.0.0.1:4317");
 }

@@ -1,6 +1,7 @@
 //! Checks that need more than types: names, references, regexes, buckets, addresses.
 
 use super::Problems;
+use super::security;
 use super::{
     AlertingConfig, ComparisonConfig, DerivedConfig, LabelConfig, LabelSourceKind, LabelsConfig,
     MetricsConfig, Operation, ReceiversConfig, RuleConfig, Sections, SpanMetricsConfig, StageAlert,
@@ -247,6 +248,11 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(millis))
 }
 
+/// A duration the config checks already accepted.
+pub fn checked_duration(text: &str) -> std::time::Duration {
+    parse_duration(text).expect("validated duration")
+}
+
 fn check_duration(value: &str, path: &str, problems: &mut Problems) {
     if parse_duration(value).is_none() {
         problems.add(
@@ -338,6 +344,69 @@ fn check_listeners(receivers: &ReceiversConfig, metrics: &MetricsConfig, problem
     if receivers.max_request_bytes < 1024 {
         problems.add("receivers.max_request_bytes", "must be at least 1024 bytes");
     }
+    if receivers.max_pending_requests == 0 {
+        problems.add("receivers.max_pending_requests", "must be at least 1");
+    }
+    if receivers.memory_limit_bytes != 0
+        && receivers.memory_limit_bytes < 4 * receivers.max_request_bytes as u64
+    {
+        problems.add(
+            "receivers.memory_limit_bytes",
+            "must be 0 (off) or at least four times receivers.max_request_bytes",
+        );
+    }
+    for (value, path) in [
+        (&receivers.retry_after, "receivers.retry_after"),
+        (
+            &receivers.header_read_timeout,
+            "receivers.header_read_timeout",
+        ),
+        (&receivers.body_read_timeout, "receivers.body_read_timeout"),
+    ] {
+        check_positive_duration(value, path, problems);
+    }
+    for (listener, path) in [
+        (&receivers.grpc, "receivers.grpc"),
+        (&receivers.http, "receivers.http"),
+    ] {
+        if listener.max_concurrent_streams == 0 {
+            problems.add(
+                format!("{path}.max_concurrent_streams"),
+                "must be at least 1",
+            );
+        }
+        check_positive_duration(
+            &listener.keepalive_interval,
+            &format!("{path}.keepalive_interval"),
+            problems,
+        );
+        check_positive_duration(
+            &listener.keepalive_timeout,
+            &format!("{path}.keepalive_timeout"),
+            problems,
+        );
+        if let Some(tls) = &listener.tls {
+            security::check_tls(tls, &format!("{path}.tls"), problems);
+        }
+    }
+    if let Some(auth) = &receivers.auth {
+        security::check_auth(auth, "receivers.auth", problems);
+    }
+    if let Some(tls) = &metrics.tls {
+        security::check_tls(tls, "metrics.tls", problems);
+    }
+    if let Some(auth) = &metrics.auth {
+        security::check_auth(auth, "metrics.auth", problems);
+    }
+}
+
+fn check_positive_duration(value: &str, path: &str, problems: &mut Problems) {
+    if parse_duration(value).is_none_or(|d| d.is_zero()) {
+        problems.add(
+            path,
+            format!("`{value}` is not a positive Prometheus duration (such as 500ms, 10s)"),
+        );
+    }
 }
 
 fn check_metrics(m: &MetricsConfig, problems: &mut Problems) {
@@ -351,6 +420,11 @@ fn check_metrics(m: &MetricsConfig, problems: &mut Problems) {
     if m.max_series_per_metric == 0 {
         problems.add("metrics.max_series_per_metric", "must be at least 1");
     }
+    check_duration(
+        &m.series_idle_timeout,
+        "metrics.series_idle_timeout",
+        problems,
+    );
 }
 
 fn check_span_metrics(s: &SpanMetricsConfig, problems: &mut Problems) {

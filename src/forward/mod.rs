@@ -13,6 +13,7 @@ pub use payload::Arrived;
 
 use crate::aggregate::Snapshot;
 use crate::config::forward::{ForwardConfig, Timings, WhenFull};
+use crate::pipeline::Busy;
 use bytes::Bytes;
 use payload::Bodies;
 use queue::{Item, Queue};
@@ -21,18 +22,9 @@ use send::{Attempt, Sender};
 use stats::{EndpointView, Stats, add};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// A request that cannot be queued now; the client should retry after a while.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Busy {
-    /// The `reason` label of spanlens_requests_refused_total.
-    pub reason: &'static str,
-    pub message: String,
-    pub retry_after: Duration,
-}
 
 struct Endpoint {
     label: String,

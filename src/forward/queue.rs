@@ -36,11 +36,7 @@ pub struct State {
 impl Queue {
     /// A queue, refilled from the log's unacknowledged records when there is one; also
     /// returns how many requests were refilled.
-    pub fn new(
-        max_requests: usize,
-        max_bytes: usize,
-        wal: Option<(Wal, Unsent)>,
-    ) -> (Queue, u64) {
+    pub fn new(max_requests: usize, max_bytes: usize, wal: Option<(Wal, Unsent)>) -> (Queue, u64) {
         let mut state = State {
             waiting: VecDeque::new(),
             requests: 0,

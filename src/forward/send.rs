@@ -1,7 +1,8 @@
 //! One attempt to deliver a request to an endpoint over OTLP/gRPC or OTLP/HTTP, and what the
 //! answer means: delivered, worth retrying (and when), or refused for good.
 
-use crate::config::forward::{Compression, EndpointConfig, ForwardProtocol, duration};
+use crate::config::forward::{Compression, EndpointConfig, ForwardProtocol};
+use crate::config::validate::checked_duration as duration;
 use crate::receiver::grpc::EXPORT_PATH;
 use crate::status::{Code, RpcStatus};
 use bytes::{BufMut, Bytes, BytesMut};

@@ -3,11 +3,12 @@
 //! gets the status code the OTLP specification names (RESOURCE_EXHAUSTED for too large,
 //! INVALID_ARGUMENT for what cannot be decoded).
 
-use super::{Ingest, export_response, read_body};
+use super::gate::Closed;
+use super::{Ingest, ReadError, export_response};
 use crate::body::{self, BodyError, Encoding};
 use crate::forward::Arrived;
 use crate::pipeline::Protocol;
-use crate::pipeline::Refusal;
+use crate::pipeline::{Busy, Refusal};
 use crate::status::{Code, RpcStatus};
 use axum::Router;
 use axum::body::Body;
@@ -109,8 +110,38 @@ fn unframe(raw: &Bytes) -> Result<(bool, &[u8]), String> {
     Ok((compressed, message))
 }
 
+/// UNAVAILABLE with RetryInfo: refused for now (overload, memory, a full forwarding queue).
+fn busy(busy: &Busy) -> Response {
+    let mut response = status_only(Code::Unavailable, &busy.message);
+    let details = RpcStatus::new(Code::Unavailable, &busy.message)
+        .retry_after(busy.retry_after)
+        .to_header();
+    if let Ok(details) = HeaderValue::from_str(&details) {
+        response
+            .headers_mut()
+            .insert("grpc-status-details-bin", details);
+    }
+    response
+}
+
 async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let protocol = Protocol::Grpc;
+    let _pass = match ingest.gate.enter(&headers) {
+        Ok(pass) => pass,
+        Err(Closed::Unauthenticated) => {
+            ingest
+                .pipeline
+                .count_refused_request(protocol, "unauthenticated");
+            return status_only(
+                Code::Unauthenticated,
+                "a valid bearer token is required (authorization: Bearer <token>)",
+            );
+        }
+        Err(Closed::Busy(b)) => {
+            ingest.pipeline.count_refused_request(protocol, b.reason);
+            return busy(&b);
+        }
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -146,10 +177,17 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         Err(e) => return body_error(e),
     };
     let limit = ingest.max_request_bytes;
-    let raw = match read_body(body, limit + 5).await {
+    let raw = match ingest.read_body(body, limit + 5).await {
         Ok(raw) => raw,
-        Err(None) => return body_error(BodyError::TooLarge { limit }),
-        Err(Some(e)) => {
+        Err(ReadError::TooLarge) => return body_error(BodyError::TooLarge { limit }),
+        Err(ReadError::TimedOut) => {
+            return refuse(
+                "body_timeout",
+                Code::DeadlineExceeded,
+                "the request did not arrive within receivers.body_read_timeout",
+            );
+        }
+        Err(ReadError::Failed(e)) => {
             return refuse(
                 "read_error",
                 Code::InvalidArgument,
@@ -183,18 +221,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
     };
     match ingest.run(protocol, request, arrived).await {
         Ok(outcome) => ok_response(&export_response(&outcome).encode_to_vec()),
-        Err(Refusal::Busy(busy)) => {
-            let mut response = status_only(Code::Unavailable, &busy.message);
-            let details = RpcStatus::new(Code::Unavailable, &busy.message)
-                .retry_after(busy.retry_after)
-                .to_header();
-            if let Ok(details) = HeaderValue::from_str(&details) {
-                response
-                    .headers_mut()
-                    .insert("grpc-status-details-bin", details);
-            }
-            response
-        }
+        Err(Refusal::Busy(b)) => busy(&b),
         Err(refusal) => status_only(Code::InvalidArgument, &refusal.to_string()),
     }
 }

@@ -1,11 +1,12 @@
 //! OTLP/HTTP: `POST /v1/traces` with application/x-protobuf or application/json bodies,
 //! gzip or zstd encoded. Responses and errors use the request's content type.
 
-use super::{Ingest, export_response, read_body};
+use super::gate::Closed;
+use super::{Ingest, ReadError, export_response};
 use crate::body::{self, BodyError, Encoding};
 use crate::forward::Arrived;
 use crate::json;
-use crate::pipeline::{Protocol, Refusal};
+use crate::pipeline::{Busy, Protocol, Refusal};
 use crate::status::{Code, RpcStatus};
 use axum::Router;
 use axum::body::Body;
@@ -70,6 +71,21 @@ fn status(kind: Kind, http: StatusCode, grpc_code: Code, message: &str) -> Respo
     (http, [(header::CONTENT_TYPE, kind.content_type())], body).into_response()
 }
 
+/// 503 with Retry-After: refused for now (overload, memory, a full forwarding queue).
+fn busy(kind: Kind, busy: &Busy) -> Response {
+    let mut response = status(
+        kind,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unavailable,
+        &busy.message,
+    );
+    let seconds = busy.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, seconds.into());
+    response
+}
+
 async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -83,19 +99,45 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         .to_ascii_lowercase()
         .as_str()
     {
-        "application/x-protobuf" => Kind::Protobuf,
-        "application/json" => Kind::Json,
-        _ => {
+        "application/x-protobuf" => Some(Kind::Protobuf),
+        "application/json" => Some(Kind::Json),
+        _ => None,
+    };
+    let answer_kind = kind.unwrap_or(Kind::Protobuf);
+    let _pass = match ingest.gate.enter(&headers) {
+        Ok(pass) => pass,
+        Err(closed) => {
+            let (reason, response) = match closed {
+                Closed::Unauthenticated => {
+                    let mut response = status(
+                        answer_kind,
+                        StatusCode::UNAUTHORIZED,
+                        Code::Unauthenticated,
+                        "a valid bearer token is required (Authorization: Bearer <token>)",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+                    ("unauthenticated", response)
+                }
+                Closed::Busy(b) => (b.reason, busy(answer_kind, &b)),
+            };
             ingest
                 .pipeline
-                .count_refused_request(Protocol::HttpProtobuf, "unsupported_media_type");
-            return plain(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!(
-                    "unsupported content type `{content_type}`: send application/x-protobuf or application/json"
-                ),
-            );
+                .count_refused_request(answer_kind.protocol(), reason);
+            return response;
         }
+    };
+    let Some(kind) = kind else {
+        ingest
+            .pipeline
+            .count_refused_request(Protocol::HttpProtobuf, "unsupported_media_type");
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!(
+                "unsupported content type `{content_type}`: send application/x-protobuf or application/json"
+            ),
+        );
     };
     let protocol = kind.protocol();
     let refuse = |error: BodyError| {
@@ -119,10 +161,21 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         Err(e) => return refuse(e),
     };
     let limit = ingest.max_request_bytes;
-    let raw = match read_body(body, limit).await {
+    let raw = match ingest.read_body(body, limit).await {
         Ok(raw) => raw,
-        Err(None) => return refuse(BodyError::TooLarge { limit }),
-        Err(Some(e)) => {
+        Err(ReadError::TooLarge) => return refuse(BodyError::TooLarge { limit }),
+        Err(ReadError::TimedOut) => {
+            ingest
+                .pipeline
+                .count_refused_request(protocol, "body_timeout");
+            return status(
+                kind,
+                StatusCode::REQUEST_TIMEOUT,
+                Code::DeadlineExceeded,
+                "the request body did not arrive within receivers.body_read_timeout",
+            );
+        }
+        Err(ReadError::Failed(e)) => {
             ingest
                 .pipeline
                 .count_refused_request(protocol, "read_error");
@@ -174,19 +227,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             )
                 .into_response()
         }
-        Err(Refusal::Busy(busy)) => {
-            let mut response = status(
-                kind,
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::Unavailable,
-                &busy.message,
-            );
-            let seconds = busy.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, seconds.into());
-            response
-        }
+        Err(Refusal::Busy(b)) => busy(kind, &b),
         Err(refusal @ (Refusal::Malformed(_) | Refusal::AllSpansInvalid(_))) => status(
             kind,
             StatusCode::BAD_REQUEST,

@@ -1,6 +1,7 @@
 //! Receivers move bytes: limits, content types, decompression. What a span means is the
 //! pipeline's business. Both receivers hand the pipeline an OTLP protobuf request.
 
+pub mod gate;
 pub mod grpc;
 pub mod http;
 
@@ -19,6 +20,9 @@ pub struct Ingest {
     pub max_request_bytes: usize,
     /// Where accepted requests go on to, when forwarding is on.
     pub forward: Option<Arc<Forwarder>>,
+    /// Token, pending-request bound and memory limit, checked before a body is read.
+    pub gate: Arc<gate::Gate>,
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Ingest {
@@ -60,11 +64,28 @@ pub fn export_response(outcome: &Outcome) -> ExportTraceServiceResponse {
     }
 }
 
-/// Reads a whole body, failing with `Err(None)` when it exceeds `limit` bytes.
-pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Option<String>> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large { None } else { Some(e.to_string()) }
-    })
+/// Why a request body could not be read.
+pub enum ReadError {
+    TooLarge,
+    TimedOut,
+    Failed(String),
+}
+
+impl Ingest {
+    /// Reads a whole body of at most `limit` bytes within body_read_timeout.
+    pub async fn read_body(&self, body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
+        let read = tokio::time::timeout(self.body_read_timeout, axum::body::to_bytes(body, limit));
+        match read.await {
+            Err(_) => Err(ReadError::TimedOut),
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                Err(match too_large {
+                    true => ReadError::TooLarge,
+                    false => ReadError::Failed(e.to_string()),
+                })
+            }
+        }
+    }
 }
