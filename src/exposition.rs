@@ -234,6 +234,7 @@ mod tests {
             series_overflow: None,
             keep_raw_values: false,
             series_idle_timeout: None,
+            never_expire: Vec::new(),
         });
         let mut w = store.writer();
         let e = Exemplar {

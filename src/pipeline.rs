@@ -131,6 +131,7 @@ struct JoinPart {
     span_name: Option<String>,
 }
 
+#[derive(Clone, Copy)]
 struct JoinMetrics {
     duplicates: MetricId,
     evicted: MetricId,
@@ -457,6 +458,18 @@ impl Pipeline {
                 keep_raw_values,
                 series_idle_timeout: Some(checked_duration(&config.metrics.series_idle_timeout))
                     .filter(|d| !d.is_zero()),
+                never_expire: vec![
+                    own.received,
+                    own.accepted,
+                    own.refused_spans,
+                    own.refused_requests,
+                    join_metrics.duplicates,
+                    join_metrics.evicted,
+                    join_metrics.late,
+                    join_metrics.repeated,
+                    label_overflow,
+                    series_overflow,
+                ],
             }),
             classifier,
             stages,

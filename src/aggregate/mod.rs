@@ -67,6 +67,9 @@ pub struct StoreSpec {
     /// histograms only grow; one written again after it expired restarts from zero, which
     /// Prometheus reads as a counter reset (`rate` and `increase` account for it).
     pub series_idle_timeout: Option<Duration>,
+    /// Metrics whose series never expire (spanlens's own counters: their labels do not
+    /// churn, and the final accounting reads them).
+    pub never_expire: Vec<MetricId>,
 }
 
 /// One series in one shard.
@@ -113,6 +116,8 @@ pub struct Store {
     admitted_series: Vec<Mutex<HashMap<SeriesKey, u64>>>,
     epoch: AtomicU64,
     idle_timeout: Option<Duration>,
+    /// By metric index: its series never expire.
+    kept: Vec<bool>,
     /// The current tick, read by each writer.
     tick: AtomicU64,
     /// Held for a whole expiry pass: passes never overlap.
@@ -130,6 +135,9 @@ static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
 impl Store {
     pub fn new(spec: StoreSpec) -> Store {
+        let kept = (0..spec.metrics.len())
+            .map(|m| spec.never_expire.contains(&MetricId(m)))
+            .collect();
         let shard_count = std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1)
@@ -162,6 +170,7 @@ impl Store {
                 .collect(),
             epoch: AtomicU64::new(1),
             idle_timeout: spec.series_idle_timeout,
+            kept,
             tick: AtomicU64::new(0),
             ticks: Mutex::default(),
         }
@@ -267,7 +276,7 @@ impl Store {
             let shard = &mut *guard;
             let mut i = 0;
             while i < shard.slots.len() {
-                if shard.slots[i].written >= cutoff {
+                if shard.slots[i].written >= cutoff || self.kept[shard.slots[i].key.metric] {
                     i += 1;
                     continue;
                 }

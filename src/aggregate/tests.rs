@@ -42,6 +42,7 @@ fn store_expiring(max_series: usize, cap: usize, idle: Option<Duration>) -> Stor
         series_overflow: Some(MetricId(3)),
         keep_raw_values: false,
         series_idle_timeout: idle,
+        never_expire: Vec::new(),
     })
 }
 
@@ -405,4 +406,32 @@ fn churning_label_values_stay_bounded() {
     assert!(snap.get(MetricId(1), &["0-0"]).is_none());
     assert_eq!(counter(&snap, 2, &["service"]), None);
     assert_eq!(counter(&snap, 3, &["c_total"]), None);
+}
+
+#[test]
+fn metrics_listed_as_never_expiring_keep_their_series() {
+    // The metrics of store_expiring, with the counter c_total kept.
+    let template = store_expiring(100, 100, Some(TIMEOUT));
+    let store = Store::new(StoreSpec {
+        metrics: template.metrics().to_vec(),
+        dimensions: vec![("service".into(), 100)],
+        overflow_value: "__overflow__".into(),
+        max_series_per_metric: 100,
+        label_overflow: Some(MetricId(2)),
+        series_overflow: Some(MetricId(3)),
+        keep_raw_values: false,
+        series_idle_timeout: Some(TIMEOUT),
+        never_expire: vec![MetricId(1)],
+    });
+    write(&store, &["old"]);
+    let t0 = Instant::now();
+    store.expire_idle(t0);
+    assert_eq!(
+        store.expire_idle(t0 + TIMEOUT),
+        1,
+        "only the histogram goes"
+    );
+    let snap = store.snapshot();
+    assert_eq!(counter(&snap, 1, &["old"]), Some(1));
+    assert_eq!(observations(&snap, &["old"]), None);
 }
