@@ -373,8 +373,9 @@ fn directory_name(label: &str) -> String {
         .collect()
 }
 
-/// Segments of a sixteenth of the cap (between 1 MiB and 64 MiB): acknowledged space is
-/// reclaimed a segment at a time.
+/// Segments of a sixteenth of the cap (between 1 MiB and 64 MiB, and at most a quarter of
+/// the cap): acknowledged space is reclaimed a segment at a time, so the segment being
+/// written must never hold most of the cap.
 fn segment_bytes(max_bytes: u64) -> u64 {
-    (max_bytes / 16).clamp(1 << 20, 64 << 20)
+    (max_bytes / 16).clamp(1 << 20, 64 << 20).min(max_bytes / 4)
 }

@@ -113,14 +113,10 @@ impl Queue {
         self.ready.notify_waiters();
     }
 
-    /// Takes every waiting request (at the end of a drain).
+    /// Takes every waiting request (at the end of a drain); each is still counted in the
+    /// queue until [`Queue::finish`].
     pub fn take_waiting(&self) -> Vec<Item> {
-        let mut state = self.lock();
-        let items: Vec<Item> = state.waiting.drain(..).collect();
-        for item in &items {
-            state.release(item);
-        }
-        items
+        self.lock().waiting.drain(..).collect()
     }
 
     pub fn has_log(&self) -> bool {

@@ -2,6 +2,7 @@
 //! scrape it, and read values out of the Prometheus text exposition.
 #![allow(dead_code)]
 
+pub mod downstream;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
