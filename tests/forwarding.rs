@@ -916,9 +916,31 @@ struct Binary {
 
 impl Binary {
     async fn start(config: &Path) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spanlens"))
-            .arg("--config")
-            .arg(config)
+        Binary::spawn(
+            Command::new(env!("CARGO_BIN_EXE_spanlens"))
+                .arg("--config")
+                .arg(config),
+        )
+        .await
+    }
+
+    /// The binary with files capped at `kib` KiB (RLIMIT_FSIZE, through bash's ulimit):
+    /// writes past it fail as on a full disk (EFBIG; SIGXFSZ is ignored, which exec keeps).
+    async fn start_with_file_limit(config: &Path, kib: u64) -> Binary {
+        Binary::spawn(
+            Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" --config \"$1\""
+                ))
+                .arg(env!("CARGO_BIN_EXE_spanlens"))
+                .arg(config),
+        )
+        .await
+    }
+
+    async fn spawn(command: &mut Command) -> Binary {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -2414,6 +2436,89 @@ async fn full_persistent_queue_refuses_whatever_when_full_says() {
     want.extend(after.ids());
     wait_delivered(&downstream, "accepted again once drained", &want).await;
     bounded("shutdown", server.shutdown()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A persistent queue that cannot be written (the disk is full: here files are capped with
+/// RLIMIT_FSIZE) refuses new data with 503 instead of accepting what it cannot keep, and
+/// what it did keep is intact: after a restart without the limit, every accepted span is
+/// delivered and no damaged region is found.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
+    let dir = scratch("wal-disk-full");
+    let wal = dir.join("wal");
+    let downstream = Downstream::down(Policy::healthy());
+    let mut forward = Forward::to(vec![
+        Endpoint::grpc("backend", downstream.url()).compression("none"),
+    ]);
+    forward.persistent = Some(wal.clone());
+    forward.drain_timeout = "1s";
+    let config = forward.write(&dir);
+    let client = reqwest::Client::new();
+
+    // 64 KiB per file: a handful of 20-span requests fill the first segment.
+    let mut binary = Binary::start_with_file_limit(&config, 64).await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..100 {
+        let batch = Batch::new(WORKER, 20);
+        let reply = post(&client, binary.http, batch.bytes(), None)
+            .await
+            .unwrap();
+        match reply.status {
+            200 => accepted.push(batch),
+            503 => {
+                assert!(
+                    reply.retry_after.is_some(),
+                    "503 without Retry-After: {reply:?}"
+                );
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+            _ => panic!("{reply:?}"),
+        }
+    }
+    assert_eq!(refused, 3, "writes past the file limit never failed");
+    assert!(!accepted.is_empty());
+    let m = metrics(binary.metrics).await;
+    assert_eq!(
+        sum(
+            &m,
+            REQUESTS_REFUSED,
+            &[
+                ("protocol", "http_protobuf"),
+                ("reason", "forward_disk_error")
+            ]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(&m, ACCEPTED, &[("protocol", "http_protobuf")]),
+        span_count(&accepted) as f64
+    );
+    binary.kill9();
+
+    downstream.start().await;
+    let binary = Binary::start(&config).await;
+    wait_delivered(
+        &downstream,
+        "everything accepted before the disk filled",
+        &all_ids(&accepted),
+    )
+    .await;
+    let m = metrics(binary.metrics).await;
+    assert_eq!(
+        sum(&m, "spanlens_forward_wal_skipped_regions_total", &[]),
+        0.0,
+        "the queue was damaged"
+    );
+    assert_eq!(
+        sum(&m, "spanlens_forward_wal_recovered_requests_total", &[]),
+        accepted.len() as f64
+    );
+    drop(binary);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
