@@ -2558,15 +2558,3 @@ async fn forwarding_is_off_by_default() {
         .await
         .expect("shutdown without forwarding is prompt");
 }
-
-/// The fake backend's own encoding helpers.
-#[test]
-fn downstream_base64_round_trips() {
-    use support::downstream::{base64, unbase64};
-    for len in 0..10 {
-        let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-        assert_eq!(unbase64(base64(&data).as_bytes()), Some(data));
-    }
-    assert_eq!(base64(b"Man"), "TWFu");
-    assert_eq!(base64(b"Ma"), "TWE");
-}

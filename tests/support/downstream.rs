@@ -18,12 +18,14 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
+use spanlens::status::{Any, ProtoDuration, RetryInfo, RpcStatus};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -646,7 +648,7 @@ fn grpc_status(code: i32, message: &str, retry_delay: Option<Duration>) -> Respo
         let details = RpcStatus {
             code,
             message: printable,
-            details: vec![ProtoAny {
+            details: vec![Any {
                 type_url: "type.googleapis.com/google.rpc.RetryInfo".to_string(),
                 value: RetryInfo {
                     retry_delay: Some(ProtoDuration {
@@ -720,42 +722,6 @@ fn http_failure(failure: Failure) -> Response {
     response
 }
 
-/// `google.rpc.Status`
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-    #[prost(string, tag = "2")]
-    pub message: String,
-    #[prost(message, repeated, tag = "3")]
-    pub details: Vec<ProtoAny>,
-}
-
-/// `google.protobuf.Any`
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ProtoAny {
-    #[prost(string, tag = "1")]
-    pub type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
-}
-
-/// `google.rpc.RetryInfo`
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RetryInfo {
-    #[prost(message, optional, tag = "1")]
-    pub retry_delay: Option<ProtoDuration>,
-}
-
-/// `google.protobuf.Duration`
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ProtoDuration {
-    #[prost(int64, tag = "1")]
-    pub seconds: i64,
-    #[prost(int32, tag = "2")]
-    pub nanos: i32,
-}
-
 /// The retry delay of a `grpc-status-details-bin` value (base64 of a google.rpc.Status), if
 /// it carries a google.rpc.RetryInfo.
 pub fn retry_info_delay(details_bin: &[u8]) -> Option<Duration> {
@@ -774,39 +740,15 @@ pub fn status_retry_delay(status: &[u8]) -> Option<Duration> {
         .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 without padding (gRPC's `-bin` header encoding).
 pub fn base64(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(BASE64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(data)
 }
 
 /// Standard base64, padded or not.
 pub fn unbase64(text: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for &c in text.iter().filter(|c| **c != b'=') {
-        let v = BASE64.iter().position(|b| *b == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    let trimmed: Vec<u8> = text.iter().copied().filter(|&c| c != b'=').collect();
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(trimmed)
+        .ok()
 }
