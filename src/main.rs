@@ -14,6 +14,11 @@ use std::process::ExitCode;
 /// 127.0.0.1:4317, OTLP/HTTP on 127.0.0.1:4318 (POST /v1/traces) and Prometheus metrics on
 /// http://127.0.0.1:9464/metrics. Point your services' OTLP exporters at it
 /// (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317) and scrape /metrics.
+///
+/// As a sidecar in front of your trace backend, list it under `forward.endpoints` in the
+/// config: every accepted request is passed on (queued, retried, optionally persisted), so
+/// nothing is lost by putting spanlens in the path. `spanlens default-config` documents
+/// every setting, including limits, TLS and bearer tokens (see SECURITY.md).
 #[derive(Parser)]
 #[command(
     version,
