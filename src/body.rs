@@ -1,6 +1,8 @@
 //! Request bodies: content encodings, decompressed into a buffer that is never allowed to
 //! grow past the request limit, so a small compressed bomb costs at most the limit.
 
+use bytes::Bytes;
+use memmap2::MmapMut;
 use std::io::Read;
 use thiserror::Error;
 
@@ -48,42 +50,77 @@ impl BodyError {
 }
 
 /// Decodes `body` into at most `limit` bytes.
-pub fn decode(encoding: Encoding, body: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
+pub fn decode(encoding: Encoding, body: &[u8], limit: usize) -> Result<Bytes, BodyError> {
     if body.len() > limit && encoding == Encoding::Identity {
         return Err(BodyError::TooLarge { limit });
     }
     match encoding {
-        Encoding::Identity => Ok(body.to_vec()),
-        Encoding::Gzip => read_capped(flate2::read::GzDecoder::new(body), "gzip", limit),
-        Encoding::Zstd => {
-            let decoder =
-                zstd::stream::read::Decoder::new(body).map_err(|e| BodyError::Corrupt {
-                    encoding: "zstd",
-                    reason: e.to_string(),
-                })?;
-            read_capped(decoder, "zstd", limit)
-        }
+        Encoding::Identity => Ok(Bytes::copy_from_slice(body)),
+        Encoding::Gzip => gunzip(body, limit),
+        Encoding::Zstd => unzstd(body, limit),
     }
 }
 
-fn read_capped(
-    reader: impl Read,
-    encoding: &'static str,
-    limit: usize,
-) -> Result<Vec<u8>, BodyError> {
-    let mut out = Vec::with_capacity(limit.min(64 * 1024));
-    // One byte past the limit tells "exactly at the limit" from "over it".
-    let mut capped = reader.take(limit as u64 + 1);
-    capped
-        .read_to_end(&mut out)
-        .map_err(|e| BodyError::Corrupt {
-            encoding,
-            reason: e.to_string(),
-        })?;
-    if out.len() > limit {
+/// [`decode`] of a body already in a buffer: an uncompressed body is passed on as it is.
+pub fn decode_owned(encoding: Encoding, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
+    match encoding {
+        Encoding::Identity if body.len() <= limit => Ok(body),
+        _ => decode(encoding, &body, limit),
+    }
+}
+
+/// The output of a decompression: an anonymous mapping of one byte past the limit (which
+/// tells "exactly at the limit" from "over it"). Its pages become resident only as the
+/// output fills them, it never grows or copies, and it is unmapped when the request is done:
+/// a bomb's memory goes back to the system at once instead of staying in an allocator's
+/// per-thread arena, one limit's worth per thread.
+fn output(encoding: &'static str, limit: usize) -> Result<MmapMut, BodyError> {
+    MmapMut::map_anon(limit + 1).map_err(|e| BodyError::Corrupt {
+        encoding,
+        reason: format!("cannot reserve {limit} bytes to decompress into: {e}"),
+    })
+}
+
+fn corrupt(encoding: &'static str) -> impl Fn(std::io::Error) -> BodyError {
+    move |e| BodyError::Corrupt {
+        encoding,
+        reason: e.to_string(),
+    }
+}
+
+/// The first `len` bytes of the output, as a buffer that unmaps it when dropped.
+fn filled(out: MmapMut, len: usize, limit: usize) -> Result<Bytes, BodyError> {
+    if len > limit {
         return Err(BodyError::TooLarge { limit });
     }
-    Ok(out)
+    Ok(Bytes::from_owner(out).slice(..len))
+}
+
+fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, BodyError> {
+    let mut out = output("gzip", limit)?;
+    let mut reader = flate2::read::GzDecoder::new(body);
+    let mut len = 0;
+    while len < out.len() {
+        match reader.read(&mut out[len..]).map_err(corrupt("gzip"))? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    filled(out, len, limit)
+}
+
+/// zstd in one pass straight into the output: no window buffer besides it, whatever window
+/// the frames declare.
+fn unzstd(body: &[u8], limit: usize) -> Result<Bytes, BodyError> {
+    let mut out = output("zstd", limit)?;
+    let mut decompressor = zstd::bulk::Decompressor::new().map_err(corrupt("zstd"))?;
+    match decompressor.decompress_to_buffer(body, &mut out[..]) {
+        Ok(len) => filled(out, len, limit),
+        Err(e) if e.to_string().contains("Destination buffer is too small") => {
+            Err(BodyError::TooLarge { limit })
+        }
+        Err(e) => Err(corrupt("zstd")(e)),
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +157,31 @@ mod tests {
         assert_eq!(
             decode(Encoding::Zstd, &bomb, 1 << 20),
             Err(BodyError::TooLarge { limit: 1 << 20 })
+        );
+    }
+
+    #[test]
+    fn zstd_frames_concatenated_or_with_huge_windows_are_read_within_the_limit() {
+        let mut two = zstd::encode_all(&b"hello "[..], 3).unwrap();
+        two.extend(zstd::encode_all(&b"world"[..], 3).unwrap());
+        assert_eq!(
+            decode(Encoding::Zstd, &two, 100).unwrap(),
+            &b"hello world"[..]
+        );
+        // A frame declaring a 128 MiB window but holding 2 MiB decodes (single pass: no
+        // window buffer), and one byte less of limit refuses it.
+        let data = vec![7u8; 2 << 20];
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(27).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        encoder.write_all(&data).unwrap();
+        let packed = encoder.finish().unwrap();
+        assert_eq!(decode(Encoding::Zstd, &packed, 2 << 20).unwrap(), data);
+        assert_eq!(
+            decode(Encoding::Zstd, &packed, (2 << 20) - 1),
+            Err(BodyError::TooLarge {
+                limit: (2 << 20) - 1
+            })
         );
     }
 

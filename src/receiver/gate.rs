@@ -8,7 +8,7 @@ use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub struct Gate {
@@ -20,13 +20,11 @@ pub struct Gate {
     max_request_bytes: u64,
 }
 
-/// The memory limit: resident memory (sampled) plus what admitted requests may still take.
+/// The memory limit: resident memory (read at each admission: a stale figure would miss
+/// what finished requests left resident) plus what admitted requests may still take.
 struct Memory {
     limit: u64,
     reserved: AtomicU64,
-    sampled: AtomicU64,
-    sampled_at: AtomicU64,
-    start: Instant,
 }
 
 /// A request let through; dropping it frees its place and its memory reservation.
@@ -65,9 +63,6 @@ impl Gate {
             memory: (memory_limit > 0).then(|| Memory {
                 limit: memory_limit,
                 reserved: AtomicU64::new(0),
-                sampled: AtomicU64::new(0),
-                sampled_at: AtomicU64::new(u64::MAX),
-                start: Instant::now(),
             }),
             retry_after,
             max_request_bytes: max_request_bytes as u64,
@@ -106,7 +101,7 @@ impl Gate {
             let need = self.worst_case_bytes(headers);
             let reserved = memory.reserved.fetch_add(need, Ordering::Relaxed) + need;
             pass.reserved = need;
-            let resident = memory.resident();
+            let resident = resident_bytes().unwrap_or(0);
             if resident + reserved > memory.limit {
                 return Err(busy(
                     "memory_limit",
@@ -120,8 +115,9 @@ impl Gate {
         Ok(pass)
     }
 
-    /// What reading, decompressing and decoding the request may take at most: the body and
-    /// its decoded copy (JSON is converted through owned structures, several times its size).
+    /// What reading, decompressing and decoding the request may take at most: the body twice
+    /// (its chunks as received, then collected into one buffer) and its decoded copy (JSON is
+    /// converted through owned structures, several times its size).
     fn worst_case_bytes(&self, headers: &HeaderMap) -> u64 {
         let length = headers
             .get(CONTENT_LENGTH)
@@ -141,22 +137,7 @@ impl Gate {
             (false, Some(length)) => length.min(self.max_request_bytes),
             _ => self.max_request_bytes,
         };
-        body + if json { 6 * decoded } else { decoded }
-    }
-}
-
-impl Memory {
-    /// Resident memory, read at most every 20 ms.
-    fn resident(&self) -> u64 {
-        let now = self.start.elapsed().as_millis() as u64;
-        let at = self.sampled_at.load(Ordering::Relaxed);
-        if at != u64::MAX && now.saturating_sub(at) < 20 {
-            return self.sampled.load(Ordering::Relaxed);
-        }
-        let resident = resident_bytes().unwrap_or(0);
-        self.sampled.store(resident, Ordering::Relaxed);
-        self.sampled_at.store(now, Ordering::Relaxed);
-        resident
+        2 * body + if json { 6 * decoded } else { decoded }
     }
 }
 
@@ -202,7 +183,7 @@ mod tests {
     #[test]
     fn memory_reservations_refuse_before_the_limit() {
         let resident = resident_bytes().expect("Linux /proc");
-        let limit = resident + (64 << 20);
+        let limit = resident + (80 << 20);
         let gate = Arc::new(Gate::new(
             None,
             100,
@@ -211,7 +192,7 @@ mod tests {
             16 << 20,
         ));
         let big = headers(&[("content-length", "16777216")]);
-        // Each reserves 32 MiB (body and decoded copy): the first fits, the second not.
+        // Each reserves 48 MiB (the body twice and its decoded copy): one fits, two not.
         let first = gate.enter(&big).ok().expect("fits");
         match gate.enter(&big) {
             Err(Closed::Busy(busy)) => assert_eq!(busy.reason, "memory_limit"),
@@ -226,22 +207,22 @@ mod tests {
         let gate = Gate::new(None, 1, 0, Duration::from_secs(1), 1000);
         assert_eq!(
             gate.worst_case_bytes(&headers(&[("content-length", "100")])),
-            200
+            300
         );
         assert_eq!(
             gate.worst_case_bytes(&headers(&[
                 ("content-length", "100"),
                 ("content-encoding", "gzip")
             ])),
-            1100
+            1200
         );
         assert_eq!(
             gate.worst_case_bytes(&headers(&[
                 ("content-length", "100"),
                 ("content-type", "application/json")
             ])),
-            700
+            800
         );
-        assert_eq!(gate.worst_case_bytes(&HeaderMap::new()), 2000);
+        assert_eq!(gate.worst_case_bytes(&HeaderMap::new()), 3000);
     }
 }

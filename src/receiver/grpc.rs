@@ -210,7 +210,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         }
         (true, encoding) => encoding,
     };
-    let request = match body::decode(encoding, &message, limit) {
+    let request = match body::decode_owned(encoding, message.clone(), limit) {
         Ok(request) => request,
         Err(e) => return body_error(e),
     };

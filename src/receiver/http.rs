@@ -125,6 +125,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             ingest
                 .pipeline
                 .count_refused_request(answer_kind.protocol(), reason);
+            ingest.discard(body).await;
             return response;
         }
     };
@@ -132,6 +133,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         ingest
             .pipeline
             .count_refused_request(Protocol::HttpProtobuf, "unsupported_media_type");
+        ingest.discard(body).await;
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &format!(
@@ -158,7 +160,10 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         .map(|v| v.to_str().unwrap_or("invalid"));
     let encoding = match Encoding::parse(encoding) {
         Ok(encoding) => encoding,
-        Err(e) => return refuse(e),
+        Err(e) => {
+            ingest.discard(body).await;
+            return refuse(e);
+        }
     };
     let limit = ingest.max_request_bytes;
     let raw = match ingest.read_body(body, limit).await {
@@ -187,14 +192,14 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             );
         }
     };
-    let decoded = match body::decode(encoding, &raw, limit) {
+    let decoded = match body::decode_owned(encoding, raw.clone(), limit) {
         Ok(decoded) => decoded,
         Err(e) => return refuse(e),
     };
     let request = match kind {
         Kind::Protobuf => decoded,
         Kind::Json => match json::to_protobuf(&decoded) {
-            Ok(request) => request,
+            Ok(request) => request.into(),
             Err(message) => {
                 ingest.pipeline.count_refused_request(protocol, "malformed");
                 return status(

@@ -31,7 +31,7 @@ impl Ingest {
     pub async fn run(
         &self,
         protocol: Protocol,
-        request: Vec<u8>,
+        request: bytes::Bytes,
         arrived: Arrived,
     ) -> Result<Outcome, Refusal> {
         let pipeline = self.pipeline.clone();
@@ -72,6 +72,25 @@ pub enum ReadError {
 }
 
 impl Ingest {
+    /// Reads and drops the body of a request refused before its body was read, so that an
+    /// HTTP/1 client still sending it receives the answer instead of a reset connection.
+    /// Gives up (and the connection closes) past max_request_bytes or body_read_timeout.
+    pub async fn discard(&self, body: Body) {
+        use http_body_util::BodyExt;
+        let mut body = body;
+        let mut left = self.max_request_bytes as u64;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let size = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match left.checked_sub(size) {
+                    Some(rest) => left = rest,
+                    None => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.body_read_timeout, drain).await;
+    }
+
     /// Reads a whole body of at most `limit` bytes within body_read_timeout.
     pub async fn read_body(&self, body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
         let read = tokio::time::timeout(self.body_read_timeout, axum::body::to_bytes(body, limit));
