@@ -539,6 +539,39 @@ async fn post_until_accepted(
 
 /// Exports with the real tonic client until accepted, waiting what each UNAVAILABLE's
 /// RetryInfo says (200 ms without one).
+/// Posts 20-span requests until three are refused with 503 and Retry-After (at most
+/// `attempts`); returns the accepted ones. Any other answer fails the test.
+async fn post_until_refused(
+    client: &reqwest::Client,
+    http: SocketAddr,
+    attempts: usize,
+    never: &str,
+) -> Vec<Batch> {
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..attempts {
+        let batch = Batch::new(WORKER, 20);
+        let reply = post(client, http, batch.bytes(), None).await.unwrap();
+        match reply.status {
+            200 => accepted.push(batch),
+            503 => {
+                assert!(
+                    reply.retry_after.is_some(),
+                    "503 without Retry-After: {reply:?}"
+                );
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+            _ => panic!("{reply:?}"),
+        }
+    }
+    assert_eq!(refused, 3, "{never}");
+    assert!(!accepted.is_empty());
+    accepted
+}
+
 async fn grpc_until_accepted(
     client: &mut TraceServiceClient<Channel>,
     batch: &Batch,
@@ -2368,28 +2401,8 @@ async fn full_persistent_queue_refuses_whatever_when_full_says() {
     let client = reqwest::Client::new();
     let http = server.http_addr().unwrap();
 
-    let mut accepted = Vec::new();
-    let mut refused = 0;
-    for _ in 0..200 {
-        let batch = Batch::new(WORKER, 20);
-        let reply = post(&client, http, batch.bytes(), None).await.unwrap();
-        match reply.status {
-            200 => accepted.push(batch),
-            503 => {
-                assert!(
-                    reply.retry_after.is_some(),
-                    "503 without Retry-After: {reply:?}"
-                );
-                refused += 1;
-                if refused == 3 {
-                    break;
-                }
-            }
-            _ => panic!("{reply:?}"),
-        }
-    }
-    assert_eq!(refused, 3, "the persistent queue never filled up");
-    assert!(!accepted.is_empty());
+    let accepted =
+        post_until_refused(&client, http, 200, "the persistent queue never filled up").await;
     let m = metrics(server.metrics_addr()).await;
     assert_eq!(
         sum(
@@ -2458,30 +2471,13 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
 
     // 64 KiB per file: a handful of 20-span requests fill the first segment.
     let mut binary = Binary::start_with_file_limit(&config, 64).await;
-    let mut accepted = Vec::new();
-    let mut refused = 0;
-    for _ in 0..100 {
-        let batch = Batch::new(WORKER, 20);
-        let reply = post(&client, binary.http, batch.bytes(), None)
-            .await
-            .unwrap();
-        match reply.status {
-            200 => accepted.push(batch),
-            503 => {
-                assert!(
-                    reply.retry_after.is_some(),
-                    "503 without Retry-After: {reply:?}"
-                );
-                refused += 1;
-                if refused == 3 {
-                    break;
-                }
-            }
-            _ => panic!("{reply:?}"),
-        }
-    }
-    assert_eq!(refused, 3, "writes past the file limit never failed");
-    assert!(!accepted.is_empty());
+    let accepted = post_until_refused(
+        &client,
+        binary.http,
+        100,
+        "writes past the file limit never failed",
+    )
+    .await;
     let m = metrics(binary.metrics).await;
     assert_eq!(
         sum(

@@ -276,38 +276,9 @@ impl Proto {
     }
 }
 
-/// google.rpc.Status, as in grpc-status-details-bin and OTLP/HTTP protobuf error bodies.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-    #[prost(string, tag = "2")]
-    pub message: String,
-    #[prost(message, repeated, tag = "3")]
-    pub details: Vec<ProtoAny>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ProtoAny {
-    #[prost(string, tag = "1")]
-    pub type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RetryInfo {
-    #[prost(message, optional, tag = "1")]
-    pub retry_delay: Option<ProtoDuration>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ProtoDuration {
-    #[prost(int64, tag = "1")]
-    pub seconds: i64,
-    #[prost(int32, tag = "2")]
-    pub nanos: i32,
-}
+/// google.rpc.Status and its details: the message types of `spanlens::status` (field numbers
+/// are facts of the protocol; decoding them here stays independent of spanlens's helpers).
+pub use spanlens::status::{RetryInfo, RpcStatus};
 
 /// The RetryInfo delay in a grpc-status-details-bin value, if any.
 pub fn retry_info(details_bin: &str) -> Option<Duration> {
