@@ -20,29 +20,21 @@ struct Sources {
     forward: Option<Arc<Forwarder>>,
 }
 
-/// The admin routes; with a token, every request must carry it (401 otherwise).
+/// The admin routes. With a token, /metrics and the API require it (401 otherwise); the
+/// probes /healthz and /readyz stay open, as the kubelet calls them without credentials.
 pub fn router(
     pipeline: Arc<Pipeline>,
     forward: Option<Arc<Forwarder>>,
     token: Option<BearerToken>,
 ) -> Router {
-    let router = Router::new()
+    let data = Router::new()
         .route("/metrics", get(metrics))
-        .route("/api/v1/breakdown/{id}", get(breakdown))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz or /readyz\n",
-            )
-        })
-        .with_state(Sources { pipeline, forward });
-    match token {
-        None => router,
+        .route("/api/v1/breakdown/{id}", get(breakdown));
+    let data = match token {
+        None => data,
         Some(token) => {
             let token = Arc::new(token);
-            router.layer(axum::middleware::from_fn(
+            data.route_layer(axum::middleware::from_fn(
                 move |request: axum::extract::Request, next: axum::middleware::Next| {
                     let allowed = token.allows(request.headers());
                     async move {
@@ -59,7 +51,16 @@ pub fn router(
                 },
             ))
         }
-    }
+    };
+    data.route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz or /readyz\n",
+            )
+        })
+        .with_state(Sources { pipeline, forward })
 }
 
 /// One task's breakdown as JSON, by correlation id or task uuid.

@@ -98,7 +98,8 @@ fn filled(out: MmapMut, len: usize, limit: usize) -> Result<Bytes, BodyError> {
 
 fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, BodyError> {
     let mut out = output("gzip", limit)?;
-    let mut reader = flate2::read::GzDecoder::new(body);
+    // Every member of a multi-member stream: what is forwarded as it arrived is what was read.
+    let mut reader = flate2::read::MultiGzDecoder::new(body);
     let mut len = 0;
     while len < out.len() {
         match reader.read(&mut out[len..]).map_err(corrupt("gzip"))? {

@@ -1801,12 +1801,19 @@ async fn sigterm_under_load_accounts_for_every_accepted_span() {
     );
     assert_eq!(persisted, 0, "{stopped}");
     assert_eq!(failed, 0, "{stopped}");
+    // spanlens's books balance exactly: every accepted span was confirmed sent or dropped.
     assert_eq!(
         accepted,
-        delivered.len() as u64 + dropped + persisted,
-        "accepted != delivered + dropped + persisted: {stopped}"
+        sent + dropped + persisted,
+        "accepted != sent + dropped + persisted: {stopped}"
     );
-    assert_eq!(sent, delivered.len() as u64, "{stopped}");
+    // The backend may hold more than was confirmed: a request in flight when the drain
+    // ended is counted dropped although it may have arrived (at most one per sender).
+    let delivered = delivered.len() as u64;
+    assert!(
+        sent <= delivered && delivered - sent <= 2 * 20,
+        "sent {sent}, delivered {delivered}: {stopped}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -65,7 +65,9 @@ pub struct StoreSpec {
     /// in snapshot intervals: a series goes no sooner than `timeout` after its last write and
     /// at most about two snapshot intervals later. While a series lives its counters and
     /// histograms only grow; one written again after it expired restarts from zero, which
-    /// Prometheus reads as a counter reset (`rate` and `increase` account for it).
+    /// Prometheus reads as a counter reset. `rate` and `increase` see the first new value
+    /// only when their window still holds a sample from before the series expired: keep the
+    /// timeout well above the longest range your queries and alerts use.
     pub series_idle_timeout: Option<Duration>,
     /// Metrics whose series never expire (spanlens's own counters: their labels do not
     /// churn, and the final accounting reads them).

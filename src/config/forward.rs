@@ -95,7 +95,7 @@ pub struct TlsConfig {
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Answer 503 / UNAVAILABLE with Retry-After: the client's exporter retries, nothing is
-    /// lost, nothing of the refused request is counted.
+    /// lost; the refused request is counted only as refused (never observed in any metric).
     Refuse,
     /// Drop the oldest queued request and count its spans.
     DropOldest,
@@ -239,18 +239,37 @@ pub(super) fn check(f: &ForwardConfig, max_request_bytes: Option<usize>, problem
         (&f.retry.max_elapsed, "forward.retry.max_elapsed"),
     ];
     for (value, path) in durations {
-        if parse_duration(value).is_none() {
+        if parse_duration(value).is_none_or(|d| d.is_zero()) {
             problems.add(
                 path,
-                format!("`{value}` is not a Prometheus duration (such as 500ms, 30s, 5m)"),
+                format!("`{value}` is not a positive Prometheus duration (such as 500ms, 30s, 5m)"),
             );
         }
+    }
+    if let (Some(initial), Some(max)) = (
+        parse_duration(&f.retry.initial_interval),
+        parse_duration(&f.retry.max_interval),
+    ) && max < initial
+    {
+        problems.add(
+            "forward.retry.max_interval",
+            "must be at least retry.initial_interval",
+        );
     }
     let mut names = std::collections::HashSet::new();
     for (i, e) in f.endpoints.iter().enumerate() {
         let path = format!("forward.endpoints[{i}]");
         let scheme = e.url.split_once("://").map(|(s, _)| s);
-        match (scheme, e.url.parse::<http::Uri>()) {
+        let uri = e.url.parse::<http::Uri>();
+        let credentials = uri
+            .as_ref()
+            .is_ok_and(|u| u.authority().is_some_and(|a| a.as_str().contains('@')));
+        match (scheme, uri) {
+            // Never echo the url here: it holds a secret.
+            _ if credentials => problems.add(
+                format!("{path}.url"),
+                "must not carry credentials (user:password@); send them with `headers`, such as authorization",
+            ),
             (Some("http" | "https"), Ok(uri)) if uri.host().is_some() => {}
             _ => problems.add(
                 format!("{path}.url"),
@@ -279,11 +298,11 @@ pub(super) fn check(f: &ForwardConfig, max_request_bytes: Option<usize>, problem
                 );
             }
         }
-        if !names.insert(e.label()) {
+        if !names.insert(directory_name(e.label())) {
             problems.add(
                 format!("{path}.name"),
                 format!(
-                    "`{}` names two endpoints; give each a unique name",
+                    "`{}` names two endpoints (or two whose persistent queue directories would be the same); give each a unique name",
                     e.label()
                 ),
             );
@@ -319,4 +338,19 @@ pub(super) fn check(f: &ForwardConfig, max_request_bytes: Option<usize>, problem
             );
         }
     }
+}
+
+/// The directory of an endpoint's persistent queue: its label with anything but letters,
+/// digits, `-` and `_` replaced by `_`.
+pub fn directory_name(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

@@ -258,3 +258,31 @@ fn forwarding_is_off_unless_an_endpoint_is_set() {
     assert!(config.forward.enabled());
     assert_eq!(config.forward.endpoints[0].label(), "http://127.0.0.1:4317");
 }
+
+#[test]
+fn forwarding_refuses_credentials_in_urls_colliding_queue_directories_and_zero_waits() {
+    let text = format!(
+        "{MINIMAL}\
+forward:
+  endpoints:
+    - url: https://user:secret@tempo:4317
+    - {{ name: eu.prod, url: http://a:4317 }}
+    - {{ name: eu_prod, url: http://b:4317 }}
+  retry: {{ initial_interval: 0s, max_interval: 1s }}
+  queue: {{ retry_after: 0s }}
+"
+    );
+    let err = parse(&text).unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "forward.queue.retry_after",
+            "forward.retry.initial_interval",
+            "forward.endpoints[0].url",
+            "forward.endpoints[2].name",
+        ],
+        "{err}"
+    );
+    assert!(!err.to_string().contains("secret"), "{err}");
+}

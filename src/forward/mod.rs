@@ -12,7 +12,7 @@ pub mod wal;
 pub use payload::Arrived;
 
 use crate::aggregate::Snapshot;
-use crate::config::forward::{ForwardConfig, Timings, WhenFull};
+use crate::config::forward::{ForwardConfig, Timings, WhenFull, directory_name};
 use crate::pipeline::Busy;
 use bytes::Bytes;
 use payload::Bodies;
@@ -162,6 +162,12 @@ impl Forwarder {
             })?;
         let mut states: Vec<std::sync::MutexGuard<queue::State>> =
             self.endpoints.iter().map(|e| e.queue.lock()).collect();
+        if states.iter().any(|s| s.is_closed()) {
+            return Err(busy(
+                "shutting_down",
+                "spanlens is shutting down; send to another instance or retry".to_string(),
+            ));
+        }
         // First make room everywhere (or refuse before anything is queued)...
         let mut fits = Vec::with_capacity(self.endpoints.len());
         for ((endpoint, body), state) in self.endpoints.iter().zip(&prepared).zip(&mut states) {
@@ -193,7 +199,7 @@ impl Forwarder {
             if !fits[i] {
                 continue;
             }
-            if let Err(e) = states[i].push(body, spans) {
+            if let Err(e) = states[i].push(body, self.endpoints[i].compression, spans) {
                 for &j in &pushed {
                     states[j].unpush();
                 }
@@ -333,7 +339,7 @@ async fn deliver(
     );
     loop {
         let attempt = tokio::select! {
-            attempt = endpoint.sender.attempt(&item.body) => attempt,
+            attempt = endpoint.sender.attempt(&item.body, item.compression) => attempt,
             _ = abandon_all.cancelled() => return Fate::Abandoned,
         };
         let (after, why) = match attempt {
@@ -344,8 +350,11 @@ async fn deliver(
             }
             Attempt::Retry { after, why } => (after, why),
         };
-        let wait = after.unwrap_or_else(|| backoff.next_wait());
-        if started.elapsed() + wait > timings.max_elapsed {
+        // A wait of zero from the endpoint would retry in a tight loop: back off instead.
+        let wait = after
+            .filter(|d| !d.is_zero())
+            .unwrap_or_else(|| backoff.next_wait());
+        if started.elapsed().saturating_add(wait) > timings.max_elapsed {
             tracing::warn!(endpoint = %endpoint.label, spans = item.spans, %why, "giving up on a forwarded request after retry.max_elapsed; its spans are counted failed");
             return Fate::Failed { exhausted: true };
         }
@@ -356,21 +365,6 @@ async fn deliver(
             _ = abandon_all.cancelled() => return Fate::Abandoned,
         }
     }
-}
-
-/// A directory name for an endpoint's persistent queue: its label with anything but
-/// letters, digits, `-` and `_` replaced.
-fn directory_name(label: &str) -> String {
-    label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Segments of a sixteenth of the cap (between 1 MiB and 64 MiB, and at most a quarter of

@@ -2,6 +2,7 @@
 //! mirrored to the write-ahead log when there is one.
 
 use super::wal::{AppendError, RecordId, Wal};
+use crate::config::forward::Compression;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -10,6 +11,9 @@ use tokio::sync::Notify;
 /// A request on its way to one endpoint.
 pub struct Item {
     pub body: Bytes,
+    /// How `body` is compressed (a request from the persistent queue keeps the compression
+    /// it was queued with, whatever the config says now).
+    pub compression: Compression,
     pub spans: u64,
     record: Option<RecordId>,
 }
@@ -47,13 +51,14 @@ impl Queue {
         let mut recovered = 0;
         if let Some((wal, records)) = wal {
             for (record, payload) in records {
-                let Some((spans, body)) = split_record(&payload) else {
+                let Some((spans, compression, body)) = split_record(&payload) else {
                     continue;
                 };
                 state.requests += 1;
                 state.bytes += body.len();
                 state.waiting.push_back(Item {
                     body: Bytes::copy_from_slice(body),
+                    compression,
                     spans,
                     record: Some(record),
                 });
@@ -147,13 +152,24 @@ impl Queue {
 }
 
 impl State {
+    /// The drain has begun: nothing more is queued.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// Queues a request (and logs it first: fails when the log is at its cap or cannot be
     /// written). Does not check the queue's bounds.
-    pub fn push(&mut self, body: Bytes, spans: u64) -> Result<(), AppendError> {
+    pub fn push(
+        &mut self,
+        body: Bytes,
+        compression: Compression,
+        spans: u64,
+    ) -> Result<(), AppendError> {
         let record = match &mut self.wal {
             Some(wal) => {
-                let mut payload = Vec::with_capacity(4 + body.len());
+                let mut payload = Vec::with_capacity(5 + body.len());
                 payload.extend_from_slice(&(spans as u32).to_le_bytes());
+                payload.push(compression_code(compression));
                 payload.extend_from_slice(&body);
                 Some(wal.append(&payload)?)
             }
@@ -163,6 +179,7 @@ impl State {
         self.bytes += body.len();
         self.waiting.push_back(Item {
             body,
+            compression,
             spans,
             record,
         });
@@ -199,8 +216,24 @@ impl State {
     }
 }
 
-/// A log record: the span count (u32, little-endian), then the body.
-fn split_record(payload: &[u8]) -> Option<(u64, &[u8])> {
-    let (spans, body) = payload.split_first_chunk::<4>()?;
-    Some((u64::from(u32::from_le_bytes(*spans)), body))
+fn compression_code(compression: Compression) -> u8 {
+    match compression {
+        Compression::None => 0,
+        Compression::Gzip => 1,
+        Compression::Zstd => 2,
+    }
+}
+
+/// A log record: the span count (u32, little-endian), the body's compression (one byte),
+/// then the body.
+fn split_record(payload: &[u8]) -> Option<(u64, Compression, &[u8])> {
+    let (spans, rest) = payload.split_first_chunk::<4>()?;
+    let (&code, body) = rest.split_first()?;
+    let compression = match code {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Zstd,
+        _ => return None,
+    };
+    Some((u64::from(u32::from_le_bytes(*spans)), compression, body))
 }

@@ -11,13 +11,16 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Largest answer body read from an endpoint.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// How one attempt ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,7 +40,6 @@ pub struct Sender {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     protocol: ForwardProtocol,
-    compression: Compression,
     headers: HeaderMap,
     timeout: Duration,
 }
@@ -66,7 +68,15 @@ impl Sender {
             headers.insert(name, value);
         }
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(60));
+        // A connection the network dropped silently is found by an unanswered PING rather
+        // than by every request timing out on it until the kernel gives up.
+        builder
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_while_idle(true);
         if endpoint.protocol == ForwardProtocol::Grpc {
             builder.http2_only(true);
         }
@@ -75,17 +85,16 @@ impl Sender {
             client: builder.build(connector),
             uri,
             protocol: endpoint.protocol,
-            compression: endpoint.compression,
             headers,
             timeout: duration(&endpoint.timeout),
         })
     }
 
-    /// Sends `body` (already compressed as the endpoint wants) once.
-    pub async fn attempt(&self, body: &Bytes) -> Attempt {
+    /// Sends `body`, compressed with `compression`, once.
+    pub async fn attempt(&self, body: &Bytes, compression: Compression) -> Attempt {
         let request = match self.protocol {
-            ForwardProtocol::Grpc => self.grpc_request(body),
-            ForwardProtocol::Http => self.http_request(body),
+            ForwardProtocol::Grpc => self.grpc_request(body, compression),
+            ForwardProtocol::Http => self.http_request(body, compression),
         };
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
@@ -98,7 +107,11 @@ impl Sender {
                 why
             })?;
             let (parts, body) = response.into_parts();
-            let collected = body.collect().await.map_err(|e| e.to_string())?;
+            // An export answer is small; a backend answering megabytes is not read whole.
+            let collected = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
             let trailers = collected.trailers().cloned().unwrap_or_default();
             Ok::<_, String>((parts.status, parts.headers, trailers, collected.to_bytes()))
         };
@@ -115,15 +128,15 @@ impl Sender {
         }
     }
 
-    fn grpc_request(&self, body: &Bytes) -> Request<Full<Bytes>> {
+    fn grpc_request(&self, body: &Bytes, compression: Compression) -> Request<Full<Bytes>> {
         let mut frame = BytesMut::with_capacity(5 + body.len());
-        frame.put_u8(u8::from(self.compression != Compression::None));
+        frame.put_u8(u8::from(compression != Compression::None));
         frame.put_u32(body.len() as u32);
         frame.put_slice(body);
         let mut request = self.request(frame.freeze(), "application/grpc");
         let headers = request.headers_mut();
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        if let Some(encoding) = encoding_name(self.compression) {
+        if let Some(encoding) = encoding_name(compression) {
             headers.insert("grpc-encoding", HeaderValue::from_static(encoding));
         }
         let millis = self.timeout.as_millis().min(99_999_999);
@@ -133,9 +146,9 @@ impl Sender {
         request
     }
 
-    fn http_request(&self, body: &Bytes) -> Request<Full<Bytes>> {
+    fn http_request(&self, body: &Bytes, compression: Compression) -> Request<Full<Bytes>> {
         let mut request = self.request(body.clone(), "application/x-protobuf");
-        if let Some(encoding) = encoding_name(self.compression) {
+        if let Some(encoding) = encoding_name(compression) {
             request
                 .headers_mut()
                 .insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));

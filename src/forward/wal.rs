@@ -318,11 +318,15 @@ impl Wal {
         if !live {
             return Ok(());
         }
-        self.write_ack(id)?;
+        // Forget the record even when its ack cannot be written (a full disk): deleting the
+        // drained segment supersedes every ack, and keeping it would pin the segment's space
+        // for the life of the process. At worst the record is sent again after a restart.
+        let written = self.write_ack(id);
         if let Some(segment) = self.segments.get_mut(&id.seq) {
             segment.live.remove(&id.offset);
         }
-        self.delete_if_drained(id.seq)
+        let deleted = self.delete_if_drained(id.seq);
+        written.and(deleted)
     }
 
     /// fsyncs the segment being written and the acknowledgement files.

@@ -222,6 +222,11 @@ async fn bearer_token_from_a_file_guards_receivers_and_metrics_and_never_leaks()
     }
     let (status, _, body) = get(&url, Some(&token)).await;
     assert_eq!(status, 200, "/metrics with the token");
+    // The probes stay open: the kubelet calls them without credentials.
+    for probe in ["/healthz", "/readyz"] {
+        let (status, _, _) = get(&url.replace("/metrics", probe), None).await;
+        assert_eq!(status, 200, "{probe} without a token");
+    }
     assert_counted(&Exposition::parse(&body), accepted, refusals);
     assert!(!body.contains(&token), "/metrics shows the token");
 

@@ -552,3 +552,61 @@ async fn unanswered_http2_pings_close_the_connection() {
     let status = app.terminate();
     assert!(status.success(), "exit status {status}");
 }
+
+/// Sends `bytes`, then nothing; returns how long the server kept the connection open, or None
+/// when it was still open after `give_up`.
+async fn send_then_wait(
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+    give_up: Duration,
+) -> Option<Duration> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    stream.write_all(bytes).await.expect("write");
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(
+            give_up.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Connections that send nothing, or stop inside the HTTP/2 preface, are closed after
+/// header_read_timeout on both receivers (hyper's protocol detection has no timer of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_and_stalled_prefaces_are_closed() {
+    let mut app = Setup::new()
+        .set("receivers.header_read_timeout", "1s")
+        .start();
+    let mut waits = JoinSet::new();
+    for addr in [app.http(), app.grpc()] {
+        for bytes in [&b""[..], &b"PRI * HTTP/2.0\r\n"[..]] {
+            for _ in 0..10 {
+                waits.spawn(send_then_wait(addr, bytes, Duration::from_secs(10)));
+            }
+        }
+    }
+    let mut longest = Duration::ZERO;
+    while let Some(lived) = waits.join_next().await {
+        let lived = lived
+            .expect("task")
+            .expect("a silent connection stayed open for 10 s");
+        longest = longest.max(lived);
+    }
+    eprintln!("silent connections: the longest lived {longest:?} (header_read_timeout 1s)");
+    assert!(longest < Duration::from_secs(4), "{longest:?}");
+    // The receivers still answer.
+    let client = Otlp::new(&app);
+    for proto in Proto::ALL {
+        assert!(client.accepted(proto, &request(SERVICE, claims(2))).await > 0);
+    }
+    let status = app.terminate();
+    assert!(status.success(), "exit status {status}");
+}

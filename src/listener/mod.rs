@@ -2,6 +2,8 @@
 //! limits that keep slow or abusive clients from holding the server (request head timeout,
 //! HTTP/2 stream limit and keepalive), and a graceful stop that finishes in-flight requests.
 
+mod first_bytes;
+
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -69,6 +71,10 @@ pub async fn serve(
         tokio::spawn(async move {
             let served = match tls {
                 None => {
+                    let Some(tcp) = first_bytes::read(tcp, handshake).await else {
+                        tracing::debug!("no request within header_read_timeout; connection closed");
+                        return;
+                    };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                     watcher.watch(conn.into_owned()).await
                 }
@@ -84,6 +90,12 @@ pub async fn serve(
                             return;
                         }
                     };
+                    // ALPN said which protocol: no detection read (it has no timer).
+                    let mut builder = builder;
+                    match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => builder = builder.http2_only(),
+                        _ => builder = builder.http1_only(),
+                    }
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
