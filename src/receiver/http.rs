@@ -125,7 +125,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             ingest
                 .pipeline
                 .count_refused_request(answer_kind.protocol(), reason);
-            ingest.discard(body).await;
+            ingest.discard(body);
             return response;
         }
     };
@@ -133,7 +133,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         ingest
             .pipeline
             .count_refused_request(Protocol::HttpProtobuf, "unsupported_media_type");
-        ingest.discard(body).await;
+        ingest.discard(body);
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &format!(
@@ -161,7 +161,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
     let encoding = match Encoding::parse(encoding) {
         Ok(encoding) => encoding,
         Err(e) => {
-            ingest.discard(body).await;
+            ingest.discard(body);
             return refuse(e);
         }
     };

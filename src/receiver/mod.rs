@@ -72,23 +72,26 @@ pub enum ReadError {
 }
 
 impl Ingest {
-    /// Reads and drops the body of a request refused before its body was read, so that an
-    /// HTTP/1 client still sending it receives the answer instead of a reset connection.
-    /// Gives up (and the connection closes) past max_request_bytes or body_read_timeout.
-    pub async fn discard(&self, body: Body) {
+    /// Reads and drops, in the background, the body of a request refused before its body was
+    /// read: the answer goes out at once, and an HTTP/1 client still sending the body
+    /// receives it instead of a reset connection. Gives up (and the connection closes) past
+    /// max_request_bytes or body_read_timeout.
+    pub fn discard(&self, body: Body) {
         use http_body_util::BodyExt;
-        let mut body = body;
-        let mut left = self.max_request_bytes as u64;
-        let drain = async {
-            while let Some(Ok(frame)) = body.frame().await {
-                let size = frame.data_ref().map_or(0, |d| d.len() as u64);
-                match left.checked_sub(size) {
-                    Some(rest) => left = rest,
-                    None => return,
+        let (mut body, mut left, timeout) =
+            (body, self.max_request_bytes as u64, self.body_read_timeout);
+        tokio::spawn(async move {
+            let drain = async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    let size = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    match left.checked_sub(size) {
+                        Some(rest) => left = rest,
+                        None => return,
+                    }
                 }
-            }
-        };
-        let _ = tokio::time::timeout(self.body_read_timeout, drain).await;
+            };
+            let _ = tokio::time::timeout(timeout, drain).await;
+        });
     }
 
     /// Reads a whole body of at most `limit` bytes within body_read_timeout.
