@@ -6,6 +6,15 @@ fn store(max_series: usize, cap: usize) -> Store {
 }
 
 fn store_expiring(max_series: usize, cap: usize, idle: Option<Duration>) -> Store {
+    store_keeping(max_series, cap, idle, Vec::new())
+}
+
+fn store_keeping(
+    max_series: usize,
+    cap: usize,
+    idle: Option<Duration>,
+    never_expire: Vec<MetricId>,
+) -> Store {
     Store::new(StoreSpec {
         metrics: vec![
             MetricSpec {
@@ -42,7 +51,7 @@ fn store_expiring(max_series: usize, cap: usize, idle: Option<Duration>) -> Stor
         series_overflow: Some(MetricId(3)),
         keep_raw_values: false,
         series_idle_timeout: idle,
-        never_expire: Vec::new(),
+        never_expire,
     })
 }
 
@@ -410,19 +419,7 @@ fn churning_label_values_stay_bounded() {
 
 #[test]
 fn metrics_listed_as_never_expiring_keep_their_series() {
-    // The metrics of store_expiring, with the counter c_total kept.
-    let template = store_expiring(100, 100, Some(TIMEOUT));
-    let store = Store::new(StoreSpec {
-        metrics: template.metrics().to_vec(),
-        dimensions: vec![("service".into(), 100)],
-        overflow_value: "__overflow__".into(),
-        max_series_per_metric: 100,
-        label_overflow: Some(MetricId(2)),
-        series_overflow: Some(MetricId(3)),
-        keep_raw_values: false,
-        series_idle_timeout: Some(TIMEOUT),
-        never_expire: vec![MetricId(1)],
-    });
+    let store = store_keeping(100, 100, Some(TIMEOUT), vec![MetricId(1)]);
     write(&store, &["old"]);
     let t0 = Instant::now();
     store.expire_idle(t0);

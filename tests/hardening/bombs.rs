@@ -168,16 +168,7 @@ async fn bombs_are_refused_and_cost_at_most_twice_the_limit() {
     eprintln!("limit checks took {:?}", started.elapsed());
 
     let scraped = app.scrape().await;
-    assert_eq!(
-        sum(&scraped, ACCEPTED, &[]),
-        accepted as f64,
-        "spans accepted"
-    );
-    assert_eq!(
-        sum(&scraped, CLAIM_COUNT, CLAIM_LABELS),
-        accepted as f64,
-        "step_claim observations"
-    );
+    assert_accepted_and_observed(&scraped, accepted);
     assert_eq!(
         sum(&scraped, REQUESTS_REFUSED, &[("reason", "too_large")]),
         (20 + 8 + 6) as f64,

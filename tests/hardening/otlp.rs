@@ -36,6 +36,21 @@ pub const CLAIM_COUNT: &str = "tasker_step_claim_duration_seconds_count";
 pub const CLAIM_LABELS: &[(&str, &str)] = &[("service", SERVICE), ("handler_language", "rust")];
 pub const RECEIVED: &str = "spanlens_spans_received_total";
 pub const ACCEPTED: &str = "spanlens_spans_accepted_total";
+
+/// Every accepted span counted once: accepted over all protocols, and observed as a step
+/// claim of the test service (all requests here are claims of SERVICE).
+pub fn assert_accepted_and_observed(scraped: &crate::support::Exposition, accepted: u64) {
+    assert_eq!(
+        crate::harness::sum(scraped, ACCEPTED, &[]),
+        accepted as f64,
+        "spans accepted"
+    );
+    assert_eq!(
+        crate::harness::sum(scraped, CLAIM_COUNT, CLAIM_LABELS),
+        accepted as f64,
+        "step_claim observations"
+    );
+}
 pub const REQUESTS_REFUSED: &str = "spanlens_requests_refused_total";
 
 // grpc-status codes.

@@ -224,16 +224,7 @@ async fn overload_is_refused_with_retry_after_and_retries_get_everything_in() {
         "overload: 32 large requests: {phase_refusals} refusals seen, {} transport errors, {counted} refusals counted in all; slowest {slowest:?}",
         errors.len()
     );
-    assert_eq!(
-        sum(&scraped, ACCEPTED, &[]),
-        accepted as f64,
-        "spans accepted"
-    );
-    assert_eq!(
-        sum(&scraped, CLAIM_COUNT, CLAIM_LABELS),
-        accepted as f64,
-        "spans observed"
-    );
+    assert_accepted_and_observed(&scraped, accepted);
     assert!(
         counted >= refusals as f64 && counted <= (refusals + errors.len() as u64) as f64,
         "overload refusals counted {counted}: {refusals} seen, {} connection errors",
