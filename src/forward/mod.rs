@@ -48,6 +48,7 @@ pub struct Drained {
 
 pub struct Forwarder {
     endpoints: Vec<Arc<Endpoint>>,
+    persistent: bool,
     when_full: WhenFull,
     timings: Arc<Timings>,
     senders: Mutex<JoinSet<()>>,
@@ -109,6 +110,7 @@ impl Forwarder {
         }
         let forwarder = Arc::new(Forwarder {
             endpoints,
+            persistent: config.persistent.is_some(),
             when_full: q.when_full,
             timings: Arc::new(config.timings()),
             senders: Mutex::new(JoinSet::new()),
@@ -221,6 +223,11 @@ impl Forwarder {
             self.endpoints[i].queue.pushed();
         }
         Ok(())
+    }
+
+    /// Some endpoint has a persistent queue (queueing writes to a file).
+    pub fn persistent(&self) -> bool {
+        self.persistent
     }
 
     /// Adds the forwarding metrics to a scrape.

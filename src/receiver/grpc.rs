@@ -4,8 +4,8 @@
 //! INVALID_ARGUMENT for what cannot be decoded).
 
 use super::gate::Closed;
-use super::{Ingest, ReadError, export_response};
-use crate::body::{self, BodyError, Encoding};
+use super::{Ingest, ReadError, decompress, export_response};
+use crate::body::{BodyError, Encoding};
 use crate::forward::Arrived;
 use crate::pipeline::Protocol;
 use crate::pipeline::{Busy, Refusal};
@@ -210,7 +210,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         }
         (true, encoding) => encoding,
     };
-    let request = match body::decode_owned(encoding, message.clone(), limit) {
+    let request = match decompress(encoding, message.clone(), limit).await {
         Ok(request) => request,
         Err(e) => return body_error(e),
     };

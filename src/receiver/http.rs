@@ -2,8 +2,8 @@
 //! gzip or zstd encoded. Responses and errors use the request's content type.
 
 use super::gate::Closed;
-use super::{Ingest, ReadError, export_response};
-use crate::body::{self, BodyError, Encoding};
+use super::{Ingest, ReadError, decompress, export_response, off_the_workers};
+use crate::body::{BodyError, Encoding};
 use crate::forward::Arrived;
 use crate::json;
 use crate::pipeline::{Busy, Protocol, Refusal};
@@ -192,13 +192,13 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             );
         }
     };
-    let decoded = match body::decode_owned(encoding, raw.clone(), limit) {
+    let decoded = match decompress(encoding, raw.clone(), limit).await {
         Ok(decoded) => decoded,
         Err(e) => return refuse(e),
     };
     let request = match kind {
         Kind::Protobuf => decoded,
-        Kind::Json => match json::to_protobuf(&decoded) {
+        Kind::Json => match off_the_workers(true, move || json::to_protobuf(&decoded)).await {
             Ok(request) => request.into(),
             Err(message) => {
                 ingest.pipeline.count_refused_request(protocol, "malformed");

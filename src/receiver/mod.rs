@@ -13,6 +13,38 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use std::sync::Arc;
 
+/// Bodies up to this size are decoded and processed on the async worker that read them.
+const SMALL: usize = 64 * 1024;
+
+/// Runs `work` on the blocking pool when it may take long (`heavy`), inline otherwise, so
+/// that large, compressed or JSON bodies never stall the async workers (and with them other
+/// connections, scrapes and HTTP/2 keepalives).
+pub async fn off_the_workers<T: Send + 'static>(
+    heavy: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    if !heavy {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Decompresses a body: on the blocking pool unless it is small and uncompressed.
+pub async fn decompress(
+    encoding: crate::body::Encoding,
+    raw: bytes::Bytes,
+    limit: usize,
+) -> Result<bytes::Bytes, crate::body::BodyError> {
+    let heavy = encoding != crate::body::Encoding::Identity || raw.len() > SMALL;
+    off_the_workers(heavy, move || {
+        crate::body::decode_owned(encoding, raw, limit)
+    })
+    .await
+}
+
 /// What every receiver shares.
 #[derive(Clone)]
 pub struct Ingest {
@@ -36,21 +68,15 @@ impl Ingest {
     ) -> Result<Outcome, Refusal> {
         let pipeline = self.pipeline.clone();
         let forward = self.forward.clone();
-        let large = request.len() > 64 * 1024;
+        // Writing to the persistent queue is file I/O: never on an async worker.
+        let heavy = request.len() > SMALL || forward.as_ref().is_some_and(|f| f.persistent());
         let work = move || match &forward {
             None => pipeline.ingest(protocol, &request),
             Some(forward) => pipeline.ingest_admitting(protocol, &request, |rejected, accepted| {
                 forward.admit(&request, &arrived, rejected, accepted as u64)
             }),
         };
-        if !large {
-            return work();
-        }
-        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-            Err(Refusal::Malformed(format!(
-                "request processing failed: {e}"
-            )))
-        })
+        off_the_workers(heavy, work).await
     }
 }
 
