@@ -2525,6 +2525,77 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// TLS to an endpoint: the backend is a second spanlens with TLS on its gRPC receiver (a
+/// certificate for localhost signed by a CA made here); the endpoint trusting that CA
+/// (`tls.ca_file`) delivers every span, one trusting another CA delivers nothing and keeps
+/// retrying.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_endpoints_trust_their_ca_file_and_nothing_else() {
+    use spanlens::config::forward::{Compression, EndpointConfig, ForwardProtocol, TlsConfig};
+    let dir = scratch("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = support::pki::Pki::new();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca, cert, key, other_ca) = (
+        file("ca.pem", &pki.ca.cert_pem),
+        file("server.pem", &pki.server.cert_pem),
+        file("server.key", &pki.server.key_pem),
+        file("other-ca.pem", &pki.rogue.cert_pem),
+    );
+    let backend = start(test_config(|c| {
+        c.receivers.grpc.tls = Some(spanlens::config::security::TlsServerConfig {
+            cert_file: cert,
+            key_file: key,
+            client_ca_file: None,
+        });
+    }))
+    .await;
+    let url = format!("https://localhost:{}", backend.grpc_addr().unwrap().port());
+    let endpoint = |name: &str, ca_file| EndpointConfig {
+        name: Some(name.to_string()),
+        url: url.clone(),
+        protocol: ForwardProtocol::Grpc,
+        compression: Compression::Gzip,
+        headers: Default::default(),
+        tls: Some(TlsConfig { ca_file }),
+        timeout: "2s".to_string(),
+    };
+    let server = start(test_config(|c| {
+        c.forward.endpoints = vec![endpoint("trusted", ca), endpoint("untrusted", other_ca)];
+        c.forward.retry.initial_interval = "100ms".to_string();
+        c.forward.retry.max_interval = "200ms".to_string();
+    }))
+    .await;
+    let client = reqwest::Client::new();
+    let sent = batches(4, 10);
+    for batch in &sent {
+        post_accepted(&client, server.http_addr().unwrap(), batch).await;
+    }
+    let n = span_count(&sent) as f64;
+    wait_metrics(
+        backend.metrics_addr(),
+        "the backend accepted every span over TLS",
+        |m| sum(m, ACCEPTED, &[("protocol", "grpc")]) == n,
+    )
+    .await;
+    let m = wait_metrics(
+        server.metrics_addr(),
+        "the untrusted endpoint retrying",
+        |m| {
+            sum(m, SENT_SPANS, &[("endpoint", "trusted")]) == n
+                && sum(m, RETRIES, &[("endpoint", "untrusted")]) >= 2.0
+        },
+    )
+    .await;
+    assert_eq!(sum(&m, SENT_SPANS, &[("endpoint", "untrusted")]), 0.0);
+    bounded("backend shutdown", backend.shutdown()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 10. Off by default
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod downstream;
+pub mod pki;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
