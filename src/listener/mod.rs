@@ -47,7 +47,10 @@ pub async fn serve(
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(limits.keepalive_timeout);
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Forget connections that have ended.
+        while connections.try_join_next().is_some() {}
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
@@ -68,7 +71,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let handshake = limits.header_read_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let served = match tls {
                 None => {
                     let Some(tcp) = first_bytes::read(tcp, handshake).await else {
@@ -111,6 +114,11 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("connections still open {STOP_GRACE:?} after the stop; closing them");
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open {STOP_GRACE:?} after the stop; closing them"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
     }
 }
