@@ -37,7 +37,7 @@ use regex::Regex;
 use spanlens::config::DEFAULT_PROFILE;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -979,14 +979,7 @@ impl Binary {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the spanlens binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let lines = support::collect_stderr(&mut child);
         let mut binary = Binary {
             child,
             lines,

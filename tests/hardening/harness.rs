@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use crate::support::Exposition;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -165,17 +164,7 @@ impl Spanlens {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the spanlens binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                match line {
-                    Ok(line) => sink.lock().unwrap().push(line),
-                    Err(_) => break,
-                }
-            }
-        });
+        let lines = crate::support::collect_stderr(&mut child);
         let mut running = Spanlens {
             child,
             lines,
