@@ -114,6 +114,10 @@ export SPANLENS_PYTHON
 
 # ---------------------------------------------------------------------------------------------
 section "toolchain"
+# One full build from scratch: incremental caches would only add gigabytes to target/ (a CI
+# run once failed with "No space left on device" while writing them).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | tail -n 1 | awk '{print "disk free before building: " $4}'
 cargo --version
 rustc --version
 if cargo nextest --version >/dev/null 2>&1; then
@@ -155,4 +159,5 @@ if [ -d benches ]; then
 fi
 
 section "all checks passed"
+du -sh target | awk '{print "target/ holds " $1}'
 elapsed total
