@@ -6,7 +6,8 @@
 use crate::config::Operation;
 use crate::join::{PartSpan, value_nanos};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,11 @@ pub struct SpanLog {
 #[derive(Default)]
 struct Log {
     records: VecDeque<(u64, Instant, SpanRecord)>,
-    /// Key value (correlation id, task uuid or step uuid) → record sequence numbers.
-    index: HashMap<Box<str>, Vec<u64>>,
+    /// Hash of a key value (correlation id, task uuid or step uuid) → sequence numbers of
+    /// the records that carry it. Keys are not copied: a lookup checks each record's own
+    /// keys, so two values that share a hash never mix.
+    index: hashbrown::HashMap<u64, Vec<u64>>,
+    hasher: hashbrown::DefaultHashBuilder,
     next_seq: u64,
 }
 
@@ -63,13 +67,31 @@ impl Log {
         self.records.get(offset as usize).map(|(_, _, r)| r)
     }
 
+    fn key_hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The records that carry this key value.
+    fn carrying<'l, 'k>(
+        &'l self,
+        key: &'k str,
+    ) -> impl Iterator<Item = &'l SpanRecord> + use<'l, 'k> {
+        self.index
+            .get(&self.key_hash(key))
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.get(*s))
+            .filter(move |r| keys(r).any(|k| k == key))
+    }
+
     fn pop_oldest(&mut self) {
         if let Some((seq, _, record)) = self.records.pop_front() {
             for key in keys(&record) {
-                if let Some(seqs) = self.index.get_mut(key) {
+                let hash = self.key_hash(key);
+                if let Some(seqs) = self.index.get_mut(&hash) {
                     seqs.retain(|s| *s != seq);
                     if seqs.is_empty() {
-                        self.index.remove(key);
+                        self.index.remove(&hash);
                     }
                 }
             }
@@ -160,7 +182,12 @@ impl SpanLog {
             let seq = log.next_seq;
             log.next_seq += 1;
             for key in keys(&record) {
-                log.index.entry(key.into()).or_default().push(seq);
+                let hash = log.key_hash(key);
+                let seqs = log.index.entry(hash).or_default();
+                // A record whose keys share a hash is listed once.
+                if seqs.last() != Some(&seq) {
+                    seqs.push(seq);
+                }
             }
             log.records.push_back((seq, now, record));
         }
@@ -178,14 +205,7 @@ impl SpanLog {
     /// is still held.
     pub fn breakdown(&self, id: &str) -> Option<Breakdown> {
         let log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let lookup = |key: &str| -> Vec<&SpanRecord> {
-            log.index
-                .get(key)
-                .into_iter()
-                .flatten()
-                .filter_map(|s| log.get(*s))
-                .collect()
-        };
+        let lookup = |key: &str| -> Vec<&SpanRecord> { log.carrying(key).collect() };
         // The id names a task (by correlation id or task uuid), not a step. A task's own
         // spans tie its correlation ids to its task uuids; step spans may carry a fresh
         // correlation id, so only task-level spans extend the set of correlation ids.

@@ -5,8 +5,8 @@ use crate::config::RuleConfig;
 use crate::config::validate::compile_regex;
 use crate::decode::{AnyValue, Attribute};
 use crate::labels::format_scalar;
+use hashbrown::HashMap;
 use regex::Regex;
-use std::collections::HashMap;
 
 /// Index of a stage in the pipeline's stage table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,19 +60,28 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
         if format == Format::OpenMetrics && family.ends_with("_seconds") {
             let _ = writeln!(out, "# UNIT {family} seconds");
         }
+        // Per metric: sample names and bucket bounds, written once.
+        let names = SampleNames::new(&spec.name, &spec.kind, format);
+        let mut prefix = String::new();
         for s in series {
-            let labels: Vec<(&str, &str)> = spec
-                .label_names
-                .iter()
-                .map(String::as_str)
-                .zip(s.labels.iter().map(|l| &**l))
-                .collect();
+            // Per series: its label set, escaped once, reused by every line of the series.
+            prefix.clear();
+            for (i, (name, value)) in spec.label_names.iter().zip(s.labels.iter()).enumerate() {
+                prefix.push(if i == 0 { '{' } else { ',' });
+                prefix.push_str(name);
+                prefix.push_str("=\"");
+                escape_label_value(&mut prefix, value);
+                prefix.push('"');
+            }
             match (&s.values, &spec.kind) {
                 (Values::Counter(n), _) => {
-                    sample(&mut out, &spec.name, &labels, None, &n.to_string());
+                    line_start(&mut out, &spec.name, &prefix);
+                    let _ = writeln!(out, "{n}");
                 }
                 (Values::Gauge(v), _) => {
-                    sample(&mut out, &spec.name, &labels, None, &float(*v, format));
+                    line_start(&mut out, &spec.name, &prefix);
+                    write_float(&mut out, *v, format);
+                    out.push('\n');
                 }
                 (
                     Values::Histogram {
@@ -85,38 +94,28 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
                     // The exemplar goes on the first bucket whose bound holds its value.
                     let exemplar_bucket =
                         exemplar.map(|e| bounds.partition_point(|&b| b < e.value));
-                    let bucket_name = format!("{}_bucket", spec.name);
-                    for (i, count) in cumulative.iter().enumerate() {
-                        let le = bounds
-                            .get(i)
-                            .map(|b| float(*b, format))
-                            .unwrap_or_else(|| "+Inf".to_string());
-                        let extra = ("le", le.as_str());
-                        let shown = match (format, exemplar) {
-                            (Format::OpenMetrics, Some(e)) if exemplar_bucket == Some(i) => Some(e),
-                            _ => None,
-                        };
-                        let mut line = count.to_string();
-                        if let Some(e) = shown {
-                            write_exemplar(&mut line, e, format);
+                    for (i, (count, le)) in cumulative.iter().zip(&names.le).enumerate() {
+                        out.push_str(&names.bucket);
+                        out.push_str(if prefix.is_empty() { "{" } else { &prefix });
+                        if !prefix.is_empty() {
+                            out.push(',');
                         }
-                        sample(&mut out, &bucket_name, &labels, Some(extra), &line);
+                        out.push_str("le=\"");
+                        out.push_str(le);
+                        let _ = write!(out, "\"}} {count}");
+                        match (format, exemplar) {
+                            (Format::OpenMetrics, Some(e)) if exemplar_bucket == Some(i) => {
+                                write_exemplar(&mut out, e, format)
+                            }
+                            _ => {}
+                        }
+                        out.push('\n');
                     }
-                    sample(
-                        &mut out,
-                        &format!("{}_sum", spec.name),
-                        &labels,
-                        None,
-                        &float(*sum, format),
-                    );
-                    let count = cumulative.last().copied().unwrap_or(0);
-                    sample(
-                        &mut out,
-                        &format!("{}_count", spec.name),
-                        &labels,
-                        None,
-                        &count.to_string(),
-                    );
+                    line_start(&mut out, &names.sum, &prefix);
+                    write_float(&mut out, *sum, format);
+                    out.push('\n');
+                    line_start(&mut out, &names.count, &prefix);
+                    let _ = writeln!(out, "{}", cumulative.last().copied().unwrap_or(0));
                 }
                 (Values::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
                     unreachable!("kinds agree")
@@ -130,31 +129,47 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
     out
 }
 
-fn sample(
-    out: &mut String,
-    name: &str,
-    labels: &[(&str, &str)],
-    extra: Option<(&str, &str)>,
-    value: &str,
-) {
-    out.push_str(name);
-    let mut all = labels.iter().copied().chain(extra).peekable();
-    if all.peek().is_some() {
-        out.push('{');
-        for (i, (k, v)) in all.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(k);
-            out.push_str("=\"");
-            escape_label_value(out, v);
-            out.push('"');
+/// The names and bucket bounds of one metric's samples, formatted once per render.
+struct SampleNames {
+    bucket: String,
+    sum: String,
+    count: String,
+    /// `le` values of the buckets, `+Inf` last (empty for counters and gauges).
+    le: Vec<String>,
+}
+
+impl SampleNames {
+    fn new(name: &str, kind: &MetricKind, format: Format) -> SampleNames {
+        let le = match kind {
+            MetricKind::Histogram { bounds } => bounds
+                .iter()
+                .map(|b| {
+                    let mut le = String::new();
+                    write_float(&mut le, *b, format);
+                    le
+                })
+                .chain(std::iter::once("+Inf".to_string()))
+                .collect(),
+            MetricKind::Counter | MetricKind::Gauge => Vec::new(),
+        };
+        SampleNames {
+            bucket: format!("{name}_bucket"),
+            sum: format!("{name}_sum"),
+            count: format!("{name}_count"),
+            le,
         }
+    }
+}
+
+/// A sample's name and its escaped label set (`{...` without the closing brace, or empty),
+/// then the space before the value.
+fn line_start(out: &mut String, name: &str, prefix: &str) {
+    out.push_str(name);
+    if !prefix.is_empty() {
+        out.push_str(prefix);
         out.push('}');
     }
     out.push(' ');
-    out.push_str(value);
-    out.push('\n');
 }
 
 fn write_exemplar(out: &mut String, e: &Exemplar, format: Format) {
@@ -164,7 +179,9 @@ fn write_exemplar(out: &mut String, e: &Exemplar, format: Format) {
     hex(out, &e.span_id);
     let seconds = e.timestamp_unix_nano / 1_000_000_000;
     let millis = (e.timestamp_unix_nano % 1_000_000_000) / 1_000_000;
-    let _ = write!(out, "\"}} {} {seconds}.{millis:03}", float(e.value, format));
+    out.push_str("\"} ");
+    write_float(out, e.value, format);
+    let _ = write!(out, " {seconds}.{millis:03}");
 }
 
 fn hex(out: &mut String, bytes: &[u8]) {
@@ -174,21 +191,27 @@ fn hex(out: &mut String, bytes: &[u8]) {
 }
 
 /// Shortest round-trip decimal; OpenMetrics wants integral floats written as `1.0`.
-fn float(v: f64, format: Format) -> String {
+fn write_float(out: &mut String, v: f64, format: Format) {
     if v.is_infinite() {
-        return if v > 0.0 { "+Inf" } else { "-Inf" }.to_string();
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+        return;
     }
     if v.is_nan() {
-        return "NaN".to_string();
+        out.push_str("NaN");
+        return;
     }
-    let mut s = v.to_string();
-    if format == Format::OpenMetrics && !s.contains('.') {
-        s.push_str(".0");
+    let start = out.len();
+    let _ = write!(out, "{v}");
+    if format == Format::OpenMetrics && !out[start..].contains('.') {
+        out.push_str(".0");
     }
-    s
 }
 
 fn escape_label_value(out: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

@@ -6,9 +6,9 @@
 //! finished key is counted as late instead of opening a key that could never complete.
 
 use crate::config::Operation;
-use hashbrown::{Equivalent, HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,7 @@ pub enum Eviction {
 }
 
 struct Pending {
+    derived: usize,
     parts: Box<[Option<PartSpan>]>,
     /// Label values per part (parts × labels), so that labels come from the first part in
     /// part order that has them, whatever order the spans arrive in.
@@ -76,33 +77,24 @@ struct Pending {
     seq: u64,
 }
 
-#[derive(Hash, PartialEq, Eq)]
-struct Key(usize, Box<str>);
-
-struct KeyRef<'a>(usize, &'a str);
-
-impl Hash for KeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Same as the derived Hash of Key: each field in order, str as str.
-        self.0.hash(state);
-        self.1.hash(state);
-    }
-}
-
-impl Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, key: &Key) -> bool {
-        self.0 == key.0 && self.1 == &*key.1
-    }
-}
-
+/// Keys are known by a 64-bit hash of (derived metric, key text), as completed keys always
+/// were: no key text is copied or hashed twice per span. Two keys that collide would be
+/// joined as one; with the window's at most `max_pending` keys the odds are below 1 in 10⁹.
 #[derive(Default)]
 struct Shard {
-    pending: HashMap<Key, Pending>,
-    /// Arrival order: (seq, arrival, derived, key); entries of completed keys are skipped.
-    order: VecDeque<(u64, Instant, usize, Box<str>)>,
+    pending: HashMap<u64, Pending>,
+    /// Arrival order: (seq, arrival, key hash); entries of completed keys are skipped.
+    order: VecDeque<(u64, Instant, u64)>,
     completed: HashSet<u64>,
     completed_before: HashSet<u64>,
     next_seq: u64,
+}
+
+impl Shard {
+    /// The pending key this order entry stands for, if it is still waiting.
+    fn live(&self, seq: u64, hash: u64) -> Option<&Pending> {
+        self.pending.get(&hash).filter(|p| p.seq == seq)
+    }
 }
 
 pub struct JoinWindow {
@@ -148,22 +140,23 @@ impl JoinWindow {
             labels,
         } = arrival;
         let spec = &self.specs[derived];
-        let hash = self.hasher.hash_one(KeyRef(derived, key));
+        let hash = self.hasher.hash_one((derived, key));
         let mut shard = self.shard(hash);
         self.expire(&mut shard, now, evicted);
         if shard.completed.contains(&hash) || shard.completed_before.contains(&hash) {
             return Offer::Late;
         }
-        if !shard.pending.contains_key(&KeyRef(derived, key)) {
+        if !shard.pending.contains_key(&hash) {
             if shard.pending.len() >= self.per_shard {
                 evict_oldest(&mut shard, evicted);
             }
             let seq = shard.next_seq;
             shard.next_seq += 1;
-            shard.order.push_back((seq, now, derived, key.into()));
+            shard.order.push_back((seq, now, hash));
             shard.pending.insert(
-                Key(derived, key.into()),
+                hash,
                 Pending {
+                    derived,
                     parts: vec![None; spec.parts].into_boxed_slice(),
                     labels: vec![None; spec.parts * spec.labels].into_boxed_slice(),
                     seq,
@@ -173,10 +166,7 @@ impl JoinWindow {
                 compact(&mut shard);
             }
         }
-        let pending = shard
-            .pending
-            .get_mut(&KeyRef(derived, key))
-            .expect("inserted above");
+        let pending = shard.pending.get_mut(&hash).expect("inserted above");
         match (&mut pending.parts[part], spec.operation) {
             (slot @ None, _) => *slot = Some(span),
             (Some(seen), Operation::Envelope) => {
@@ -198,10 +188,7 @@ impl JoinWindow {
         if pending.parts.iter().any(Option::is_none) {
             return Offer::Waiting;
         }
-        let pending = shard
-            .pending
-            .remove(&KeyRef(derived, key))
-            .expect("present");
+        let pending = shard.pending.remove(&hash).expect("present");
         shard.completed.insert(hash);
         if shard.completed.len() >= self.per_shard {
             shard.completed_before = std::mem::take(&mut shard.completed);
@@ -233,26 +220,22 @@ impl JoinWindow {
         let mut counts = vec![0; self.specs.len()];
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for key in shard.pending.keys() {
-                counts[key.0] += 1;
+            for pending in shard.pending.values() {
+                counts[pending.derived] += 1;
             }
         }
         counts
     }
 
     fn expire(&self, shard: &mut Shard, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
-        while let Some((seq, since, derived, key)) = shard.order.front() {
-            let live = shard
-                .pending
-                .get(&KeyRef(*derived, key))
-                .is_some_and(|p| p.seq == *seq);
-            let derived = *derived;
-            if live && now.saturating_duration_since(*since) < self.max_wait {
+        while let Some(&(seq, since, hash)) = shard.order.front() {
+            let live = shard.live(seq, hash).map(|p| p.derived);
+            if live.is_some() && now.saturating_duration_since(since) < self.max_wait {
                 break;
             }
-            let (_, _, _, key) = shard.order.pop_front().expect("front");
-            if live {
-                shard.pending.remove(&KeyRef(derived, &key));
+            shard.order.pop_front();
+            if let Some(derived) = live {
+                shard.pending.remove(&hash);
                 evicted(derived, Eviction::Timeout);
             }
         }
@@ -260,13 +243,9 @@ impl JoinWindow {
 }
 
 fn evict_oldest(shard: &mut Shard, evicted: &mut impl FnMut(usize, Eviction)) {
-    while let Some((seq, _, derived, key)) = shard.order.pop_front() {
-        if shard
-            .pending
-            .get(&KeyRef(derived, &key))
-            .is_some_and(|p| p.seq == seq)
-        {
-            shard.pending.remove(&KeyRef(derived, &key));
+    while let Some((seq, _, hash)) = shard.order.pop_front() {
+        if let Some(derived) = shard.live(seq, hash).map(|p| p.derived) {
+            shard.pending.remove(&hash);
             evicted(derived, Eviction::Capacity);
             return;
         }
@@ -278,7 +257,7 @@ fn compact(shard: &mut Shard) {
     let pending = &shard.pending;
     shard
         .order
-        .retain(|(seq, _, d, k)| pending.get(&KeyRef(*d, k)).is_some_and(|p| p.seq == *seq));
+        .retain(|&(seq, _, hash)| pending.get(&hash).is_some_and(|p| p.seq == seq));
 }
 
 fn seconds(nanos: u64) -> f64 {

@@ -1,10 +1,13 @@
 //! Label values from spans: each label has an ordered chain of sources (span attribute,
 //! resource attribute, regex on service.name) and a default. Sources that depend only on the
-//! resource are resolved once per resource per request, not once per span.
+//! resource are resolved once per resource per request, not once per span, and a regex on a
+//! span attribute runs once per distinct value per request (a request's spans repeat a few
+//! step names and queues many times).
 
 use crate::config::{LabelConfig, LabelSourceKind, validate::compile_capture_regex};
 use crate::decode::{AnyValue, Attribute, Batch, SpanView};
 use regex::Regex;
+use std::cell::RefCell;
 use std::fmt::Write;
 
 #[derive(Debug, Clone)]
@@ -21,11 +24,14 @@ pub struct LabelResolver {
     default: String,
 }
 
-/// Resource-level answers of one resolver for every resource of a batch.
+/// Resource-level answers of one resolver for every resource of a batch, and the captures
+/// its span-attribute regexes gave so far in that batch.
 #[derive(Debug, Default)]
 pub struct ResourceValues<'a> {
     /// Per resource, per source: the value that source yields (None for span sources).
     values: Vec<Vec<Option<&'a str>>>,
+    /// (source, attribute value) → what the source's regex captured from it.
+    captured: RefCell<hashbrown::HashMap<(usize, &'a str), Option<&'a str>>>,
 }
 
 impl LabelResolver {
@@ -82,15 +88,16 @@ impl LabelResolver {
                         .collect()
                 })
                 .collect(),
+            captured: RefCell::default(),
         }
     }
 
     /// The label value for one span. Non-string attribute values are written into `buf`.
-    pub fn resolve<'r>(
+    pub fn resolve<'a: 'r, 'r>(
         &'r self,
-        batch: &Batch<'r>,
-        span: &SpanView<'r>,
-        resource_values: &ResourceValues<'r>,
+        batch: &Batch<'a>,
+        span: &SpanView<'a>,
+        resource_values: &ResourceValues<'a>,
         buf: &'r mut String,
     ) -> &'r str {
         self.find(batch, span, resource_values, buf)
@@ -98,11 +105,11 @@ impl LabelResolver {
     }
 
     /// The value of the first source that yields one, without the default.
-    pub fn find<'r>(
+    pub fn find<'a: 'r, 'r>(
         &self,
-        batch: &Batch<'r>,
-        span: &SpanView<'r>,
-        resource_values: &ResourceValues<'r>,
+        batch: &Batch<'a>,
+        span: &SpanView<'a>,
+        resource_values: &ResourceValues<'a>,
         buf: &'r mut String,
     ) -> Option<&'r str> {
         for (i, source) in self.sources.iter().enumerate() {
@@ -112,7 +119,14 @@ impl LabelResolver {
                         Some(Attribute {
                             value: AnyValue::Str(v),
                             ..
-                        }) => capture(regex.as_ref(), v),
+                        }) => match regex {
+                            None => Some(*v),
+                            Some(regex) => *resource_values
+                                .captured
+                                .borrow_mut()
+                                .entry((i, *v))
+                                .or_insert_with(|| capture(Some(regex), v)),
+                        },
                         Some(Attribute {
                             value:
                                 value @ (AnyValue::Bool(_) | AnyValue::Int(_) | AnyValue::Double(_)),

@@ -785,10 +785,9 @@ impl Pipeline {
         };
         let mut bufs: [String; MAX_STAGE_LABELS] = Default::default();
         let mut bufs = bufs.iter_mut();
-        let labels: Vec<Option<&str>> = d
-            .labels
-            .iter()
-            .map(|slot| match *slot {
+        let mut labels: [Option<&str>; MAX_STAGE_LABELS] = Default::default();
+        for (value, slot) in labels.iter_mut().zip(&d.labels) {
+            *value = match *slot {
                 LabelSlot::Service => Some(found.service),
                 LabelSlot::HandlerLanguage => found.language,
                 LabelSlot::Extra(i) => self.extras[i]
@@ -800,8 +799,8 @@ impl Pipeline {
                         bufs.next().expect("slot"),
                     )
                     .map(|v| truncate(v, self.max_label_len)),
-            })
-            .collect();
+            };
+        }
         let span = found.span;
         let part = PartSpan {
             start_unix_nano: span.start_time_unix_nano,
@@ -814,7 +813,7 @@ impl Pipeline {
             key,
             part: join.part,
             span: part,
-            labels: &labels,
+            labels: &labels[..d.labels.len()],
         };
         let offer = self
             .join

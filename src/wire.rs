@@ -54,6 +54,7 @@ impl<'a> FieldValue<'a> {
         }
     }
 
+    #[inline]
     pub fn varint(self, field: u32) -> Result<u64, WireError> {
         match self {
             FieldValue::Varint(v) => Ok(v),
@@ -61,6 +62,7 @@ impl<'a> FieldValue<'a> {
         }
     }
 
+    #[inline]
     pub fn fixed64(self, field: u32) -> Result<u64, WireError> {
         match self {
             FieldValue::Fixed64(v) => Ok(v),
@@ -68,6 +70,7 @@ impl<'a> FieldValue<'a> {
         }
     }
 
+    #[inline]
     pub fn bytes(self, field: u32) -> Result<&'a [u8], WireError> {
         match self {
             FieldValue::Bytes(v) => Ok(v),
@@ -75,6 +78,7 @@ impl<'a> FieldValue<'a> {
         }
     }
 
+    #[inline]
     pub fn string(self, field: u32) -> Result<&'a str, WireError> {
         std::str::from_utf8(self.bytes(field)?).map_err(|_| WireError::InvalidUtf8 { field })
     }
@@ -90,7 +94,19 @@ impl<'a> Fields<'a> {
         Fields { buf }
     }
 
+    /// Most varints on the wire (field keys, lengths below 128) are one byte.
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        if let Some((&byte, rest)) = self.buf.split_first()
+            && byte < 0x80
+        {
+            self.buf = rest;
+            return Ok(u64::from(byte));
+        }
+        self.long_varint()
+    }
+
+    fn long_varint(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for (i, &byte) in self.buf.iter().enumerate().take(10) {
             if i == 9 && byte > 1 {
@@ -109,6 +125,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline]
     fn take(&mut self, len: usize, field: u32) -> Result<&'a [u8], WireError> {
         if len > self.buf.len() {
             return Err(WireError::Truncated { field });
@@ -118,6 +135,7 @@ impl<'a> Fields<'a> {
         Ok(head)
     }
 
+    #[inline]
     fn key(&mut self) -> Result<(u32, u8), WireError> {
         let key = self.varint()?;
         let field = u32::try_from(key >> 3).map_err(|_| WireError::ZeroFieldNumber)?;
@@ -153,22 +171,32 @@ impl<'a> Fields<'a> {
         Ok(())
     }
 
+    #[inline(always)]
     fn field(&mut self) -> Result<(u32, FieldValue<'a>), WireError> {
         let (field, wire_type) = self.key()?;
         Ok((field, self.value(field, wire_type)?))
     }
 
+    /// Length-delimited fields and varints, nearly every field spanlens reads, stay inline;
+    /// the other wire types take the call.
+    #[inline(always)]
     fn value(&mut self, field: u32, wire_type: u8) -> Result<FieldValue<'a>, WireError> {
-        let value = match wire_type {
-            0 => FieldValue::Varint(self.varint()?),
-            1 => {
-                let b = self.take(8, field)?;
-                FieldValue::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            }
+        match wire_type {
             2 => {
                 let len = self.varint()?;
                 let len = usize::try_from(len).map_err(|_| WireError::Truncated { field })?;
-                FieldValue::Bytes(self.take(len, field)?)
+                Ok(FieldValue::Bytes(self.take(len, field)?))
+            }
+            0 => Ok(FieldValue::Varint(self.varint()?)),
+            wire_type => self.fixed_or_group(field, wire_type),
+        }
+    }
+
+    fn fixed_or_group(&mut self, field: u32, wire_type: u8) -> Result<FieldValue<'a>, WireError> {
+        let value = match wire_type {
+            1 => {
+                let b = self.take(8, field)?;
+                FieldValue::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
             }
             5 => {
                 let b = self.take(4, field)?;
@@ -187,6 +215,7 @@ impl<'a> Fields<'a> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, FieldValue<'a>), WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
             return None;
