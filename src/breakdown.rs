@@ -11,18 +11,95 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// One classified span, as kept for breakdowns.
+/// One classified span, as kept for breakdowns. Its seven texts share one allocation.
 #[derive(Debug, Clone)]
 pub struct SpanRecord {
     pub stage: usize,
-    pub span_name: Box<str>,
-    pub service: Box<str>,
-    pub handler_language: Box<str>,
     pub span: PartSpan,
-    pub correlation_id: Option<Box<str>>,
-    pub task_uuid: Option<Box<str>>,
-    pub step_uuid: Option<Box<str>>,
-    pub step_name: Option<Box<str>>,
+    /// Span name, service, handler language, correlation id, task uuid, step uuid and step
+    /// name, one after the other; the last four may be absent.
+    text: Box<str>,
+    ends: [u32; TEXTS],
+    present: u8,
+}
+
+const TEXTS: usize = 7;
+
+/// The keys a span may carry, as [`SpanRecord::new`] takes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordKeys<'a> {
+    pub correlation_id: Option<&'a str>,
+    pub task_uuid: Option<&'a str>,
+    pub step_uuid: Option<&'a str>,
+    pub step_name: Option<&'a str>,
+}
+
+impl SpanRecord {
+    pub fn new(
+        stage: usize,
+        span: PartSpan,
+        [span_name, service, handler_language]: [&str; 3],
+        keys: RecordKeys,
+    ) -> SpanRecord {
+        let texts = [
+            Some(span_name),
+            Some(service),
+            Some(handler_language),
+            keys.correlation_id,
+            keys.task_uuid,
+            keys.step_uuid,
+            keys.step_name,
+        ];
+        let mut text = String::with_capacity(texts.iter().flatten().map(|t| t.len()).sum());
+        let (mut ends, mut present) = ([0; TEXTS], 0);
+        for (i, t) in texts.into_iter().enumerate() {
+            if let Some(t) = t {
+                text.push_str(t);
+                present |= 1 << i;
+            }
+            ends[i] = u32::try_from(text.len()).expect("label values are capped in length");
+        }
+        SpanRecord {
+            stage,
+            span,
+            text: text.into(),
+            ends,
+            present,
+        }
+    }
+
+    fn text(&self, i: usize) -> Option<&str> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        (self.present & (1 << i) != 0).then(|| &self.text[start as usize..self.ends[i] as usize])
+    }
+
+    pub fn span_name(&self) -> &str {
+        self.text(0).unwrap_or_default()
+    }
+
+    pub fn service(&self) -> &str {
+        self.text(1).unwrap_or_default()
+    }
+
+    pub fn handler_language(&self) -> &str {
+        self.text(2).unwrap_or_default()
+    }
+
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.text(3)
+    }
+
+    pub fn task_uuid(&self) -> Option<&str> {
+        self.text(4)
+    }
+
+    pub fn step_uuid(&self) -> Option<&str> {
+        self.text(5)
+    }
+
+    pub fn step_name(&self) -> Option<&str> {
+        self.text(6)
+    }
 }
 
 /// A derived metric as a breakdown computes it from the spans it holds.
@@ -100,10 +177,13 @@ impl Log {
 }
 
 fn keys(record: &SpanRecord) -> impl Iterator<Item = &str> {
-    [&record.correlation_id, &record.task_uuid, &record.step_uuid]
-        .into_iter()
-        .flatten()
-        .map(|k| &**k)
+    [
+        record.correlation_id(),
+        record.task_uuid(),
+        record.step_uuid(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -215,18 +295,18 @@ impl SpanLog {
         let mut frontier = vec![id];
         while let Some(key) = frontier.pop() {
             for r in lookup(key) {
-                let task_level = r.step_uuid.is_none();
-                let by_correlation = task_level && r.correlation_id.as_deref() == Some(key);
-                if !(by_correlation || r.task_uuid.as_deref() == Some(key)) {
+                let task_level = r.step_uuid().is_none();
+                let by_correlation = task_level && r.correlation_id() == Some(key);
+                if !(by_correlation || r.task_uuid() == Some(key)) {
                     continue;
                 }
                 found.push(r);
-                if let Some(task) = r.task_uuid.as_deref()
+                if let Some(task) = r.task_uuid()
                     && tasks.insert(task)
                 {
                     frontier.push(task);
                 }
-                if let Some(correlation) = r.correlation_id.as_deref()
+                if let Some(correlation) = r.correlation_id()
                     && task_level
                     && correlations.insert(correlation)
                 {
@@ -237,15 +317,12 @@ impl SpanLog {
         if found.is_empty() {
             return None;
         }
-        let steps: BTreeSet<&str> = found
-            .iter()
-            .filter_map(|r| r.step_uuid.as_deref())
-            .collect();
+        let steps: BTreeSet<&str> = found.iter().filter_map(|r| r.step_uuid()).collect();
         for step in &steps {
             found.extend(
                 lookup(step)
                     .into_iter()
-                    .filter(|r| r.step_uuid.as_deref() == Some(*step)),
+                    .filter(|r| r.step_uuid() == Some(*step)),
             );
         }
         found.sort_by_key(|r| (r.span.start_unix_nano, r.span.span_id));
@@ -256,8 +333,8 @@ impl SpanLog {
     fn timing(&self, r: &SpanRecord) -> StageTiming {
         StageTiming {
             stage: self.stages[r.stage].clone(),
-            span_name: r.span_name.to_string(),
-            service: r.service.to_string(),
+            span_name: r.span_name().to_string(),
+            service: r.service().to_string(),
             duration_ms: ms(r.span.end_unix_nano.saturating_sub(r.span.start_unix_nano)),
             start_unix_nano: r.span.start_unix_nano,
             trace_id: hex(&r.span.trace_id),
@@ -274,7 +351,7 @@ impl SpanLog {
                 .iter()
                 .map(|(stage, name)| {
                     let mut matching = spans.iter().filter(|r| {
-                        r.stage == *stage && name.as_deref().is_none_or(|n| n == &*r.span_name)
+                        r.stage == *stage && name.as_deref().is_none_or(|n| n == r.span_name())
                     });
                     let first = matching.next()?.span;
                     // An envelope spans every span of the part; other operations use the first.
@@ -302,7 +379,7 @@ impl SpanLog {
         let mut by_step: BTreeMap<&str, Vec<&SpanRecord>> = BTreeMap::new();
         let mut task_level = Vec::new();
         for r in found {
-            match r.step_uuid.as_deref() {
+            match r.step_uuid() {
                 Some(step) => by_step.entry(step).or_default().push(r),
                 None => task_level.push(*r),
             }
@@ -312,16 +389,13 @@ impl SpanLog {
             .map(|(step, spans)| {
                 let worker = spans
                     .iter()
-                    .find(|r| &*r.handler_language != "unknown")
+                    .find(|r| r.handler_language() != "unknown")
                     .or(spans.first());
                 StepBreakdown {
                     step_uuid: step.to_string(),
-                    step_name: spans
-                        .iter()
-                        .find_map(|r| r.step_name.as_deref())
-                        .map(str::to_string),
-                    service: worker.map(|r| r.service.to_string()),
-                    handler_language: worker.map(|r| r.handler_language.to_string()),
+                    step_name: spans.iter().find_map(|r| r.step_name()).map(str::to_string),
+                    service: worker.map(|r| r.service().to_string()),
+                    handler_language: worker.map(|r| r.handler_language().to_string()),
                     stages: spans.iter().map(|r| self.timing(r)).collect(),
                     derived: self.derived_values(spans, &self.step_key),
                 }
@@ -343,8 +417,8 @@ impl SpanLog {
         Breakdown {
             correlation_ids: found
                 .iter()
-                .filter(|r| r.step_uuid.is_none())
-                .filter_map(|r| r.correlation_id.as_deref())
+                .filter(|r| r.step_uuid().is_none())
+                .filter_map(|r| r.correlation_id())
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .map(str::to_string)

@@ -59,6 +59,13 @@ pub struct SpanFacts<'a, 'b> {
 }
 
 impl Classifier {
+    /// The span attribute keys the rules look at.
+    pub fn attribute_keys(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.attributes.iter().map(|(key, _)| key.as_str()))
+    }
+
     /// `stage_of` maps a rule's stage name to its id.
     pub fn compile(
         rules: &[RuleConfig],

@@ -4,6 +4,9 @@
 //! spanlens reads, with OTLP's field numbers. A request becomes three flat vectors (resources,
 //! spans, attributes) of slices into the buffer: no per-span allocation. Fields the projection
 //! does not read (scope, events, links, trace_state, flags) are skipped over, not decoded.
+//! [`Batch::decode_keeping`] goes one step further, as the pipeline does: span attributes
+//! whose keys no rule, label, join or breakdown reads are skipped like unknown fields (their
+//! value is neither parsed nor checked as UTF-8); only the message framing around them is.
 
 use crate::wire::{Fields, WireError};
 use std::fmt;
@@ -177,6 +180,25 @@ impl SpanView<'_> {
     }
 }
 
+/// The span attribute keys a [`Batch::decode_keeping`] keeps.
+#[derive(Debug, Clone, Default)]
+pub struct AttributeKeys {
+    keys: Vec<Box<[u8]>>,
+}
+
+impl AttributeKeys {
+    pub fn new<'k>(keys: impl IntoIterator<Item = &'k str>) -> AttributeKeys {
+        let mut keys: Vec<Box<[u8]>> = keys.into_iter().map(|k| k.as_bytes().into()).collect();
+        keys.sort();
+        keys.dedup();
+        AttributeKeys { keys }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.keys.iter().any(|k| **k == *key)
+    }
+}
+
 /// One decoded request.
 #[derive(Debug, Default)]
 pub struct Batch<'a> {
@@ -194,28 +216,45 @@ impl<'a> Batch<'a> {
         &self.attributes[resource.attributes.clone()]
     }
 
-    /// Decodes an `ExportTraceServiceRequest`.
+    /// Decodes an `ExportTraceServiceRequest`, every attribute included.
     pub fn decode(buf: &'a [u8]) -> Result<Batch<'a>, DecodeError> {
+        Self::decode_with(buf, None)
+    }
+
+    /// Decodes an `ExportTraceServiceRequest`, keeping only the span attributes with these
+    /// keys (resource attributes are all kept).
+    pub fn decode_keeping(buf: &'a [u8], keys: &AttributeKeys) -> Result<Batch<'a>, DecodeError> {
+        Self::decode_with(buf, Some(keys))
+    }
+
+    fn decode_with(buf: &'a [u8], keep: Option<&AttributeKeys>) -> Result<Batch<'a>, DecodeError> {
         let mut batch = Batch {
             spans: Vec::with_capacity(buf.len() / 256),
             attributes: Vec::with_capacity(buf.len() / 32),
             ..Batch::default()
         };
         let mut path = Path::default();
-        batch.request(buf, &mut path).map_err(|error| DecodeError {
-            path: path.to_string(),
-            error,
-        })?;
+        batch
+            .request(buf, &mut path, keep)
+            .map_err(|error| DecodeError {
+                path: path.to_string(),
+                error,
+            })?;
         Ok(batch)
     }
 
-    fn request(&mut self, buf: &'a [u8], path: &mut Path) -> Result<(), WireError> {
+    fn request(
+        &mut self,
+        buf: &'a [u8],
+        path: &mut Path,
+        keep: Option<&AttributeKeys>,
+    ) -> Result<(), WireError> {
         let mut rs_index = 0;
         for field in Fields::new(buf) {
             let (number, value) = field?;
             if number == 1 {
                 path.set(Level::ResourceSpans, rs_index);
-                self.resource_spans(value.bytes(1)?, rs_index, path)?;
+                self.resource_spans(value.bytes(1)?, rs_index, path, keep)?;
                 rs_index += 1;
             }
         }
@@ -227,6 +266,7 @@ impl<'a> Batch<'a> {
         buf: &'a [u8],
         rs_index: usize,
         path: &mut Path,
+        keep: Option<&AttributeKeys>,
     ) -> Result<(), WireError> {
         // The resource may follow its scope_spans on the wire; find it first.
         let resource_index = self.resources.len();
@@ -247,7 +287,8 @@ impl<'a> Batch<'a> {
             let (number, value) = field?;
             if number == 2 {
                 path.set(Level::ScopeSpans, ss_index);
-                self.scope_spans(value.bytes(2)?, (resource_index, rs_index, ss_index), path)?;
+                let position = (resource_index, rs_index, ss_index);
+                self.scope_spans(value.bytes(2)?, position, path, keep)?;
                 ss_index += 1;
             }
         }
@@ -291,6 +332,7 @@ impl<'a> Batch<'a> {
         buf: &'a [u8],
         (resource, rs_index, ss_index): (usize, usize, usize),
         path: &mut Path,
+        keep: Option<&AttributeKeys>,
     ) -> Result<(), WireError> {
         let mut span_index = 0;
         for field in Fields::new(buf) {
@@ -302,6 +344,7 @@ impl<'a> Batch<'a> {
                     resource,
                     (rs_index, ss_index, span_index),
                     path,
+                    keep,
                 )?;
                 self.spans.push(span);
                 span_index += 1;
@@ -316,6 +359,7 @@ impl<'a> Batch<'a> {
         resource: usize,
         position: (usize, usize, usize),
         path: &mut Path,
+        keep: Option<&AttributeKeys>,
     ) -> Result<SpanView<'a>, WireError> {
         let start = self.attributes.len();
         let mut span = SpanView {
@@ -344,7 +388,14 @@ impl<'a> Batch<'a> {
                 8 => span.end_time_unix_nano = value.fixed64(8)?,
                 9 => {
                     path.set(Level::Attribute, attr_index);
-                    self.attributes.push(key_value(value.bytes(9)?)?);
+                    let buf = value.bytes(9)?;
+                    let kept = match keep {
+                        None => true,
+                        Some(keys) => keys.contains(key_bytes(buf)?),
+                    };
+                    if kept {
+                        self.attributes.push(key_value(buf)?);
+                    }
                     attr_index += 1;
                 }
                 // Repeated messages merge, as in prost: a later status without a
@@ -371,6 +422,17 @@ fn status(buf: &[u8], mut code: i32) -> Result<i32, WireError> {
         }
     }
     Ok(code)
+}
+
+/// The key of an encoded KeyValue, unchecked (the last occurrence wins, as in a full decode).
+fn key_bytes(buf: &[u8]) -> Result<&[u8], WireError> {
+    let mut key: &[u8] = &[];
+    for field in Fields::new(buf) {
+        if let (1, value) = field? {
+            key = value.bytes(1)?;
+        }
+    }
+    Ok(key)
 }
 
 fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
@@ -520,6 +582,40 @@ mod tests {
             }],
         }
         .encode_to_vec()
+    }
+
+    #[test]
+    fn decode_keeping_skips_unlisted_span_attributes_unread() {
+        let bytes = request();
+        let keys = AttributeKeys::new(["queue", "absent"]);
+        let batch = Batch::decode_keeping(&bytes, &keys).unwrap();
+        for span in &batch.spans {
+            assert_eq!(
+                batch.span_attributes(span),
+                &[Attribute {
+                    key: "queue",
+                    value: AnyValue::Str("worker_a_queue")
+                }]
+            );
+        }
+        // Resource attributes are all kept.
+        assert_eq!(batch.resource_attributes(&batch.resources[0]).len(), 1);
+        assert_eq!(batch.resources[0].service_name, Some("tasker-ruby-worker"));
+
+        // A value that is not UTF-8: an error where the attribute is read, skipped elsewhere.
+        let bad = |key: &str| {
+            let mut request = ExportTraceServiceRequest::decode(&request()[..]).unwrap();
+            let span = &mut request.resource_spans[0].scope_spans[0].spans[0];
+            span.attributes = vec![kv(key, any_value::Value::StringValue("x".into()))];
+            let mut bytes = request.encode_to_vec();
+            let at = bytes.iter().rposition(|&b| b == b'x').unwrap();
+            bytes[at] = 0xff;
+            bytes
+        };
+        assert!(Batch::decode_keeping(&bad("limit"), &keys).is_ok());
+        let error = Batch::decode_keeping(&bad("queue"), &keys).unwrap_err();
+        assert_eq!(error.error, WireError::InvalidUtf8 { field: 1 });
+        assert!(Batch::decode(&bad("limit")).is_err());
     }
 
     #[test]

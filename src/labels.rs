@@ -144,6 +144,14 @@ impl LabelResolver {
         None
     }
 
+    /// The span attribute keys this label may read.
+    pub fn span_keys(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter_map(|s| match s {
+            Source::Span { key, .. } => Some(key.as_str()),
+            _ => None,
+        })
+    }
+
     pub fn default_value(&self) -> &str {
         &self.default
     }

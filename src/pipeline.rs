@@ -5,14 +5,14 @@ use crate::aggregate::{
     DimensionId, Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, Store, StoreSpec, Values,
     Writer,
 };
-use crate::breakdown::{Breakdown, DerivedRule, SpanLog, SpanRecord};
+use crate::breakdown::{Breakdown, DerivedRule, RecordKeys, SpanLog, SpanRecord};
 use crate::classify::{Classifier, SpanFacts, StageId};
 use crate::config::BreakdownConfig;
 use crate::config::Config;
 use crate::config::validate::checked_duration;
 use crate::config::validate::parse_duration;
 use crate::decode::{AnyValue, SpanView};
-use crate::decode::{Batch, SpanProblem};
+use crate::decode::{AttributeKeys, Batch, DecodeError, SpanProblem};
 use crate::dedupe::RecentSpans;
 use crate::join::{Arrival, Eviction, JoinSpec, JoinWindow, Offer, PartSpan};
 use crate::labels::ResourceValues;
@@ -142,6 +142,8 @@ struct JoinMetrics {
 
 pub struct Pipeline {
     store: Store,
+    /// The span attributes something here reads; decode skips the others.
+    attribute_keys: AttributeKeys,
     span_log: SpanLog,
     breakdown_keys: BreakdownConfig,
     recent: RecentSpans,
@@ -439,7 +441,26 @@ impl Pipeline {
         let classifier = Classifier::compile(&config.rules, |name| {
             stage_names.iter().position(|s| *s == name).map(StageId)
         })?;
+        let handler_language = LabelResolver::compile(&labels.handler_language)?;
+        let b = &config.breakdown;
+        let attribute_keys = AttributeKeys::new(
+            classifier
+                .attribute_keys()
+                .chain(handler_language.span_keys())
+                .chain(extras.iter().flat_map(|(r, _)| r.span_keys()))
+                .chain(derived.iter().map(|d| d.key.as_str()))
+                .chain(
+                    [
+                        &b.correlation_key,
+                        &b.task_key,
+                        &b.step_key,
+                        &b.step_name_key,
+                    ]
+                    .map(String::as_str),
+                ),
+        );
         Ok(Pipeline {
+            attribute_keys,
             span_log,
             breakdown_keys: config.breakdown.clone(),
             recent: RecentSpans::new(config.join.dedupe_spans),
@@ -473,7 +494,7 @@ impl Pipeline {
             }),
             classifier,
             stages,
-            handler_language: LabelResolver::compile(&labels.handler_language)?,
+            handler_language,
             extras,
             span_metrics,
             own,
@@ -534,6 +555,12 @@ impl Pipeline {
     }
 
     /// Decodes an OTLP protobuf `ExportTraceServiceRequest` and observes its usable spans.
+    /// Decodes a request as ingest does: span attributes nothing in the config reads are
+    /// skipped unread.
+    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Batch<'a>, DecodeError> {
+        Batch::decode_keeping(bytes, &self.attribute_keys)
+    }
+
     pub fn ingest(&self, protocol: Protocol, bytes: &[u8]) -> Result<Outcome, Refusal> {
         self.ingest_admitting(protocol, bytes, |_, _| Ok(()))
     }
@@ -547,7 +574,7 @@ impl Pipeline {
         bytes: &[u8],
         admit: impl FnOnce(&[usize], usize) -> Result<(), Busy>,
     ) -> Result<Outcome, Refusal> {
-        let batch = match Batch::decode(bytes) {
+        let batch = match self.decode(bytes) {
             Ok(batch) => batch,
             Err(e) => {
                 self.count_refused_request(protocol, "malformed");
@@ -719,7 +746,7 @@ impl Pipeline {
         language: &str,
     ) -> Option<SpanRecord> {
         let k = &self.breakdown_keys;
-        let mut found: [Option<Box<str>>; 4] = Default::default();
+        let mut found: [Option<&str>; 4] = Default::default();
         for a in batch.span_attributes(span) {
             let AnyValue::Str(v) = a.value else { continue };
             let slot = [
@@ -731,29 +758,22 @@ impl Pipeline {
             .iter()
             .position(|key| a.key == key.as_str());
             if let Some(slot) = slot {
-                found[slot] = Some(truncate(v, self.max_label_len).into());
+                found[slot] = Some(truncate(v, self.max_label_len));
             }
         }
         let [correlation_id, task_uuid, step_uuid, step_name] = found;
         if correlation_id.is_none() && task_uuid.is_none() && step_uuid.is_none() {
             return None;
         }
-        Some(SpanRecord {
-            stage,
-            span_name: truncate(span.name, self.max_label_len).into(),
-            service: service.into(),
-            handler_language: language.into(),
-            span: PartSpan {
-                start_unix_nano: span.start_time_unix_nano,
-                end_unix_nano: span.end_time_unix_nano,
-                trace_id: span.trace_id.try_into().expect("checked: 16 bytes"),
-                span_id: span.span_id.try_into().expect("checked: 8 bytes"),
-            },
+        let part = part_span(span);
+        let names = [truncate(span.name, self.max_label_len), service, language];
+        let keys = RecordKeys {
             correlation_id,
             task_uuid,
             step_uuid,
             step_name,
-        })
+        };
+        Some(SpanRecord::new(stage, part, names, keys))
     }
 
     /// The breakdown of one task by correlation id or task uuid, from recent spans.
@@ -801,13 +821,7 @@ impl Pipeline {
                     .map(|v| truncate(v, self.max_label_len)),
             };
         }
-        let span = found.span;
-        let part = PartSpan {
-            start_unix_nano: span.start_time_unix_nano,
-            end_unix_nano: span.end_time_unix_nano,
-            trace_id: span.trace_id.try_into().expect("checked: 16 bytes"),
-            span_id: span.span_id.try_into().expect("checked: 8 bytes"),
-        };
+        let part = part_span(found.span);
         let arrival = Arrival {
             derived: join.derived,
             key,
@@ -850,6 +864,16 @@ impl Pipeline {
                 );
             }
         }
+    }
+}
+
+/// A valid span's times and ids, as joins and breakdowns keep them.
+fn part_span(span: &SpanView) -> PartSpan {
+    PartSpan {
+        start_unix_nano: span.start_time_unix_nano,
+        end_unix_nano: span.end_time_unix_nano,
+        trace_id: span.trace_id.try_into().expect("checked: 16 bytes"),
+        span_id: span.span_id.try_into().expect("checked: 8 bytes"),
     }
 }
 

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 use proptest::prelude::*;
 use prost::Message;
-use spanlens::decode::{self, Batch};
+use spanlens::decode::{self, AttributeKeys, Batch};
 
 fn any_value() -> impl Strategy<Value = Option<any_value::Value>> {
     prop_oneof![
@@ -194,6 +194,47 @@ proptest! {
         let batch = Batch::decode(&bytes).expect("a prost-encoded request decodes");
         let full = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
         assert_same(&batch, &full);
+    }
+
+    #[test]
+    fn keeping_some_keys_is_the_full_decode_without_the_others(request in request(), mask in any::<u32>()) {
+        let bytes = request.encode_to_vec();
+        // Some of the span attribute keys the request has, chosen by the mask, and one it has not.
+        let mut present: Vec<&str> = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .flat_map(|s| &s.attributes)
+            .map(|a| a.key.as_str())
+            .collect();
+        present.sort();
+        present.dedup();
+        let mut keep: Vec<&str> = present
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << (i % 32)) != 0)
+            .map(|(_, k)| k)
+            .collect();
+        keep.push("not.in.any.request");
+        let keys = AttributeKeys::new(keep.iter().copied());
+        let kept = Batch::decode_keeping(&bytes, &keys).expect("a prost-encoded request decodes");
+        let full = Batch::decode(&bytes).unwrap();
+        prop_assert_eq!(&kept.spans.len(), &full.spans.len());
+        prop_assert_eq!(kept.resources.len(), full.resources.len());
+        for (k, f) in kept.spans.iter().zip(&full.spans) {
+            prop_assert_eq!((k.name, k.trace_id, k.span_id), (f.name, f.trace_id, f.span_id));
+            let expected: Vec<_> = full
+                .span_attributes(f)
+                .iter()
+                .filter(|a| keep.contains(&a.key))
+                .collect();
+            let got: Vec<_> = kept.span_attributes(k).iter().collect();
+            prop_assert_eq!(got, expected);
+        }
+        for (k, f) in kept.resources.iter().zip(&full.resources) {
+            prop_assert_eq!(kept.resource_attributes(k), full.resource_attributes(f));
+        }
     }
 
     #[test]

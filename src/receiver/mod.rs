@@ -32,13 +32,14 @@ pub async fn off_the_workers<T: Send + 'static>(
     }
 }
 
-/// Decompresses a body: on the blocking pool unless it is small and uncompressed.
+/// Decompresses a body on the blocking pool; an uncompressed body is only checked against
+/// the limit, inline (a hop to the pool and back would cost more than the check).
 pub async fn decompress(
     encoding: crate::body::Encoding,
     raw: bytes::Bytes,
     limit: usize,
 ) -> Result<bytes::Bytes, crate::body::BodyError> {
-    let heavy = encoding != crate::body::Encoding::Identity || raw.len() > SMALL;
+    let heavy = encoding != crate::body::Encoding::Identity;
     off_the_workers(heavy, move || {
         crate::body::decode_owned(encoding, raw, limit)
     })

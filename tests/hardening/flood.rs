@@ -63,7 +63,7 @@ fn expected(
         Proto::HttpJson => spanlens::json::to_protobuf(&decoded).ok()?,
         _ => decoded.to_vec(),
     };
-    let batch = spanlens::decode::Batch::decode(&protobuf).ok()?;
+    let batch = crate::harness::default_pipeline().decode(&protobuf).ok()?;
     let invalid = batch.spans.iter().filter(|s| s.problem().is_some()).count();
     let spans = batch.spans.len();
     if spans > 0 && invalid == spans {

@@ -16,6 +16,16 @@ use yaml_serde::{Mapping, Value};
 /// How long the binary may take to start listening (a loaded 2-core machine, debug build).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// One pipeline of the default profile, built once (it compiles the profile's regexes): the
+/// oracle for what the binary, which runs that profile, must answer.
+pub fn default_pipeline() -> &'static spanlens::pipeline::Pipeline {
+    static PIPELINE: std::sync::OnceLock<spanlens::pipeline::Pipeline> = std::sync::OnceLock::new();
+    PIPELINE.get_or_init(|| {
+        let config = spanlens::config::Config::default_profile();
+        spanlens::pipeline::Pipeline::new(&config).expect("the default profile builds")
+    })
+}
+
 /// A directory under the system temp dir, removed when dropped.
 pub struct TempDir {
     path: PathBuf,
