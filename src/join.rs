@@ -143,10 +143,11 @@ impl JoinWindow {
         let hash = self.hasher.hash_one((derived, key));
         let mut shard = self.shard(hash);
         self.expire(&mut shard, now, evicted);
-        if shard.completed.contains(&hash) || shard.completed_before.contains(&hash) {
-            return Offer::Late;
-        }
+        // A waiting key is not completed: the completed sets are only asked about new keys.
         if !shard.pending.contains_key(&hash) {
+            if shard.completed.contains(&hash) || shard.completed_before.contains(&hash) {
+                return Offer::Late;
+            }
             if shard.pending.len() >= self.per_shard {
                 evict_oldest(&mut shard, evicted);
             }
