@@ -629,6 +629,7 @@ impl Pipeline {
             .iter()
             .map(|(r, _)| r.per_resource(&batch))
             .collect();
+        let mut services: Vec<Option<&str>> = vec![None; batch.resources.len()];
         let mut bufs: [String; MAX_STAGE_LABELS] = Default::default();
         let mut problems = problems.iter().map(|(i, _)| *i).peekable();
         let now = Instant::now();
@@ -642,12 +643,16 @@ impl Pipeline {
                 w.add(self.join_metrics.duplicates, &[p], 1);
                 continue;
             }
-            let resource = &batch.resources[span.resource];
-            let raw_service = resource.service_name.unwrap_or("unknown_service");
-            let service = w.admitted(
-                self.dimensions.service,
-                truncate(raw_service, self.max_label_len),
-            );
+            let raw_service = batch.resources[span.resource]
+                .service_name
+                .unwrap_or("unknown_service");
+            // Admitted once per resource that has a span to observe.
+            let service = *services[span.resource].get_or_insert_with(|| {
+                w.admitted(
+                    self.dimensions.service,
+                    truncate(raw_service, self.max_label_len),
+                )
+            });
             let seconds = span.duration_nanos() as f64 / 1e9;
             let exemplar = Exemplar {
                 trace_id: span.trace_id.try_into().expect("checked: 16 bytes"),

@@ -15,7 +15,7 @@ mod series;
 pub use series::{Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values};
 
 use hashbrown::hash_map::Entry;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::{Equivalent, HashMap, HashSet};
 use series::{BorrowedKey, Cell, SeriesKey};
 use std::cell::Cell as StdCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -91,6 +91,9 @@ struct Shard {
     /// Per dimension, values this shard knows are admitted globally, with the tick this shard
     /// last admitted each in.
     admitted: Vec<HashMap<Box<str>, u64>>,
+    /// Per metric, the slot written last: consecutive writes to one series (a span's calls,
+    /// errors and histogram; spans of one step in a row) skip the index.
+    last: Vec<Option<usize>>,
 }
 
 /// The coarse clock of expiry: ticks are numbered from 0 (store creation); each expiry pass
@@ -145,6 +148,7 @@ impl Store {
             .unwrap_or(1)
             * 2;
         let dimension_count = spec.dimensions.len();
+        let metric_count = spec.metrics.len();
         Store {
             admitted_series: spec.metrics.iter().map(|_| Mutex::default()).collect(),
             label_overflow: spec.label_overflow,
@@ -166,6 +170,7 @@ impl Store {
                 .map(|_| {
                     Mutex::new(Shard {
                         admitted: vec![HashMap::new(); dimension_count],
+                        last: vec![None; metric_count],
                         ..Shard::default()
                     })
                 })
@@ -298,6 +303,7 @@ impl Store {
                 }
             }
             shrink(&mut shard.slots, &mut shard.index);
+            shard.last.fill(None);
             for (cache, dimension) in shard.admitted.iter_mut().zip(&self.dimensions) {
                 let values = read(&dimension.values);
                 cache.retain(|value, &mut last| {
@@ -471,7 +477,12 @@ impl<'s> Writer<'s> {
             metric: metric.0,
             labels,
         };
-        if let Some(&i) = self.shard.index.get(&borrowed) {
+        let shard = &*self.shard;
+        let hit = shard.last[metric.0]
+            .filter(|&i| borrowed.equivalent(&shard.slots[i].key))
+            .or_else(|| shard.index.get(&borrowed).copied());
+        if let Some(i) = hit {
+            self.shard.last[metric.0] = Some(i);
             let slot = &mut self.shard.slots[i];
             slot.written = tick;
             return &mut slot.cell;
@@ -501,6 +512,7 @@ impl<'s> Writer<'s> {
                 i
             }
         };
+        shard.last[metric.0] = Some(i);
         let slot = &mut shard.slots[i];
         slot.written = tick;
         &mut slot.cell
