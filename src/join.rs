@@ -79,7 +79,8 @@ struct Pending {
 
 /// Keys are known by a 64-bit hash of (derived metric, key text), as completed keys always
 /// were: no key text is copied or hashed twice per span. Two keys that collide would be
-/// joined as one; with the window's at most `max_pending` keys the odds are below 1 in 10⁹.
+/// joined as one: a new key meets one of the at most a few `max_pending` keys held with a
+/// probability of about their number ÷ 2⁶⁴ (below 10⁻¹⁴ at the default 50,000).
 #[derive(Default)]
 struct Shard {
     pending: HashMap<u64, Pending>,
@@ -90,11 +91,9 @@ struct Shard {
     next_seq: u64,
 }
 
-impl Shard {
-    /// The pending key this order entry stands for, if it is still waiting.
-    fn live(&self, seq: u64, hash: u64) -> Option<&Pending> {
-        self.pending.get(&hash).filter(|p| p.seq == seq)
-    }
+/// The pending key an order entry stands for, if it is still waiting.
+fn live(pending: &HashMap<u64, Pending>, seq: u64, hash: u64) -> Option<&Pending> {
+    pending.get(&hash).filter(|p| p.seq == seq)
 }
 
 pub struct JoinWindow {
@@ -230,7 +229,7 @@ impl JoinWindow {
 
     fn expire(&self, shard: &mut Shard, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
         while let Some(&(seq, since, hash)) = shard.order.front() {
-            let live = shard.live(seq, hash).map(|p| p.derived);
+            let live = live(&shard.pending, seq, hash).map(|p| p.derived);
             if live.is_some() && now.saturating_duration_since(since) < self.max_wait {
                 break;
             }
@@ -245,7 +244,7 @@ impl JoinWindow {
 
 fn evict_oldest(shard: &mut Shard, evicted: &mut impl FnMut(usize, Eviction)) {
     while let Some((seq, _, hash)) = shard.order.pop_front() {
-        if let Some(derived) = shard.live(seq, hash).map(|p| p.derived) {
+        if let Some(derived) = live(&shard.pending, seq, hash).map(|p| p.derived) {
             shard.pending.remove(&hash);
             evicted(derived, Eviction::Capacity);
             return;
@@ -258,7 +257,7 @@ fn compact(shard: &mut Shard) {
     let pending = &shard.pending;
     shard
         .order
-        .retain(|&(seq, _, hash)| pending.get(&hash).is_some_and(|p| p.seq == seq));
+        .retain(|&(seq, _, hash)| live(pending, seq, hash).is_some());
 }
 
 fn seconds(nanos: u64) -> f64 {

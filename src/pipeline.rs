@@ -442,22 +442,13 @@ impl Pipeline {
             stage_names.iter().position(|s| *s == name).map(StageId)
         })?;
         let handler_language = LabelResolver::compile(&labels.handler_language)?;
-        let b = &config.breakdown;
         let attribute_keys = AttributeKeys::new(
             classifier
                 .attribute_keys()
                 .chain(handler_language.span_keys())
                 .chain(extras.iter().flat_map(|(r, _)| r.span_keys()))
                 .chain(derived.iter().map(|d| d.key.as_str()))
-                .chain(
-                    [
-                        &b.correlation_key,
-                        &b.task_key,
-                        &b.step_key,
-                        &b.step_name_key,
-                    ]
-                    .map(String::as_str),
-                ),
+                .chain(config.breakdown.attribute_keys()),
         );
         Ok(Pipeline {
             attribute_keys,
@@ -554,13 +545,13 @@ impl Pipeline {
             .add(self.own.refused_requests, &[protocol.as_str(), reason], 1);
     }
 
-    /// Decodes an OTLP protobuf `ExportTraceServiceRequest` and observes its usable spans.
     /// Decodes a request as ingest does: span attributes nothing in the config reads are
     /// skipped unread.
     pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Batch<'a>, DecodeError> {
         Batch::decode_keeping(bytes, &self.attribute_keys)
     }
 
+    /// Decodes an OTLP protobuf `ExportTraceServiceRequest` and observes its usable spans.
     pub fn ingest(&self, protocol: Protocol, bytes: &[u8]) -> Result<Outcome, Refusal> {
         self.ingest_admitting(protocol, bytes, |_, _| Ok(()))
     }
@@ -750,18 +741,11 @@ impl Pipeline {
         service: &str,
         language: &str,
     ) -> Option<SpanRecord> {
-        let k = &self.breakdown_keys;
+        let keys = self.breakdown_keys.attribute_keys();
         let mut found: [Option<&str>; 4] = Default::default();
         for a in batch.span_attributes(span) {
             let AnyValue::Str(v) = a.value else { continue };
-            let slot = [
-                &k.correlation_key,
-                &k.task_key,
-                &k.step_key,
-                &k.step_name_key,
-            ]
-            .iter()
-            .position(|key| a.key == key.as_str());
+            let slot = keys.iter().position(|&key| a.key == key);
             if let Some(slot) = slot {
                 found[slot] = Some(truncate(v, self.max_label_len));
             }

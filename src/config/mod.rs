@@ -84,6 +84,19 @@ pub struct BreakdownConfig {
     pub step_name_key: String,
 }
 
+impl BreakdownConfig {
+    /// The span attributes a breakdown reads: correlation id, task, step, step name.
+    pub fn attribute_keys(&self) -> [&str; 4] {
+        [
+            &self.correlation_key,
+            &self.task_key,
+            &self.step_key,
+            &self.step_name_key,
+        ]
+        .map(String::as_str)
+    }
+}
+
 impl Default for BreakdownConfig {
     fn default() -> Self {
         BreakdownConfig {
