@@ -844,20 +844,6 @@ async fn metrics(addr: SocketAddr) -> Exposition {
     Exposition::parse(&response.text().await.unwrap())
 }
 
-/// The sum of every sample named `name` whose labels include `labels` (0 when none).
-fn sum(m: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
-    m.samples
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
 /// The forward series of one endpoint, for failure messages.
 fn forward_series(m: &Exposition, endpoint: &str) -> String {
     m.samples
@@ -1143,13 +1129,13 @@ async fn downstream_down_for_a_while_then_every_span_arrives() {
     }
     let n = span_count(&sent) as f64;
     let before = wait_metrics(m, "every request queued, retries under way", |m| {
-        sum(m, ACCEPTED, &[("protocol", "grpc")]) == n
-            && sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == REQUESTS as f64
-            && sum(m, RETRIES, &[("endpoint", "backend")]) > 0.0
+        m.sum(ACCEPTED, &[("protocol", "grpc")]) == n
+            && m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == REQUESTS as f64
+            && m.sum(RETRIES, &[("endpoint", "backend")]) > 0.0
     })
     .await;
-    assert!(sum(&before, QUEUE_BYTES, &[("endpoint", "backend")]) > 0.0);
-    assert_eq!(sum(&before, SENT_SPANS, &[("endpoint", "backend")]), 0.0);
+    assert!(before.sum(QUEUE_BYTES, &[("endpoint", "backend")]) > 0.0);
+    assert_eq!(before.sum(SENT_SPANS, &[("endpoint", "backend")]), 0.0);
     assert!(downstream.attempts().is_empty());
 
     downstream.start().await;
@@ -1160,26 +1146,26 @@ async fn downstream_down_for_a_while_then_every_span_arrives() {
     )
     .await;
     let after = wait_metrics(m, "queue empty, everything counted sent", |m| {
-        sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
-            && sum(m, SENT_SPANS, &[("endpoint", "backend")]) >= n
+        m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
+            && m.sum(SENT_SPANS, &[("endpoint", "backend")]) >= n
     })
     .await;
     assert_eq!(
-        sum(&after, SENT_SPANS, &[("endpoint", "backend")]),
+        after.sum(SENT_SPANS, &[("endpoint", "backend")]),
         n,
         "{}",
         forward_series(&after, "backend")
     );
-    assert_eq!(sum(&after, QUEUE_BYTES, &[("endpoint", "backend")]), 0.0);
-    assert_eq!(sum(&after, FAILED, &[("endpoint", "backend")]), 0.0);
-    assert_eq!(sum(&after, DROPPED, &[("endpoint", "backend")]), 0.0);
+    assert_eq!(after.sum(QUEUE_BYTES, &[("endpoint", "backend")]), 0.0);
+    assert_eq!(after.sum(FAILED, &[("endpoint", "backend")]), 0.0);
+    assert_eq!(after.sum(DROPPED, &[("endpoint", "backend")]), 0.0);
     let duplicates: usize = downstream.duplicates().values().map(|n| n - 1).sum();
     assert!(
         duplicates <= SENDERS * SIZE,
         "{duplicates} duplicate spans, more than {SENDERS} senders x {SIZE} spans in flight"
     );
     assert_eq!(
-        sum(&after, SENT_REQUESTS, &[("endpoint", "backend")]),
+        after.sum(SENT_REQUESTS, &[("endpoint", "backend")]),
         REQUESTS as f64
     );
     for attempt in downstream.attempts() {
@@ -1235,15 +1221,15 @@ async fn flaky_endpoints_fan_out_and_everything_arrives_at_both() {
     let n = want.len() as f64;
     let after = wait_metrics(m, "both queues empty", |m| {
         ["primary", "archive"].iter().all(|e| {
-            sum(m, QUEUE_REQUESTS, &[("endpoint", e)]) == 0.0
-                && sum(m, SENT_SPANS, &[("endpoint", e)]) == n
+            m.sum(QUEUE_REQUESTS, &[("endpoint", e)]) == 0.0
+                && m.sum(SENT_SPANS, &[("endpoint", e)]) == n
         })
     })
     .await;
     for (name, downstream) in [("primary", &primary), ("archive", &archive)] {
         let attempts = downstream.attempts();
         let failed_answers = attempts.iter().filter(|a| !a.delivered()).count();
-        let retries = sum(&after, RETRIES, &[("endpoint", name)]);
+        let retries = after.sum(RETRIES, &[("endpoint", name)]);
         assert!(
             failed_answers > 0,
             "{name}: the 70% failure policy never fired"
@@ -1255,12 +1241,12 @@ async fn flaky_endpoints_fan_out_and_everything_arrives_at_both() {
             sent.len()
         );
         assert_eq!(
-            sum(&after, FAILED, &[("endpoint", name)]),
+            after.sum(FAILED, &[("endpoint", name)]),
             0.0,
             "{}",
             forward_series(&after, name)
         );
-        assert_eq!(sum(&after, DROPPED, &[("endpoint", name)]), 0.0);
+        assert_eq!(after.sum(DROPPED, &[("endpoint", name)]), 0.0);
     }
     for attempt in archive.attempts() {
         assert_eq!(attempt.wire, Wire::Http);
@@ -1304,17 +1290,16 @@ async fn drop_oldest_counts_exactly_what_was_lost_and_forwarding_resumes() {
     }
     let total = span_count(&sent) as f64;
     let before = wait_metrics(m, "all accepted", |m| {
-        sum(m, ACCEPTED, &[("protocol", "http_protobuf")]) == total
+        m.sum(ACCEPTED, &[("protocol", "http_protobuf")]) == total
     })
     .await;
     assert!(
-        sum(&before, QUEUE_REQUESTS, &[("endpoint", "backend")]) <= 4.0,
+        before.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) <= 4.0,
         "{}",
         forward_series(&before, "backend")
     );
     assert!(
-        sum(
-            &before,
+        before.sum(
             DROPPED,
             &[("endpoint", "backend"), ("reason", "queue_full")]
         ) > 0.0
@@ -1322,8 +1307,8 @@ async fn drop_oldest_counts_exactly_what_was_lost_and_forwarding_resumes() {
 
     downstream.start().await;
     let after = wait_metrics(m, "queue empty after the downstream came up", |m| {
-        sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
-            && sum(m, SENT_REQUESTS, &[("endpoint", "backend")]) > 0.0
+        m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
+            && m.sum(SENT_REQUESTS, &[("endpoint", "backend")]) > 0.0
     })
     .await;
     let delivered = downstream.delivered_ids();
@@ -1342,8 +1327,7 @@ async fn drop_oldest_counts_exactly_what_was_lost_and_forwarding_resumes() {
         sent.last().unwrap().ids().is_subset(&delivered),
         "the newest request was dropped"
     );
-    let dropped = sum(
-        &after,
+    let dropped = after.sum(
         DROPPED,
         &[("endpoint", "backend"), ("reason", "queue_full")],
     );
@@ -1355,15 +1339,11 @@ async fn drop_oldest_counts_exactly_what_was_lost_and_forwarding_resumes() {
         forward_series(&after, "backend")
     );
     assert_eq!(
-        sum(&after, SENT_SPANS, &[("endpoint", "backend")]),
+        after.sum(SENT_SPANS, &[("endpoint", "backend")]),
         delivered.len() as f64
     );
     assert_eq!(
-        sum(
-            &after,
-            DROPPED,
-            &[("endpoint", "backend"), ("reason", "shutdown")]
-        ),
+        after.sum(DROPPED, &[("endpoint", "backend"), ("reason", "shutdown")]),
         0.0
     );
 
@@ -1375,12 +1355,11 @@ async fn drop_oldest_counts_exactly_what_was_lost_and_forwarding_resumes() {
     want.extend(all_ids(&more));
     wait_delivered(&downstream, "requests sent after the overflow", &want).await;
     let last = wait_metrics(m, "the new spans counted sent", |m| {
-        sum(m, SENT_SPANS, &[("endpoint", "backend")]) == want.len() as f64
+        m.sum(SENT_SPANS, &[("endpoint", "backend")]) == want.len() as f64
     })
     .await;
     assert_eq!(
-        sum(
-            &last,
+        last.sum(
             DROPPED,
             &[("endpoint", "backend"), ("reason", "queue_full")]
         ),
@@ -1458,18 +1437,17 @@ async fn refuse_pushes_back_on_clients_and_loses_nothing() {
     );
     let per_client = (PER_CLIENT * SIZE) as f64;
     let after = wait_metrics(m, "queue empty, all sent", |m| {
-        sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
-            && sum(m, SENT_SPANS, &[("endpoint", "backend")]) == 2.0 * per_client
+        m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
+            && m.sum(SENT_SPANS, &[("endpoint", "backend")]) == 2.0 * per_client
     })
     .await;
     assert_eq!(
-        sum(&after, ACCEPTED, &[("protocol", "http_protobuf")]),
+        after.sum(ACCEPTED, &[("protocol", "http_protobuf")]),
         per_client
     );
-    assert_eq!(sum(&after, ACCEPTED, &[("protocol", "grpc")]), per_client);
+    assert_eq!(after.sum(ACCEPTED, &[("protocol", "grpc")]), per_client);
     assert_eq!(
-        sum(
-            &after,
+        after.sum(
             REQUESTS_REFUSED,
             &[
                 ("protocol", "http_protobuf"),
@@ -1479,19 +1457,18 @@ async fn refuse_pushes_back_on_clients_and_loses_nothing() {
         http_seen.refused() as f64
     );
     assert_eq!(
-        sum(
-            &after,
+        after.sum(
             REQUESTS_REFUSED,
             &[("protocol", "grpc"), ("reason", "forward_queue_full")]
         ),
         grpc_seen.refused() as f64
     );
     assert_eq!(
-        sum(&after, SPAN_CALLS, &[]),
+        after.sum(SPAN_CALLS, &[]),
         2.0 * per_client,
         "the span metrics count each span once, refused attempts not at all"
     );
-    assert_eq!(sum(&after, DROPPED, &[("endpoint", "backend")]), 0.0);
+    assert_eq!(after.sum(DROPPED, &[("endpoint", "backend")]), 0.0);
     eprintln!(
         "refuse: HTTP refused {} times, gRPC refused {} times ({} with RetryInfo)",
         http_seen.refused(),
@@ -1540,8 +1517,8 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
     }
     let n = (REQUESTS * SIZE) as f64;
     wait_metrics(binary.metrics, "round 1 accepted and queued", |m| {
-        sum(m, ACCEPTED, &[]) == n
-            && sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == REQUESTS as f64
+        m.sum(ACCEPTED, &[]) == n
+            && m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == REQUESTS as f64
     })
     .await;
     binary.kill9();
@@ -1560,18 +1537,18 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
     )
     .await;
     let m = wait_metrics(binary.metrics, "round 1 recovered and sent", |m| {
-        sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
-            && sum(m, SENT_SPANS, &[("endpoint", "backend")]) >= n
+        m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
+            && m.sum(SENT_SPANS, &[("endpoint", "backend")]) >= n
     })
     .await;
-    let recovered = sum(&m, WAL_RECOVERED, &[("endpoint", "backend")]);
+    let recovered = m.sum(WAL_RECOVERED, &[("endpoint", "backend")]);
     assert!(
         recovered > 0.0 && recovered <= REQUESTS as f64,
         "wal_recovered_requests_total {recovered}\n{}",
         forward_series(&m, "backend")
     );
-    assert_eq!(sum(&m, SENT_SPANS, &[("endpoint", "backend")]), n);
-    assert_eq!(sum(&m, WAL_SKIPPED, &[("endpoint", "backend")]), 0.0);
+    assert_eq!(m.sum(SENT_SPANS, &[("endpoint", "backend")]), n);
+    assert_eq!(m.sum(WAL_SKIPPED, &[("endpoint", "backend")]), 0.0);
     assert!(
         downstream.duplicates().is_empty(),
         "round 1 delivered twice"
@@ -1579,15 +1556,15 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
 
     // Round 2: backlog, SIGKILL, one damaged record.
     let lengths = segments(&wal);
-    let accepted_before = sum(&m, ACCEPTED, &[]);
+    let accepted_before = m.sum(ACCEPTED, &[]);
     downstream.stop().await;
     let round2 = batches(REQUESTS, SIZE);
     for batch in &round2 {
         post_accepted(&client, binary.http, batch).await;
     }
     wait_metrics(binary.metrics, "round 2 accepted and queued", |m| {
-        sum(m, ACCEPTED, &[]) == accepted_before + n
-            && sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == REQUESTS as f64
+        m.sum(ACCEPTED, &[]) == accepted_before + n
+            && m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == REQUESTS as f64
     })
     .await;
     binary.kill9();
@@ -1597,9 +1574,9 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
     downstream.start().await;
     let binary = Binary::start(&config).await;
     let m = wait_metrics(binary.metrics, "round 2 recovery done", |m| {
-        sum(m, WAL_SKIPPED, &[("endpoint", "backend")]) >= 1.0
-            && sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
-            && sum(m, SENT_SPANS, &[("endpoint", "backend")]) > 0.0
+        m.sum(WAL_SKIPPED, &[("endpoint", "backend")]) >= 1.0
+            && m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
+            && m.sum(SENT_SPANS, &[("endpoint", "backend")]) > 0.0
     })
     .await;
     let round2_ids = all_ids(&round2);
@@ -1638,7 +1615,7 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
         .collect();
     eprintln!(
         "kill -9: round 2 requests lost to the damage: {lost:?}; skipped regions {}",
-        sum(&m, WAL_SKIPPED, &[("endpoint", "backend")])
+        m.sum(WAL_SKIPPED, &[("endpoint", "backend")])
     );
     assert!(
         missing <= 2 * SIZE,
@@ -1648,7 +1625,7 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
         binary.stderr()
     );
     assert_eq!(
-        sum(&m, SENT_SPANS, &[("endpoint", "backend")]),
+        m.sum(SENT_SPANS, &[("endpoint", "backend")]),
         delivered.len() as f64
     );
     drop(binary);
@@ -1738,8 +1715,8 @@ async fn sigterm_under_load_accounts_for_every_accepted_span() {
         }));
     }
     let busy = wait_metrics(binary.metrics, "a backlog under load", |m| {
-        sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) >= 20.0
-            && sum(m, SENT_REQUESTS, &[("endpoint", "backend")]) >= 5.0
+        m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) >= 20.0
+            && m.sum(SENT_REQUESTS, &[("endpoint", "backend")]) >= 5.0
     })
     .await;
     let signalled = Instant::now();
@@ -1780,7 +1757,7 @@ async fn sigterm_under_load_accounts_for_every_accepted_span() {
     let client_accepted = accepted_ids.lock().unwrap().clone();
     eprintln!(
         "SIGTERM: queue at signal {}, accepted {accepted}, delivered {}, sent {sent}, dropped {dropped}, shutdown took {took:?}",
-        sum(&busy, QUEUE_REQUESTS, &[("endpoint", "backend")]),
+        busy.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]),
         delivered.len()
     );
     assert_eq!(
@@ -1832,8 +1809,8 @@ async fn sigterm_with_a_persistent_queue_keeps_the_backlog_for_the_next_start() 
     }
     let n = (REQUESTS * SIZE) as u64;
     wait_metrics(binary.metrics, "accepted and queued", |m| {
-        sum(m, ACCEPTED, &[]) == n as f64
-            && sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == REQUESTS as f64
+        m.sum(ACCEPTED, &[]) == n as f64
+            && m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == REQUESTS as f64
     })
     .await;
     binary.sigterm();
@@ -1866,17 +1843,17 @@ async fn sigterm_with_a_persistent_queue_keeps_the_backlog_for_the_next_start() 
     )
     .await;
     let m = wait_metrics(binary.metrics, "backlog sent", |m| {
-        sum(m, QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
-            && sum(m, SENT_SPANS, &[("endpoint", "backend")]) == n as f64
+        m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
+            && m.sum(SENT_SPANS, &[("endpoint", "backend")]) == n as f64
     })
     .await;
     assert_eq!(
-        sum(&m, WAL_RECOVERED, &[("endpoint", "backend")]),
+        m.sum(WAL_RECOVERED, &[("endpoint", "backend")]),
         REQUESTS as f64,
         "{}",
         forward_series(&m, "backend")
     );
-    assert_eq!(sum(&m, WAL_SKIPPED, &[("endpoint", "backend")]), 0.0);
+    assert_eq!(m.sum(WAL_SKIPPED, &[("endpoint", "backend")]), 0.0);
     assert!(downstream.duplicates().is_empty(), "delivered twice");
     binary.sigterm();
     assert!(binary.wait_exit(Duration::from_secs(15)).await.success());
@@ -1959,11 +1936,11 @@ async fn rejected_spans_are_not_forwarded() {
     let mut valid: BTreeSet<u64> = [http_batch.spans[0].id, grpc_batch.spans[1].id].into();
     valid.extend(last.ids());
     let m = wait_metrics(server.metrics_addr(), "the three requests forwarded", |m| {
-        sum(m, SENT_REQUESTS, &[("endpoint", "backend")]) == 3.0
+        m.sum(SENT_REQUESTS, &[("endpoint", "backend")]) == 3.0
     })
     .await;
     wait_delivered(&downstream, "only the valid spans", &valid).await;
-    assert_eq!(sum(&m, SENT_SPANS, &[("endpoint", "backend")]), 5.0);
+    assert_eq!(m.sum(SENT_SPANS, &[("endpoint", "backend")]), 5.0);
     assert_eq!(downstream.delivered_requests().len(), 3);
     assert_eq!(
         downstream.delivered_span_count(),
@@ -2007,7 +1984,7 @@ async fn encodings_and_configured_headers_reach_the_downstream() {
         .await;
     exporters.export(&json_batch, Via::HttpJson).await;
     let m = metrics(server.metrics_addr()).await;
-    assert_eq!(sum(&m, ACCEPTED, &[("protocol", "http_json")]), 10.0);
+    assert_eq!(m.sum(ACCEPTED, &[("protocol", "http_json")]), 10.0);
 
     let want: BTreeSet<u64> = gzip_batch.ids().union(&json_batch.ids()).copied().collect();
     wait_delivered(&grpc_down, "gRPC endpoint", &want).await;
@@ -2152,14 +2129,14 @@ async fn permanent_failures_are_not_retried_and_throttling_is_honoured() {
         .await;
 
     let failed = |m: &Exposition, e: &str, reason: &str| {
-        sum(m, FAILED, &[("endpoint", e), ("reason", reason)])
+        m.sum(FAILED, &[("endpoint", e), ("reason", reason)])
     };
     let m = wait_metrics(server.metrics_addr(), "every endpoint settled", |m| {
         failed(m, "invalid", "permanent") == 7.0
             && failed(m, "bad-request", "permanent") == 7.0
             && failed(m, "exhausted", "permanent") == 7.0
-            && sum(m, SENT_SPANS, &[("endpoint", "throttled")]) == 7.0
-            && sum(m, SENT_SPANS, &[("endpoint", "too-many")]) == 7.0
+            && m.sum(SENT_SPANS, &[("endpoint", "throttled")]) == 7.0
+            && m.sum(SENT_SPANS, &[("endpoint", "too-many")]) == 7.0
             && failed(m, "rejecting", "rejected") == 2.0
     })
     .await;
@@ -2169,13 +2146,13 @@ async fn permanent_failures_are_not_retried_and_throttling_is_honoured() {
         ("exhausted", &exhausted),
     ] {
         assert_eq!(
-            sum(&m, RETRIES, &[("endpoint", name)]),
+            m.sum(RETRIES, &[("endpoint", name)]),
             0.0,
             "{name}: a permanent failure was retried\n{}",
             forward_series(&m, name)
         );
         assert_eq!(downstream.attempts().len(), 1, "{name}: attempts");
-        assert_eq!(sum(&m, SENT_SPANS, &[("endpoint", name)]), 0.0);
+        assert_eq!(m.sum(SENT_SPANS, &[("endpoint", name)]), 0.0);
         assert_eq!(failed(&m, name, "retries_exhausted"), 0.0);
     }
     for (name, downstream, retries, delay) in [
@@ -2183,7 +2160,7 @@ async fn permanent_failures_are_not_retried_and_throttling_is_honoured() {
         ("too-many", &too_many, 1, Duration::from_secs(1)),
     ] {
         assert_eq!(
-            sum(&m, RETRIES, &[("endpoint", name)]),
+            m.sum(RETRIES, &[("endpoint", name)]),
             retries as f64,
             "{name}\n{}",
             forward_series(&m, name)
@@ -2198,10 +2175,10 @@ async fn permanent_failures_are_not_retried_and_throttling_is_honoured() {
             );
         }
         assert_eq!(downstream.delivered_ids(), batch.ids(), "{name}");
-        assert_eq!(sum(&m, FAILED, &[("endpoint", name)]), 0.0, "{name}");
+        assert_eq!(m.sum(FAILED, &[("endpoint", name)]), 0.0, "{name}");
     }
     assert_eq!(rejecting.delivered_ids(), batch.ids());
-    assert_eq!(sum(&m, RETRIES, &[("endpoint", "rejecting")]), 0.0);
+    assert_eq!(m.sum(RETRIES, &[("endpoint", "rejecting")]), 0.0);
     bounded("shutdown", server.shutdown()).await;
 }
 
@@ -2268,9 +2245,9 @@ async fn every_retryable_and_permanent_answer_is_classified_as_specified() {
         .await;
     let m = wait_metrics(server.metrics_addr(), "every endpoint settled", |m| {
         cases.iter().all(|c| {
-            sum(m, SENT_SPANS, &[("endpoint", &c.name)]) + sum(m, FAILED, &[("endpoint", &c.name)])
+            m.sum(SENT_SPANS, &[("endpoint", &c.name)]) + m.sum(FAILED, &[("endpoint", &c.name)])
                 == 5.0
-                && sum(m, QUEUE_REQUESTS, &[("endpoint", &c.name)]) == 0.0
+                && m.sum(QUEUE_REQUESTS, &[("endpoint", &c.name)]) == 0.0
         })
     })
     .await;
@@ -2278,9 +2255,9 @@ async fn every_retryable_and_permanent_answer_is_classified_as_specified() {
     for case in &cases {
         let name = case.name.as_str();
         let (sent, permanent, retries) = (
-            sum(&m, SENT_SPANS, &[("endpoint", name)]),
-            sum(&m, FAILED, &[("endpoint", name), ("reason", "permanent")]),
-            sum(&m, RETRIES, &[("endpoint", name)]),
+            m.sum(SENT_SPANS, &[("endpoint", name)]),
+            m.sum(FAILED, &[("endpoint", name), ("reason", "permanent")]),
+            m.sum(RETRIES, &[("endpoint", name)]),
         );
         let attempts = case.downstream.attempts().len();
         let expected = match case.retryable {
@@ -2321,24 +2298,20 @@ async fn retries_give_up_after_max_elapsed_and_timeouts_are_retried() {
         .await;
     let m = wait_metrics(server.metrics_addr(), "both given up", |m| {
         ["unavailable", "slow"].iter().all(|e| {
-            sum(
-                m,
-                FAILED,
-                &[("endpoint", e), ("reason", "retries_exhausted")],
-            ) == 6.0
-                && sum(m, QUEUE_REQUESTS, &[("endpoint", e)]) == 0.0
+            m.sum(FAILED, &[("endpoint", e), ("reason", "retries_exhausted")]) == 6.0
+                && m.sum(QUEUE_REQUESTS, &[("endpoint", e)]) == 0.0
         })
     })
     .await;
     for name in ["unavailable", "slow"] {
         assert!(
-            sum(&m, RETRIES, &[("endpoint", name)]) >= 1.0,
+            m.sum(RETRIES, &[("endpoint", name)]) >= 1.0,
             "{name}: never retried\n{}",
             forward_series(&m, name)
         );
-        assert_eq!(sum(&m, SENT_SPANS, &[("endpoint", name)]), 0.0);
+        assert_eq!(m.sum(SENT_SPANS, &[("endpoint", name)]), 0.0);
         assert_eq!(
-            sum(&m, FAILED, &[("endpoint", name), ("reason", "permanent")]),
+            m.sum(FAILED, &[("endpoint", name), ("reason", "permanent")]),
             0.0
         );
     }
@@ -2367,7 +2340,7 @@ async fn in_process_shutdown_drains_what_is_queued() {
         post_accepted(&client, http, batch).await;
     }
     let m = metrics(server.metrics_addr()).await;
-    let queued = sum(&m, QUEUE_REQUESTS, &[("endpoint", "backend")]);
+    let queued = m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]);
     assert!(queued >= 1.0, "nothing left to drain: {queued}");
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(20), server.shutdown())
@@ -2405,8 +2378,7 @@ async fn full_persistent_queue_refuses_whatever_when_full_says() {
         post_until_refused(&client, http, 200, "the persistent queue never filled up").await;
     let m = metrics(server.metrics_addr()).await;
     assert_eq!(
-        sum(
-            &m,
+        m.sum(
             REQUESTS_REFUSED,
             &[
                 ("protocol", "http_protobuf"),
@@ -2416,12 +2388,12 @@ async fn full_persistent_queue_refuses_whatever_when_full_says() {
         3.0
     );
     assert_eq!(
-        sum(&m, DROPPED, &[("endpoint", "backend")]),
+        m.sum(DROPPED, &[("endpoint", "backend")]),
         0.0,
         "drop_oldest must not apply to a full persistent queue"
     );
     assert_eq!(
-        sum(&m, ACCEPTED, &[("protocol", "http_protobuf")]),
+        m.sum(ACCEPTED, &[("protocol", "http_protobuf")]),
         span_count(&accepted) as f64
     );
 
@@ -2480,8 +2452,7 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
     .await;
     let m = metrics(binary.metrics).await;
     assert_eq!(
-        sum(
-            &m,
+        m.sum(
             REQUESTS_REFUSED,
             &[
                 ("protocol", "http_protobuf"),
@@ -2491,7 +2462,7 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
         3.0
     );
     assert_eq!(
-        sum(&m, ACCEPTED, &[("protocol", "http_protobuf")]),
+        m.sum(ACCEPTED, &[("protocol", "http_protobuf")]),
         span_count(&accepted) as f64
     );
     binary.kill9();
@@ -2506,12 +2477,12 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
     .await;
     let m = metrics(binary.metrics).await;
     assert_eq!(
-        sum(&m, "spanlens_forward_wal_skipped_regions_total", &[]),
+        m.sum("spanlens_forward_wal_skipped_regions_total", &[]),
         0.0,
         "the queue was damaged"
     );
     assert_eq!(
-        sum(&m, "spanlens_forward_wal_recovered_requests_total", &[]),
+        m.sum("spanlens_forward_wal_recovered_requests_total", &[]),
         accepted.len() as f64
     );
     drop(binary);
@@ -2572,19 +2543,19 @@ async fn tls_endpoints_trust_their_ca_file_and_nothing_else() {
     wait_metrics(
         backend.metrics_addr(),
         "the backend accepted every span over TLS",
-        |m| sum(m, ACCEPTED, &[("protocol", "grpc")]) == n,
+        |m| m.sum(ACCEPTED, &[("protocol", "grpc")]) == n,
     )
     .await;
     let m = wait_metrics(
         server.metrics_addr(),
         "the untrusted endpoint retrying",
         |m| {
-            sum(m, SENT_SPANS, &[("endpoint", "trusted")]) == n
-                && sum(m, RETRIES, &[("endpoint", "untrusted")]) >= 2.0
+            m.sum(SENT_SPANS, &[("endpoint", "trusted")]) == n
+                && m.sum(RETRIES, &[("endpoint", "untrusted")]) >= 2.0
         },
     )
     .await;
-    assert_eq!(sum(&m, SENT_SPANS, &[("endpoint", "untrusted")]), 0.0);
+    assert_eq!(m.sum(SENT_SPANS, &[("endpoint", "untrusted")]), 0.0);
     bounded("backend shutdown", backend.shutdown()).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -2611,7 +2582,7 @@ async fn forwarding_is_off_by_default() {
         .export(&Batch::new(ORCHESTRATION, 5), Via::HttpProtobuf)
         .await;
     let m = wait_metrics(server.metrics_addr(), "spans accepted", |m| {
-        sum(m, ACCEPTED, &[]) == 15.0
+        m.sum(ACCEPTED, &[]) == 15.0
     })
     .await;
     let forward_lines: Vec<&str> = m
@@ -2620,7 +2591,7 @@ async fn forwarding_is_off_by_default() {
         .filter(|l| l.contains("spanlens_forward_"))
         .collect();
     assert!(forward_lines.is_empty(), "{forward_lines:#?}");
-    assert_eq!(sum(&m, SPAN_CALLS, &[]), 15.0);
+    assert_eq!(m.sum(SPAN_CALLS, &[]), 15.0);
     tokio::time::timeout(Duration::from_secs(5), server.shutdown())
         .await
         .expect("shutdown without forwarding is prompt");

@@ -3,7 +3,7 @@
 //! request counts nothing; the token never reaches a log line (RUST_LOG=debug) or
 //! check-config's output; TLS on every listener, and mutual TLS with a client CA.
 
-use crate::harness::{Setup, Spanlens, TempDir, sum};
+use crate::harness::{Setup, Spanlens, TempDir};
 use crate::otlp::*;
 use crate::support::Exposition;
 use crate::tls::{Pki, grpcs_export, https_export, https_get};
@@ -174,16 +174,15 @@ async fn exercise_receivers(app: &Spanlens, token: &str) -> (u64, [u64; 3]) {
 
 fn assert_counted(scraped: &Exposition, accepted: u64, refusals: [u64; 3]) {
     assert_eq!(
-        sum(scraped, RECEIVED, &[]),
+        scraped.sum(RECEIVED, &[]),
         accepted as f64,
         "unauthenticated requests count no span received"
     );
-    assert_eq!(sum(scraped, ACCEPTED, &[]), accepted as f64);
-    assert_eq!(sum(scraped, CLAIM_COUNT, CLAIM_LABELS), accepted as f64);
+    assert_eq!(scraped.sum(ACCEPTED, &[]), accepted as f64);
+    assert_eq!(scraped.sum(CLAIM_COUNT, CLAIM_LABELS), accepted as f64);
     for (i, proto) in Proto::ALL.into_iter().enumerate() {
         assert_eq!(
-            sum(
-                scraped,
+            scraped.sum(
                 REQUESTS_REFUSED,
                 &[("protocol", proto.label()), ("reason", "unauthenticated")]
             ),
@@ -397,7 +396,7 @@ async fn tls_on_every_listener() {
         .unwrap_or_else(|e| panic!("/metrics over TLS: {e}"));
     assert_eq!(status, 200);
     let scraped = Exposition::parse(&body);
-    assert_eq!(sum(&scraped, ACCEPTED, &[]), accepted as f64);
+    assert_eq!(scraped.sum(ACCEPTED, &[]), accepted as f64);
     let status = app.terminate();
     assert!(status.success(), "exit status {status}");
 }
@@ -457,7 +456,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     }
     // /metrics has no TLS here.
     let scraped = app.scrape().await;
-    assert_eq!(sum(&scraped, ACCEPTED, &[]), accepted as f64);
+    assert_eq!(scraped.sum(ACCEPTED, &[]), accepted as f64);
     let status = app.terminate();
     assert!(status.success(), "exit status {status}");
 }
@@ -495,7 +494,7 @@ async fn a_large_request_without_a_token_still_gets_its_401() {
         }
     }
     let scraped = app.scrape().await;
-    assert_eq!(sum(&scraped, RECEIVED, &[]), 0.0);
+    assert_eq!(scraped.sum(RECEIVED, &[]), 0.0);
     assert!(
         failures.is_empty(),
         "{} of 15 large unauthenticated requests got no answer in time, e.g. {:?}",

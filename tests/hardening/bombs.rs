@@ -5,7 +5,7 @@
 //! twenty together, they cost the process at most twice the request limit above its warmed-up
 //! peak. The limit itself holds to the byte at 8 MiB on every encoding and both protocols.
 
-use crate::harness::{MIB, Setup, mib, sum};
+use crate::harness::{MIB, Setup, mib};
 use crate::otlp::*;
 use std::time::{Duration, Instant};
 
@@ -170,7 +170,7 @@ async fn bombs_are_refused_and_cost_at_most_twice_the_limit() {
     let scraped = app.scrape().await;
     assert_accepted_and_observed(&scraped, accepted);
     assert_eq!(
-        sum(&scraped, REQUESTS_REFUSED, &[("reason", "too_large")]),
+        scraped.sum(REQUESTS_REFUSED, &[("reason", "too_large")]),
         (20 + 8 + 6) as f64,
         "requests refused as too large"
     );

@@ -5,7 +5,7 @@
 //! stays small. With `metrics.series_idle_timeout`, churned series leave /metrics after traffic
 //! stops, and new values are admitted again.
 
-use crate::harness::{MIB, Setup, mib, poll, sum};
+use crate::harness::{MIB, Setup, mib, poll};
 use crate::otlp::*;
 use crate::support::Exposition;
 use prost::Message;
@@ -264,15 +264,15 @@ async fn a_million_distinct_values_stay_at_the_caps() {
     );
 
     // Everything was counted, overflow included.
-    assert_eq!(sum(&scraped, ACCEPTED, &[]), TOTAL as f64);
-    assert_eq!(sum(&scraped, SPAN_CALLS, &[]), TOTAL as f64, "{SPAN_CALLS}");
+    assert_eq!(scraped.sum(ACCEPTED, &[]), TOTAL as f64);
+    assert_eq!(scraped.sum(SPAN_CALLS, &[]), TOTAL as f64, "{SPAN_CALLS}");
     let thirds = |r: usize| (0..TOTAL).filter(|i| i % 3 == r).count() as f64;
     assert_eq!(
-        sum(&scraped, HANDLER_COUNT, &[]),
+        scraped.sum(HANDLER_COUNT, &[]),
         thirds(1),
         "{HANDLER_COUNT}"
     );
-    assert_eq!(sum(&scraped, CLAIM, &[]), thirds(2), "{CLAIM}");
+    assert_eq!(scraped.sum(CLAIM, &[]), thirds(2), "{CLAIM}");
 
     // Series per metric within max_series_per_metric (+ the overflow series).
     let max_series = config.metrics.max_series_per_metric;
@@ -308,11 +308,7 @@ async fn a_million_distinct_values_stay_at_the_caps() {
             values.get(label).is_some_and(|v| v.contains(OVERFLOW)),
             "label {label}: no {OVERFLOW} value after {TOTAL} distinct values"
         );
-        let overflowed = sum(
-            &scraped,
-            "spanlens_label_overflow_total",
-            &[("label", dimension)],
-        );
+        let overflowed = scraped.sum("spanlens_label_overflow_total", &[("label", dimension)]);
         assert!(
             overflowed > 0.0,
             "spanlens_label_overflow_total{{label={dimension}}} is {overflowed}"
@@ -443,7 +439,7 @@ async fn idle_series_disappear_and_release_the_caps() {
             .join("\n")
     );
     eprintln!("idle series gone {after:?} after traffic stopped");
-    let overflow_before = sum(&app.scrape().await, "spanlens_label_overflow_total", &[]);
+    let overflow_before = app.scrape().await.sum("spanlens_label_overflow_total", &[]);
 
     // New values are admitted as themselves: the caps were released.
     let new_services: Vec<String> = (0..5).map(|i| format!("new-svc{i}")).collect();
@@ -463,7 +459,7 @@ async fn idle_series_disappear_and_release_the_caps() {
         }
     }
     assert_eq!(
-        sum(&scraped, "spanlens_label_overflow_total", &[]),
+        scraped.sum("spanlens_label_overflow_total", &[]),
         overflow_before,
         "new values overflowed although the old ones had expired"
     );

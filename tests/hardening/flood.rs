@@ -6,7 +6,7 @@
 //! that is still a valid request, 200 with its invalid spans in partial_success (its accepted
 //! spans are then added to what must be counted).
 
-use crate::harness::{Setup, sum};
+use crate::harness::Setup;
 use crate::otlp::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use std::sync::Arc;
@@ -443,7 +443,7 @@ async fn malformed_flood_leaves_exactly_the_valid_spans() {
     for proto in Proto::ALL {
         let i = index(proto);
         assert_eq!(
-            sum(&scraped, ACCEPTED, &[("protocol", proto.label())]),
+            scraped.sum(ACCEPTED, &[("protocol", proto.label())]),
             (sent[i] + tally.accepted[i]) as f64,
             "{ACCEPTED}{{protocol={}}}: {} valid + {} from still-valid mutants",
             proto.label(),
@@ -452,7 +452,7 @@ async fn malformed_flood_leaves_exactly_the_valid_spans() {
         );
     }
     assert_eq!(
-        sum(&scraped, CLAIM_COUNT, CLAIM_LABELS),
+        scraped.sum(CLAIM_COUNT, CLAIM_LABELS),
         sent.iter().sum::<u64>() as f64,
         "every valid step_claim span observed exactly once"
     );

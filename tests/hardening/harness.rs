@@ -390,20 +390,6 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB as f64)
 }
 
-/// Sum of every sample named `name` whose labels include `labels`.
-pub fn sum(exposition: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition
-        .all(name)
-        .iter()
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
 /// Polls `check` every `every` until it returns Some or `timeout` passes.
 pub async fn poll<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Option<T>
 where

@@ -41,12 +41,12 @@ pub const ACCEPTED: &str = "spanlens_spans_accepted_total";
 /// claim of the test service (all requests here are claims of SERVICE).
 pub fn assert_accepted_and_observed(scraped: &crate::support::Exposition, accepted: u64) {
     assert_eq!(
-        crate::harness::sum(scraped, ACCEPTED, &[]),
+        scraped.sum(ACCEPTED, &[]),
         accepted as f64,
         "spans accepted"
     );
     assert_eq!(
-        crate::harness::sum(scraped, CLAIM_COUNT, CLAIM_LABELS),
+        scraped.sum(CLAIM_COUNT, CLAIM_LABELS),
         accepted as f64,
         "step_claim observations"
     );

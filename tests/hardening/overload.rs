@@ -5,7 +5,7 @@
 //! memory_limit), the process stays under the limit, and afterwards requests are accepted
 //! again.
 
-use crate::harness::{MIB, Setup, Spanlens, mib, poll, sum};
+use crate::harness::{MIB, Setup, Spanlens, mib, poll};
 use crate::otlp::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -167,11 +167,11 @@ async fn overload_is_refused_with_retry_after_and_retries_get_everything_in() {
     accepted += 7;
     let scraped = app.scrape().await;
     assert_eq!(
-        sum(&scraped, REQUESTS_REFUSED, &[("reason", "overloaded")]),
+        scraped.sum(REQUESTS_REFUSED, &[("reason", "overloaded")]),
         refusals as f64
     );
     assert_eq!(
-        sum(&scraped, RECEIVED, &[]),
+        scraped.sum(RECEIVED, &[]),
         accepted as f64,
         "refused requests count no span"
     );
@@ -219,7 +219,7 @@ async fn overload_is_refused_with_retry_after_and_retries_get_everything_in() {
     }
     refusals += phase_refusals;
     let scraped = app.scrape().await;
-    let counted = sum(&scraped, REQUESTS_REFUSED, &[("reason", "overloaded")]);
+    let counted = scraped.sum(REQUESTS_REFUSED, &[("reason", "overloaded")]);
     eprintln!(
         "overload: 32 large requests: {phase_refusals} refusals seen, {} transport errors, {counted} refusals counted in all; slowest {slowest:?}",
         errors.len()
@@ -309,7 +309,7 @@ async fn memory_limit_refuses_a_burst_and_recovers() {
     }
     let peak = app.vm_hwm();
     let scraped = app.scrape().await;
-    let counted = sum(&scraped, REQUESTS_REFUSED, &[("reason", "memory_limit")]);
+    let counted = scraped.sum(REQUESTS_REFUSED, &[("reason", "memory_limit")]);
     eprintln!(
         "memory limit {} (base {}): burst of 12 × 8 MiB: {burst_accepted} accepted, {refused} refused, {} connection errors, {counted} memory_limit refusals counted; VmHWM {}",
         mib(limit),
@@ -355,7 +355,7 @@ async fn memory_limit_refuses_a_burst_and_recovers() {
     accepted += warm_up(&client).await;
     let scraped = app.scrape().await;
     assert_eq!(
-        sum(&scraped, ACCEPTED, &[]),
+        scraped.sum(ACCEPTED, &[]),
         accepted as f64,
         "spans accepted"
     );

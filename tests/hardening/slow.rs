@@ -4,7 +4,7 @@
 //! ignores the setting gets REFUSED_STREAM) with the server responsive meanwhile; a body that
 //! stalls past `receivers.body_read_timeout` is answered 408 / DEADLINE_EXCEEDED.
 
-use crate::harness::{Setup, sum};
+use crate::harness::Setup;
 use crate::otlp::*;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -114,7 +114,7 @@ async fn slowloris_connections_are_closed_and_others_are_served() {
         longest < Duration::from_secs(4),
         "a dribbling connection lived {longest:?} with header_read_timeout 1s"
     );
-    assert_eq!(sum(&app.scrape().await, ACCEPTED, &[]), sent as f64);
+    assert_eq!(app.scrape().await.sum(ACCEPTED, &[]), sent as f64);
     let status = app.terminate();
     assert!(status.success(), "exit status {status}");
 }
@@ -484,7 +484,7 @@ async fn a_stalled_body_is_answered_408_or_deadline_exceeded() {
     let sent = client
         .accepted(Proto::Grpc, &request(SERVICE, claims(3)))
         .await;
-    assert_eq!(sum(&app.scrape().await, RECEIVED, &[]), sent as f64);
+    assert_eq!(app.scrape().await.sum(RECEIVED, &[]), sent as f64);
     let status = app.terminate();
     assert!(status.success(), "exit status {status}");
 }

@@ -110,19 +110,24 @@ impl Exposition {
         }
     }
 
+    /// The samples named `name` whose labels include all of `labels`.
+    pub fn matching<'e>(
+        &'e self,
+        name: &'e str,
+        labels: &'e [(&str, &str)],
+    ) -> impl Iterator<Item = &'e Sample> {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
     /// The value of the one sample named `name` whose labels include all of `labels`.
     /// None when there is no such sample; panics when several match.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found: Vec<&Sample> = self
-            .samples
-            .iter()
-            .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .collect();
+        let found: Vec<&Sample> = self.matching(name, labels).collect();
         assert!(
             found.len() <= 1,
             "{name} {labels:?} matches {} samples: {found:?}",
@@ -131,17 +136,15 @@ impl Exposition {
         found.first().map(|s| s.value)
     }
 
+    /// The sum of every sample named `name` whose labels include `labels` (0 when none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|s| s.value).sum()
+    }
+
     /// Cumulative bucket counts of one histogram series, by `le`, in exposition order.
     pub fn buckets(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(String, f64)> {
         let bucket = format!("{name}_bucket");
-        self.samples
-            .iter()
-            .filter(|s| {
-                s.name == bucket
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
+        self.matching(&bucket, labels)
             .map(|s| (s.labels["le"].clone(), s.value))
             .collect()
     }
