@@ -125,65 +125,114 @@ pub struct SpanLog {
 
 #[derive(Default)]
 struct Log {
-    records: VecDeque<(u64, Instant, SpanRecord)>,
-    /// Hash of a key value (correlation id, task uuid or step uuid) → sequence numbers of
-    /// the records that carry it. Keys are not copied: a lookup checks each record's own
-    /// keys, so two values that share a hash never mix.
-    index: hashbrown::HashMap<u64, Vec<u64>>,
+    entries: VecDeque<Entry>,
+    /// Hash of a key value (correlation id, task uuid or step uuid) → sequence number of
+    /// the newest record that carries it; each record links to the previous one with the
+    /// same key, so a key's records form a chain through the log and nothing is allocated
+    /// per key. Keys are not copied: a lookup checks each record's own keys, so two values
+    /// that share a hash never mix.
+    index: hashbrown::HashMap<u64, u64>,
     hasher: hashbrown::DefaultHashBuilder,
     next_seq: u64,
 }
 
+struct Entry {
+    seq: u64,
+    at: Instant,
+    record: SpanRecord,
+    /// Per key of the record (see [`keys`]), its chain link; None for an absent key and for
+    /// a key whose hash an earlier key of the same record already linked.
+    links: [Option<Link>; KEYS],
+}
+
+#[derive(Clone, Copy)]
+struct Link {
+    hash: u64,
+    /// The previous record carrying a key with this hash (it may have left the log).
+    previous: Option<u64>,
+}
+
+/// Correlation id, task uuid and step uuid.
+const KEYS: usize = 3;
+
 impl Log {
     fn first_seq(&self) -> u64 {
-        self.records.front().map_or(self.next_seq, |(s, _, _)| *s)
+        self.entries.front().map_or(self.next_seq, |e| e.seq)
     }
 
-    fn get(&self, seq: u64) -> Option<&SpanRecord> {
+    fn get(&self, seq: u64) -> Option<&Entry> {
         let offset = seq.checked_sub(self.first_seq())?;
-        self.records.get(offset as usize).map(|(_, _, r)| r)
+        self.entries.get(offset as usize)
     }
 
     fn key_hash(&self, key: &str) -> u64 {
         self.hasher.hash_one(key)
     }
 
-    /// The records that carry this key value.
+    /// The records that carry this key value, newest first.
     fn carrying<'l, 'k>(
         &'l self,
         key: &'k str,
     ) -> impl Iterator<Item = &'l SpanRecord> + use<'l, 'k> {
-        self.index
-            .get(&self.key_hash(key))
-            .into_iter()
-            .flatten()
-            .filter_map(|s| self.get(*s))
-            .filter(move |r| keys(r).any(|k| k == key))
+        let hash = self.key_hash(key);
+        let mut next = self.index.get(&hash).copied();
+        std::iter::from_fn(move || {
+            let entry = self.get(next?)?;
+            next = entry
+                .links
+                .iter()
+                .flatten()
+                .find(|l| l.hash == hash)
+                .and_then(|l| l.previous);
+            Some(&entry.record)
+        })
+        .filter(move |r| keys(r).any(|k| k == key))
+    }
+
+    fn push(&mut self, record: SpanRecord, at: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut links = [None; KEYS];
+        for (slot, key) in record_keys(&record).into_iter().enumerate() {
+            let Some(key) = key else { continue };
+            let hash = self.key_hash(key);
+            if links.iter().flatten().any(|l: &Link| l.hash == hash) {
+                continue;
+            }
+            let previous = self.index.insert(hash, seq);
+            links[slot] = Some(Link { hash, previous });
+        }
+        self.entries.push_back(Entry {
+            seq,
+            at,
+            record,
+            links,
+        });
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((seq, _, record)) = self.records.pop_front() {
-            for key in keys(&record) {
-                let hash = self.key_hash(key);
-                if let Some(seqs) = self.index.get_mut(&hash) {
-                    seqs.retain(|s| *s != seq);
-                    if seqs.is_empty() {
-                        self.index.remove(&hash);
-                    }
+        if let Some(entry) = self.entries.pop_front() {
+            for link in entry.links.iter().flatten() {
+                // Only the newest record of a key is indexed; older ones are reached
+                // through it, and those that left the log end the chain.
+                if self.index.get(&link.hash) == Some(&entry.seq) {
+                    self.index.remove(&link.hash);
                 }
             }
         }
     }
 }
 
-fn keys(record: &SpanRecord) -> impl Iterator<Item = &str> {
+fn record_keys(record: &SpanRecord) -> [Option<&str>; KEYS] {
     [
         record.correlation_id(),
         record.task_uuid(),
         record.step_uuid(),
     ]
-    .into_iter()
-    .flatten()
+}
+
+fn keys(record: &SpanRecord) -> impl Iterator<Item = &str> {
+    record_keys(record).into_iter().flatten()
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -259,23 +308,13 @@ impl SpanLog {
         }
         let mut log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for record in records {
-            let seq = log.next_seq;
-            log.next_seq += 1;
-            for key in keys(&record) {
-                let hash = log.key_hash(key);
-                let seqs = log.index.entry(hash).or_default();
-                // A record whose keys share a hash is listed once.
-                if seqs.last() != Some(&seq) {
-                    seqs.push(seq);
-                }
-            }
-            log.records.push_back((seq, now, record));
+            log.push(record, now);
         }
-        while log.records.len() > self.max_spans
+        while log.entries.len() > self.max_spans
             || log
-                .records
+                .entries
                 .front()
-                .is_some_and(|(_, at, _)| now.saturating_duration_since(*at) > self.max_age)
+                .is_some_and(|e| now.saturating_duration_since(e.at) > self.max_age)
         {
             log.pop_oldest();
         }
