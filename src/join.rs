@@ -6,7 +6,7 @@
 //! finished key is counted as late instead of opening a key that could never complete.
 
 use crate::config::Operation;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
@@ -74,26 +74,61 @@ struct Pending {
     /// Label values per part (parts × labels), so that labels come from the first part in
     /// part order that has them, whatever order the spans arrive in.
     labels: Box<[Option<Box<str>>]>,
-    seq: u64,
 }
+
+/// A key in arrival order; `pending` is None once the key completed or left (a hole, dropped
+/// when it reaches the front or when the queue is compacted).
+struct Slot {
+    hash: u64,
+    since: Instant,
+    pending: Option<Pending>,
+}
+
+/// Where a key stands, as `Shard::keys` holds it: the absolute position of its slot while it
+/// waits, or this value once it completed.
+const COMPLETED: u64 = u64::MAX;
 
 /// Keys are known by a 64-bit hash of (derived metric, key text), as completed keys always
 /// were: no key text is copied or hashed twice per span. Two keys that collide would be
 /// joined as one: a new key meets one of the at most a few `max_pending` keys held with a
 /// probability of about their number ÷ 2⁶⁴ (below 10⁻¹⁴ at the default 50,000).
+///
+/// One lookup in `keys` tells whether a span's key waits (and where), completed recently,
+/// or is new; the oldest waiting key is found at the front of `slots` without a lookup.
 #[derive(Default)]
 struct Shard {
-    pending: HashMap<u64, Pending>,
-    /// Arrival order: (seq, arrival, key hash); entries of completed keys are skipped.
-    order: VecDeque<(u64, Instant, u64)>,
-    completed: HashSet<u64>,
-    completed_before: HashSet<u64>,
-    next_seq: u64,
+    keys: HashMap<u64, u64>,
+    slots: VecDeque<Slot>,
+    /// Absolute position of `slots[0]`.
+    base: u64,
+    /// Slots that are not holes.
+    waiting: usize,
+    /// Completed keys, oldest first; the oldest are forgotten past `2 × per_shard`.
+    completed: VecDeque<u64>,
 }
 
-/// The pending key an order entry stands for, if it is still waiting.
-fn live(pending: &HashMap<u64, Pending>, seq: u64, hash: u64) -> Option<&Pending> {
-    pending.get(&hash).filter(|p| p.seq == seq)
+impl Shard {
+    fn slot(&mut self, position: u64) -> &mut Slot {
+        &mut self.slots[(position - self.base) as usize]
+    }
+
+    fn pop_front(&mut self) -> Option<Slot> {
+        let slot = self.slots.pop_front()?;
+        self.base += 1;
+        if slot.pending.is_some() {
+            self.keys.remove(&slot.hash);
+            self.waiting -= 1;
+        }
+        Some(slot)
+    }
+
+    /// Drops the holes, keeping the waiting keys in arrival order.
+    fn compact(&mut self) {
+        self.slots.retain(|s| s.pending.is_some());
+        for (i, slot) in self.slots.iter().enumerate() {
+            self.keys.insert(slot.hash, self.base + i as u64);
+        }
+    }
 }
 
 pub struct JoinWindow {
@@ -142,31 +177,16 @@ impl JoinWindow {
         let hash = self.hasher.hash_one((derived, key));
         let mut shard = self.shard(hash);
         self.expire(&mut shard, now, evicted);
-        // A waiting key is not completed: the completed sets are only asked about new keys.
-        if !shard.pending.contains_key(&hash) {
-            if shard.completed.contains(&hash) || shard.completed_before.contains(&hash) {
-                return Offer::Late;
-            }
-            if shard.pending.len() >= self.per_shard {
-                evict_oldest(&mut shard, evicted);
-            }
-            let seq = shard.next_seq;
-            shard.next_seq += 1;
-            shard.order.push_back((seq, now, hash));
-            shard.pending.insert(
-                hash,
-                Pending {
-                    derived,
-                    parts: vec![None; spec.parts].into_boxed_slice(),
-                    labels: vec![None; spec.parts * spec.labels].into_boxed_slice(),
-                    seq,
-                },
-            );
-            if shard.order.len() > 2 * self.per_shard + 64 {
-                compact(&mut shard);
-            }
-        }
-        let pending = shard.pending.get_mut(&hash).expect("inserted above");
+        let position = match shard.keys.get(&hash) {
+            Some(&COMPLETED) => return Offer::Late,
+            Some(&position) => position,
+            None => self.open(&mut shard, hash, derived, now, evicted),
+        };
+        let slot = shard.slot(position);
+        let pending = slot
+            .pending
+            .as_mut()
+            .expect("a waiting key's slot holds it");
         match (&mut pending.parts[part], spec.operation) {
             (slot @ None, _) => *slot = Some(span),
             (Some(seen), Operation::Envelope) => {
@@ -188,14 +208,19 @@ impl JoinWindow {
         if pending.parts.iter().any(Option::is_none) {
             return Offer::Waiting;
         }
-        let pending = shard.pending.remove(&hash).expect("present");
-        shard.completed.insert(hash);
-        if shard.completed.len() >= self.per_shard {
-            shard.completed_before = std::mem::take(&mut shard.completed);
+        let mut pending = slot.pending.take().expect("present");
+        shard.waiting -= 1;
+        shard.keys.insert(hash, COMPLETED);
+        shard.completed.push_back(hash);
+        if shard.completed.len() > 2 * self.per_shard
+            && let Some(oldest) = shard.completed.pop_front()
+            && shard.keys.get(&oldest) == Some(&COMPLETED)
+        {
+            shard.keys.remove(&oldest);
         }
         let parts: Vec<PartSpan> = pending.parts.iter().map(|p| p.expect("complete")).collect();
         let labels = (0..spec.labels)
-            .map(|l| (0..spec.parts).find_map(|p| pending.labels[p * spec.labels + l].clone()))
+            .map(|l| (0..spec.parts).find_map(|p| pending.labels[p * spec.labels + l].take()))
             .collect();
         Offer::Complete(Completed {
             seconds: value(spec.operation, &parts),
@@ -205,6 +230,42 @@ impl JoinWindow {
                 .max_by_key(|p| p.end_unix_nano)
                 .expect("at least one part"),
         })
+    }
+
+    /// A new waiting key, after evicting the oldest if the shard is full; its position.
+    fn open(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        derived: usize,
+        now: Instant,
+        evicted: &mut impl FnMut(usize, Eviction),
+    ) -> u64 {
+        if shard.waiting >= self.per_shard {
+            while let Some(slot) = shard.pop_front() {
+                if let Some(pending) = slot.pending {
+                    evicted(pending.derived, Eviction::Capacity);
+                    break;
+                }
+            }
+        }
+        if shard.slots.len() >= 2 * self.per_shard + 64 {
+            shard.compact();
+        }
+        let spec = &self.specs[derived];
+        let position = shard.base + shard.slots.len() as u64;
+        shard.slots.push_back(Slot {
+            hash,
+            since: now,
+            pending: Some(Pending {
+                derived,
+                parts: vec![None; spec.parts].into_boxed_slice(),
+                labels: vec![None; spec.parts * spec.labels].into_boxed_slice(),
+            }),
+        });
+        shard.waiting += 1;
+        shard.keys.insert(hash, position);
+        position
     }
 
     /// Evicts every key that has waited longer than `max_wait`.
@@ -220,44 +281,25 @@ impl JoinWindow {
         let mut counts = vec![0; self.specs.len()];
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for pending in shard.pending.values() {
+            for pending in shard.slots.iter().filter_map(|s| s.pending.as_ref()) {
                 counts[pending.derived] += 1;
             }
         }
         counts
     }
 
+    /// Drops the holes at the front and evicts the keys there that waited too long.
     fn expire(&self, shard: &mut Shard, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
-        while let Some(&(seq, since, hash)) = shard.order.front() {
-            let live = live(&shard.pending, seq, hash).map(|p| p.derived);
-            if live.is_some() && now.saturating_duration_since(since) < self.max_wait {
+        while let Some(front) = shard.slots.front() {
+            let waited_out = now.saturating_duration_since(front.since) >= self.max_wait;
+            if front.pending.is_some() && !waited_out {
                 break;
             }
-            shard.order.pop_front();
-            if let Some(derived) = live {
-                shard.pending.remove(&hash);
-                evicted(derived, Eviction::Timeout);
+            if let Some(pending) = shard.pop_front().and_then(|s| s.pending) {
+                evicted(pending.derived, Eviction::Timeout);
             }
         }
     }
-}
-
-fn evict_oldest(shard: &mut Shard, evicted: &mut impl FnMut(usize, Eviction)) {
-    while let Some((seq, _, hash)) = shard.order.pop_front() {
-        if let Some(derived) = live(&shard.pending, seq, hash).map(|p| p.derived) {
-            shard.pending.remove(&hash);
-            evicted(derived, Eviction::Capacity);
-            return;
-        }
-    }
-}
-
-/// Drops order entries whose keys completed, keeping the rest in arrival order.
-fn compact(shard: &mut Shard) {
-    let pending = &shard.pending;
-    shard
-        .order
-        .retain(|&(seq, _, hash)| live(pending, seq, hash).is_some());
 }
 
 fn seconds(nanos: u64) -> f64 {
