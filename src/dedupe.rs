@@ -1,51 +1,55 @@
 //! Resent spans: a retrying exporter may send a request again after spanlens accepted it.
-//! The last `capacity` span ids (trace id + span id) are remembered, in two generations so
-//! that memory stays bounded without a clock: when the current generation is full it becomes
-//! the previous one and the oldest generation is dropped.
+//! The last `capacity` span ids (trace id + span id, as a 64-bit hash) are remembered in a
+//! fixed table of cache-line buckets: a span's hash picks one bucket of eight, which keeps
+//! its eight most recent hashes, newest first. One lookup touches one cache line, nothing is
+//! allocated after start, and memory is `capacity × 8` bytes whatever the traffic.
 
-use hashbrown::HashSet;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 pub struct RecentSpans {
-    shards: Box<[Mutex<Generations>]>,
+    shards: Box<[Mutex<Box<[Bucket]>>]>,
     hasher: hashbrown::DefaultHashBuilder,
-    per_generation: usize,
+    buckets_per_shard: usize,
 }
 
-#[derive(Default)]
-struct Generations {
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
-}
+/// Eight remembered hashes, newest first; 0 is an empty place.
+#[derive(Clone, Copy, Default)]
+#[repr(align(64))]
+struct Bucket([u64; WAYS]);
 
+const WAYS: usize = 8;
 const SHARDS: usize = 16;
 
 impl RecentSpans {
-    /// Remembers about `capacity` spans (between capacity/2 and capacity); 0 disables it.
+    /// Remembers about `capacity` spans (the most recent ones, per bucket of eight); 0
+    /// disables it.
     pub fn new(capacity: usize) -> RecentSpans {
+        let buckets_per_shard = capacity.div_ceil(SHARDS * WAYS);
         RecentSpans {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(vec![Bucket::default(); buckets_per_shard].into()))
+                .collect(),
             hasher: hashbrown::DefaultHashBuilder::default(),
-            per_generation: capacity / SHARDS / 2,
+            buckets_per_shard,
         }
     }
 
     /// True the first time a (trace id, span id) is seen within the window.
     pub fn first_time(&self, trace_id: &[u8], span_id: &[u8]) -> bool {
-        if self.per_generation == 0 {
+        if self.buckets_per_shard == 0 {
             return true;
         }
-        let hash = self.hasher.hash_one((trace_id, span_id));
+        let hash = self.hasher.hash_one((trace_id, span_id)).max(1);
         let mut shard = self.shards[(hash >> 60) as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if shard.previous.contains(&hash) || !shard.current.insert(hash) {
+        let bucket = &mut shard[(hash % self.buckets_per_shard as u64) as usize].0;
+        if bucket.contains(&hash) {
             return false;
         }
-        if shard.current.len() >= self.per_generation {
-            shard.previous = std::mem::take(&mut shard.current);
-        }
+        bucket.copy_within(..WAYS - 1, 1);
+        bucket[0] = hash;
         true
     }
 }
@@ -76,7 +80,7 @@ mod tests {
             .iter()
             .map(|s| {
                 let s = s.lock().unwrap();
-                s.current.len() + s.previous.len()
+                s.iter().flat_map(|b| b.0).filter(|&h| h != 0).count()
             })
             .sum();
         assert!(held <= 3200, "{held}");

@@ -237,7 +237,7 @@ pub struct JoinConfig {
     /// Keys waiting at once, over every derived metric; the oldest are evicted past it.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
-    /// Span ids remembered to drop resent duplicates (about 16 bytes each).
+    /// Span ids remembered to drop resent duplicates (8 bytes each, allocated at start).
     #[serde(default = "default_dedupe_spans")]
     pub dedupe_spans: usize,
 }
