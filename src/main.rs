@@ -8,6 +8,10 @@ use spanlens::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// jemalloc rather than the system allocator: see BENCHMARKS.md "Allocator".
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// spanlens: OTLP spans in, per-stage latency histograms out, for Prometheus.
 ///
 /// Run with no arguments to start on the embedded default profile: OTLP/gRPC on
