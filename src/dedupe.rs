@@ -35,22 +35,53 @@ impl RecentSpans {
         }
     }
 
-    /// True the first time a (trace id, span id) is seen within the window.
-    pub fn first_time(&self, trace_id: &[u8], span_id: &[u8]) -> bool {
+    /// For each (trace id, span id) in order, true the first time it is seen within the
+    /// window (a span repeated within the same call too: its first occurrence is the first
+    /// time). The lookups run shard by shard, one lock each, so that the cache misses of a
+    /// request's spans overlap instead of waiting one after the other behind a lock.
+    pub fn first_times(&self, ids: &[(&[u8], &[u8])]) -> Vec<bool> {
+        let mut fresh = vec![true; ids.len()];
         if self.buckets_per_shard == 0 {
-            return true;
+            return fresh;
         }
-        let hash = self.hasher.hash_one((trace_id, span_id)).max(1);
-        let mut shard = self.shards[(hash >> 60) as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let bucket = &mut shard[(hash % self.buckets_per_shard as u64) as usize].0;
-        if bucket.contains(&hash) {
-            return false;
+        let shard_of = |hash: u64| (hash >> 60) as usize % SHARDS;
+        let hashes: Vec<u64> = ids
+            .iter()
+            .map(|&(trace_id, span_id)| self.hasher.hash_one((trace_id, span_id)).max(1))
+            .collect();
+        // Indexes grouped by shard, in request order within each shard.
+        let mut starts = [0usize; SHARDS + 1];
+        for &hash in &hashes {
+            starts[shard_of(hash) + 1] += 1;
         }
-        bucket.copy_within(..WAYS - 1, 1);
-        bucket[0] = hash;
-        true
+        for s in 0..SHARDS {
+            starts[s + 1] += starts[s];
+        }
+        let mut next = starts;
+        let mut grouped = vec![0u32; hashes.len()];
+        for (i, &hash) in hashes.iter().enumerate() {
+            let s = shard_of(hash);
+            grouped[next[s]] = i as u32;
+            next[s] += 1;
+        }
+        for s in 0..SHARDS {
+            let indexes = &grouped[starts[s]..starts[s + 1]];
+            if indexes.is_empty() {
+                continue;
+            }
+            let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
+            for &i in indexes {
+                let hash = hashes[i as usize];
+                let bucket = &mut shard[(hash % self.buckets_per_shard as u64) as usize].0;
+                if bucket.contains(&hash) {
+                    fresh[i as usize] = false;
+                } else {
+                    bucket.copy_within(..WAYS - 1, 1);
+                    bucket[0] = hash;
+                }
+            }
+        }
+        fresh
     }
 }
 
@@ -58,22 +89,26 @@ impl RecentSpans {
 mod tests {
     use super::*;
 
+    fn first_time(recent: &RecentSpans, trace_id: &[u8], span_id: &[u8]) -> bool {
+        recent.first_times(&[(trace_id, span_id)])[0]
+    }
+
     #[test]
     fn duplicates_are_seen_once_and_memory_is_bounded() {
         let recent = RecentSpans::new(3200);
         let span = |i: u64| (i.to_be_bytes().repeat(2), i.to_le_bytes());
         for i in 0..1000 {
             let (t, s) = span(i);
-            assert!(recent.first_time(&t, &s));
+            assert!(first_time(&recent, &t, &s));
         }
         // The most recent spans are still remembered.
         for i in 900..1000 {
             let (t, s) = span(i);
-            assert!(!recent.first_time(&t, &s), "{i}");
+            assert!(!first_time(&recent, &t, &s), "{i}");
         }
         for i in 1000..100_000 {
             let (t, s) = span(i);
-            recent.first_time(&t, &s);
+            first_time(&recent, &t, &s);
         }
         let held: usize = recent
             .shards
@@ -87,9 +122,18 @@ mod tests {
     }
 
     #[test]
+    fn a_span_repeated_within_one_call_is_fresh_once() {
+        let recent = RecentSpans::new(3200);
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let ids = [(&a[..], &a[..8]), (&b[..], &b[..8]), (&a[..], &a[..8])];
+        assert_eq!(recent.first_times(&ids), [true, true, false]);
+        assert_eq!(recent.first_times(&ids[1..]), [false, false]);
+    }
+
+    #[test]
     fn zero_capacity_disables_it() {
         let recent = RecentSpans::new(0);
-        assert!(recent.first_time(&[1; 16], &[1; 8]));
-        assert!(recent.first_time(&[1; 16], &[1; 8]));
+        assert!(first_time(&recent, &[1; 16], &[1; 8]));
+        assert!(first_time(&recent, &[1; 16], &[1; 8]));
     }
 }

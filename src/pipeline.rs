@@ -623,6 +623,14 @@ impl Pipeline {
         let mut services: Vec<Option<&str>> = vec![None; batch.resources.len()];
         let mut bufs: [String; MAX_STAGE_LABELS] = Default::default();
         let mut problems = problems.iter().map(|(i, _)| *i).peekable();
+        let mut fresh = {
+            let mut valid = problems.clone();
+            let ids: Vec<(&[u8], &[u8])> = (batch.spans.iter().enumerate())
+                .filter(|(i, _)| valid.next_if_eq(i).is_none())
+                .map(|(_, s)| (s.trace_id, s.span_id))
+                .collect();
+            self.recent.first_times(&ids).into_iter()
+        };
         let now = Instant::now();
         let mut evictions = Vec::new();
         let mut records = Vec::new();
@@ -630,7 +638,7 @@ impl Pipeline {
             if problems.next_if_eq(&index).is_some() {
                 continue;
             }
-            if !self.recent.first_time(span.trace_id, span.span_id) {
+            if !fresh.next().expect("one answer per valid span") {
                 w.add(self.join_metrics.duplicates, &[p], 1);
                 continue;
             }
