@@ -141,6 +141,10 @@ pub struct JoinWindow {
 
 const SHARDS: usize = 16;
 
+fn shard_of(hash: u64) -> usize {
+    (hash >> 59) as usize % SHARDS
+}
+
 impl JoinWindow {
     pub fn new(specs: Vec<JoinSpec>, max_pending: usize, max_wait: Duration) -> JoinWindow {
         JoinWindow {
@@ -152,35 +156,55 @@ impl JoinWindow {
         }
     }
 
-    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[(hash >> 59) as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// Offers spans, one answer each in order. `evicted` is told of keys evicted to make
+    /// room or for waiting too long. The offers run shard by shard, one lock each and in
+    /// arrival order within a shard (spans of one key always meet in one shard), so that the
+    /// cache misses of a request's offers overlap.
+    pub fn offer_all(
+        &self,
+        arrivals: &[Arrival],
+        now: Instant,
+        evicted: &mut impl FnMut(usize, Eviction),
+    ) -> Vec<Offer> {
+        let hashes: Vec<u64> = arrivals
+            .iter()
+            .map(|a| self.hasher.hash_one((a.derived, a.key)))
+            .collect();
+        let mut offers = vec![Offer::Waiting; arrivals.len()];
+        let mut order: Vec<usize> = (0..arrivals.len()).collect();
+        order.sort_by_key(|&i| shard_of(hashes[i]));
+        for run in order.chunk_by(|&a, &b| shard_of(hashes[a]) == shard_of(hashes[b])) {
+            let mut shard = self.shards[shard_of(hashes[run[0]])]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.expire(&mut shard, now, evicted);
+            for &i in run {
+                offers[i] = self.offer(&mut shard, hashes[i], arrivals[i], now, evicted);
+            }
+        }
+        offers
     }
 
-    /// Offers one span. `evicted` is told of keys evicted to make room or for waiting too
-    /// long.
-    pub fn offer(
+    fn offer(
         &self,
+        shard: &mut Shard,
+        hash: u64,
         arrival: Arrival,
         now: Instant,
         evicted: &mut impl FnMut(usize, Eviction),
     ) -> Offer {
         let Arrival {
             derived,
-            key,
+            key: _,
             part,
             span,
             labels,
         } = arrival;
         let spec = &self.specs[derived];
-        let hash = self.hasher.hash_one((derived, key));
-        let mut shard = self.shard(hash);
-        self.expire(&mut shard, now, evicted);
         let position = match shard.keys.get(&hash) {
             Some(&COMPLETED) => return Offer::Late,
             Some(&position) => position,
-            None => self.open(&mut shard, hash, derived, now, evicted),
+            None => self.open(shard, hash, derived, now, evicted),
         };
         let slot = shard.slot(position);
         let pending = slot

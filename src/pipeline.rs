@@ -14,10 +14,11 @@ use crate::config::validate::parse_duration;
 use crate::decode::{AnyValue, SpanView};
 use crate::decode::{AttributeKeys, Batch, DecodeError, SpanProblem};
 use crate::dedupe::RecentSpans;
-use crate::join::{Arrival, Eviction, JoinSpec, JoinWindow, Offer, PartSpan};
+use crate::join::{Arrival, Completed, Eviction, JoinSpec, JoinWindow, Offer, PartSpan};
 use crate::labels::ResourceValues;
 use crate::labels::{LabelResolver, truncate};
 use std::fmt::Write;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
@@ -634,6 +635,7 @@ impl Pipeline {
         let now = Instant::now();
         let mut evictions = Vec::new();
         let mut records = Vec::new();
+        let (mut offerings, mut texts) = (Vec::new(), LabelTexts::default());
         for (index, span) in batch.spans.iter().enumerate() {
             if problems.next_if_eq(&index).is_some() {
                 continue;
@@ -731,9 +733,10 @@ impl Pipeline {
                     language,
                     extra_values: &extra_values,
                 };
-                self.join_span(&mut w, join, &found, now, &mut evictions);
+                offerings.extend(self.offering(join, &found, &mut texts));
             }
         }
+        self.offer(&mut w, &offerings, &texts, now, &mut evictions);
         self.count_evictions(&mut w, &evictions);
         drop(w);
         self.span_log.record(records, now);
@@ -778,89 +781,146 @@ impl Pipeline {
         self.span_log.breakdown(id)
     }
 
-    /// Offers a classified span to one derived metric and observes the result if the key
-    /// completes.
-    fn join_span(
+    /// A classified span's offer to one derived metric, if it carries the metric's key; its
+    /// label values are copied into `texts`.
+    fn offering<'a>(
         &self,
-        w: &mut Writer,
         join: &JoinPart,
-        found: &JoinedSpan,
-        now: Instant,
-        evictions: &mut Vec<(usize, Eviction)>,
-    ) {
+        found: &JoinedSpan<'a, '_>,
+        texts: &mut LabelTexts,
+    ) -> Option<Offering<'a>> {
         let d = &self.derived[join.derived];
-        let Some(key) = found
+        let key = found
             .batch
             .span_attributes(found.span)
             .iter()
             .find_map(|a| match a.value {
                 AnyValue::Str(v) if a.key == d.key => Some(v),
                 _ => None,
-            })
-        else {
-            return;
-        };
-        let mut bufs: [String; MAX_STAGE_LABELS] = Default::default();
-        let mut bufs = bufs.iter_mut();
-        let mut labels: [Option<&str>; MAX_STAGE_LABELS] = Default::default();
-        for (value, slot) in labels.iter_mut().zip(&d.labels) {
-            *value = match *slot {
+            })?;
+        let mut buf = String::new();
+        let first = texts.values.len();
+        for slot in &d.labels {
+            let value = match *slot {
                 LabelSlot::Service => Some(found.service),
                 LabelSlot::HandlerLanguage => found.language,
                 LabelSlot::Extra(i) => self.extras[i]
                     .0
-                    .find(
-                        found.batch,
-                        found.span,
-                        &found.extra_values[i],
-                        bufs.next().expect("slot"),
-                    )
+                    .find(found.batch, found.span, &found.extra_values[i], &mut buf)
                     .map(|v| truncate(v, self.max_label_len)),
             };
+            texts.push(value);
         }
-        let part = part_span(found.span);
-        let arrival = Arrival {
+        Some(Offering {
             derived: join.derived,
-            key,
             part: join.part,
-            span: part,
-            labels: &labels[..d.labels.len()],
-        };
-        let offer = self
+            key,
+            span: part_span(found.span),
+            labels: first..texts.values.len(),
+        })
+    }
+
+    /// Makes a request's offers to the join window and observes the keys they complete.
+    fn offer(
+        &self,
+        w: &mut Writer,
+        offerings: &[Offering],
+        texts: &LabelTexts,
+        now: Instant,
+        evictions: &mut Vec<(usize, Eviction)>,
+    ) {
+        if offerings.is_empty() {
+            return;
+        }
+        let values = texts.values();
+        let arrivals: Vec<Arrival> = offerings
+            .iter()
+            .map(|o| Arrival {
+                derived: o.derived,
+                key: o.key,
+                part: o.part,
+                span: o.span,
+                labels: &values[o.labels.clone()],
+            })
+            .collect();
+        let offers = self
             .join
-            .offer(arrival, now, &mut |d, why| evictions.push((d, why)));
-        match offer {
-            Offer::Waiting => {}
-            Offer::Late => w.add(self.join_metrics.late, &[&d.name], 1),
-            Offer::Repeated => w.add(self.join_metrics.repeated, &[&d.name], 1),
-            Offer::Complete(done) => {
-                let mut values = [""; MAX_STAGE_LABELS];
-                for (i, slot) in d.labels.iter().enumerate() {
-                    let (dimension, default) = match *slot {
-                        LabelSlot::Service => (self.dimensions.service, "unknown_service"),
-                        LabelSlot::HandlerLanguage => (
-                            self.dimensions.handler_language,
-                            self.handler_language.default_value(),
-                        ),
-                        LabelSlot::Extra(e) => (self.extras[e].1, self.extras[e].0.default_value()),
-                    };
-                    values[i] = w.admitted(dimension, done.labels[i].as_deref().unwrap_or(default));
-                }
-                let exemplar = Exemplar {
-                    trace_id: done.exemplar.trace_id,
-                    span_id: done.exemplar.span_id,
-                    value: done.seconds,
-                    timestamp_unix_nano: done.exemplar.end_unix_nano,
-                    epoch: 0,
-                };
-                w.observe(
-                    d.histogram,
-                    &values[..d.labels.len()],
-                    done.seconds,
-                    exemplar,
-                );
+            .offer_all(&arrivals, now, &mut |d, why| evictions.push((d, why)));
+        for (arrival, offer) in arrivals.iter().zip(offers) {
+            let d = &self.derived[arrival.derived];
+            match offer {
+                Offer::Waiting => {}
+                Offer::Late => w.add(self.join_metrics.late, &[&d.name], 1),
+                Offer::Repeated => w.add(self.join_metrics.repeated, &[&d.name], 1),
+                Offer::Complete(done) => self.observe_completed(w, d, done),
             }
         }
+    }
+
+    fn observe_completed(&self, w: &mut Writer, d: &DerivedMetric, done: Completed) {
+        let mut values = [""; MAX_STAGE_LABELS];
+        for (i, slot) in d.labels.iter().enumerate() {
+            let (dimension, default) = match *slot {
+                LabelSlot::Service => (self.dimensions.service, "unknown_service"),
+                LabelSlot::HandlerLanguage => (
+                    self.dimensions.handler_language,
+                    self.handler_language.default_value(),
+                ),
+                LabelSlot::Extra(e) => (self.extras[e].1, self.extras[e].0.default_value()),
+            };
+            values[i] = w.admitted(dimension, done.labels[i].as_deref().unwrap_or(default));
+        }
+        let exemplar = Exemplar {
+            trace_id: done.exemplar.trace_id,
+            span_id: done.exemplar.span_id,
+            value: done.seconds,
+            timestamp_unix_nano: done.exemplar.end_unix_nano,
+            epoch: 0,
+        };
+        w.observe(
+            d.histogram,
+            &values[..d.labels.len()],
+            done.seconds,
+            exemplar,
+        );
+    }
+}
+
+/// A classified span's offer to a derived metric, collected while the request is read and
+/// made after it ([`JoinWindow::offer_all`]).
+struct Offering<'a> {
+    derived: usize,
+    part: usize,
+    key: &'a str,
+    span: PartSpan,
+    /// Its label values in the request's [`LabelTexts`].
+    labels: Range<usize>,
+}
+
+/// The label values of a request's offerings, copied into one buffer (a value may live in
+/// a per-span scratch buffer).
+#[derive(Default)]
+struct LabelTexts {
+    text: String,
+    values: Vec<Option<Range<usize>>>,
+}
+
+impl LabelTexts {
+    fn push(&mut self, value: Option<&str>) {
+        let range = value.map(|v| {
+            let start = self.text.len();
+            self.text.push_str(v);
+            start..self.text.len()
+        });
+        self.values.push(range);
+    }
+
+    fn values(&self) -> Vec<Option<&str>> {
+        let text = self.text.as_str();
+        self.values
+            .iter()
+            .map(|r| r.clone().map(|r| &text[r]))
+            .collect()
     }
 }
 

@@ -36,7 +36,8 @@ fn offer(
         span,
         labels: &[label],
     };
-    w.offer(arrival, now, &mut |_, _| panic!("no eviction expected"))
+    let mut offers = w.offer_all(&[arrival], now, &mut |_, _| panic!("no eviction expected"));
+    offers.pop().expect("one answer")
 }
 
 fn complete(offer: Offer) -> Completed {
@@ -128,7 +129,7 @@ fn a_flood_of_keys_that_never_complete_stays_at_the_cap() {
             span: span(0, 1, 1),
             labels: &[None],
         };
-        w.offer(arrival, now, &mut |_, why| {
+        w.offer_all(&[arrival], now, &mut |_, why| {
             assert_eq!(why, Eviction::Capacity);
             capacity_evictions += 1;
         });
