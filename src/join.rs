@@ -71,9 +71,15 @@ pub enum Eviction {
 struct Pending {
     derived: usize,
     parts: Box<[Option<PartSpan>]>,
-    /// Label values per part (parts × labels), so that labels come from the first part in
+    /// Per label, its value and the part that gave it: labels come from the first part in
     /// part order that has them, whatever order the spans arrive in.
-    labels: Box<[Option<Box<str>>]>,
+    labels: Box<[Option<LabelValue>]>,
+}
+
+#[derive(Clone)]
+struct LabelValue {
+    part: usize,
+    value: Box<str>,
 }
 
 /// A key in arrival order; `pending` is None once the key completed or left (a hole, dropped
@@ -223,10 +229,14 @@ impl JoinWindow {
             }
             (Some(_), _) => return Offer::Repeated,
         }
-        let own = &mut pending.labels[part * spec.labels..(part + 1) * spec.labels];
-        for (slot, value) in own.iter_mut().zip(labels) {
-            if slot.is_none() {
-                *slot = value.map(Box::from);
+        for (slot, value) in pending.labels.iter_mut().zip(labels) {
+            if let Some(value) = value
+                && slot.as_ref().is_none_or(|l| part < l.part)
+            {
+                *slot = Some(LabelValue {
+                    part,
+                    value: Box::from(*value),
+                });
             }
         }
         if pending.parts.iter().any(Option::is_none) {
@@ -243,8 +253,10 @@ impl JoinWindow {
             shard.keys.remove(&oldest);
         }
         let parts: Vec<PartSpan> = pending.parts.iter().map(|p| p.expect("complete")).collect();
-        let labels = (0..spec.labels)
-            .map(|l| (0..spec.parts).find_map(|p| pending.labels[p * spec.labels + l].take()))
+        let labels = pending
+            .labels
+            .iter_mut()
+            .map(|l| l.take().map(|l| l.value))
             .collect();
         Offer::Complete(Completed {
             seconds: value(spec.operation, &parts),
@@ -284,7 +296,7 @@ impl JoinWindow {
             pending: Some(Pending {
                 derived,
                 parts: vec![None; spec.parts].into_boxed_slice(),
-                labels: vec![None; spec.parts * spec.labels].into_boxed_slice(),
+                labels: vec![None; spec.labels].into_boxed_slice(),
             }),
         });
         shard.waiting += 1;

@@ -140,3 +140,39 @@ fn a_flood_of_keys_that_never_complete_stays_at_the_cap() {
     let queued: usize = w.shards.iter().map(|s| s.lock().unwrap().slots.len()).sum();
     assert!(queued <= 2 * 1600 + 64 * SHARDS, "{queued}");
 }
+
+#[test]
+fn labels_come_from_the_first_part_in_part_order_that_has_them() {
+    let now = Instant::now();
+    let w = window(Operation::Sum, 2, 100);
+    offer(&w, "late-first", 1, span(200, 223, 2), Some("python"), now);
+    let done = complete(offer(
+        &w,
+        "late-first",
+        0,
+        span(100, 115, 1),
+        Some("ruby"),
+        now,
+    ));
+    assert_eq!(done.labels[0].as_deref(), Some("ruby"));
+    offer(&w, "early-first", 0, span(100, 115, 1), Some("ruby"), now);
+    let done = complete(offer(
+        &w,
+        "early-first",
+        1,
+        span(200, 223, 2),
+        Some("python"),
+        now,
+    ));
+    assert_eq!(done.labels[0].as_deref(), Some("ruby"));
+    offer(&w, "only-second", 0, span(100, 115, 1), None, now);
+    let done = complete(offer(
+        &w,
+        "only-second",
+        1,
+        span(200, 223, 2),
+        Some("python"),
+        now,
+    ));
+    assert_eq!(done.labels[0].as_deref(), Some("python"));
+}
