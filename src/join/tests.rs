@@ -145,34 +145,24 @@ fn a_flood_of_keys_that_never_complete_stays_at_the_cap() {
 fn labels_come_from_the_first_part_in_part_order_that_has_them() {
     let now = Instant::now();
     let w = window(Operation::Sum, 2, 100);
-    offer(&w, "late-first", 1, span(200, 223, 2), Some("python"), now);
-    let done = complete(offer(
-        &w,
-        "late-first",
-        0,
-        span(100, 115, 1),
-        Some("ruby"),
-        now,
-    ));
-    assert_eq!(done.labels[0].as_deref(), Some("ruby"));
-    offer(&w, "early-first", 0, span(100, 115, 1), Some("ruby"), now);
-    let done = complete(offer(
-        &w,
-        "early-first",
-        1,
-        span(200, 223, 2),
-        Some("python"),
-        now,
-    ));
-    assert_eq!(done.labels[0].as_deref(), Some("ruby"));
-    offer(&w, "only-second", 0, span(100, 115, 1), None, now);
-    let done = complete(offer(
-        &w,
-        "only-second",
-        1,
-        span(200, 223, 2),
-        Some("python"),
-        now,
-    ));
-    assert_eq!(done.labels[0].as_deref(), Some("python"));
+    let parts = [span(100, 115, 1), span(200, 223, 2)];
+    // (key, part arriving first, then the other part, with their labels; expected label)
+    let cases = [
+        (
+            "late-first",
+            [(1, Some("python")), (0, Some("ruby"))],
+            "ruby",
+        ),
+        (
+            "early-first",
+            [(0, Some("ruby")), (1, Some("python"))],
+            "ruby",
+        ),
+        ("only-second", [(0, None), (1, Some("python"))], "python"),
+    ];
+    for (key, [(first, first_label), (second, second_label)], expected) in cases {
+        offer(&w, key, first, parts[first], first_label, now);
+        let done = complete(offer(&w, key, second, parts[second], second_label, now));
+        assert_eq!(done.labels[0].as_deref(), Some(expected), "{key}");
+    }
 }
