@@ -4,6 +4,7 @@
 //! its eight most recent hashes, newest first. One lookup touches one cache line, nothing is
 //! allocated after start, and memory is `capacity × 8` bytes whatever the traffic.
 
+use crate::shards::for_each_shard;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
@@ -44,43 +45,23 @@ impl RecentSpans {
         if self.buckets_per_shard == 0 {
             return fresh;
         }
-        let shard_of = |hash: u64| (hash >> 60) as usize % SHARDS;
         let hashes: Vec<u64> = ids
             .iter()
             .map(|&(trace_id, span_id)| self.hasher.hash_one((trace_id, span_id)).max(1))
             .collect();
-        // Indexes grouped by shard, in request order within each shard.
-        let mut starts = [0usize; SHARDS + 1];
-        for &hash in &hashes {
-            starts[shard_of(hash) + 1] += 1;
-        }
-        for s in 0..SHARDS {
-            starts[s + 1] += starts[s];
-        }
-        let mut next = starts;
-        let mut grouped = vec![0u32; hashes.len()];
-        for (i, &hash) in hashes.iter().enumerate() {
-            let s = shard_of(hash);
-            grouped[next[s]] = i as u32;
-            next[s] += 1;
-        }
-        for s in 0..SHARDS {
-            let indexes = &grouped[starts[s]..starts[s + 1]];
-            if indexes.is_empty() {
-                continue;
-            }
+        let shard_of: Vec<usize> = hashes.iter().map(|h| (h >> 60) as usize % SHARDS).collect();
+        for_each_shard(&shard_of, |s, items| {
             let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
-            for &i in indexes {
-                let hash = hashes[i as usize];
-                let bucket = &mut shard[(hash % self.buckets_per_shard as u64) as usize].0;
-                if bucket.contains(&hash) {
-                    fresh[i as usize] = false;
+            for &i in items {
+                let bucket = &mut shard[(hashes[i] % self.buckets_per_shard as u64) as usize].0;
+                if bucket.contains(&hashes[i]) {
+                    fresh[i] = false;
                 } else {
                     bucket.copy_within(..WAYS - 1, 1);
-                    bucket[0] = hash;
+                    bucket[0] = hashes[i];
                 }
             }
-        }
+        });
         fresh
     }
 }

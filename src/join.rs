@@ -6,6 +6,7 @@
 //! finished key is counted as late instead of opening a key that could never complete.
 
 use crate::config::Operation;
+use crate::shards::for_each_shard;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -177,17 +178,14 @@ impl JoinWindow {
             .map(|a| self.hasher.hash_one((a.derived, a.key)))
             .collect();
         let mut offers = vec![Offer::Waiting; arrivals.len()];
-        let mut order: Vec<usize> = (0..arrivals.len()).collect();
-        order.sort_by_key(|&i| shard_of(hashes[i]));
-        for run in order.chunk_by(|&a, &b| shard_of(hashes[a]) == shard_of(hashes[b])) {
-            let mut shard = self.shards[shard_of(hashes[run[0]])]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+        let shards: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
+        for_each_shard(&shards, |s, items| {
+            let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
             self.expire(&mut shard, now, evicted);
-            for &i in run {
+            for &i in items {
                 offers[i] = self.offer(&mut shard, hashes[i], arrivals[i], now, evicted);
             }
-        }
+        });
         offers
     }
 

@@ -28,6 +28,7 @@ pub mod receiver;
 pub mod replay;
 pub mod rules;
 pub mod server;
+pub mod shards;
 pub mod status;
 pub mod tls;
 pub mod wire;
