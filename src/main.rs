@@ -8,7 +8,7 @@ use spanlens::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// jemalloc rather than the system allocator: see BENCHMARKS.md "Allocator".
+/// jemalloc rather than the system allocator: see BENCHMARKS.md "Allocator and gzip back end".
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
