@@ -1,7 +1,7 @@
 //! Renders a [`Snapshot`] for scrapers: Prometheus text 0.0.4, or OpenMetrics 1.0 text with
 //! the slowest span of each histogram series as exemplar (`trace_id`, `span_id`).
 
-use crate::aggregate::{Exemplar, MetricId, MetricKind, Snapshot, Values};
+use crate::aggregate::{Cell, Exemplar, MetricId, MetricKind, Snapshot};
 use std::fmt::Write;
 
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -38,9 +38,9 @@ impl Format {
 }
 
 pub fn render(snapshot: &Snapshot, format: Format) -> String {
-    let mut out = String::with_capacity(64 * 1024);
+    let mut out = String::with_capacity(estimated_len(snapshot));
     for (index, spec) in snapshot.metrics.iter().enumerate() {
-        let mut series = snapshot.series(MetricId(index)).peekable();
+        let mut series = snapshot.cells(MetricId(index)).peekable();
         if series.peek().is_none() {
             continue;
         }
@@ -63,29 +63,30 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
         // Per metric: sample names and bucket bounds, written once.
         let names = SampleNames::new(&spec.name, &spec.kind, format);
         let mut prefix = String::new();
-        for s in series {
+        for (labels, cell) in series {
             // Per series: its label set, escaped once, reused by every line of the series.
             prefix.clear();
-            for (i, (name, value)) in spec.label_names.iter().zip(s.labels.iter()).enumerate() {
+            for (i, (name, value)) in spec.label_names.iter().zip(labels).enumerate() {
                 prefix.push(if i == 0 { '{' } else { ',' });
                 prefix.push_str(name);
                 prefix.push_str("=\"");
                 escape_label_value(&mut prefix, value);
                 prefix.push('"');
             }
-            match (&s.values, &spec.kind) {
-                (Values::Counter(n), _) => {
+            match (cell, &spec.kind) {
+                (Cell::Counter(n), _) => {
                     line_start(&mut out, &spec.name, &prefix);
-                    let _ = writeln!(out, "{n}");
+                    push_u64(&mut out, *n);
+                    out.push('\n');
                 }
-                (Values::Gauge(v), _) => {
+                (Cell::Gauge(v), _) => {
                     line_start(&mut out, &spec.name, &prefix);
                     write_float(&mut out, *v, format);
                     out.push('\n');
                 }
                 (
-                    Values::Histogram {
-                        cumulative,
+                    Cell::Histogram {
+                        counts,
                         sum,
                         exemplar,
                     },
@@ -94,7 +95,9 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
                     // The exemplar goes on the first bucket whose bound holds its value.
                     let exemplar_bucket =
                         exemplar.map(|e| bounds.partition_point(|&b| b < e.value));
-                    for (i, (count, le)) in cumulative.iter().zip(&names.le).enumerate() {
+                    let mut cumulative = 0;
+                    for (i, (count, le)) in counts.iter().zip(&names.le).enumerate() {
+                        cumulative += count;
                         out.push_str(&names.bucket);
                         out.push_str(if prefix.is_empty() { "{" } else { &prefix });
                         if !prefix.is_empty() {
@@ -102,7 +105,8 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
                         }
                         out.push_str("le=\"");
                         out.push_str(le);
-                        let _ = write!(out, "\"}} {count}");
+                        out.push_str("\"} ");
+                        push_u64(&mut out, cumulative);
                         match (format, exemplar) {
                             (Format::OpenMetrics, Some(e)) if exemplar_bucket == Some(i) => {
                                 write_exemplar(&mut out, e, format)
@@ -115,9 +119,10 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
                     write_float(&mut out, *sum, format);
                     out.push('\n');
                     line_start(&mut out, &names.count, &prefix);
-                    let _ = writeln!(out, "{}", cumulative.last().copied().unwrap_or(0));
+                    push_u64(&mut out, cumulative);
+                    out.push('\n');
                 }
-                (Values::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
+                (Cell::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
                     unreachable!("kinds agree")
                 }
             }
@@ -127,6 +132,45 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
         out.push_str("# EOF\n");
     }
     out
+}
+
+/// About the length of the rendering, a little over for ordinary label values, so that the
+/// output is allocated once instead of grown by copying (a scrape of 5,000 histogram series
+/// is some megabytes).
+fn estimated_len(snapshot: &Snapshot) -> usize {
+    // Per line: a sample name's suffix, the `le` label, a value and an exemplar's share.
+    const LINE: usize = 48;
+    let mut len = 4096;
+    for (index, spec) in snapshot.metrics.iter().enumerate() {
+        let lines = match &spec.kind {
+            MetricKind::Histogram { bounds } => bounds.len() + 3,
+            MetricKind::Counter | MetricKind::Gauge => 1,
+        };
+        let names: usize = spec.label_names.iter().map(|n| n.len() + 4).sum();
+        len += spec.help.len() + 3 * spec.name.len() + 64;
+        for (labels, _) in snapshot.cells(MetricId(index)) {
+            let values: usize = labels.iter().map(|v| v.len()).sum();
+            len += lines * (spec.name.len() + names + values + LINE);
+        }
+    }
+    len
+}
+
+/// `n` in decimal, without the formatting machinery (a scrape writes one per bucket line).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
+    }
 }
 
 /// The names and bucket bounds of one metric's samples, formatted once per render.
@@ -173,20 +217,26 @@ fn line_start(out: &mut String, name: &str, prefix: &str) {
 }
 
 fn write_exemplar(out: &mut String, e: &Exemplar, format: Format) {
-    let _ = write!(out, " # {{trace_id=\"");
+    out.push_str(" # {trace_id=\"");
     hex(out, &e.trace_id);
     out.push_str("\",span_id=\"");
     hex(out, &e.span_id);
-    let seconds = e.timestamp_unix_nano / 1_000_000_000;
-    let millis = (e.timestamp_unix_nano % 1_000_000_000) / 1_000_000;
     out.push_str("\"} ");
     write_float(out, e.value, format);
-    let _ = write!(out, " {seconds}.{millis:03}");
+    out.push(' ');
+    push_u64(out, e.timestamp_unix_nano / 1_000_000_000);
+    let millis = (e.timestamp_unix_nano % 1_000_000_000) / 1_000_000;
+    out.push('.');
+    for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 fn hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
@@ -267,8 +317,8 @@ mod tests {
             timestamp_unix_nano: 1_700_000_000_250_000_000,
             epoch: 0,
         };
-        w.observe(MetricId(0), &["a\"b"], 0.005, e);
-        w.observe(MetricId(0), &["a\"b"], 0.5, e);
+        w.observe(MetricId(0), &["a\"b"], 0.005, Some(e));
+        w.observe(MetricId(0), &["a\"b"], 0.5, Some(e));
         w.add(MetricId(1), &["a\"b"], 2);
         drop(w);
         store.snapshot()
@@ -320,6 +370,18 @@ claim_calls_total{{service=\"a\\\"b\"}} 2
 "
             )
         );
+    }
+
+    #[test]
+    fn integers_and_hex_as_fmt_writes_them() {
+        for n in [0, 7, 10, 99, 100, 1_234_567, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        let mut out = String::new();
+        hex(&mut out, &[0x00, 0x0f, 0xa0, 0xff]);
+        assert_eq!(out, "000fa0ff");
     }
 
     #[test]

@@ -101,7 +101,15 @@ struct OwnMetrics {
     accepted: MetricId,
     refused_spans: MetricId,
     refused_requests: MetricId,
+    request_duration: MetricId,
 }
+
+/// Bucket bounds of spanlens_request_duration_seconds: fine around a millisecond, where a
+/// 512-span request is answered, and up to the receivers' timeouts.
+const REQUEST_DURATION_BUCKETS: [f64; 20] = [
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.00125, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 struct Dimensions {
     service: DimensionId,
@@ -255,6 +263,14 @@ impl Pipeline {
                 "Requests refused as a whole, by protocol and reason.",
                 MetricKind::Counter,
                 &["protocol", "reason"],
+            ),
+            request_duration: table.add(
+                "spanlens_request_duration_seconds",
+                "Time from an export request's headers to its answer, for requests whose spans were processed (accepted in whole or in part), by protocol: reading and decompressing the body, decoding, processing and queueing for forwarding.",
+                MetricKind::Histogram {
+                    bounds: Arc::from(REQUEST_DURATION_BUCKETS.as_slice()),
+                },
+                &["protocol"],
             ),
         };
         let join_metrics = JoinMetrics {
@@ -476,6 +492,7 @@ impl Pipeline {
                     own.accepted,
                     own.refused_spans,
                     own.refused_requests,
+                    own.request_duration,
                     join_metrics.duplicates,
                     join_metrics.evicted,
                     join_metrics.late,
@@ -537,6 +554,17 @@ impl Pipeline {
                 Values::Gauge(_) | Values::Histogram { .. } => 0,
             })
             .sum()
+    }
+
+    /// Observes how long a request whose spans were processed took, from its headers to its
+    /// answer.
+    pub fn observe_request(&self, protocol: Protocol, took: std::time::Duration) {
+        self.store.writer().observe(
+            self.own.request_duration,
+            &[protocol.as_str()],
+            took.as_secs_f64(),
+            None,
+        );
     }
 
     /// Counts a request refused before decoding (too large, wrong content type...).
@@ -669,7 +697,7 @@ impl Pipeline {
                 );
                 let labels = [service, name, span.kind_name(), span.status_name()];
                 w.add(m.calls, &labels, 1);
-                w.observe(m.duration, &labels, seconds, exemplar);
+                w.observe(m.duration, &labels, seconds, Some(exemplar));
             }
             let facts = SpanFacts {
                 name: span.name,
@@ -703,7 +731,7 @@ impl Pipeline {
                 labels[2 + slot] = w.admitted(*dimension, truncate(value, self.max_label_len));
             }
             let labels = &labels[..2 + stage.extras.len()];
-            w.observe(stage.histogram, labels, seconds, exemplar);
+            w.observe(stage.histogram, labels, seconds, Some(exemplar));
             w.add(stage.calls, labels, 1);
             w.add(stage.errors, labels, u64::from(span.is_error()));
             for &(histogram, step) in &self.comparisons_by_stage[stage_id] {
@@ -715,7 +743,7 @@ impl Pipeline {
                     self.dimensions.handler_language,
                     language.unwrap_or(self.handler_language.default_value()),
                 );
-                w.observe(histogram, &[step, language], seconds, exemplar);
+                w.observe(histogram, &[step, language], seconds, Some(exemplar));
             }
             if self.span_log.enabled()
                 && let Some(record) = self.record(&batch, span, stage_id, service, labels[1])
@@ -881,7 +909,7 @@ impl Pipeline {
             d.histogram,
             &values[..d.labels.len()],
             done.seconds,
-            exemplar,
+            Some(exemplar),
         );
     }
 }

@@ -36,7 +36,8 @@ const DOCKERFILE: &str = "deploy/Dockerfile";
 const DASHBOARD: &str = "deploy/grafana/spanlens-dashboard.json";
 const GRAFANA_DATASOURCES: &str = "deploy/grafana/provisioning/datasources/spanlens.yml";
 
-/// spanlens's own metrics (src/pipeline.rs): not named in the config.
+/// spanlens's own counters and gauges (src/pipeline.rs): not named in the config. Its own
+/// histogram, spanlens_request_duration_seconds, is added with its series in allowed_metrics.
 const OWN_METRICS: [&str; 11] = [
     "spanlens_spans_received_total",
     "spanlens_spans_accepted_total",
@@ -1130,6 +1131,7 @@ fn allowed_metrics() -> BTreeSet<String> {
             allowed.insert(format!("{name}{suffix}"));
         }
     };
+    histogram(&mut allowed, "spanlens_request_duration_seconds");
     let stages = config
         .get("stages")
         .and_then(Value::as_mapping)

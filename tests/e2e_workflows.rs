@@ -1166,10 +1166,21 @@ fn assert_span_metrics(exposition: &Exposition, spans: &[FixtureSpan]) {
     }
 }
 
-/// spanlens_spans_{received,accepted}_total per protocol equal what was sent.
+/// spanlens_spans_{received,accepted}_total per protocol equal what was sent; the requests
+/// that carried them were timed (spanlens_request_duration_seconds), and no others.
 fn assert_protocol_counters(exposition: &Exposition, expected: &BTreeMap<&'static str, usize>) {
     for protocol in PROTOCOLS {
         let want = expected.get(protocol).copied().unwrap_or(0);
+        let labels = [("protocol", protocol)];
+        let timed = exposition.value("spanlens_request_duration_seconds_count", &labels);
+        let took = exposition.value("spanlens_request_duration_seconds_sum", &labels);
+        match want {
+            0 => assert_eq!((timed, took), (None, None), "{protocol}: no request timed"),
+            _ => assert!(
+                timed.is_some_and(|n| n >= 1.0) && took.is_some_and(|s| s > 0.0),
+                "{protocol}: requests timed {timed:?}, {took:?} s"
+            ),
+        }
         for counter in [
             "spanlens_spans_received_total",
             "spanlens_spans_accepted_total",

@@ -12,11 +12,13 @@
 
 mod series;
 
-pub use series::{Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values};
+pub use series::{
+    Cell, Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values,
+};
 
 use hashbrown::hash_map::Entry;
 use hashbrown::{Equivalent, HashMap, HashSet};
-use series::{BorrowedKey, Cell, SeriesKey};
+use series::{BorrowedKey, SeriesKey};
 use std::cell::Cell as StdCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -234,14 +236,17 @@ impl Store {
     pub fn snapshot(&self) -> Snapshot {
         self.epoch.fetch_add(1, Ordering::Relaxed);
         self.expire_idle(Instant::now());
-        let mut snapshot = Snapshot::new(&self.metrics);
+        let mut copies = Vec::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            for slot in &shard.slots {
-                snapshot.merge(&slot.key, &slot.cell);
-            }
+            copies.extend(
+                shard
+                    .slots
+                    .iter()
+                    .map(|slot| (slot.key.clone(), slot.cell.clone())),
+            );
         }
-        snapshot
+        Snapshot::merged(&self.metrics, copies)
     }
 
     /// Drops the series idle for the configured timeout at `now`, and the label values and
@@ -537,8 +542,14 @@ impl<'s> Writer<'s> {
         Err(overflow)
     }
 
-    /// Observes one duration, in seconds, with the span as exemplar candidate.
-    pub fn observe(&mut self, metric: MetricId, labels: &[&str], seconds: f64, exemplar: Exemplar) {
+    /// Observes one duration, in seconds, with the span (if any) as exemplar candidate.
+    pub fn observe(
+        &mut self,
+        metric: MetricId,
+        labels: &[&str],
+        seconds: f64,
+        exemplar: Option<Exemplar>,
+    ) {
         let epoch = self.epoch;
         let store: &'s Store = self.store;
         if let Some(raw) = &store.raw {
@@ -556,11 +567,11 @@ impl<'s> Writer<'s> {
         self.cell(metric, labels).observe(
             bounds,
             seconds,
-            Exemplar {
+            exemplar.map(|e| Exemplar {
                 epoch,
                 value: seconds,
-                ..exemplar
-            },
+                ..e
+            }),
         );
     }
 

@@ -2,7 +2,6 @@
 //! the snapshot that merges cells from every shard.
 
 use hashbrown::Equivalent;
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -29,11 +28,12 @@ pub struct MetricSpec {
     pub label_names: Vec<String>,
 }
 
-/// Owned label values of one series.
+/// Owned label values of one series, shared by the copies of the key (a shard's slot and
+/// index, the series cap's set, snapshots): a copy is a reference count.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SeriesKey {
     pub metric: usize,
-    pub labels: Box<[Box<str>]>,
+    pub labels: Arc<[Box<str>]>,
 }
 
 impl SeriesKey {
@@ -106,6 +106,7 @@ impl Exemplar {
     }
 }
 
+/// One series' values: in a shard as written, in a [`Snapshot`] merged over shards.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
     Counter(u64),
@@ -131,7 +132,7 @@ impl Cell {
         }
     }
 
-    pub fn observe(&mut self, bounds: &[f64], value: f64, candidate: Exemplar) {
+    pub fn observe(&mut self, bounds: &[f64], value: f64, candidate: Option<Exemplar>) {
         if let Cell::Histogram {
             counts,
             sum,
@@ -140,7 +141,9 @@ impl Cell {
         {
             counts[bounds.partition_point(|&b| b < value)] += 1;
             *sum += value;
-            if candidate.beats(exemplar) {
+            if let Some(candidate) = candidate
+                && candidate.beats(exemplar)
+            {
                 *exemplar = Some(candidate);
             }
         }
@@ -208,63 +211,66 @@ pub struct SnapshotSeries {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub metrics: Vec<MetricSpec>,
-    series: BTreeMap<SeriesKey, Cell>,
+    /// Sorted by key, one entry per key.
+    series: Vec<(SeriesKey, Cell)>,
 }
 
 impl Snapshot {
-    pub(super) fn new(metrics: &[MetricSpec]) -> Snapshot {
+    /// The snapshot of the shards' copies of their series: sorted by key, the copies of one
+    /// series (made by different shards) added up.
+    pub(super) fn merged(metrics: &[MetricSpec], mut copies: Vec<(SeriesKey, Cell)>) -> Snapshot {
+        copies.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut series: Vec<(SeriesKey, Cell)> = Vec::with_capacity(copies.len());
+        for (key, cell) in copies {
+            match series.last_mut() {
+                Some((last, total)) if *last == key => total.merge(&cell),
+                _ => series.push((key, cell)),
+            }
+        }
         Snapshot {
             metrics: metrics.to_vec(),
-            series: BTreeMap::new(),
+            series,
         }
     }
 
-    pub(super) fn merge(&mut self, key: &SeriesKey, cell: &Cell) {
-        match self.series.get_mut(key) {
-            Some(total) => total.merge(cell),
-            None => {
-                self.series.insert(key.clone(), cell.clone());
-            }
-        }
+    /// The series of one metric in label order, borrowed: label values and merged cell.
+    pub fn cells(&self, metric: MetricId) -> impl Iterator<Item = (&[Box<str>], &Cell)> + '_ {
+        let start = self.series.partition_point(|(k, _)| k.metric < metric.0);
+        self.series[start..]
+            .iter()
+            .take_while(move |(k, _)| k.metric == metric.0)
+            .map(|(key, cell)| (&*key.labels, cell))
     }
 
     /// The series of one metric, in label order.
     pub fn series(&self, metric: MetricId) -> impl Iterator<Item = SnapshotSeries> + '_ {
-        let start = SeriesKey {
-            metric: metric.0,
-            labels: Box::new([]),
-        };
-        self.series
-            .range(start..)
-            .take_while(move |(k, _)| k.metric == metric.0)
-            .map(|(key, cell)| SnapshotSeries {
-                labels: key.labels.clone(),
-                values: match cell {
-                    Cell::Counter(n) => Values::Counter(*n),
-                    Cell::Gauge(v) => Values::Gauge(*v),
-                    Cell::Histogram {
-                        counts,
-                        sum,
-                        exemplar,
-                    } => Values::Histogram {
-                        cumulative: counts
-                            .iter()
-                            .scan(0, |acc, c| {
-                                *acc += c;
-                                Some(*acc)
-                            })
-                            .collect(),
-                        sum: *sum,
-                        exemplar: *exemplar,
-                    },
+        self.cells(metric).map(|(labels, cell)| SnapshotSeries {
+            labels: labels.into(),
+            values: match cell {
+                Cell::Counter(n) => Values::Counter(*n),
+                Cell::Gauge(v) => Values::Gauge(*v),
+                Cell::Histogram {
+                    counts,
+                    sum,
+                    exemplar,
+                } => Values::Histogram {
+                    cumulative: counts
+                        .iter()
+                        .scan(0, |acc, c| {
+                            *acc += c;
+                            Some(*acc)
+                        })
+                        .collect(),
+                    sum: *sum,
+                    exemplar: *exemplar,
                 },
-            })
+            },
+        })
     }
 
     /// Sets a gauge series, for values read at snapshot time (such as keys waiting to join).
     pub fn set_gauge(&mut self, metric: MetricId, labels: &[&str], value: f64) {
-        self.series
-            .insert(SeriesKey::new(metric.0, labels), Cell::Gauge(value));
+        self.set(SeriesKey::new(metric.0, labels), Cell::Gauge(value));
     }
 
     /// Adds a metric family whose values are read at snapshot time (such as forwarding's).
@@ -275,8 +281,14 @@ impl Snapshot {
 
     /// Sets a counter series read at snapshot time.
     pub fn set_counter(&mut self, metric: MetricId, labels: &[&str], value: u64) {
-        self.series
-            .insert(SeriesKey::new(metric.0, labels), Cell::Counter(value));
+        self.set(SeriesKey::new(metric.0, labels), Cell::Counter(value));
+    }
+
+    fn set(&mut self, key: SeriesKey, cell: Cell) {
+        match self.series.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.series[i].1 = cell,
+            Err(i) => self.series.insert(i, (key, cell)),
+        }
     }
 
     /// Looks up one series by its label values (used by tests and the self-check).

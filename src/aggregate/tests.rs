@@ -70,7 +70,7 @@ fn histograms_count_per_bucket_with_le_semantics() {
     let store = store(100, 100);
     let mut w = store.writer();
     for v in [0.005, 0.01, 0.05, 0.1, 2.0] {
-        w.observe(MetricId(0), &["a"], v, exemplar(v, 1));
+        w.observe(MetricId(0), &["a"], v, Some(exemplar(v, 1)));
     }
     drop(w);
     let s = store.snapshot().get(MetricId(0), &["a"]).unwrap();
@@ -96,7 +96,7 @@ fn shards_merge_and_keep_the_slowest_exemplar_of_the_interval() {
                     MetricId(0),
                     &["a"],
                     0.02 * f64::from(t + 1),
-                    exemplar(0.0, t as u8),
+                    Some(exemplar(0.0, t as u8)),
                 );
                 w.add(MetricId(1), &["a"], 3);
             })
@@ -116,7 +116,7 @@ fn shards_merge_and_keep_the_slowest_exemplar_of_the_interval() {
     // A new interval: the next observation replaces the exemplar even though it is faster.
     store
         .writer()
-        .observe(MetricId(0), &["a"], 0.001, exemplar(0.001, 9));
+        .observe(MetricId(0), &["a"], 0.001, Some(exemplar(0.001, 9)));
     let Values::Histogram { exemplar: kept, .. } =
         store.snapshot().get(MetricId(0), &["a"]).unwrap().values
     else {
@@ -172,6 +172,37 @@ fn series_past_the_cap_fold_into_the_overflow_series() {
     );
 }
 
+#[test]
+fn snapshot_series_stay_sorted_and_values_set_at_snapshot_time_replace() {
+    let store = store(100, 100);
+    let mut w = store.writer();
+    for service in ["d", "b"] {
+        w.add(MetricId(1), &[service], 1);
+    }
+    drop(w);
+    let mut snap = store.snapshot();
+    snap.set_counter(MetricId(1), &["c"], 5);
+    snap.set_counter(MetricId(1), &["a"], 7);
+    snap.set_counter(MetricId(1), &["b"], 9);
+    snap.set_gauge(MetricId(1), &["e"], 1.0);
+    let all: Vec<_> = snap
+        .series(MetricId(1))
+        .map(|s| (s.labels[0].to_string(), s.values))
+        .collect();
+    assert_eq!(
+        all,
+        vec![
+            ("a".to_string(), Values::Counter(7)),
+            ("b".to_string(), Values::Counter(9)),
+            ("c".to_string(), Values::Counter(5)),
+            ("d".to_string(), Values::Counter(1)),
+            ("e".to_string(), Values::Gauge(1.0)),
+        ]
+    );
+    assert_eq!(snap.series(MetricId(0)).count(), 0);
+    assert_eq!(snap.series(MetricId(2)).count(), 0);
+}
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn counter(snap: &Snapshot, metric: usize, labels: &[&str]) -> Option<u64> {
@@ -194,7 +225,7 @@ fn write(store: &Store, services: &[&str]) {
     for service in services {
         let service = w.admitted(DimensionId(0), service);
         w.add(MetricId(1), &[service], 1);
-        w.observe(MetricId(0), &[service], 0.05, exemplar(0.05, 1));
+        w.observe(MetricId(0), &[service], 0.05, Some(exemplar(0.05, 1)));
     }
 }
 

@@ -19,6 +19,7 @@ use axum::routing::post;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use prost::Message;
+use std::time::Instant;
 
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const ACCEPT_ENCODING: &str = "identity,gzip,zstd";
@@ -125,6 +126,7 @@ fn busy(busy: &Busy) -> Response {
 }
 
 async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
     let protocol = Protocol::Grpc;
     let _pass = match ingest.gate.enter(&headers) {
         Ok(pass) => pass,
@@ -219,7 +221,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         encoding,
         json: false,
     };
-    match ingest.run(protocol, request, arrived).await {
+    match ingest.run(protocol, request, arrived, started).await {
         Ok(outcome) => ok_response(&export_response(&outcome).encode_to_vec()),
         Err(Refusal::Busy(b)) => busy(&b),
         Err(refusal) => status_only(Code::InvalidArgument, &refusal.to_string()),

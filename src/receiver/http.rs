@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
+use std::time::Instant;
 
 pub fn router(ingest: Ingest) -> Router {
     Router::new()
@@ -87,6 +88,7 @@ fn busy(kind: Kind, busy: &Busy) -> Response {
 }
 
 async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -216,7 +218,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         encoding,
         json: kind == Kind::Json,
     };
-    match ingest.run(protocol, request, arrived).await {
+    match ingest.run(protocol, request, arrived, started).await {
         Ok(outcome) => {
             let response = export_response(&outcome);
             let body = match kind {

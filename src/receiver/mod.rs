@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Bodies up to this size are decoded and processed on the async worker that read them: a
 /// 512-span request (~210 KB) takes about a millisecond of CPU, less than the hop to the
@@ -64,12 +65,15 @@ pub struct Ingest {
 
 impl Ingest {
     /// Runs the pipeline (and queues the request for forwarding) off the async workers'
-    /// critical path for large requests. `request` is the decoded protobuf request.
+    /// critical path for large requests. `request` is the decoded protobuf request;
+    /// `started`, when its headers were handed to the receiver (the time to here and the
+    /// run, for a request whose spans were processed, is spanlens_request_duration_seconds).
     pub async fn run(
         &self,
         protocol: Protocol,
         request: bytes::Bytes,
         arrived: Arrived,
+        started: Instant,
     ) -> Result<Outcome, Refusal> {
         let pipeline = self.pipeline.clone();
         let forward = self.forward.clone();
@@ -81,7 +85,11 @@ impl Ingest {
                 forward.admit(&request, &arrived, rejected, accepted as u64)
             }),
         };
-        off_the_workers(heavy, work).await
+        let outcome = off_the_workers(heavy, work).await;
+        if outcome.is_ok() {
+            self.pipeline.observe_request(protocol, started.elapsed());
+        }
+        outcome
     }
 }
 

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+mod server_latency;
+
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Load generator for spanlens: realistic tasker workflow spans over OTLP, with server CPU,
@@ -51,6 +53,8 @@ Examples (start the server first: target/release/spanlens --config bench.yaml):
   spanlens-loadgen --protocol http-protobuf --target http://127.0.0.1:4318 --gzip --server-pid PID
   # a steady 100,000 spans/s for the memory target, with latency from the schedule
   spanlens-loadgen --rate 100000 --concurrency 4 --duration 60s --server-pid PID
+  # the server's own latency for one request in flight (its part of the round trip)
+  spanlens-loadgen -c 1 --server-metrics-url http://127.0.0.1:9464/metrics --server-pid PID
   # ingest while a scraper polls /metrics every 100 ms
   spanlens-loadgen --scrape-url http://127.0.0.1:9464/metrics --scrape-interval 100ms --server-pid PID
   # machine-readable summary
@@ -61,6 +65,8 @@ Reading the report:
   spans per server CPU-s   accepted spans / (server utime+stime) over the same phase
   server CPU               server CPU seconds per wall second (2.00 = both cores of a 2-core box)
   latency p50/p99/p99.9    client round trip of one request (send to last byte/trailers), loopback
+  server latency           with --server-metrics-url: the server's own timing (headers to answer),
+                           as the bucket bound the percentile falls under
   errors                   failed requests (transport, HTTP status, gRPC status) and rejected spans
 On a shared machine compare spans per server CPU-second, not spans/s: the first only counts the
 time the server actually ran. A gRPC latency that sits near 40 ms at low load is Nagle's
@@ -124,6 +130,11 @@ struct Args {
     /// Poll this /metrics URL during the measured phase (a Prometheus stand-in).
     #[arg(long)]
     scrape_url: Option<Uri>,
+    /// spanlens's /metrics, read just before and after the measured phase for the server's
+    /// own timing of the requests (spanlens_request_duration_seconds): the server's part of
+    /// the latency, apart from the client and the kernel, to its buckets' resolution.
+    #[arg(long)]
+    server_metrics_url: Option<Uri>,
     /// Interval between scrapes with --scrape-url.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     scrape_interval: Duration,
@@ -558,47 +569,89 @@ fn read_proc(pid: &str, ticks: f64) -> Result<ProcSample, String> {
     })
 }
 
+/// An HTTP/1.1 connection to a /metrics endpoint.
+struct MetricsClient {
+    uri: Uri,
+    authority: String,
+    send: Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+}
+
+impl MetricsClient {
+    async fn connect(uri: Uri) -> Result<MetricsClient, String> {
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{uri}: no host"))?
+            .to_string();
+        let Sender::H1(send) = connect(&authority, false).await? else {
+            unreachable!("HTTP/1.1 asked")
+        };
+        Ok(MetricsClient {
+            uri,
+            authority,
+            send,
+        })
+    }
+
+    /// One scrape, in the format `accept` asks for: the body of a 200 answer.
+    async fn get(&self, accept: &str) -> Result<Bytes, String> {
+        let request = Request::builder()
+            .uri(self.uri.path_and_query().map_or("/metrics", |p| p.as_str()))
+            .header(header::HOST, &self.authority)
+            .header(header::ACCEPT, accept)
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        let mut send = self.send.lock().await;
+        send.ready().await.map_err(|e| e.to_string())?;
+        let response = send
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        match status {
+            StatusCode::OK => Ok(body),
+            other => Err(format!("{}: HTTP {}", self.uri, other.as_u16())),
+        }
+    }
+
+    /// The server's request-duration buckets for `protocol` now.
+    async fn request_durations(&self, protocol: &str) -> Result<server_latency::Buckets, String> {
+        let body = self.get("text/plain;version=0.0.4").await?;
+        Ok(server_latency::Buckets::parse(
+            &String::from_utf8_lossy(&body),
+            protocol,
+        ))
+    }
+}
+
 /// Polls /metrics at an interval until told to stop; returns per-scrape latencies and sizes.
 async fn scraper(
     uri: Uri,
     interval: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<(Vec<u64>, u64, u64), String> {
-    let authority = uri.authority().ok_or("scrape URL has no host")?.to_string();
-    let Sender::H1(send) = connect(&authority, false).await? else {
-        unreachable!("HTTP/1.1 asked")
-    };
+    let client = MetricsClient::connect(uri).await?;
     let mut latencies = Vec::new();
     let (mut bytes, mut failed) = (0u64, 0u64);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
         ticker.tick().await;
-        let request = Request::builder()
-            .uri(uri.path_and_query().map_or("/metrics", |p| p.as_str()))
-            .header(header::HOST, &authority)
-            .header(
-                header::ACCEPT,
-                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
-            )
-            .body(Full::new(Bytes::new()))
-            .expect("valid request");
         let start = Instant::now();
-        let mut send = send.lock().await;
-        let result = async {
-            send.ready().await?;
-            let response = send.send_request(request).await?;
-            let ok = response.status() == StatusCode::OK;
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((ok, body.len()))
-        }
-        .await;
-        match result {
-            Ok((true, len)) => {
+        let scrape = client
+            .get("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+            .await;
+        match scrape {
+            Ok(body) => {
                 latencies.push(start.elapsed().as_nanos() as u64);
-                bytes = len as u64;
+                bytes = body.len() as u64;
             }
-            _ => failed += 1,
+            Err(_) => failed += 1,
         }
     }
     Ok((latencies, bytes, failed))
@@ -726,6 +779,19 @@ async fn run(args: Args) -> Result<bool, String> {
         }
     }
 
+    let server_metrics = match args.server_metrics_url.clone() {
+        Some(uri) => Some(MetricsClient::connect(uri).await?),
+        None => None,
+    };
+    let protocol_label = match args.protocol {
+        Proto::Grpc => "grpc",
+        Proto::HttpProtobuf => "http_protobuf",
+        Proto::HttpJson => "http_json",
+    };
+    let durations_before = match &server_metrics {
+        Some(client) => Some(client.request_durations(protocol_label).await?),
+        None => None,
+    };
     let pid = args.server_pid.map(|p| p.to_string());
     let ticks = clock_ticks();
     let server_before = pid.as_deref().map(|p| read_proc(p, ticks)).transpose()?;
@@ -766,6 +832,15 @@ async fn run(args: Args) -> Result<bool, String> {
     let scrapes = match scrapes {
         Some(task) => Some(task.await.map_err(|e| e.to_string())??),
         None => None,
+    };
+    let server_durations = match (&server_metrics, &durations_before) {
+        (Some(client), Some(before)) => Some(
+            client
+                .request_durations(protocol_label)
+                .await?
+                .since(before),
+        ),
+        _ => None,
     };
 
     tally.latencies.sort_unstable();
@@ -818,6 +893,15 @@ async fn run(args: Args) -> Result<bool, String> {
             "bytes": bytes,
             "latency_ms": { "p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99),
                             "max": latencies.last().map_or(f64::NAN, |&n| n as f64 / 1e6) },
+        });
+    }
+    if let Some(d) = server_durations {
+        let at_most = |q| d.quantile_at_most(q).map(|s| s * 1e3);
+        report["server_latency_ms"] = serde_json::json!({
+            "requests": d.requests(),
+            "p50_at_most": at_most(0.5), "p90_at_most": at_most(0.9),
+            "p99_at_most": at_most(0.99), "p999_at_most": at_most(0.999),
+            "share_within": d.shares_ms(),
         });
     }
     if !tally.failures.is_empty() {
@@ -888,6 +972,19 @@ fn print_report(args: &Args, r: &serde_json::Value, wall: f64, tally: &Tally) {
             "client CPU            {:>12.2} s  ({:.2} cores)",
             cpu,
             cpu / wall
+        );
+    }
+    if let Some(s) = r.get("server_latency_ms") {
+        let bound = |v: &serde_json::Value| match v.as_f64() {
+            Some(ms) => format!("≤ {ms}"),
+            None => "> every bound".to_string(),
+        };
+        println!(
+            "server latency (ms)   {} requests timed by the server: p50 {}  p99 {}  p99.9 {}",
+            s["requests"],
+            bound(&s["p50_at_most"]),
+            bound(&s["p99_at_most"]),
+            bound(&s["p999_at_most"])
         );
     }
     if let Some(s) = r.get("scrapes") {
