@@ -274,33 +274,42 @@ fn bodies(args: &Args) -> (Bodies, f64, Option<u64>) {
 /// One connection's request sender.
 #[derive(Clone)]
 enum Sender {
-    H1(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>),
+    H1(Arc<tokio::sync::Mutex<Http1>>),
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-async fn connect(authority: &str, http2: bool) -> Result<Sender, String> {
+type Http1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn tcp(authority: &str) -> Result<TokioIo<TcpStream>, String> {
     let stream = TcpStream::connect(authority)
         .await
         .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
-    if http2 {
-        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(4 << 20)
-            .initial_connection_window_size(16 << 20)
-            .max_frame_size(1 << 20)
-            .handshake(io)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
-        tokio::spawn(conn);
-        Ok(Sender::H2(send))
-    } else {
-        let (send, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| format!("HTTP/1.1 handshake with {authority}: {e}"))?;
-        tokio::spawn(conn);
-        Ok(Sender::H1(Arc::new(tokio::sync::Mutex::new(send))))
+    Ok(TokioIo::new(stream))
+}
+
+async fn http1(authority: &str) -> Result<Http1, String> {
+    let (send, conn) = hyper::client::conn::http1::handshake(tcp(authority).await?)
+        .await
+        .map_err(|e| format!("HTTP/1.1 handshake with {authority}: {e}"))?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+async fn connect(authority: &str, http2: bool) -> Result<Sender, String> {
+    if !http2 {
+        let send = http1(authority).await?;
+        return Ok(Sender::H1(Arc::new(tokio::sync::Mutex::new(send))));
     }
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20)
+        .handshake(tcp(authority).await?)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
+    tokio::spawn(conn);
+    Ok(Sender::H2(send))
 }
 
 /// What one request turned into.
@@ -569,11 +578,12 @@ fn read_proc(pid: &str, ticks: f64) -> Result<ProcSample, String> {
     })
 }
 
-/// An HTTP/1.1 connection to a /metrics endpoint.
+/// An HTTP/1.1 connection to a /metrics endpoint, opened again when the server has closed it
+/// (spanlens closes a keep-alive connection idle past its header read timeout).
 struct MetricsClient {
     uri: Uri,
     authority: String,
-    send: Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+    send: Option<Http1>,
 }
 
 impl MetricsClient {
@@ -582,26 +592,37 @@ impl MetricsClient {
             .authority()
             .ok_or_else(|| format!("{uri}: no host"))?
             .to_string();
-        let Sender::H1(send) = connect(&authority, false).await? else {
-            unreachable!("HTTP/1.1 asked")
-        };
-        Ok(MetricsClient {
+        let mut client = MetricsClient {
             uri,
             authority,
-            send,
-        })
+            send: None,
+        };
+        client.ready().await?;
+        Ok(client)
+    }
+
+    /// The connection, ready for a request.
+    async fn ready(&mut self) -> Result<&mut Http1, String> {
+        let open = match &mut self.send {
+            Some(send) => send.ready().await.is_ok(),
+            None => false,
+        };
+        if !open {
+            self.send = Some(http1(&self.authority).await?);
+        }
+        Ok(self.send.as_mut().expect("connected"))
     }
 
     /// One scrape, in the format `accept` asks for: the body of a 200 answer.
-    async fn get(&self, accept: &str) -> Result<Bytes, String> {
+    async fn get(&mut self, accept: &str) -> Result<Bytes, String> {
         let request = Request::builder()
             .uri(self.uri.path_and_query().map_or("/metrics", |p| p.as_str()))
             .header(header::HOST, &self.authority)
             .header(header::ACCEPT, accept)
             .body(Full::new(Bytes::new()))
             .expect("valid request");
-        let mut send = self.send.lock().await;
-        send.ready().await.map_err(|e| e.to_string())?;
+        let uri = self.uri.clone();
+        let send = self.ready().await?;
         let response = send
             .send_request(request)
             .await
@@ -615,12 +636,15 @@ impl MetricsClient {
             .to_bytes();
         match status {
             StatusCode::OK => Ok(body),
-            other => Err(format!("{}: HTTP {}", self.uri, other.as_u16())),
+            other => Err(format!("{uri}: HTTP {}", other.as_u16())),
         }
     }
 
     /// The server's request-duration buckets for `protocol` now.
-    async fn request_durations(&self, protocol: &str) -> Result<server_latency::Buckets, String> {
+    async fn request_durations(
+        &mut self,
+        protocol: &str,
+    ) -> Result<server_latency::Buckets, String> {
         let body = self.get("text/plain;version=0.0.4").await?;
         Ok(server_latency::Buckets::parse(
             &String::from_utf8_lossy(&body),
@@ -635,7 +659,7 @@ async fn scraper(
     interval: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<(Vec<u64>, u64, u64), String> {
-    let client = MetricsClient::connect(uri).await?;
+    let mut client = MetricsClient::connect(uri).await?;
     let mut latencies = Vec::new();
     let (mut bytes, mut failed) = (0u64, 0u64);
     let mut ticker = tokio::time::interval(interval);
@@ -779,7 +803,7 @@ async fn run(args: Args) -> Result<bool, String> {
         }
     }
 
-    let server_metrics = match args.server_metrics_url.clone() {
+    let mut server_metrics = match args.server_metrics_url.clone() {
         Some(uri) => Some(MetricsClient::connect(uri).await?),
         None => None,
     };
@@ -788,7 +812,7 @@ async fn run(args: Args) -> Result<bool, String> {
         Proto::HttpProtobuf => "http_protobuf",
         Proto::HttpJson => "http_json",
     };
-    let durations_before = match &server_metrics {
+    let durations_before = match &mut server_metrics {
         Some(client) => Some(client.request_durations(protocol_label).await?),
         None => None,
     };
@@ -833,7 +857,7 @@ async fn run(args: Args) -> Result<bool, String> {
         Some(task) => Some(task.await.map_err(|e| e.to_string())??),
         None => None,
     };
-    let server_durations = match (&server_metrics, &durations_before) {
+    let server_durations = match (&mut server_metrics, &durations_before) {
         (Some(client), Some(before)) => Some(
             client
                 .request_durations(protocol_label)
