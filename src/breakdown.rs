@@ -123,103 +123,59 @@ pub struct SpanLog {
     task_keys: [String; 2],
 }
 
+/// The records in arrival order, with the hashes of their keys beside them in a dense array
+/// of their own. Recording a span touches only the two queues' ends: no index to update
+/// (and miss the cache on) per key; a breakdown, which is rare, scans the hashes instead
+/// (24 bytes per record, about a megabyte at the default 50,000) and checks each matching
+/// record's own keys, so two values that share a hash never mix.
 #[derive(Default)]
 struct Log {
     entries: VecDeque<Entry>,
-    /// Hash of a key value (correlation id, task uuid or step uuid) → sequence number of
-    /// the newest record that carries it; each record links to the previous one with the
-    /// same key, so a key's records form a chain through the log and nothing is allocated
-    /// per key. Keys are not copied: a lookup checks each record's own keys, so two values
-    /// that share a hash never mix.
-    index: hashbrown::HashMap<u64, u64>,
+    /// Per entry, in the same positions: the hash of each key it carries, 0 for none.
+    hashes: VecDeque<[u64; KEYS]>,
     hasher: hashbrown::DefaultHashBuilder,
-    next_seq: u64,
 }
 
 struct Entry {
-    seq: u64,
     at: Instant,
     record: SpanRecord,
-    /// Per key of the record (see [`keys`]), its chain link; None for an absent key and for
-    /// a key whose hash an earlier key of the same record already linked.
-    links: [Option<Link>; KEYS],
-}
-
-#[derive(Clone, Copy)]
-struct Link {
-    hash: u64,
-    /// The previous record carrying a key with this hash (it may have left the log).
-    previous: Option<u64>,
 }
 
 /// Correlation id, task uuid and step uuid.
 const KEYS: usize = 3;
 
 impl Log {
-    fn first_seq(&self) -> u64 {
-        self.entries.front().map_or(self.next_seq, |e| e.seq)
-    }
-
-    fn get(&self, seq: u64) -> Option<&Entry> {
-        let offset = seq.checked_sub(self.first_seq())?;
-        self.entries.get(offset as usize)
-    }
-
     fn key_hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
+        // 0 marks "no key" in `hashes`: a key that hashes to 0 is looked up as 1.
+        self.hasher.hash_one(key).max(1)
     }
 
-    /// The records that carry this key value, newest first.
-    fn carrying<'l, 'k>(
-        &'l self,
-        key: &'k str,
-    ) -> impl Iterator<Item = &'l SpanRecord> + use<'l, 'k> {
-        let hash = self.key_hash(key);
-        let mut next = self.index.get(&hash).copied();
-        std::iter::from_fn(move || {
-            let entry = self.get(next?)?;
-            next = entry
-                .links
-                .iter()
-                .flatten()
-                .find(|l| l.hash == hash)
-                .and_then(|l| l.previous);
-            Some(&entry.record)
-        })
-        .filter(move |r| keys(r).any(|k| k == key))
+    /// Records carrying any of `keys`, oldest first.
+    fn carrying<'l>(&'l self, keys: &BTreeSet<&str>) -> Vec<&'l SpanRecord> {
+        let wanted: Vec<u64> = keys.iter().map(|k| self.key_hash(k)).collect();
+        self.hashes
+            .iter()
+            .enumerate()
+            .filter(|(_, hashes)| hashes.iter().any(|h| wanted.contains(h)))
+            .map(|(i, _)| &self.entries[i].record)
+            .filter(|r| {
+                record_keys(r)
+                    .into_iter()
+                    .flatten()
+                    .any(|k| keys.contains(k))
+            })
+            .collect()
     }
 
     fn push(&mut self, record: SpanRecord, at: Instant) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let mut links = [None; KEYS];
-        for (slot, key) in record_keys(&record).into_iter().enumerate() {
-            let Some(key) = key else { continue };
-            let hash = self.key_hash(key);
-            if links.iter().flatten().any(|l: &Link| l.hash == hash) {
-                continue;
-            }
-            let previous = self.index.insert(hash, seq);
-            links[slot] = Some(Link { hash, previous });
-        }
-        self.entries.push_back(Entry {
-            seq,
-            at,
-            record,
-            links,
-        });
+        let hashes = record_keys(&record).map(|key| key.map_or(0, |k| self.key_hash(k)));
+        self.hashes.push_back(hashes);
+        self.entries.push_back(Entry { at, record });
     }
 
     fn pop_oldest(&mut self) {
-        if let Some(entry) = self.entries.pop_front() {
-            for link in entry.links.iter().flatten() {
-                // Only the newest record of a key is indexed; older ones are reached
-                // through it, and those that left the log end the chain.
-                if self.index.get(&link.hash) == Some(&entry.seq) {
-                    self.index.remove(&link.hash);
-                }
-            }
-        }
+        self.hashes.pop_front();
+        self.entries.pop_front();
     }
 }
 
@@ -229,10 +185,6 @@ fn record_keys(record: &SpanRecord) -> [Option<&str>; KEYS] {
         record.task_uuid(),
         record.step_uuid(),
     ]
-}
-
-fn keys(record: &SpanRecord) -> impl Iterator<Item = &str> {
-    record_keys(record).into_iter().flatten()
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -324,7 +276,7 @@ impl SpanLog {
     /// is still held.
     pub fn breakdown(&self, id: &str) -> Option<Breakdown> {
         let log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let lookup = |key: &str| -> Vec<&SpanRecord> { log.carrying(key).collect() };
+        let lookup = |key: &str| log.carrying(&BTreeSet::from([key]));
         // The id names a task (by correlation id or task uuid), not a step. A task's own
         // spans tie its correlation ids to its task uuids; step spans may carry a fresh
         // correlation id, so only task-level spans extend the set of correlation ids.
@@ -357,13 +309,11 @@ impl SpanLog {
             return None;
         }
         let steps: BTreeSet<&str> = found.iter().filter_map(|r| r.step_uuid()).collect();
-        for step in &steps {
-            found.extend(
-                lookup(step)
-                    .into_iter()
-                    .filter(|r| r.step_uuid() == Some(*step)),
-            );
-        }
+        found.extend(
+            log.carrying(&steps)
+                .into_iter()
+                .filter(|r| r.step_uuid().is_some_and(|s| steps.contains(s))),
+        );
         found.sort_by_key(|r| (r.span.start_unix_nano, r.span.span_id));
         found.dedup_by_key(|r| r.span.span_id);
         Some(self.assemble(&found, tasks))
