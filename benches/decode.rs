@@ -17,6 +17,8 @@ use spanlens::pipeline::Pipeline;
 use std::hint::black_box;
 use std::time::Duration;
 
+#[path = "support/allocator.rs"]
+mod allocator;
 #[path = "support/cpu_time.rs"]
 mod support;
 use support::cpu_time;

@@ -15,6 +15,8 @@ use spanlens::pipeline::{Pipeline, Protocol};
 use std::hint::black_box;
 use std::time::Duration;
 
+#[path = "support/allocator.rs"]
+mod allocator;
 #[path = "support/cpu_time.rs"]
 mod support;
 use support::cpu_time;
