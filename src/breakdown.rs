@@ -153,10 +153,26 @@ impl Log {
     /// Records carrying any of `keys`, oldest first.
     fn carrying<'l>(&'l self, keys: &BTreeSet<&str>) -> Vec<&'l SpanRecord> {
         let wanted: Vec<u64> = keys.iter().map(|k| self.key_hash(k)).collect();
+        // A 4,096-bit filter of the wanted hashes: most records are told apart by three
+        // lookups in 512 bytes, without comparing against every wanted hash.
+        let mut filter = [0u64; 64];
+        let bit = |h: u64| ((h >> 6) as usize % 64, h % 64);
+        for &h in &wanted {
+            let (word, b) = bit(h);
+            filter[word] |= 1 << b;
+        }
+        let maybe = |h: &u64| {
+            let (word, b) = bit(*h);
+            filter[word] >> b & 1 == 1
+        };
         self.hashes
             .iter()
             .enumerate()
-            .filter(|(_, hashes)| hashes.iter().any(|h| wanted.contains(h)))
+            .filter(|(_, hashes)| {
+                hashes
+                    .iter()
+                    .any(|h| *h != 0 && maybe(h) && wanted.contains(h))
+            })
             .map(|(i, _)| &self.entries[i].record)
             .filter(|r| {
                 record_keys(r)
@@ -533,5 +549,71 @@ pub fn fetch(from: &str, id: &str) -> Result<Breakdown, String> {
         "200" => serde_json::from_str(body).map_err(|e| format!("unexpected breakdown JSON: {e}")),
         "404" => Err(format!("{id}: not found: {}", body.trim())),
         other => Err(format!("{from} answered HTTP {other}: {}", body.trim())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BreakdownConfig;
+
+    fn span(n: u8) -> PartSpan {
+        PartSpan {
+            start_unix_nano: 1_000 * u64::from(n),
+            end_unix_nano: 1_000 * u64::from(n) + 500,
+            trace_id: [n; 16],
+            span_id: [n; 8],
+        }
+    }
+
+    /// A task-level span of task `task` and a step span of its step, as one request.
+    fn task(n: u8) -> Vec<SpanRecord> {
+        let (correlation, task, step) = (format!("c{n}"), format!("t{n}"), format!("s{n}"));
+        let names = ["create_task", "tasker-orchestration", "unknown"];
+        let task_level = RecordKeys {
+            correlation_id: Some(&correlation),
+            task_uuid: Some(&task),
+            ..RecordKeys::default()
+        };
+        let step_level = RecordKeys {
+            task_uuid: Some(&task),
+            step_uuid: Some(&step),
+            ..task_level
+        };
+        vec![
+            SpanRecord::new(0, span(n), names, task_level),
+            SpanRecord::new(1, span(n + 100), ["step_claim", "w", "rust"], step_level),
+        ]
+    }
+
+    #[test]
+    fn the_log_holds_the_newest_spans_and_finds_them_by_any_key() {
+        let config = BreakdownConfig {
+            max_spans: 4,
+            ..BreakdownConfig::default()
+        };
+        let stages = vec!["task_creation".to_string(), "step_claim".to_string()];
+        let log = SpanLog::new(&config, Duration::from_secs(60), stages, Vec::new());
+        let now = Instant::now();
+        for n in 1..=3 {
+            log.record(task(n), now);
+        }
+        // Task 1 was pushed out by tasks 2 and 3; the others are found by either id.
+        assert_eq!(log.breakdown("c1"), None);
+        assert_eq!(log.breakdown("t1"), None);
+        for id in ["c2", "t2", "c3", "t3"] {
+            let found = log.breakdown(id).unwrap_or_else(|| panic!("{id} kept"));
+            let n = &id[1..];
+            assert_eq!(found.correlation_ids, [format!("c{n}")], "{id}");
+            assert_eq!(found.task_uuids, [format!("t{n}")], "{id}");
+            assert_eq!(found.steps.len(), 1, "{id}");
+            assert_eq!(found.steps[0].step_uuid, format!("s{n}"), "{id}");
+        }
+        // A step uuid is not a task id.
+        assert_eq!(log.breakdown("s3"), None);
+        // Older than max_age: gone at the next record.
+        log.record(task(4), now + Duration::from_secs(61));
+        assert_eq!(log.breakdown("c3"), None);
+        assert!(log.breakdown("c4").is_some());
     }
 }
