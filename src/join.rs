@@ -283,7 +283,11 @@ impl JoinWindow {
                 }
             }
         }
-        if shard.slots.len() >= 2 * self.per_shard + 64 {
+        // Holes up to a quarter of the keys (and 64) before the queue is compacted: the
+        // queue's allocation stays within a power of two of `per_shard` slots (at twice,
+        // it took a third of the window's memory), for at most about five re-placed keys
+        // per completed one.
+        if shard.slots.len() >= self.per_shard + self.per_shard / 4 + 64 {
             shard.compact();
         }
         let spec = &self.specs[derived];

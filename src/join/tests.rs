@@ -166,3 +166,27 @@ fn labels_come_from_the_first_part_in_part_order_that_has_them() {
         assert_eq!(done.labels[0].as_deref(), Some(expected), "{key}");
     }
 }
+
+#[test]
+fn waiting_keys_keep_their_place_while_completed_ones_are_compacted_away() {
+    // 100 keys a shard; one key in 50 of 20,000 waits (about 25 a shard), the others
+    // complete around them, leaving holes that compaction drops many times over.
+    let (w, now) = (window(Operation::Sum, 2, 1600), Instant::now());
+    let mut waiting = Vec::new();
+    for j in 0..20_000 {
+        let key = format!("k{j}");
+        assert_eq!(offer(&w, &key, 0, span(0, 1, 2), None, now), Offer::Waiting);
+        match j % 50 {
+            0 => waiting.push(key),
+            _ => drop(complete(offer(&w, &key, 1, span(1, 2, 3), None, now))),
+        }
+    }
+    assert_eq!(w.pending(), [400]);
+    for key in &waiting {
+        let done = complete(offer(&w, key, 1, span(1, 3, 4), Some("x"), now));
+        assert_eq!(done.seconds, 0.003, "{key}");
+    }
+    assert_eq!(w.pending(), [0]);
+    let slots: usize = w.shards.iter().map(|s| s.lock().unwrap().slots.len()).sum();
+    assert!(slots <= 16 * (100 + 25 + 64), "{slots} slots held");
+}
