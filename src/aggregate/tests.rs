@@ -154,12 +154,8 @@ fn series_past_the_cap_fold_into_the_overflow_series() {
     }
     drop(w);
     let snap = store.snapshot();
-    let all: Vec<_> = snap
-        .series(MetricId(1))
-        .map(|s| (s.labels[0].to_string(), s.values))
-        .collect();
     assert_eq!(
-        all,
+        by_service(&snap, 1),
         vec![
             ("__overflow__".to_string(), Values::Counter(2)),
             ("a".to_string(), Values::Counter(2)),
@@ -185,12 +181,8 @@ fn snapshot_series_stay_sorted_and_values_set_at_snapshot_time_replace() {
     snap.set_counter(MetricId(1), &["a"], 7);
     snap.set_counter(MetricId(1), &["b"], 9);
     snap.set_gauge(MetricId(1), &["e"], 1.0);
-    let all: Vec<_> = snap
-        .series(MetricId(1))
-        .map(|s| (s.labels[0].to_string(), s.values))
-        .collect();
     assert_eq!(
-        all,
+        by_service(&snap, 1),
         vec![
             ("a".to_string(), Values::Counter(7)),
             ("b".to_string(), Values::Counter(9)),
@@ -201,6 +193,13 @@ fn snapshot_series_stay_sorted_and_values_set_at_snapshot_time_replace() {
     );
     assert_eq!(snap.series(MetricId(0)).count(), 0);
     assert_eq!(snap.series(MetricId(2)).count(), 0);
+}
+
+/// The series of one metric (labelled by service only) as (service, values), in order.
+fn by_service(snap: &Snapshot, metric: usize) -> Vec<(String, Values)> {
+    snap.series(MetricId(metric))
+        .map(|s| (s.labels[0].to_string(), s.values))
+        .collect()
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -396,12 +395,8 @@ fn expired_series_free_their_place_under_the_series_cap() {
     }
     drop(w);
     let snap = store.snapshot();
-    let all: Vec<_> = snap
-        .series(MetricId(1))
-        .map(|s| (s.labels[0].to_string(), s.values))
-        .collect();
     assert_eq!(
-        all,
+        by_service(&snap, 1),
         vec![
             ("__overflow__".to_string(), Values::Counter(1)),
             ("c".to_string(), Values::Counter(1)),
