@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
+use spanlens::pipeline::Protocol;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -807,11 +808,13 @@ async fn run(args: Args) -> Result<bool, String> {
         Some(uri) => Some(MetricsClient::connect(uri).await?),
         None => None,
     };
+    // The `protocol` label spanlens puts on its own metrics for this protocol.
     let protocol_label = match args.protocol {
-        Proto::Grpc => "grpc",
-        Proto::HttpProtobuf => "http_protobuf",
-        Proto::HttpJson => "http_json",
-    };
+        Proto::Grpc => Protocol::Grpc,
+        Proto::HttpProtobuf => Protocol::HttpProtobuf,
+        Proto::HttpJson => Protocol::HttpJson,
+    }
+    .as_str();
     let durations_before = match &mut server_metrics {
         Some(client) => Some(client.request_durations(protocol_label).await?),
         None => None,
