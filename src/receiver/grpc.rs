@@ -87,6 +87,12 @@ fn ok_response(message: &[u8]) -> Response {
     response
 }
 
+/// The size of a unary call's body, from its message's length prefix.
+fn message_size(start: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = start.get(1..5)?.try_into().ok()?;
+    Some(5 + u32::from_be_bytes(prefix) as usize)
+}
+
 /// Splits the one length-prefixed message of a unary call.
 fn unframe(raw: &Bytes) -> Result<(bool, &[u8]), String> {
     if raw.len() < 5 {
@@ -179,7 +185,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         Err(e) => return body_error(e),
     };
     let limit = ingest.max_request_bytes;
-    let raw = match ingest.read_body(body, limit + 5).await {
+    let raw = match ingest.read_body(body, limit + 5, message_size).await {
         Ok(raw) => raw,
         Err(ReadError::TooLarge) => return body_error(BodyError::TooLarge { limit }),
         Err(ReadError::TimedOut) => {

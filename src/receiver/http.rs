@@ -168,7 +168,7 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         }
     };
     let limit = ingest.max_request_bytes;
-    let raw = match ingest.read_body(body, limit).await {
+    let raw = match ingest.read_body(body, limit, |_| None).await {
         Ok(raw) => raw,
         Err(ReadError::TooLarge) => return refuse(BodyError::TooLarge { limit }),
         Err(ReadError::TimedOut) => {

@@ -133,20 +133,59 @@ impl Ingest {
         });
     }
 
-    /// Reads a whole body of at most `limit` bytes within body_read_timeout.
-    pub async fn read_body(&self, body: Body, limit: usize) -> Result<bytes::Bytes, ReadError> {
-        let read = tokio::time::timeout(self.body_read_timeout, axum::body::to_bytes(body, limit));
-        match read.await {
+    /// Reads a whole body of at most `limit` bytes within body_read_timeout. `size` may
+    /// tell the whole size from the first bytes (a gRPC message's length prefix).
+    pub async fn read_body(
+        &self,
+        body: Body,
+        limit: usize,
+        size: fn(&[u8]) -> Option<usize>,
+    ) -> Result<bytes::Bytes, ReadError> {
+        match tokio::time::timeout(self.body_read_timeout, gather(body, limit, size)).await {
             Err(_) => Err(ReadError::TimedOut),
-            Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(e)) => {
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                Err(match too_large {
-                    true => ReadError::TooLarge,
-                    false => ReadError::Failed(e.to_string()),
-                })
+            Ok(read) => read,
+        }
+    }
+}
+
+/// The frames of a body as one buffer of at most `limit` bytes. A body that arrives in one
+/// frame is kept as it came; the frames of a longer one are copied, as they arrive, into a
+/// buffer sized from the size hint (Content-Length) or `size`, and dropped at once: the body
+/// is held once, not as its frames and then their copy.
+async fn gather(
+    mut body: Body,
+    limit: usize,
+    size: fn(&[u8]) -> Option<usize>,
+) -> Result<bytes::Bytes, ReadError> {
+    use axum::body::HttpBody;
+    use http_body_util::BodyExt;
+    let mut first: Option<bytes::Bytes> = None;
+    let mut gathered = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let held = first.as_ref().map_or(0, |f| f.len()) + gathered.len();
+        if held + data.len() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        match first.take() {
+            None if gathered.is_empty() => first = Some(data),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    let so_far = earlier.len() + data.len();
+                    let rest = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
+                    let expected = size(&earlier).unwrap_or(so_far.saturating_add(rest));
+                    gathered.reserve(expected.clamp(so_far, limit));
+                    gathered.extend_from_slice(&earlier);
+                }
+                gathered.extend_from_slice(&data);
             }
         }
     }
+    Ok(match first {
+        Some(only) => only,
+        None => gathered.freeze(),
+    })
 }
