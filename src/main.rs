@@ -12,6 +12,14 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`: allocations of 512 KiB and more (large or
+/// compressed request bodies, never the ~210 KB of a 512-span request) go back to the
+/// system when freed instead of staying dirty in an arena for later, so that a burst of
+/// them does not raise the resident memory beyond what is in use (SECURITY.md item on
+/// decompression bombs; BENCHMARKS.md "Allocator and gzip back end").
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: Option<&'static u8> = Some(&b"oversize_threshold:524288\0"[0]);
+
 /// spanlens: OTLP spans in, per-stage latency histograms out, for Prometheus.
 ///
 /// Run with no arguments to start on the embedded default profile: OTLP/gRPC on
