@@ -87,10 +87,10 @@ fn ok_response(message: &[u8]) -> Response {
     response
 }
 
-/// The size of a unary call's body, from its message's length prefix.
-fn message_size(start: &[u8]) -> Option<usize> {
+/// The length a message's prefix declares (after the compressed flag), once five bytes are in.
+fn declared_len(start: &[u8]) -> Option<usize> {
     let prefix: [u8; 4] = start.get(1..5)?.try_into().ok()?;
-    Some(5 + u32::from_be_bytes(prefix) as usize)
+    Some(u32::from_be_bytes(prefix) as usize)
 }
 
 /// Splits the one length-prefixed message of a unary call.
@@ -106,7 +106,7 @@ fn unframe(raw: &Bytes) -> Result<(bool, &[u8]), String> {
         1 => true,
         flag => return Err(format!("invalid gRPC compressed flag {flag}")),
     };
-    let len = u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]) as usize;
+    let len = declared_len(raw).expect("five bytes checked above");
     let message = &raw[5..];
     if message.len() != len {
         return Err(format!(
@@ -185,7 +185,12 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
         Err(e) => return body_error(e),
     };
     let limit = ingest.max_request_bytes;
-    let raw = match ingest.read_body(body, limit + 5, message_size).await {
+    let raw = match ingest
+        .read_body(body, limit + 5, |start| {
+            declared_len(start).map(|len| 5 + len)
+        })
+        .await
+    {
         Ok(raw) => raw,
         Err(ReadError::TooLarge) => return body_error(BodyError::TooLarge { limit }),
         Err(ReadError::TimedOut) => {
