@@ -6,26 +6,25 @@
 use crate::config::Operation;
 use crate::join::{PartSpan, value_nanos};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// One classified span, as kept for breakdowns. Its seven texts share one allocation.
-#[derive(Debug, Clone)]
-pub struct SpanRecord {
+mod kept;
+
+use kept::{Found, KEYS, Log};
+
+/// One classified span to keep for breakdowns, borrowed from its request.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanRecord<'a> {
     pub stage: usize,
     pub span: PartSpan,
-    /// Span name, service, handler language, correlation id, task uuid, step uuid and step
-    /// name, one after the other; the last four may be absent.
-    text: Box<str>,
-    ends: [u32; TEXTS],
-    present: u8,
+    /// Span name, service and handler language.
+    pub names: [&'a str; 3],
+    pub keys: RecordKeys<'a>,
 }
 
-const TEXTS: usize = 7;
-
-/// The keys a span may carry, as [`SpanRecord::new`] takes them.
+/// The keys a span may carry.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RecordKeys<'a> {
     pub correlation_id: Option<&'a str>,
@@ -34,71 +33,24 @@ pub struct RecordKeys<'a> {
     pub step_name: Option<&'a str>,
 }
 
-impl SpanRecord {
-    pub fn new(
-        stage: usize,
-        span: PartSpan,
-        [span_name, service, handler_language]: [&str; 3],
-        keys: RecordKeys,
-    ) -> SpanRecord {
-        let texts = [
-            Some(span_name),
-            Some(service),
-            Some(handler_language),
-            keys.correlation_id,
-            keys.task_uuid,
-            keys.step_uuid,
-            keys.step_name,
-        ];
-        let mut text = String::with_capacity(texts.iter().flatten().map(|t| t.len()).sum());
-        let (mut ends, mut present) = ([0; TEXTS], 0);
-        for (i, t) in texts.into_iter().enumerate() {
-            if let Some(t) = t {
-                text.push_str(t);
-                present |= 1 << i;
-            }
-            ends[i] = u32::try_from(text.len()).expect("label values are capped in length");
-        }
-        SpanRecord {
-            stage,
-            span,
-            text: text.into(),
-            ends,
-            present,
-        }
+impl<'a> RecordKeys<'a> {
+    /// Correlation id, task uuid and step uuid: the keys a breakdown looks spans up by.
+    fn as_array(&self) -> [Option<&'a str>; KEYS] {
+        [self.correlation_id, self.task_uuid, self.step_uuid]
+    }
+}
+
+impl Found {
+    fn correlation_id(&self) -> Option<&str> {
+        self.keys[0].as_deref()
     }
 
-    fn text(&self, i: usize) -> Option<&str> {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        (self.present & (1 << i) != 0).then(|| &self.text[start as usize..self.ends[i] as usize])
+    fn task_uuid(&self) -> Option<&str> {
+        self.keys[1].as_deref()
     }
 
-    pub fn span_name(&self) -> &str {
-        self.text(0).unwrap_or_default()
-    }
-
-    pub fn service(&self) -> &str {
-        self.text(1).unwrap_or_default()
-    }
-
-    pub fn handler_language(&self) -> &str {
-        self.text(2).unwrap_or_default()
-    }
-
-    pub fn correlation_id(&self) -> Option<&str> {
-        self.text(3)
-    }
-
-    pub fn task_uuid(&self) -> Option<&str> {
-        self.text(4)
-    }
-
-    pub fn step_uuid(&self) -> Option<&str> {
-        self.text(5)
-    }
-
-    pub fn step_name(&self) -> Option<&str> {
-        self.text(6)
+    fn step_uuid(&self) -> Option<&str> {
+        self.keys[2].as_deref()
     }
 }
 
@@ -114,6 +66,8 @@ pub struct DerivedRule {
 
 pub struct SpanLog {
     inner: Mutex<Log>,
+    /// Arrivals are kept as milliseconds from here.
+    origin: Instant,
     max_spans: usize,
     max_age: Duration,
     stages: Vec<String>,
@@ -121,86 +75,6 @@ pub struct SpanLog {
     /// Attribute names of the step and task keys, as derived rules name them.
     step_key: String,
     task_keys: [String; 2],
-}
-
-/// The records in arrival order, with the hashes of their keys beside them in a dense array
-/// of their own. Recording a span touches only the two queues' ends: no index to update
-/// (and miss the cache on) per key; a breakdown, which is rare, scans the hashes instead
-/// (24 bytes per record, about a megabyte at the default 50,000) and checks each matching
-/// record's own keys, so two values that share a hash never mix.
-#[derive(Default)]
-struct Log {
-    entries: VecDeque<Entry>,
-    /// Per entry, in the same positions: the hash of each key it carries, 0 for none.
-    hashes: VecDeque<[u64; KEYS]>,
-    hasher: hashbrown::DefaultHashBuilder,
-}
-
-struct Entry {
-    at: Instant,
-    record: SpanRecord,
-}
-
-/// Correlation id, task uuid and step uuid.
-const KEYS: usize = 3;
-
-impl Log {
-    fn key_hash(&self, key: &str) -> u64 {
-        // 0 marks "no key" in `hashes`: a key that hashes to 0 is looked up as 1.
-        self.hasher.hash_one(key).max(1)
-    }
-
-    /// Records carrying any of `keys`, oldest first.
-    fn carrying<'l>(&'l self, keys: &BTreeSet<&str>) -> Vec<&'l SpanRecord> {
-        let wanted: Vec<u64> = keys.iter().map(|k| self.key_hash(k)).collect();
-        // A 4,096-bit filter of the wanted hashes: most records are told apart by three
-        // lookups in 512 bytes, without comparing against every wanted hash.
-        let mut filter = [0u64; 64];
-        let bit = |h: u64| ((h >> 6) as usize % 64, h % 64);
-        for &h in &wanted {
-            let (word, b) = bit(h);
-            filter[word] |= 1 << b;
-        }
-        let maybe = |h: &u64| {
-            let (word, b) = bit(*h);
-            filter[word] >> b & 1 == 1
-        };
-        self.hashes
-            .iter()
-            .enumerate()
-            .filter(|(_, hashes)| {
-                hashes
-                    .iter()
-                    .any(|h| *h != 0 && maybe(h) && wanted.contains(h))
-            })
-            .map(|(i, _)| &self.entries[i].record)
-            .filter(|r| {
-                record_keys(r)
-                    .into_iter()
-                    .flatten()
-                    .any(|k| keys.contains(k))
-            })
-            .collect()
-    }
-
-    fn push(&mut self, record: SpanRecord, at: Instant) {
-        let hashes = record_keys(&record).map(|key| key.map_or(0, |k| self.key_hash(k)));
-        self.hashes.push_back(hashes);
-        self.entries.push_back(Entry { at, record });
-    }
-
-    fn pop_oldest(&mut self) {
-        self.hashes.pop_front();
-        self.entries.pop_front();
-    }
-}
-
-fn record_keys(record: &SpanRecord) -> [Option<&str>; KEYS] {
-    [
-        record.correlation_id(),
-        record.task_uuid(),
-        record.step_uuid(),
-    ]
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -256,6 +130,7 @@ impl SpanLog {
     ) -> SpanLog {
         SpanLog {
             inner: Mutex::default(),
+            origin: Instant::now(),
             max_spans: config.max_spans,
             max_age,
             stages,
@@ -270,19 +145,21 @@ impl SpanLog {
     }
 
     /// Keeps the spans of one request (one lock per request).
-    pub fn record(&self, records: Vec<SpanRecord>, now: Instant) {
+    pub fn record(&self, records: &[SpanRecord], now: Instant) {
         if records.is_empty() {
             return;
         }
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = millis(now.saturating_duration_since(self.origin));
+        let max_age_ms = millis(self.max_age);
         let mut log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for record in records {
-            log.push(record, now);
+            log.push(record, now_ms);
         }
-        while log.entries.len() > self.max_spans
+        while log.len() > self.max_spans
             || log
-                .entries
-                .front()
-                .is_some_and(|e| now.saturating_duration_since(e.at) > self.max_age)
+                .oldest_ms()
+                .is_some_and(|at| now_ms.saturating_sub(at) > max_age_ms)
         {
             log.pop_oldest();
         }
@@ -296,50 +173,55 @@ impl SpanLog {
         // The id names a task (by correlation id or task uuid), not a step. A task's own
         // spans tie its correlation ids to its task uuids; step spans may carry a fresh
         // correlation id, so only task-level spans extend the set of correlation ids.
-        let mut correlations: BTreeSet<&str> = BTreeSet::new();
-        let mut tasks: BTreeSet<&str> = BTreeSet::new();
-        let mut found: Vec<&SpanRecord> = Vec::new();
-        let mut frontier = vec![id];
+        let mut correlations: BTreeSet<String> = BTreeSet::new();
+        let mut tasks: BTreeSet<String> = BTreeSet::new();
+        let mut found: Vec<Found> = Vec::new();
+        let mut frontier = vec![id.to_string()];
         while let Some(key) = frontier.pop() {
-            for r in lookup(key) {
+            for r in lookup(&key) {
                 let task_level = r.step_uuid().is_none();
-                let by_correlation = task_level && r.correlation_id() == Some(key);
-                if !(by_correlation || r.task_uuid() == Some(key)) {
+                let by_correlation = task_level && r.correlation_id() == Some(&key);
+                if !(by_correlation || r.task_uuid() == Some(&key)) {
                     continue;
                 }
-                found.push(r);
                 if let Some(task) = r.task_uuid()
-                    && tasks.insert(task)
+                    && tasks.insert(task.to_string())
                 {
-                    frontier.push(task);
+                    frontier.push(task.to_string());
                 }
                 if let Some(correlation) = r.correlation_id()
                     && task_level
-                    && correlations.insert(correlation)
+                    && correlations.insert(correlation.to_string())
                 {
-                    frontier.push(correlation);
+                    frontier.push(correlation.to_string());
                 }
+                found.push(r);
             }
         }
         if found.is_empty() {
             return None;
         }
-        let steps: BTreeSet<&str> = found.iter().filter_map(|r| r.step_uuid()).collect();
+        let steps: BTreeSet<String> = found
+            .iter()
+            .filter_map(|r| r.step_uuid().map(str::to_string))
+            .collect();
+        let steps: BTreeSet<&str> = steps.iter().map(String::as_str).collect();
         found.extend(
             log.carrying(&steps)
                 .into_iter()
                 .filter(|r| r.step_uuid().is_some_and(|s| steps.contains(s))),
         );
+        drop(log);
         found.sort_by_key(|r| (r.span.start_unix_nano, r.span.span_id));
         found.dedup_by_key(|r| r.span.span_id);
-        Some(self.assemble(&found, tasks))
+        Some(self.assemble(&found.iter().collect::<Vec<_>>(), tasks))
     }
 
-    fn timing(&self, r: &SpanRecord) -> StageTiming {
+    fn timing(&self, r: &Found) -> StageTiming {
         StageTiming {
             stage: self.stages[r.stage].clone(),
-            span_name: r.span_name().to_string(),
-            service: r.service().to_string(),
+            span_name: r.span_name.clone(),
+            service: r.service.clone(),
             duration_ms: ms(r.span.end_unix_nano.saturating_sub(r.span.start_unix_nano)),
             start_unix_nano: r.span.start_unix_nano,
             trace_id: hex(&r.span.trace_id),
@@ -348,7 +230,7 @@ impl SpanLog {
     }
 
     /// Derived values for one group of spans (one step, or the whole task) whose key is `key`.
-    fn derived_values(&self, spans: &[&SpanRecord], key: &str) -> BTreeMap<String, f64> {
+    fn derived_values(&self, spans: &[&Found], key: &str) -> BTreeMap<String, f64> {
         let mut values = BTreeMap::new();
         for rule in self.derived.iter().filter(|d| d.key == key) {
             let parts: Option<Vec<PartSpan>> = rule
@@ -356,7 +238,7 @@ impl SpanLog {
                 .iter()
                 .map(|(stage, name)| {
                     let mut matching = spans.iter().filter(|r| {
-                        r.stage == *stage && name.as_deref().is_none_or(|n| n == r.span_name())
+                        r.stage == *stage && name.as_deref().is_none_or(|n| n == r.span_name)
                     });
                     let first = matching.next()?.span;
                     // An envelope spans every span of the part; other operations use the first.
@@ -380,8 +262,8 @@ impl SpanLog {
         values
     }
 
-    fn assemble(&self, found: &[&SpanRecord], tasks: BTreeSet<&str>) -> Breakdown {
-        let mut by_step: BTreeMap<&str, Vec<&SpanRecord>> = BTreeMap::new();
+    fn assemble(&self, found: &[&Found], tasks: BTreeSet<String>) -> Breakdown {
+        let mut by_step: BTreeMap<&str, Vec<&Found>> = BTreeMap::new();
         let mut task_level = Vec::new();
         for r in found {
             match r.step_uuid() {
@@ -394,13 +276,13 @@ impl SpanLog {
             .map(|(step, spans)| {
                 let worker = spans
                     .iter()
-                    .find(|r| r.handler_language() != "unknown")
+                    .find(|r| r.handler_language != "unknown")
                     .or(spans.first());
                 StepBreakdown {
                     step_uuid: step.to_string(),
-                    step_name: spans.iter().find_map(|r| r.step_name()).map(str::to_string),
-                    service: worker.map(|r| r.service().to_string()),
-                    handler_language: worker.map(|r| r.handler_language().to_string()),
+                    step_name: spans.iter().find_map(|r| r.step_name.clone()),
+                    service: worker.map(|r| r.service.clone()),
+                    handler_language: worker.map(|r| r.handler_language.clone()),
                     stages: spans.iter().map(|r| self.timing(r)).collect(),
                     derived: self.derived_values(spans, &self.step_key),
                 }
@@ -428,7 +310,7 @@ impl SpanLog {
                 .into_iter()
                 .map(str::to_string)
                 .collect(),
-            task_uuids: tasks.into_iter().map(str::to_string).collect(),
+            task_uuids: tasks.into_iter().collect(),
             task_stages: task_level.iter().map(|r| self.timing(r)).collect(),
             steps,
             derived,
@@ -566,10 +448,9 @@ mod tests {
         }
     }
 
-    /// A task-level span of task `task` and a step span of its step, as one request.
-    fn task(n: u8) -> Vec<SpanRecord> {
+    /// A task-level span of task `task` and a step span of its step, as one request, kept.
+    fn record_task(log: &SpanLog, n: u8, now: Instant) {
         let (correlation, task, step) = (format!("c{n}"), format!("t{n}"), format!("s{n}"));
-        let names = ["create_task", "tasker-orchestration", "unknown"];
         let task_level = RecordKeys {
             correlation_id: Some(&correlation),
             task_uuid: Some(&task),
@@ -580,10 +461,21 @@ mod tests {
             step_uuid: Some(&step),
             ..task_level
         };
-        vec![
-            SpanRecord::new(0, span(n), names, task_level),
-            SpanRecord::new(1, span(n + 100), ["step_claim", "w", "rust"], step_level),
-        ]
+        let records = [
+            SpanRecord {
+                stage: 0,
+                span: span(n),
+                names: ["create_task", "tasker-orchestration", "unknown"],
+                keys: task_level,
+            },
+            SpanRecord {
+                stage: 1,
+                span: span(n + 100),
+                names: ["step_claim", "w", "rust"],
+                keys: step_level,
+            },
+        ];
+        log.record(&records, now);
     }
 
     #[test]
@@ -596,7 +488,7 @@ mod tests {
         let log = SpanLog::new(&config, Duration::from_secs(60), stages, Vec::new());
         let now = Instant::now();
         for n in 1..=3 {
-            log.record(task(n), now);
+            record_task(&log, n, now);
         }
         // Task 1 was pushed out by tasks 2 and 3; the others are found by either id.
         assert_eq!(log.breakdown("c1"), None);
@@ -612,7 +504,7 @@ mod tests {
         // A step uuid is not a task id.
         assert_eq!(log.breakdown("s3"), None);
         // Older than max_age: gone at the next record.
-        log.record(task(4), now + Duration::from_secs(61));
+        record_task(&log, 4, now + Duration::from_secs(61));
         assert_eq!(log.breakdown("c3"), None);
         assert!(log.breakdown("c4").is_some());
     }

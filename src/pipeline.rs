@@ -662,7 +662,7 @@ impl Pipeline {
         };
         let now = Instant::now();
         let mut evictions = Vec::new();
-        let mut records = Vec::new();
+        let (mut records, mut record_languages) = (Vec::new(), LabelTexts::default());
         let (mut offerings, mut texts) = (Vec::new(), LabelTexts::default());
         for (index, span) in batch.spans.iter().enumerate() {
             if problems.next_if_eq(&index).is_some() {
@@ -746,9 +746,11 @@ impl Pipeline {
                 w.observe(histogram, &[step, language], seconds, Some(exemplar));
             }
             if self.span_log.enabled()
-                && let Some(record) = self.record(&batch, span, stage_id, service, labels[1])
+                && let Some(record) = self.record(&batch, span, stage_id, service)
             {
                 records.push(record);
+                // May be written in a buffer of this span's: copied, set after the loop.
+                record_languages.push(Some(labels[1]));
             }
             for join in &self.joins_by_stage[stage_id] {
                 if join.span_name.as_deref().is_some_and(|n| n != span.name) {
@@ -767,19 +769,22 @@ impl Pipeline {
         self.offer(&mut w, &offerings, &texts, now, &mut evictions);
         self.count_evictions(&mut w, &evictions);
         drop(w);
-        self.span_log.record(records, now);
+        for (record, language) in records.iter_mut().zip(record_languages.values()) {
+            record.names[2] = language.unwrap_or_default();
+        }
+        self.span_log.record(&records, now);
         Ok(outcome)
     }
 
-    /// The span as kept for breakdowns, if it carries a key that ties it to a task.
-    fn record(
+    /// The span as kept for breakdowns, if it carries a key that ties it to a task; its
+    /// handler language is left empty for the caller.
+    fn record<'a>(
         &self,
-        batch: &Batch,
-        span: &SpanView,
+        batch: &Batch<'a>,
+        span: &SpanView<'a>,
         stage: usize,
-        service: &str,
-        language: &str,
-    ) -> Option<SpanRecord> {
+        service: &'a str,
+    ) -> Option<SpanRecord<'a>> {
         let keys = self.breakdown_keys.attribute_keys();
         let mut found: [Option<&str>; 4] = Default::default();
         for a in batch.span_attributes(span) {
@@ -794,14 +799,19 @@ impl Pipeline {
             return None;
         }
         let part = part_span(span);
-        let names = [truncate(span.name, self.max_label_len), service, language];
+        let names = [truncate(span.name, self.max_label_len), service, ""];
         let keys = RecordKeys {
             correlation_id,
             task_uuid,
             step_uuid,
             step_name,
         };
-        Some(SpanRecord::new(stage, part, names, keys))
+        Some(SpanRecord {
+            stage,
+            span: part,
+            names,
+            keys,
+        })
     }
 
     /// The breakdown of one task by correlation id or task uuid, from recent spans.

@@ -1,0 +1,377 @@
+//! How the breakdown log keeps spans: one fixed-size record per span and no allocation of
+//! its own. Texts that repeat (span names, services, languages, step names) are interned
+//! once for the whole log and counted by the records that use them; keys in the canonical
+//! UUID form (tasker's correlation ids, task and step uuids) are kept as their 16 bytes,
+//! other keys interned like names. A record is 128 bytes (about 190 a span with the queues'
+//! spare room and the key hashes), where it was about 110 bytes plus its texts in an
+//! allocation of their own (about 350 bytes a span).
+
+use super::SpanRecord;
+use crate::join::PartSpan;
+use hashbrown::HashTable;
+use std::collections::{BTreeSet, VecDeque};
+use std::hash::BuildHasher;
+
+/// Correlation id, task uuid and step uuid.
+pub const KEYS: usize = 3;
+
+/// A span as the log holds it.
+struct Kept {
+    /// Milliseconds from the log's origin to its arrival.
+    at_ms: u64,
+    span: PartSpan,
+    /// Span name, service, handler language, step name ([`ABSENT`] for none).
+    names: [u32; 4],
+    keys: [Key; KEYS],
+    stage: u16,
+}
+
+const ABSENT: u32 = u32::MAX;
+
+#[derive(Clone, Copy)]
+enum Key {
+    Absent,
+    Uuid([u8; 16]),
+    Text(u32),
+}
+
+/// A kept span with its texts, as a breakdown reads it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub stage: usize,
+    pub span: PartSpan,
+    pub span_name: String,
+    pub service: String,
+    pub handler_language: String,
+    pub step_name: Option<String>,
+    /// Correlation id, task uuid, step uuid.
+    pub keys: [Option<String>; KEYS],
+}
+
+/// The interned texts, each with the number of kept uses; a text no record uses any more
+/// is dropped and its place reused, so the table never outgrows what the records name.
+#[derive(Default)]
+struct Texts {
+    index: HashTable<u32>,
+    entries: Vec<Interned>,
+    free: Vec<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+struct Interned {
+    text: Box<str>,
+    uses: u32,
+}
+
+impl Texts {
+    fn intern(&mut self, text: &str) -> u32 {
+        let hash = self.hasher.hash_one(text);
+        let entries = &mut self.entries;
+        if let Some(&id) = self
+            .index
+            .find(hash, |&id| &*entries[id as usize].text == text)
+        {
+            entries[id as usize].uses += 1;
+            return id;
+        }
+        let interned = Interned {
+            text: text.into(),
+            uses: 1,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                entries[id as usize] = interned;
+                id
+            }
+            None => {
+                entries.push(interned);
+                u32::try_from(entries.len() - 1).expect("fewer texts than records")
+            }
+        };
+        let hasher = &self.hasher;
+        self.index
+            .insert_unique(hash, id, |&i| hasher.hash_one(&*entries[i as usize].text));
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let entry = &mut self.entries[id as usize];
+        entry.uses -= 1;
+        if entry.uses > 0 {
+            return;
+        }
+        let text = std::mem::take(&mut entry.text);
+        let hash = self.hasher.hash_one(&*text);
+        if let Ok(found) = self.index.find_entry(hash, |&i| i == id) {
+            found.remove();
+        }
+        self.free.push(id);
+    }
+
+    fn get(&self, id: u32) -> &str {
+        &self.entries[id as usize].text
+    }
+}
+
+/// The records in arrival order, with the hashes of their keys beside them in a dense array
+/// of their own. Recording a span touches only the two queues' ends and the texts it names:
+/// no index to update (and miss the cache on) per key; a breakdown, which is rare, scans the
+/// hashes instead (24 bytes per record, about a megabyte at the default 50,000) and checks
+/// each matching record's own keys, so two values that share a hash never mix.
+#[derive(Default)]
+pub struct Log {
+    kept: VecDeque<Kept>,
+    /// Per record, in the same positions: the hash of each key it carries, 0 for none.
+    hashes: VecDeque<[u64; KEYS]>,
+    texts: Texts,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Log {
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Arrival, in milliseconds from the log's origin, of the oldest record.
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.kept.front().map(|k| k.at_ms)
+    }
+
+    fn key_hash(&self, key: &str) -> u64 {
+        // 0 marks "no key" in `hashes`: a key that hashes to 0 is looked up as 1.
+        self.hasher.hash_one(key).max(1)
+    }
+
+    pub fn push(&mut self, record: &SpanRecord, at_ms: u64) {
+        let keys = record.keys.as_array();
+        self.hashes
+            .push_back(keys.map(|key| key.map_or(0, |k| self.key_hash(k))));
+        let [span_name, service, language] = record.names;
+        let texts = &mut self.texts;
+        let names = [
+            texts.intern(span_name),
+            texts.intern(service),
+            texts.intern(language),
+            record.keys.step_name.map_or(ABSENT, |n| texts.intern(n)),
+        ];
+        let keys = keys.map(|key| match key {
+            None => Key::Absent,
+            Some(k) => uuid_bytes(k).map_or_else(|| Key::Text(texts.intern(k)), Key::Uuid),
+        });
+        self.kept.push_back(Kept {
+            at_ms,
+            span: record.span,
+            names,
+            keys,
+            stage: u16::try_from(record.stage).expect("fewer than 65,536 stages"),
+        });
+    }
+
+    pub fn pop_oldest(&mut self) {
+        self.hashes.pop_front();
+        let Some(kept) = self.kept.pop_front() else {
+            return;
+        };
+        for id in kept.names.into_iter().filter(|&id| id != ABSENT) {
+            self.texts.release(id);
+        }
+        for key in kept.keys {
+            if let Key::Text(id) = key {
+                self.texts.release(id);
+            }
+        }
+    }
+
+    /// Records carrying any of `keys`, oldest first.
+    pub fn carrying(&self, keys: &BTreeSet<&str>) -> Vec<Found> {
+        let wanted: Vec<u64> = keys.iter().map(|k| self.key_hash(k)).collect();
+        // A 4,096-bit filter of the wanted hashes: most records are told apart by three
+        // lookups in 512 bytes, without comparing against every wanted hash.
+        let mut filter = [0u64; 64];
+        let bit = |h: u64| ((h >> 6) as usize % 64, h % 64);
+        for &h in &wanted {
+            let (word, b) = bit(h);
+            filter[word] |= 1 << b;
+        }
+        let maybe = |h: &u64| {
+            let (word, b) = bit(*h);
+            filter[word] >> b & 1 == 1
+        };
+        self.hashes
+            .iter()
+            .enumerate()
+            .filter(|(_, hashes)| {
+                hashes
+                    .iter()
+                    .any(|h| *h != 0 && maybe(h) && wanted.contains(h))
+            })
+            .map(|(i, _)| self.found(&self.kept[i]))
+            .filter(|f| f.keys.iter().flatten().any(|k| keys.contains(k.as_str())))
+            .collect()
+    }
+
+    fn found(&self, kept: &Kept) -> Found {
+        let text = |id: u32| (id != ABSENT).then(|| self.texts.get(id).to_string());
+        let [span_name, service, language, step_name] = kept.names.map(text);
+        Found {
+            stage: usize::from(kept.stage),
+            span: kept.span,
+            span_name: span_name.unwrap_or_default(),
+            service: service.unwrap_or_default(),
+            handler_language: language.unwrap_or_default(),
+            step_name,
+            keys: kept.keys.map(|key| match key {
+                Key::Absent => None,
+                Key::Uuid(bytes) => Some(uuid_text(&bytes)),
+                Key::Text(id) => Some(self.texts.get(id).to_string()),
+            }),
+        }
+    }
+}
+
+/// Positions of the hyphens in the canonical text form of a UUID.
+const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+/// The 16 bytes of a UUID written in its canonical form (lowercase hex, 8-4-4-4-12): only
+/// that form, so that [`uuid_text`] gives back exactly the text that came in.
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let text = text.as_bytes();
+    if text.len() != 36 || HYPHENS.iter().any(|&i| text[i] != b'-') {
+        return None;
+    }
+    let mut digits = text
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !HYPHENS.contains(i))
+        .map(|(_, &c)| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        });
+    let mut bytes = [0u8; 16];
+    for byte in &mut bytes {
+        *byte = (digits.next()?? << 4) | digits.next()??;
+    }
+    Some(bytes)
+}
+
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        text.push(char::from(HEX[usize::from(b >> 4)]));
+        text.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_uuids_are_kept_as_bytes_and_they_read_back_unchanged() {
+        let canonical = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let bytes = uuid_bytes(canonical).expect("canonical");
+        assert_eq!(bytes[0], 0x01);
+        assert_eq!(bytes[15], 0x5b);
+        assert_eq!(uuid_text(&bytes), canonical);
+        for other in [
+            "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B",
+            "0190a1b2c3d47e5f8a9b0c1d2e3f4a5b",
+            "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5",
+            "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5g",
+            "0190a1b2-c3d4-7e5f+8a9b-0c1d2e3f4a5b",
+            "{190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            "task-1",
+            "",
+        ] {
+            assert_eq!(uuid_bytes(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_kept_span_reads_back_as_it_came_and_its_texts_go_with_it() {
+        let span = PartSpan {
+            start_unix_nano: 1,
+            end_unix_nano: 2,
+            trace_id: [7; 16],
+            span_id: [8; 8],
+        };
+        let uuid = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let records: Vec<SpanRecord> = (0..3)
+            .map(|i| SpanRecord {
+                stage: i,
+                span,
+                names: ["step_claim", "tasker-worker", ["rust", "ruby", "rust"][i]],
+                keys: super::super::RecordKeys {
+                    correlation_id: Some(
+                        ["corr-1", "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B", uuid][i],
+                    ),
+                    task_uuid: Some(uuid),
+                    step_uuid: (i > 0).then_some("step-2"),
+                    step_name: (i == 2).then_some("linear_step_1"),
+                },
+            })
+            .collect();
+        let mut log = Log::default();
+        for (i, record) in records.iter().enumerate() {
+            log.push(record, i as u64);
+        }
+        for (i, record) in records.iter().enumerate() {
+            let found = log.carrying(&BTreeSet::from([record.keys.correlation_id.unwrap()]));
+            let found = found
+                .iter()
+                .find(|f| f.stage == i)
+                .expect("found by its key");
+            assert_eq!(found.span, span);
+            assert_eq!(
+                [&found.span_name, &found.service, &found.handler_language],
+                record.names
+            );
+            assert_eq!(found.step_name.as_deref(), record.keys.step_name);
+            assert_eq!(
+                found.keys.each_ref().map(|k| k.as_deref()),
+                record.keys.as_array()
+            );
+        }
+        assert_eq!(log.carrying(&BTreeSet::from(["step-2"])).len(), 2);
+        // Uppercase is another key, not the canonical one read back.
+        assert_eq!(log.carrying(&BTreeSet::from([uuid])).len(), 3);
+        assert_eq!(log.oldest_ms(), Some(0));
+        while log.len() > 0 {
+            log.pop_oldest();
+        }
+        assert!(log.texts.index.is_empty(), "every text released");
+        assert!(
+            log.texts
+                .entries
+                .iter()
+                .all(|e| e.uses == 0 && e.text.is_empty())
+        );
+        assert_eq!(std::mem::size_of::<Kept>(), 128);
+    }
+
+    #[test]
+    fn texts_are_shared_while_used_and_dropped_after() {
+        let mut texts = Texts::default();
+        let a = texts.intern("step_claim");
+        assert_eq!(texts.intern("step_claim"), a);
+        let b = texts.intern("rust");
+        assert_ne!(a, b);
+        texts.release(a);
+        assert_eq!(texts.get(a), "step_claim", "one use left");
+        texts.release(a);
+        // The place is reused by the next new text, and the old text is not found any more.
+        let c = texts.intern("python");
+        assert_eq!(c, a);
+        assert_eq!(texts.get(c), "python");
+        let d = texts.intern("step_claim");
+        assert_ne!(d, c);
+        assert_eq!(texts.get(d), "step_claim");
+        assert_eq!(texts.get(b), "rust");
+    }
+}
