@@ -6,6 +6,7 @@
 //! finished key is counted as late instead of opening a key that could never complete.
 
 use crate::config::Operation;
+use crate::interned::Interner;
 use crate::shards::for_each_shard;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
@@ -77,10 +78,12 @@ struct Pending {
     labels: Box<[Option<LabelValue>]>,
 }
 
-#[derive(Clone)]
+/// A label value, interned in the key's shard: waiting keys name few distinct values
+/// (services, languages), and a key that never completes allocates none of its own.
+#[derive(Clone, Copy)]
 struct LabelValue {
     part: usize,
-    value: Box<str>,
+    text: u32,
 }
 
 /// A key in arrival order; `pending` is None once the key completed or left (a hole, dropped
@@ -112,21 +115,26 @@ struct Shard {
     waiting: usize,
     /// Completed keys, oldest first; the oldest are forgotten past `2 × per_shard`.
     completed: VecDeque<u64>,
+    /// The label values of the waiting keys.
+    texts: Interner,
 }
 
 impl Shard {
-    fn slot(&mut self, position: u64) -> &mut Slot {
-        &mut self.slots[(position - self.base) as usize]
-    }
-
     fn pop_front(&mut self) -> Option<Slot> {
         let slot = self.slots.pop_front()?;
         self.base += 1;
-        if slot.pending.is_some() {
+        if let Some(pending) = &slot.pending {
             self.keys.remove(&slot.hash);
             self.waiting -= 1;
+            self.release_labels(pending);
         }
         Some(slot)
+    }
+
+    fn release_labels(&mut self, pending: &Pending) {
+        for label in pending.labels.iter().flatten() {
+            self.texts.release(label.text);
+        }
     }
 
     /// Drops the holes, keeping the waiting keys in arrival order.
@@ -210,7 +218,7 @@ impl JoinWindow {
             Some(&position) => position,
             None => self.open(shard, hash, derived, now, evicted),
         };
-        let slot = shard.slot(position);
+        let slot = &mut shard.slots[(position - shard.base) as usize];
         let pending = slot
             .pending
             .as_mut()
@@ -229,18 +237,19 @@ impl JoinWindow {
         }
         for (slot, value) in pending.labels.iter_mut().zip(labels) {
             if let Some(value) = value
-                && slot.as_ref().is_none_or(|l| part < l.part)
+                && slot.is_none_or(|l| part < l.part)
             {
-                *slot = Some(LabelValue {
-                    part,
-                    value: Box::from(*value),
-                });
+                if let Some(replaced) = slot {
+                    shard.texts.release(replaced.text);
+                }
+                let text = shard.texts.intern(value);
+                *slot = Some(LabelValue { part, text });
             }
         }
         if pending.parts.iter().any(Option::is_none) {
             return Offer::Waiting;
         }
-        let mut pending = slot.pending.take().expect("present");
+        let pending = slot.pending.take().expect("present");
         shard.waiting -= 1;
         shard.keys.insert(hash, COMPLETED);
         shard.completed.push_back(hash);
@@ -253,9 +262,10 @@ impl JoinWindow {
         let parts: Vec<PartSpan> = pending.parts.iter().map(|p| p.expect("complete")).collect();
         let labels = pending
             .labels
-            .iter_mut()
-            .map(|l| l.take().map(|l| l.value))
+            .iter()
+            .map(|l| l.map(|l| Box::from(shard.texts.get(l.text))))
             .collect();
+        shard.release_labels(&pending);
         Offer::Complete(Completed {
             seconds: value(spec.operation, &parts),
             labels,

@@ -19,6 +19,7 @@ pub mod dedupe;
 pub mod exposition;
 pub mod fixtures;
 pub mod forward;
+pub mod interned;
 pub mod join;
 pub mod json;
 pub mod labels;

@@ -7,8 +7,8 @@
 //! allocation of their own (about 350 bytes a span).
 
 use super::SpanRecord;
+use crate::interned::Interner;
 use crate::join::PartSpan;
-use hashbrown::HashTable;
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
 
@@ -48,71 +48,6 @@ pub struct Found {
     pub keys: [Option<String>; KEYS],
 }
 
-/// The interned texts, each with the number of kept uses; a text no record uses any more
-/// is dropped and its place reused, so the table never outgrows what the records name.
-#[derive(Default)]
-struct Texts {
-    index: HashTable<u32>,
-    entries: Vec<Interned>,
-    free: Vec<u32>,
-    hasher: hashbrown::DefaultHashBuilder,
-}
-
-struct Interned {
-    text: Box<str>,
-    uses: u32,
-}
-
-impl Texts {
-    fn intern(&mut self, text: &str) -> u32 {
-        let hash = self.hasher.hash_one(text);
-        let entries = &mut self.entries;
-        if let Some(&id) = self
-            .index
-            .find(hash, |&id| &*entries[id as usize].text == text)
-        {
-            entries[id as usize].uses += 1;
-            return id;
-        }
-        let interned = Interned {
-            text: text.into(),
-            uses: 1,
-        };
-        let id = match self.free.pop() {
-            Some(id) => {
-                entries[id as usize] = interned;
-                id
-            }
-            None => {
-                entries.push(interned);
-                u32::try_from(entries.len() - 1).expect("fewer texts than records")
-            }
-        };
-        let hasher = &self.hasher;
-        self.index
-            .insert_unique(hash, id, |&i| hasher.hash_one(&*entries[i as usize].text));
-        id
-    }
-
-    fn release(&mut self, id: u32) {
-        let entry = &mut self.entries[id as usize];
-        entry.uses -= 1;
-        if entry.uses > 0 {
-            return;
-        }
-        let text = std::mem::take(&mut entry.text);
-        let hash = self.hasher.hash_one(&*text);
-        if let Ok(found) = self.index.find_entry(hash, |&i| i == id) {
-            found.remove();
-        }
-        self.free.push(id);
-    }
-
-    fn get(&self, id: u32) -> &str {
-        &self.entries[id as usize].text
-    }
-}
-
 /// The records in arrival order, with the hashes of their keys beside them in a dense array
 /// of their own. Recording a span touches only the two queues' ends and the texts it names:
 /// no index to update (and miss the cache on) per key; a breakdown, which is rare, scans the
@@ -123,7 +58,7 @@ pub struct Log {
     kept: VecDeque<Kept>,
     /// Per record, in the same positions: the hash of each key it carries, 0 for none.
     hashes: VecDeque<[u64; KEYS]>,
-    texts: Texts,
+    texts: Interner,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -232,27 +167,45 @@ impl Log {
 /// Positions of the hyphens in the canonical text form of a UUID.
 const HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
+/// Positions of its 32 hex digits, in order.
+const DIGITS: [usize; 32] = {
+    let mut digits = [0; 32];
+    let (mut d, mut i) = (0, 0);
+    while i < 36 {
+        if i != HYPHENS[0] && i != HYPHENS[1] && i != HYPHENS[2] && i != HYPHENS[3] {
+            digits[d] = i;
+            d += 1;
+        }
+        i += 1;
+    }
+    digits
+};
+
+/// A lowercase hex digit's value; 0xFF for any other byte.
+fn hex_digit(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => 0xFF,
+    }
+}
+
 /// The 16 bytes of a UUID written in its canonical form (lowercase hex, 8-4-4-4-12): only
-/// that form, so that [`uuid_text`] gives back exactly the text that came in.
+/// that form, so that [`uuid_text`] gives back exactly the text that came in. Runs once per
+/// key of every kept span: no early exit inside the digits.
 fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
     let text = text.as_bytes();
     if text.len() != 36 || HYPHENS.iter().any(|&i| text[i] != b'-') {
         return None;
     }
-    let mut digits = text
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !HYPHENS.contains(i))
-        .map(|(_, &c)| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        });
     let mut bytes = [0u8; 16];
-    for byte in &mut bytes {
-        *byte = (digits.next()?? << 4) | digits.next()??;
+    let mut invalid = 0;
+    for (byte, pair) in bytes.iter_mut().zip(DIGITS.chunks_exact(2)) {
+        let (high, low) = (hex_digit(text[pair[0]]), hex_digit(text[pair[1]]));
+        invalid |= high | low;
+        *byte = (high << 4) | low;
     }
-    Some(bytes)
+    (invalid < 16).then_some(bytes)
 }
 
 fn uuid_text(bytes: &[u8; 16]) -> String {
@@ -345,33 +298,7 @@ mod tests {
         while log.len() > 0 {
             log.pop_oldest();
         }
-        assert!(log.texts.index.is_empty(), "every text released");
-        assert!(
-            log.texts
-                .entries
-                .iter()
-                .all(|e| e.uses == 0 && e.text.is_empty())
-        );
+        assert_eq!(log.texts.in_use(), 0, "every text released");
         assert_eq!(std::mem::size_of::<Kept>(), 128);
-    }
-
-    #[test]
-    fn texts_are_shared_while_used_and_dropped_after() {
-        let mut texts = Texts::default();
-        let a = texts.intern("step_claim");
-        assert_eq!(texts.intern("step_claim"), a);
-        let b = texts.intern("rust");
-        assert_ne!(a, b);
-        texts.release(a);
-        assert_eq!(texts.get(a), "step_claim", "one use left");
-        texts.release(a);
-        // The place is reused by the next new text, and the old text is not found any more.
-        let c = texts.intern("python");
-        assert_eq!(c, a);
-        assert_eq!(texts.get(c), "python");
-        let d = texts.intern("step_claim");
-        assert_ne!(d, c);
-        assert_eq!(texts.get(d), "step_claim");
-        assert_eq!(texts.get(b), "rust");
     }
 }

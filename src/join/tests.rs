@@ -190,3 +190,39 @@ fn waiting_keys_keep_their_place_while_completed_ones_are_compacted_away() {
     let slots: usize = w.shards.iter().map(|s| s.lock().unwrap().slots.len()).sum();
     assert!(slots <= 16 * (100 + 25 + 64), "{slots} slots held");
 }
+
+#[test]
+fn label_values_are_held_while_their_keys_wait_and_let_go_when_they_leave() {
+    let texts_in_use = |w: &JoinWindow| -> usize {
+        w.shards
+            .iter()
+            .map(|s| s.lock().unwrap().texts.in_use())
+            .sum()
+    };
+    let (w, start) = (window(Operation::Sum, 2, 160), Instant::now());
+    let languages = ["rust", "ruby", "python"];
+    let mut evicted = 0;
+    for i in 0..1_000 {
+        let key = format!("k{i}");
+        let arrival = Arrival {
+            derived: 0,
+            key: &key,
+            part: 1,
+            span: span(0, 1, 1),
+            labels: &[Some(languages[i % 3])],
+        };
+        w.offer_all(&[arrival], start, &mut |_, _| evicted += 1);
+        if i % 2 == 0 {
+            // A lower part's label replaces the first one's, then the key completes.
+            let done = complete(offer(&w, &key, 0, span(1, 2, 2), Some("go"), start));
+            assert_eq!(done.labels[0].as_deref(), Some("go"));
+        }
+    }
+    assert!(evicted > 0, "the window overflowed");
+    // Per shard, only the values its waiting keys name.
+    let held = texts_in_use(&w);
+    assert!((1..=3 * SHARDS).contains(&held), "{held}");
+    w.sweep(start + Duration::from_secs(61), &mut |_, _| {});
+    assert_eq!(w.pending(), [0]);
+    assert_eq!(texts_in_use(&w), 0, "every value let go");
+}

@@ -1,0 +1,103 @@
+//! Repeated texts (service names, span names, handler languages...) held once and named by
+//! a number, for tables that keep many records naming few distinct texts.
+
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+/// Texts interned as numbers, each with its number of uses; a text nothing uses any more is
+/// dropped and its number reused, so the table never outgrows what its users hold.
+#[derive(Default)]
+pub struct Interner {
+    index: HashTable<u32>,
+    entries: Vec<Interned>,
+    free: Vec<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+struct Interned {
+    text: Box<str>,
+    uses: u32,
+}
+
+impl Interner {
+    /// The text's number, with one more use.
+    pub fn intern(&mut self, text: &str) -> u32 {
+        let hash = self.hasher.hash_one(text);
+        let entries = &mut self.entries;
+        if let Some(&id) = self
+            .index
+            .find(hash, |&id| &*entries[id as usize].text == text)
+        {
+            entries[id as usize].uses += 1;
+            return id;
+        }
+        let interned = Interned {
+            text: text.into(),
+            uses: 1,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                entries[id as usize] = interned;
+                id
+            }
+            None => {
+                entries.push(interned);
+                u32::try_from(entries.len() - 1).expect("fewer than 2^32 texts in use")
+            }
+        };
+        let hasher = &self.hasher;
+        self.index
+            .insert_unique(hash, id, |&i| hasher.hash_one(&*entries[i as usize].text));
+        id
+    }
+
+    /// One use fewer of the text numbered `id`.
+    pub fn release(&mut self, id: u32) {
+        let entry = &mut self.entries[id as usize];
+        entry.uses -= 1;
+        if entry.uses > 0 {
+            return;
+        }
+        let text = std::mem::take(&mut entry.text);
+        let hash = self.hasher.hash_one(&*text);
+        if let Ok(found) = self.index.find_entry(hash, |&i| i == id) {
+            found.remove();
+        }
+        self.free.push(id);
+    }
+
+    /// Distinct texts in use.
+    pub fn in_use(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn get(&self, id: u32) -> &str {
+        &self.entries[id as usize].text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_shared_while_used_and_dropped_after() {
+        let mut texts = Interner::default();
+        let a = texts.intern("step_claim");
+        assert_eq!(texts.intern("step_claim"), a);
+        let b = texts.intern("rust");
+        assert_ne!(a, b);
+        texts.release(a);
+        assert_eq!(texts.get(a), "step_claim", "one use left");
+        texts.release(a);
+        // The place is reused by the next new text, and the old text is not found any more.
+        let c = texts.intern("python");
+        assert_eq!(c, a);
+        assert_eq!(texts.get(c), "python");
+        let d = texts.intern("step_claim");
+        assert_ne!(d, c);
+        assert_eq!(texts.get(d), "step_claim");
+        assert_eq!(texts.get(b), "rust");
+        assert_eq!(texts.in_use(), 3);
+    }
+}
