@@ -51,6 +51,20 @@ impl Interner {
         id
     }
 
+    /// [`Interner::intern`], trying `hint` (a number this interner gave, maybe for another
+    /// text, maybe released since) first: a run of records naming the same texts compares
+    /// each with the previous record's instead of hashing it.
+    pub fn intern_like(&mut self, text: &str, hint: u32) -> u32 {
+        if let Some(entry) = self.entries.get_mut(hint as usize)
+            && entry.uses > 0
+            && &*entry.text == text
+        {
+            entry.uses += 1;
+            return hint;
+        }
+        self.intern(text)
+    }
+
     /// One use fewer of the text numbered `id`.
     pub fn release(&mut self, id: u32) {
         let entry = &mut self.entries[id as usize];
@@ -99,5 +113,17 @@ mod tests {
         assert_eq!(texts.get(d), "step_claim");
         assert_eq!(texts.get(b), "rust");
         assert_eq!(texts.in_use(), 3);
+        // A hint is a shortcut, never a different answer.
+        assert_eq!(texts.intern_like("rust", b), b);
+        assert_eq!(texts.intern_like("rust", d), b);
+        assert_eq!(texts.intern_like("go", u32::MAX), texts.intern("go"));
+        // A released number is not taken as a hint: the text is interned anew.
+        let before = texts.in_use();
+        texts.release(c);
+        assert_eq!(texts.in_use(), before - 1);
+        let e = texts.intern_like("", c);
+        assert_eq!(texts.in_use(), before);
+        assert_eq!(texts.get(e), "");
+        assert_eq!(texts.intern(""), e);
     }
 }

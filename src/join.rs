@@ -117,7 +117,13 @@ struct Shard {
     completed: VecDeque<u64>,
     /// The label values of the waiting keys.
     texts: Interner,
+    /// Per label position, the value interned last, tried first for the next.
+    last_labels: [u32; LABEL_HINTS],
 }
+
+/// Label positions with a hint in `Shard::last_labels` (a derived metric's labels are
+/// service, handler language and up to six more).
+const LABEL_HINTS: usize = 8;
 
 impl Shard {
     fn pop_front(&mut self) -> Option<Slot> {
@@ -235,14 +241,18 @@ impl JoinWindow {
             }
             (Some(_), _) => return Offer::Repeated,
         }
-        for (slot, value) in pending.labels.iter_mut().zip(labels) {
+        for (i, (slot, value)) in pending.labels.iter_mut().zip(labels).enumerate() {
             if let Some(value) = value
                 && slot.is_none_or(|l| part < l.part)
             {
                 if let Some(replaced) = slot {
                     shard.texts.release(replaced.text);
                 }
-                let text = shard.texts.intern(value);
+                let hint = shard.last_labels.get(i).copied().unwrap_or(u32::MAX);
+                let text = shard.texts.intern_like(value, hint);
+                if let Some(last) = shard.last_labels.get_mut(i) {
+                    *last = text;
+                }
                 *slot = Some(LabelValue { part, text });
             }
         }

@@ -59,6 +59,8 @@ pub struct Log {
     /// Per record, in the same positions: the hash of each key it carries, 0 for none.
     hashes: VecDeque<[u64; KEYS]>,
     texts: Interner,
+    /// The names of the record pushed last, tried first for the next.
+    last_names: [u32; 4],
     hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -83,12 +85,14 @@ impl Log {
             .push_back(keys.map(|key| key.map_or(0, |k| self.key_hash(k))));
         let [span_name, service, language] = record.names;
         let texts = &mut self.texts;
+        let [name_hint, service_hint, language_hint, step_hint] = self.last_names;
         let names = [
-            texts.intern(span_name),
-            texts.intern(service),
-            texts.intern(language),
-            record.keys.step_name.map_or(ABSENT, |n| texts.intern(n)),
+            texts.intern_like(span_name, name_hint),
+            texts.intern_like(service, service_hint),
+            texts.intern_like(language, language_hint),
+            (record.keys.step_name).map_or(ABSENT, |n| texts.intern_like(n, step_hint)),
         ];
+        self.last_names = names;
         let keys = keys.map(|key| match key {
             None => Key::Absent,
             Some(k) => uuid_bytes(k).map_or_else(|| Key::Text(texts.intern(k)), Key::Uuid),
@@ -164,48 +168,38 @@ impl Log {
     }
 }
 
-/// Positions of the hyphens in the canonical text form of a UUID.
-const HYPHENS: [usize; 4] = [8, 13, 18, 23];
-
-/// Positions of its 32 hex digits, in order.
-const DIGITS: [usize; 32] = {
-    let mut digits = [0; 32];
-    let (mut d, mut i) = (0, 0);
-    while i < 36 {
-        if i != HYPHENS[0] && i != HYPHENS[1] && i != HYPHENS[2] && i != HYPHENS[3] {
-            digits[d] = i;
-            d += 1;
-        }
-        i += 1;
-    }
-    digits
-};
-
-/// A lowercase hex digit's value; 0xFF for any other byte.
-fn hex_digit(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => 0xFF,
-    }
-}
+/// The runs of hex digits in the canonical text form of a UUID (8-4-4-4-12).
+const DIGIT_RUNS: [std::ops::Range<usize>; 5] = [0..8, 9..13, 14..18, 19..23, 24..36];
 
 /// The 16 bytes of a UUID written in its canonical form (lowercase hex, 8-4-4-4-12): only
-/// that form, so that [`uuid_text`] gives back exactly the text that came in. Runs once per
-/// key of every kept span: no early exit inside the digits.
+/// that form, so that [`uuid_text`] gives back exactly the text that came in. Runs for
+/// every key of every kept span: the digits are checked and converted without a branch
+/// or a table lookup per digit, so the compiler can do them 16 or 32 at a time.
 fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
-    let text = text.as_bytes();
-    if text.len() != 36 || HYPHENS.iter().any(|&i| text[i] != b'-') {
-        return None;
+    let text: &[u8; 36] = text.as_bytes().try_into().ok()?;
+    let mut digits = [0u8; 32];
+    let mut at = 0;
+    for run in DIGIT_RUNS {
+        if run.start > 0 && text[run.start - 1] != b'-' {
+            return None;
+        }
+        digits[at..at + run.len()].copy_from_slice(&text[run.clone()]);
+        at += run.len();
+    }
+    let mut invalid = 0u8;
+    let mut nibbles = [0u8; 32];
+    for (nibble, &c) in nibbles.iter_mut().zip(&digits) {
+        let digit = c.wrapping_sub(b'0') < 10;
+        let letter = c.wrapping_sub(b'a') < 6;
+        invalid |= u8::from(!(digit | letter));
+        // '0'..'9' → 0..9; 'a'..'f' (bit 6 set) → 1..6 + 9.
+        *nibble = (c & 0x0F) + 9 * (c >> 6);
     }
     let mut bytes = [0u8; 16];
-    let mut invalid = 0;
-    for (byte, pair) in bytes.iter_mut().zip(DIGITS.chunks_exact(2)) {
-        let (high, low) = (hex_digit(text[pair[0]]), hex_digit(text[pair[1]]));
-        invalid |= high | low;
-        *byte = (high << 4) | low;
+    for (byte, pair) in bytes.iter_mut().zip(nibbles.chunks_exact(2)) {
+        *byte = (pair[0] << 4) | pair[1];
     }
-    (invalid < 16).then_some(bytes)
+    (invalid == 0).then_some(bytes)
 }
 
 fn uuid_text(bytes: &[u8; 16]) -> String {
