@@ -177,7 +177,8 @@ impl JoinWindow {
         }
     }
 
-    /// Offers spans, one answer each in order. `evicted` is told of keys evicted to make
+    /// Offers spans; answers the offers that are not [`Offer::Waiting`] (most are), each
+    /// with its arrival's index, in arrival order. `evicted` is told of keys evicted to make
     /// room or for waiting too long. The offers run shard by shard, one lock each and in
     /// arrival order within a shard (spans of one key always meet in one shard), so that the
     /// cache misses of a request's offers overlap.
@@ -186,21 +187,25 @@ impl JoinWindow {
         arrivals: &[Arrival],
         now: Instant,
         evicted: &mut impl FnMut(usize, Eviction),
-    ) -> Vec<Offer> {
+    ) -> Vec<(usize, Offer)> {
         let hashes: Vec<u64> = arrivals
             .iter()
             .map(|a| self.hasher.hash_one((a.derived, a.key)))
             .collect();
-        let mut offers = vec![Offer::Waiting; arrivals.len()];
+        let mut answers = Vec::new();
         let shards: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
         for_each_shard(&shards, |s, items| {
             let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
             self.expire(&mut shard, now, evicted);
             for &i in items {
-                offers[i] = self.offer(&mut shard, hashes[i], arrivals[i], now, evicted);
+                match self.offer(&mut shard, hashes[i], arrivals[i], now, evicted) {
+                    Offer::Waiting => {}
+                    answer => answers.push((i, answer)),
+                }
             }
         });
-        offers
+        answers.sort_unstable_by_key(|(i, _)| *i);
+        answers
     }
 
     fn offer(

@@ -881,12 +881,12 @@ impl Pipeline {
                 labels: &values[o.labels.clone()],
             })
             .collect();
-        let offers = self
+        let answers = self
             .join
             .offer_all(&arrivals, now, &mut |d, why| evictions.push((d, why)));
-        for (arrival, offer) in arrivals.iter().zip(offers) {
-            let d = &self.derived[arrival.derived];
-            match offer {
+        for (i, answer) in answers {
+            let d = &self.derived[arrivals[i].derived];
+            match answer {
                 Offer::Waiting => {}
                 Offer::Late => w.add(self.join_metrics.late, &[&d.name], 1),
                 Offer::Repeated => w.add(self.join_metrics.repeated, &[&d.name], 1),

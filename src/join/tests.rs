@@ -36,8 +36,13 @@ fn offer(
         span,
         labels: &[label],
     };
-    let mut offers = w.offer_all(&[arrival], now, &mut |_, _| panic!("no eviction expected"));
-    offers.pop().expect("one answer")
+    let answers = w.offer_all(&[arrival], now, &mut |_, _| panic!("no eviction expected"));
+    match <[_; 1]>::try_from(answers) {
+        Ok([(0, answer)]) => answer,
+        Ok(other) => panic!("answered for another arrival: {other:?}"),
+        Err(none) if none.is_empty() => Offer::Waiting,
+        Err(many) => panic!("more answers than arrivals: {many:?}"),
+    }
 }
 
 fn complete(offer: Offer) -> Completed {
