@@ -21,6 +21,7 @@ fn window(operation: Operation, parts: usize, max_pending: usize) -> JoinWindow 
     )
 }
 
+/// One span of derived metric 0, where no key is expected to be evicted.
 fn offer(
     w: &JoinWindow,
     key: &str,
@@ -29,6 +30,17 @@ fn offer(
     label: Option<&str>,
     now: Instant,
 ) -> Offer {
+    let no_eviction = &mut |_, _| panic!("no eviction expected");
+    offer_evicting(w, (key, part, span, label), now, no_eviction)
+}
+
+/// One span of derived metric 0: (key, part, span, label).
+fn offer_evicting(
+    w: &JoinWindow,
+    (key, part, span, label): (&str, usize, PartSpan, Option<&str>),
+    now: Instant,
+    evicted: &mut impl FnMut(usize, Eviction),
+) -> Offer {
     let arrival = Arrival {
         derived: 0,
         key,
@@ -36,7 +48,7 @@ fn offer(
         span,
         labels: &[label],
     };
-    let answers = w.offer_all(&[arrival], now, &mut |_, _| panic!("no eviction expected"));
+    let answers = w.offer_all(&[arrival], now, evicted);
     match <[_; 1]>::try_from(answers) {
         Ok([(0, answer)]) => answer,
         Ok(other) => panic!("answered for another arrival: {other:?}"),
@@ -127,14 +139,8 @@ fn a_flood_of_keys_that_never_complete_stays_at_the_cap() {
     let mut capacity_evictions = 0u64;
     for i in 0..1_000_000u32 {
         let key = format!("key-{i}");
-        let arrival = Arrival {
-            derived: 0,
-            key: &key,
-            part: 0,
-            span: span(0, 1, 1),
-            labels: &[None],
-        };
-        w.offer_all(&[arrival], now, &mut |_, why| {
+        let arrival = (key.as_str(), 0, span(0, 1, 1), None);
+        offer_evicting(&w, arrival, now, &mut |_, why| {
             assert_eq!(why, Eviction::Capacity);
             capacity_evictions += 1;
         });
@@ -209,14 +215,8 @@ fn label_values_are_held_while_their_keys_wait_and_let_go_when_they_leave() {
     let mut evicted = 0;
     for i in 0..1_000 {
         let key = format!("k{i}");
-        let arrival = Arrival {
-            derived: 0,
-            key: &key,
-            part: 1,
-            span: span(0, 1, 1),
-            labels: &[Some(languages[i % 3])],
-        };
-        w.offer_all(&[arrival], start, &mut |_, _| evicted += 1);
+        let arrival = (key.as_str(), 1, span(0, 1, 1), Some(languages[i % 3]));
+        offer_evicting(&w, arrival, start, &mut |_, _| evicted += 1);
         if i % 2 == 0 {
             // A lower part's label replaces the first one's, then the key completes.
             let done = complete(offer(&w, &key, 0, span(1, 2, 2), Some("go"), start));
