@@ -129,7 +129,7 @@ impl SpanLog {
         derived: Vec<DerivedRule>,
     ) -> SpanLog {
         SpanLog {
-            inner: Mutex::default(),
+            inner: Mutex::new(Log::with_capacity(config.max_spans)),
             origin: Instant::now(),
             max_spans: config.max_spans,
             max_age,
@@ -153,13 +153,18 @@ impl SpanLog {
         let now_ms = millis(now.saturating_duration_since(self.origin));
         let max_age_ms = millis(self.max_age);
         let mut log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for record in records {
+        // The oldest go first, so that the log never holds more than `max_spans` (its queues
+        // were sized for that many: past it they would double).
+        let newest = &records[records.len().saturating_sub(self.max_spans)..];
+        while log.len() > self.max_spans - newest.len() {
+            log.pop_oldest();
+        }
+        for record in newest {
             log.push(record, now_ms);
         }
-        while log.len() > self.max_spans
-            || log
-                .oldest_ms()
-                .is_some_and(|at| now_ms.saturating_sub(at) > max_age_ms)
+        while log
+            .oldest_ms()
+            .is_some_and(|at| now_ms.saturating_sub(at) > max_age_ms)
         {
             log.pop_oldest();
         }
@@ -448,47 +453,71 @@ mod tests {
         }
     }
 
-    /// A task-level span of task `task` and a step span of its step, as one request, kept.
-    fn record_task(log: &SpanLog, n: u8, now: Instant) {
-        let (correlation, task, step) = (format!("c{n}"), format!("t{n}"), format!("s{n}"));
-        let task_level = RecordKeys {
-            correlation_id: Some(&correlation),
-            task_uuid: Some(&task),
-            ..RecordKeys::default()
-        };
-        let step_level = RecordKeys {
-            task_uuid: Some(&task),
-            step_uuid: Some(&step),
-            ..task_level
-        };
-        let records = [
-            SpanRecord {
-                stage: 0,
-                span: span(n),
-                names: ["create_task", "tasker-orchestration", "unknown"],
-                keys: task_level,
-            },
-            SpanRecord {
-                stage: 1,
-                span: span(n + 100),
-                names: ["step_claim", "w", "rust"],
-                keys: step_level,
-            },
-        ];
+    /// For each task, a task-level span and a span of its step, all in one request, kept.
+    fn record_tasks(log: &SpanLog, tasks: &[u8], now: Instant) {
+        let ids: Vec<[String; 3]> = tasks
+            .iter()
+            .map(|n| [format!("c{n}"), format!("t{n}"), format!("s{n}")])
+            .collect();
+        let records: Vec<SpanRecord> = tasks
+            .iter()
+            .zip(&ids)
+            .flat_map(|(&n, [correlation, task, step])| {
+                let task_level = RecordKeys {
+                    correlation_id: Some(correlation),
+                    task_uuid: Some(task),
+                    ..RecordKeys::default()
+                };
+                let step_level = RecordKeys {
+                    task_uuid: Some(task),
+                    step_uuid: Some(step),
+                    ..task_level
+                };
+                [
+                    SpanRecord {
+                        stage: 0,
+                        span: span(n),
+                        names: ["create_task", "tasker-orchestration", "unknown"],
+                        keys: task_level,
+                    },
+                    SpanRecord {
+                        stage: 1,
+                        span: span(n + 100),
+                        names: ["step_claim", "w", "rust"],
+                        keys: step_level,
+                    },
+                ]
+            })
+            .collect();
         log.record(&records, now);
+    }
+
+    fn log_of(max_spans: usize) -> SpanLog {
+        let config = BreakdownConfig {
+            max_spans,
+            ..BreakdownConfig::default()
+        };
+        let stages = vec!["task_creation".to_string(), "step_claim".to_string()];
+        SpanLog::new(&config, Duration::from_secs(60), stages, Vec::new())
+    }
+
+    #[test]
+    fn a_request_larger_than_the_log_leaves_its_newest_spans() {
+        let log = log_of(3);
+        record_tasks(&log, &[1, 2, 3], Instant::now());
+        assert_eq!(log.breakdown("c1"), None);
+        assert_eq!(log.breakdown("c2"), None, "task 2's own span went");
+        let task2 = log.breakdown("t2").expect("its step span stayed");
+        assert_eq!(task2.steps[0].step_uuid, "s2");
+        assert_eq!(log.breakdown("c3").map(|b| b.steps.len()), Some(1));
     }
 
     #[test]
     fn the_log_holds_the_newest_spans_and_finds_them_by_any_key() {
-        let config = BreakdownConfig {
-            max_spans: 4,
-            ..BreakdownConfig::default()
-        };
-        let stages = vec!["task_creation".to_string(), "step_claim".to_string()];
-        let log = SpanLog::new(&config, Duration::from_secs(60), stages, Vec::new());
+        let log = log_of(4);
         let now = Instant::now();
         for n in 1..=3 {
-            record_task(&log, n, now);
+            record_tasks(&log, &[n], now);
         }
         // Task 1 was pushed out by tasks 2 and 3; the others are found by either id.
         assert_eq!(log.breakdown("c1"), None);
@@ -504,7 +533,7 @@ mod tests {
         // A step uuid is not a task id.
         assert_eq!(log.breakdown("s3"), None);
         // Older than max_age: gone at the next record.
-        record_task(&log, 4, now + Duration::from_secs(61));
+        record_tasks(&log, &[4], now + Duration::from_secs(61));
         assert_eq!(log.breakdown("c3"), None);
         assert!(log.breakdown("c4").is_some());
     }

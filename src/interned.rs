@@ -5,7 +5,8 @@ use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
 /// Texts interned as numbers, each with its number of uses; a text nothing uses any more is
-/// dropped and its number reused, so the table never outgrows what its users hold.
+/// dropped and its number reused: the texts held are those in use, and the table's own
+/// places stay at the most ever in use at once.
 #[derive(Default)]
 pub struct Interner {
     index: HashTable<u32>,

@@ -1,8 +1,9 @@
-//! How the breakdown log keeps spans: one fixed-size record per span and no allocation of
-//! its own. Texts that repeat (span names, services, languages, step names) are interned
+//! How the breakdown log keeps spans: one fixed-size record per span, with no allocation of
+//! its own when its keys are canonical UUIDs. Texts that repeat (span names, services, languages, step names) are interned
 //! once for the whole log and counted by the records that use them; keys in the canonical
 //! UUID form (tasker's correlation ids, task and step uuids) are kept as their 16 bytes,
-//! other keys interned like names. A record is 128 bytes (about 190 a span with the queues'
+//! other keys interned like names (each distinct one an allocation, shared by the records
+//! naming it). A record is 128 bytes (about 190 a span with the queues'
 //! spare room and the key hashes), where it was about 110 bytes plus its texts in an
 //! allocation of their own (about 350 bytes a span).
 
@@ -65,6 +66,15 @@ pub struct Log {
 }
 
 impl Log {
+    /// A log that holds up to `places` records without growing its queues (which double).
+    pub fn with_capacity(places: usize) -> Log {
+        Log {
+            kept: VecDeque::with_capacity(places),
+            hashes: VecDeque::with_capacity(places),
+            ..Log::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.kept.len()
     }
@@ -80,6 +90,7 @@ impl Log {
     }
 
     pub fn push(&mut self, record: &SpanRecord, at_ms: u64) {
+        let stage = u16::try_from(record.stage).expect("fewer than 65,536 stages");
         let keys = record.keys.as_array();
         self.hashes
             .push_back(keys.map(|key| key.map_or(0, |k| self.key_hash(k))));
@@ -102,7 +113,7 @@ impl Log {
             span: record.span,
             names,
             keys,
-            stage: u16::try_from(record.stage).expect("fewer than 65,536 stages"),
+            stage,
         });
     }
 
