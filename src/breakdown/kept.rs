@@ -1,11 +1,11 @@
 //! How the breakdown log keeps spans: one fixed-size record per span, with no allocation of
-//! its own when its keys are canonical UUIDs. Texts that repeat (span names, services, languages, step names) are interned
-//! once for the whole log and counted by the records that use them; keys in the canonical
-//! UUID form (tasker's correlation ids, task and step uuids) are kept as their 16 bytes,
-//! other keys interned like names (each distinct one an allocation, shared by the records
-//! naming it). A record is 128 bytes (about 190 a span with the queues'
-//! spare room and the key hashes), where it was about 110 bytes plus its texts in an
-//! allocation of their own (about 350 bytes a span).
+//! its own when its keys are canonical UUIDs. Texts that repeat (span names, services,
+//! languages, step names) are interned once for the whole log and counted by the records
+//! that use them; keys in the canonical UUID form (tasker's correlation ids, task and step
+//! uuids) are kept as their 16 bytes, other keys interned like names (each distinct one an
+//! allocation, shared by the records naming it). A record is 128 bytes (152 a span with its
+//! key hashes), where it was about 110 bytes plus its texts in an allocation of their own
+//! (about 350 bytes a span with the queues' spare room).
 
 use super::SpanRecord;
 use crate::interned::Interner;
