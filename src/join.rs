@@ -82,7 +82,7 @@ struct Pending {
 /// (services, languages), and a key that never completes allocates none of its own.
 #[derive(Clone, Copy)]
 struct LabelValue {
-    part: usize,
+    part: u32,
     text: u32,
 }
 
@@ -246,9 +246,10 @@ impl JoinWindow {
             }
             (Some(_), _) => return Offer::Repeated,
         }
+        let label_part = u32::try_from(part).expect("fewer than 2^32 parts");
         for (i, (slot, value)) in pending.labels.iter_mut().zip(labels).enumerate() {
             if let Some(value) = value
-                && slot.is_none_or(|l| part < l.part)
+                && slot.is_none_or(|l| label_part < l.part)
             {
                 if let Some(replaced) = slot {
                     shard.texts.release(replaced.text);
@@ -258,7 +259,10 @@ impl JoinWindow {
                 if let Some(last) = shard.last_labels.get_mut(i) {
                     *last = text;
                 }
-                *slot = Some(LabelValue { part, text });
+                *slot = Some(LabelValue {
+                    part: label_part,
+                    text,
+                });
             }
         }
         if pending.parts.iter().any(Option::is_none) {
