@@ -12,6 +12,8 @@ pub struct Interner {
     index: HashTable<u32>,
     entries: Vec<Interned>,
     free: Vec<u32>,
+    /// Per field of the callers' records, the number interned last, tried first next time.
+    last: Vec<u32>,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -52,18 +54,24 @@ impl Interner {
         id
     }
 
-    /// [`Interner::intern`], trying `hint` (a number this interner gave, maybe for another
-    /// text, maybe released since) first: a run of records naming the same texts compares
-    /// each with the previous record's instead of hashing it.
-    pub fn intern_like(&mut self, text: &str, hint: u32) -> u32 {
-        if let Some(entry) = self.entries.get_mut(hint as usize)
-            && entry.uses > 0
-            && &*entry.text == text
-        {
-            entry.uses += 1;
-            return hint;
+    /// [`Interner::intern`] for one field of the caller's records (numbered by the caller:
+    /// span name 0, service 1...): the text interned last for that field is tried first, so
+    /// a run of records naming the same texts compares each with the previous record's
+    /// instead of hashing it.
+    pub fn intern_in(&mut self, text: &str, field: usize) -> u32 {
+        if self.last.len() <= field {
+            self.last.resize(field + 1, u32::MAX);
         }
-        self.intern(text)
+        let hint = self.last[field];
+        let id = match self.entries.get_mut(hint as usize) {
+            Some(entry) if entry.uses > 0 && &*entry.text == text => {
+                entry.uses += 1;
+                hint
+            }
+            _ => self.intern(text),
+        };
+        self.last[field] = id;
+        id
     }
 
     /// One use fewer of the text numbered `id`.
@@ -114,15 +122,18 @@ mod tests {
         assert_eq!(texts.get(d), "step_claim");
         assert_eq!(texts.get(b), "rust");
         assert_eq!(texts.in_use(), 3);
-        // A hint is a shortcut, never a different answer.
-        assert_eq!(texts.intern_like("rust", b), b);
-        assert_eq!(texts.intern_like("rust", d), b);
-        assert_eq!(texts.intern_like("go", u32::MAX), texts.intern("go"));
-        // A released number is not taken as a hint: the text is interned anew.
+        // The text last interned for a field is a shortcut, never a different answer.
+        assert_eq!(texts.intern_in("rust", 0), b);
+        assert_eq!(texts.intern_in("rust", 0), b);
+        assert_eq!(texts.intern_in("step_claim", 0), d);
+        assert_eq!(texts.intern_in("go", 5), texts.intern("go"));
+        // A number released since is not taken: the text is interned anew.
+        assert_eq!(texts.intern_in("python", 1), c);
         let before = texts.in_use();
         texts.release(c);
+        texts.release(c);
         assert_eq!(texts.in_use(), before - 1);
-        let e = texts.intern_like("", c);
+        let e = texts.intern_in("", 1);
         assert_eq!(texts.in_use(), before);
         assert_eq!(texts.get(e), "");
         assert_eq!(texts.intern(""), e);

@@ -115,15 +115,9 @@ struct Shard {
     waiting: usize,
     /// Completed keys, oldest first; the oldest are forgotten past `2 × per_shard`.
     completed: VecDeque<u64>,
-    /// The label values of the waiting keys.
+    /// The label values of the waiting keys (a field per label position).
     texts: Interner,
-    /// Per label position, the value interned last, tried first for the next.
-    last_labels: [u32; LABEL_HINTS],
 }
-
-/// Label positions with a hint in `Shard::last_labels` (a derived metric's labels are
-/// service, handler language and up to six more).
-const LABEL_HINTS: usize = 8;
 
 impl Shard {
     fn pop_front(&mut self) -> Option<Slot> {
@@ -254,11 +248,7 @@ impl JoinWindow {
                 if let Some(replaced) = slot {
                     shard.texts.release(replaced.text);
                 }
-                let hint = shard.last_labels.get(i).copied().unwrap_or(u32::MAX);
-                let text = shard.texts.intern_like(value, hint);
-                if let Some(last) = shard.last_labels.get_mut(i) {
-                    *last = text;
-                }
+                let text = shard.texts.intern_in(value, i);
                 *slot = Some(LabelValue {
                     part: label_part,
                     text,

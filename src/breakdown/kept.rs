@@ -60,8 +60,6 @@ pub struct Log {
     /// Per record, in the same positions: the hash of each key it carries, 0 for none.
     hashes: VecDeque<[u64; KEYS]>,
     texts: Interner,
-    /// The names of the record pushed last, tried first for the next.
-    last_names: [u32; 4],
     hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -96,14 +94,12 @@ impl Log {
             .push_back(keys.map(|key| key.map_or(0, |k| self.key_hash(k))));
         let [span_name, service, language] = record.names;
         let texts = &mut self.texts;
-        let [name_hint, service_hint, language_hint, step_hint] = self.last_names;
         let names = [
-            texts.intern_like(span_name, name_hint),
-            texts.intern_like(service, service_hint),
-            texts.intern_like(language, language_hint),
-            (record.keys.step_name).map_or(ABSENT, |n| texts.intern_like(n, step_hint)),
+            texts.intern_in(span_name, 0),
+            texts.intern_in(service, 1),
+            texts.intern_in(language, 2),
+            (record.keys.step_name).map_or(ABSENT, |n| texts.intern_in(n, 3)),
         ];
-        self.last_names = names;
         let keys = keys.map(|key| match key {
             None => Key::Absent,
             Some(k) => uuid_bytes(k).map_or_else(|| Key::Text(texts.intern(k)), Key::Uuid),
