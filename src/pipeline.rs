@@ -707,8 +707,9 @@ impl Pipeline {
                     truncate(span.name, self.max_label_len),
                 );
                 let labels = [service, name, span.kind_name(), span.status_name()];
-                w.add(m.calls, &labels, 1);
-                w.observe(m.duration, &labels, seconds, Some(exemplar));
+                let labels = w.label_set(&labels);
+                w.add_set(m.calls, labels, 1);
+                w.observe_set(m.duration, labels, seconds, Some(exemplar));
             }
             let facts = SpanFacts {
                 name: span.name,
@@ -741,10 +742,10 @@ impl Pipeline {
                 );
                 labels[2 + slot] = w.admitted(*dimension, truncate(value, self.max_label_len));
             }
-            let labels = &labels[..2 + stage.extras.len()];
-            w.observe(stage.histogram, labels, seconds, Some(exemplar));
-            w.add(stage.calls, labels, 1);
-            w.add(stage.errors, labels, u64::from(span.is_error()));
+            let labels = w.label_set(&labels[..2 + stage.extras.len()]);
+            w.observe_set(stage.histogram, labels, seconds, Some(exemplar));
+            w.add_set(stage.calls, labels, 1);
+            w.add_set(stage.errors, labels, u64::from(span.is_error()));
             for &(histogram, step) in &self.comparisons_by_stage[stage_id] {
                 let (resolver, dimension) = &self.extras[step];
                 let mut buf = String::new();
@@ -761,7 +762,7 @@ impl Pipeline {
             {
                 records.push(record);
                 // May be written in a buffer of this span's: copied, set after the loop.
-                record_languages.push(Some(labels[1]));
+                record_languages.push(Some(labels.labels[1]));
             }
             for join in &self.joins_by_stage[stage_id] {
                 if join.span_name.as_deref().is_some_and(|n| n != span.name) {

@@ -13,12 +13,13 @@
 mod series;
 
 pub use series::{
-    Cell, Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values,
+    Cell, Exemplar, LabelSet, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values,
 };
 
 use hashbrown::hash_map::Entry;
-use hashbrown::{Equivalent, HashMap, HashSet};
-use series::{BorrowedKey, SeriesKey};
+use hashbrown::hash_table::OccupiedEntry;
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
+use series::SeriesKey;
 use std::cell::Cell as StdCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -80,6 +81,9 @@ pub struct StoreSpec {
 #[derive(Debug)]
 struct Slot {
     key: SeriesKey,
+    /// [`SeriesKey::series_hash`], kept: the index is rebuilt from it, and a lookup compares
+    /// it before the labels.
+    hash: u64,
     cell: Cell,
     /// Tick of the last write.
     written: u64,
@@ -87,8 +91,8 @@ struct Slot {
 
 #[derive(Debug, Default)]
 struct Shard {
-    /// Series key (as admitted) to the index of its slot.
-    index: HashMap<SeriesKey, usize>,
+    /// The index of every slot, by its series hash.
+    index: HashTable<usize>,
     slots: Vec<Slot>,
     /// Per dimension, values this shard knows are admitted globally, with the tick this shard
     /// last admitted each in.
@@ -133,6 +137,8 @@ pub struct Store {
     series_overflow: Option<MetricId>,
     /// Every observed value by series, when kept (offline replay wants exact percentiles).
     raw: Option<Mutex<BTreeMap<SeriesKey, Vec<f64>>>>,
+    /// Hashes label values for every shard's index (a series has one hash in all shards).
+    hasher: DefaultHashBuilder,
 }
 
 thread_local! {
@@ -182,6 +188,7 @@ impl Store {
             kept,
             tick: AtomicU64::new(0),
             ticks: Mutex::default(),
+            hasher: DefaultHashBuilder::default(),
         }
     }
 
@@ -282,7 +289,7 @@ impl Store {
         // 1. Take the idle slots out of every shard, merged by key; forget cached values not
         //    admitted since `cutoff`, and report the ticks of the others to their dimension
         //    (those last admitted before `previous` were reported, with that tick, last pass).
-        let mut idle: HashMap<SeriesKey, Cell> = HashMap::new();
+        let mut idle: HashMap<SeriesKey, (u64, Cell)> = HashMap::new();
         for shard in self.shards.iter() {
             let mut guard = lock(shard);
             let shard = &mut *guard;
@@ -292,22 +299,23 @@ impl Store {
                     i += 1;
                     continue;
                 }
-                let Slot { key, cell, .. } = shard.slots.swap_remove(i);
-                shard.index.remove(&key);
+                let Slot {
+                    key, hash, cell, ..
+                } = shard.slots.swap_remove(i);
+                index_entry(&mut shard.index, hash, i).remove();
                 if let Some(moved) = shard.slots.get(i) {
-                    *shard
-                        .index
-                        .get_mut(&moved.key)
-                        .expect("every slot is indexed") = i;
+                    // It was the last slot.
+                    let last = shard.slots.len();
+                    *index_entry(&mut shard.index, moved.hash, last).get_mut() = i;
                 }
                 match idle.entry(key) {
-                    Entry::Occupied(mut total) => total.get_mut().merge(&cell),
+                    Entry::Occupied(mut total) => total.get_mut().1.merge(&cell),
                     Entry::Vacant(total) => {
-                        total.insert(cell);
+                        total.insert((hash, cell));
                     }
                 }
             }
-            shrink(&mut shard.slots, &mut shard.index);
+            shrink(shard);
             shard.last.fill(None);
             for (cache, dimension) in shard.admitted.iter_mut().zip(&self.dimensions) {
                 let values = read(&dimension.values);
@@ -330,13 +338,16 @@ impl Store {
             }
             let mut guard = lock(shard);
             let shard = &mut *guard;
-            idle.retain(|key, cell| match shard.index.get(key) {
-                Some(&i) => {
-                    shard.slots[i].cell.merge(cell);
-                    false
-                }
-                None => true,
-            });
+            let Shard { index, slots, .. } = shard;
+            idle.retain(
+                |key, (hash, cell)| match index.find(*hash, |&i| slots[i].key == *key) {
+                    Some(&i) => {
+                        slots[i].cell.merge(cell);
+                        false
+                    }
+                    None => true,
+                },
+            );
         }
 
         // 3. The rest is gone: free its slots under the series cap, unless a shard created the
@@ -379,11 +390,19 @@ impl Store {
     }
 }
 
+/// The index entry of the slot at `at`, with this hash.
+fn index_entry(index: &mut HashTable<usize>, hash: u64, at: usize) -> OccupiedEntry<'_, usize> {
+    index
+        .find_entry(hash, |&i| i == at)
+        .unwrap_or_else(|_| panic!("every slot is indexed"))
+}
+
 /// Gives back the memory of a shard that churned through many more series than it holds.
-fn shrink(slots: &mut Vec<Slot>, index: &mut HashMap<SeriesKey, usize>) {
+fn shrink(shard: &mut Shard) {
+    let Shard { index, slots, .. } = shard;
     if slots.capacity() > 4 * slots.len() + 64 {
         slots.shrink_to_fit();
-        index.shrink_to_fit();
+        index.shrink_to_fit(|&i| slots[i].hash);
     }
 }
 
@@ -474,53 +493,61 @@ impl<'s> Writer<'s> {
         }
     }
 
+    /// Hashes label values once for the series of every metric written with them.
+    pub fn label_set<'l>(&self, labels: &'l [&'l str]) -> LabelSet<'l> {
+        LabelSet::new(&self.store.hasher, labels)
+    }
+
     /// The cell of a series in this shard, created if new, marked as written now.
-    fn cell(&mut self, metric: MetricId, labels: &[&str]) -> &mut Cell {
-        let store: &'s Store = self.store;
+    fn cell(&mut self, metric: MetricId, labels: LabelSet) -> &mut Cell {
         let tick = self.tick;
-        let borrowed = BorrowedKey {
-            metric: metric.0,
-            labels,
-        };
+        let hash = labels.series_hash(metric.0);
         let shard = &*self.shard;
+        let named = |i: &usize| {
+            let slot = &shard.slots[*i];
+            slot.hash == hash && labels.names(metric.0, &slot.key)
+        };
         let hit = shard.last[metric.0]
-            .filter(|&i| borrowed.equivalent(&shard.slots[i].key))
-            .or_else(|| shard.index.get(&borrowed).copied());
-        if let Some(i) = hit {
-            self.shard.last[metric.0] = Some(i);
-            let slot = &mut self.shard.slots[i];
-            slot.written = tick;
-            return &mut slot.cell;
-        }
-        let key = SeriesKey::new(metric.0, labels);
+            .filter(named)
+            .or_else(|| shard.index.find(hash, named).copied());
+        let i = match hit {
+            Some(i) => i,
+            None => self.create(metric, labels),
+        };
+        self.shard.last[metric.0] = Some(i);
+        let slot = &mut self.shard.slots[i];
+        slot.written = tick;
+        &mut slot.cell
+    }
+
+    /// The slot of a series this shard has none for: a new one, unless the series cap turns
+    /// it into the overflow series and this shard has that one.
+    fn create(&mut self, metric: MetricId, labels: LabelSet) -> usize {
+        let store: &'s Store = self.store;
+        let key = SeriesKey::new(metric.0, labels.labels);
         let key = match self.admit_series(metric, key) {
             Ok(key) => key,
             Err(overflow) => {
-                if let Some(counter) = self.store.series_overflow.filter(|&c| c != metric) {
-                    let store: &'s Store = self.store;
+                if let Some(counter) = store.series_overflow.filter(|&c| c != metric) {
                     self.add(counter, &[store.metrics[metric.0].name.as_str()], 1);
                 }
                 overflow
             }
         };
-        let shard = &mut *self.shard;
-        let i = match shard.index.get(&key) {
-            Some(&i) => i,
-            None => {
-                let i = shard.slots.len();
-                shard.slots.push(Slot {
-                    key: key.clone(),
-                    cell: Cell::new(&store.metrics[metric.0].kind),
-                    written: tick,
-                });
-                shard.index.insert(key, i);
-                i
-            }
-        };
-        shard.last[metric.0] = Some(i);
-        let slot = &mut shard.slots[i];
-        slot.written = tick;
-        &mut slot.cell
+        let hash = key.series_hash(&store.hasher);
+        let Shard { index, slots, .. } = &mut *self.shard;
+        if let Some(&i) = index.find(hash, |&i| slots[i].key == key) {
+            return i;
+        }
+        let i = slots.len();
+        slots.push(Slot {
+            key,
+            hash,
+            cell: Cell::new(&store.metrics[metric.0].kind),
+            written: self.tick,
+        });
+        index.insert_unique(hash, i, |&j| slots[j].hash);
+        i
     }
 
     /// Applies the per-metric series cap: a series past it becomes the overflow series
@@ -550,11 +577,22 @@ impl<'s> Writer<'s> {
         seconds: f64,
         exemplar: Option<Exemplar>,
     ) {
+        self.observe_set(metric, self.label_set(labels), seconds, exemplar);
+    }
+
+    /// [`Writer::observe`] with values hashed by [`Writer::label_set`].
+    pub fn observe_set(
+        &mut self,
+        metric: MetricId,
+        labels: LabelSet,
+        seconds: f64,
+        exemplar: Option<Exemplar>,
+    ) {
         let epoch = self.epoch;
         let store: &'s Store = self.store;
         if let Some(raw) = &store.raw {
             lock(raw)
-                .entry(SeriesKey::new(metric.0, labels))
+                .entry(SeriesKey::new(metric.0, labels.labels))
                 .or_default()
                 .push(seconds);
         }
@@ -577,6 +615,11 @@ impl<'s> Writer<'s> {
 
     /// Adds to a counter.
     pub fn add(&mut self, metric: MetricId, labels: &[&str], by: u64) {
+        self.add_set(metric, self.label_set(labels), by);
+    }
+
+    /// [`Writer::add`] with values hashed by [`Writer::label_set`].
+    pub fn add_set(&mut self, metric: MetricId, labels: LabelSet, by: u64) {
         self.cell(metric, labels).add(by);
     }
 }

@@ -1,8 +1,7 @@
 //! One series: its key (metric and label values) and its cell (histogram or counter), and
 //! the snapshot that merges cells from every shard.
 
-use hashbrown::Equivalent;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,7 +29,7 @@ pub struct MetricSpec {
 
 /// Owned label values of one series, shared by the copies of the key (a shard's slot and
 /// index, the series cap's set, snapshots): a copy is a reference count.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
     pub metric: usize,
     pub labels: Arc<[Box<str>]>,
@@ -43,37 +42,39 @@ impl SeriesKey {
             labels: labels.iter().map(|&l| Box::from(l)).collect(),
         }
     }
+
+    /// The hash a shard indexes this series by (the same as its [`LabelSet`]'s).
+    pub fn series_hash(&self, hasher: &impl BuildHasher) -> u64 {
+        let labels = labels_hash(hasher, self.labels.iter().map(|l| &**l));
+        with_metric(labels, self.metric)
+    }
 }
 
-/// The same key, borrowed from a request: looked up without allocating.
-pub struct BorrowedKey<'a> {
-    pub metric: usize,
+/// A series' label values, borrowed from a request, with their hash: a span's calls, errors
+/// and histogram share one set, hashed once. The hash names the values only;
+/// [`LabelSet::series_hash`] adds the metric.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelSet<'a> {
     pub labels: &'a [&'a str],
+    hash: u64,
 }
 
-fn hash_key<'a, H: Hasher>(metric: usize, labels: impl Iterator<Item = &'a str>, state: &mut H) {
-    state.write_usize(metric);
-    for label in labels {
-        state.write(label.as_bytes());
-        state.write_u8(0xff);
+impl<'a> LabelSet<'a> {
+    pub fn new(hasher: &impl BuildHasher, labels: &'a [&'a str]) -> LabelSet<'a> {
+        LabelSet {
+            labels,
+            hash: labels_hash(hasher, labels.iter().copied()),
+        }
     }
-}
 
-impl Hash for SeriesKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_key(self.metric, self.labels.iter().map(|l| &**l), state);
+    /// The hash of this set's series of `metric`, as [`SeriesKey::series_hash`] gives it.
+    pub fn series_hash(&self, metric: usize) -> u64 {
+        with_metric(self.hash, metric)
     }
-}
 
-impl Hash for BorrowedKey<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_key(self.metric, self.labels.iter().copied(), state);
-    }
-}
-
-impl Equivalent<SeriesKey> for BorrowedKey<'_> {
-    fn equivalent(&self, key: &SeriesKey) -> bool {
-        self.metric == key.metric
+    /// Whether `key` is this set's series of `metric`.
+    pub fn names(&self, metric: usize, key: &SeriesKey) -> bool {
+        metric == key.metric
             && self.labels.len() == key.labels.len()
             && self
                 .labels
@@ -81,6 +82,22 @@ impl Equivalent<SeriesKey> for BorrowedKey<'_> {
                 .zip(key.labels.iter())
                 .all(|(a, b)| *a == &**b)
     }
+}
+
+fn labels_hash<'a>(hasher: &impl BuildHasher, labels: impl Iterator<Item = &'a str>) -> u64 {
+    let mut state = hasher.build_hasher();
+    for label in labels {
+        state.write(label.as_bytes());
+        state.write_u8(0xff);
+    }
+    state.finish()
+}
+
+/// Mixes a metric into a label hash: every bit of the result depends on both (a shard's
+/// table reads both its top and its bottom bits).
+fn with_metric(labels: u64, metric: usize) -> u64 {
+    let mixed = (labels ^ metric as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    mixed ^ (mixed >> 29)
 }
 
 /// The span kept as a histogram's exemplar: the slowest of the current scrape interval.
