@@ -1,24 +1,67 @@
 //! Label values from spans: each label has an ordered chain of sources (span attribute,
 //! resource attribute, regex on service.name) and a default. Sources that depend only on the
-//! resource are resolved once per resource per request, not once per span, and a regex on a
-//! span attribute runs once per distinct value per request (a request's spans repeat a few
-//! step names and queues many times).
+//! resource are resolved once per resource per request, not once per span. A regex runs once
+//! per distinct value: its answers are remembered across requests (a label's inputs repeat a
+//! few step names, queues and services many times), and a request looks each span's value
+//! up once in its own map before it takes the shared one's lock.
 
 use crate::config::{LabelConfig, LabelSourceKind, validate::compile_capture_regex};
 use crate::decode::{AnyValue, Attribute, Batch, SpanView};
 use regex::Regex;
 use std::cell::RefCell;
 use std::fmt::Write;
+use std::ops::Range;
+use std::sync::Mutex;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Source {
-    Span { key: String, regex: Option<Regex> },
-    Resource { key: String, regex: Option<Regex> },
-    ServiceName(Regex),
+    Span { key: String, regex: Option<Captor> },
+    Resource { key: String, regex: Option<Captor> },
+    ServiceName(Captor),
+}
+
+/// A capture regex and the answers it gave: where in each value it captured the label
+/// value, if it matched. Values up to [`Captor::MAX_LEN`] bytes are remembered, at most
+/// [`Captor::MAX_VALUES`] of them (a flood of new values empties the memory, then refills it).
+#[derive(Debug)]
+struct Captor {
+    regex: Regex,
+    answers: Mutex<hashbrown::HashMap<Box<str>, Option<Range<u32>>>>,
+}
+
+impl Captor {
+    const MAX_VALUES: usize = 1024;
+    const MAX_LEN: usize = 128;
+
+    fn new(regex: Regex) -> Captor {
+        Captor {
+            regex,
+            answers: Mutex::default(),
+        }
+    }
+
+    fn capture<'a>(&self, value: &'a str) -> Option<&'a str> {
+        if value.len() > Self::MAX_LEN {
+            return capture(&self.regex, value).map(|r| &value[r]);
+        }
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let range = match answers.get(value) {
+            Some(range) => range.clone(),
+            None => {
+                let range = capture(&self.regex, value).map(|r| r.start as u32..r.end as u32);
+                if answers.len() >= Self::MAX_VALUES {
+                    answers.clear();
+                }
+                answers.insert(value.into(), range.clone());
+                range
+            }
+        };
+        range.map(|r| &value[r.start as usize..r.end as usize])
+    }
 }
 
 /// One label's source chain, compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LabelResolver {
     sources: Vec<Source>,
     default: String,
@@ -41,7 +84,8 @@ impl LabelResolver {
             .iter()
             .map(|s| {
                 let regex = |pattern: &Option<String>| {
-                    pattern.as_deref().map(compile_capture_regex).transpose()
+                    let regex = pattern.as_deref().map(compile_capture_regex).transpose()?;
+                    Ok::<_, String>(regex.map(Captor::new))
                 };
                 Ok(
                     match s.kind().ok_or("a label source must set exactly one kind")? {
@@ -54,7 +98,7 @@ impl LabelResolver {
                             regex: regex(&a.regex)?,
                         },
                         LabelSourceKind::ServiceName(s) => {
-                            Source::ServiceName(compile_capture_regex(&s.regex)?)
+                            Source::ServiceName(Captor::new(compile_capture_regex(&s.regex)?))
                         }
                     },
                 )
@@ -78,12 +122,15 @@ impl LabelResolver {
                         .map(|source| match source {
                             Source::Span { .. } => None,
                             Source::Resource { key, regex } => {
-                                attribute_str(batch.resource_attributes(resource), key)
-                                    .and_then(|v| capture(regex.as_ref(), v))
+                                let value = attribute_str(batch.resource_attributes(resource), key);
+                                match regex {
+                                    None => value,
+                                    Some(regex) => value.and_then(|v| regex.capture(v)),
+                                }
                             }
-                            Source::ServiceName(regex) => resource
-                                .service_name
-                                .and_then(|name| capture(Some(regex), name)),
+                            Source::ServiceName(regex) => {
+                                resource.service_name.and_then(|name| regex.capture(name))
+                            }
                         })
                         .collect()
                 })
@@ -125,7 +172,7 @@ impl LabelResolver {
                                 .captured
                                 .borrow_mut()
                                 .entry((i, *v))
-                                .or_insert_with(|| capture(Some(regex), v)),
+                                .or_insert_with(|| regex.capture(v)),
                         },
                         Some(Attribute {
                             value:
@@ -164,15 +211,14 @@ fn attribute_str<'a>(attributes: &[Attribute<'a>], key: &str) -> Option<&'a str>
     })
 }
 
-fn capture<'a>(regex: Option<&Regex>, value: &'a str) -> Option<&'a str> {
-    let Some(regex) = regex else {
-        return Some(value);
-    };
+/// Where `regex` captures the label value in `value`: its group named `value`, or else its
+/// first group.
+fn capture(regex: &Regex, value: &str) -> Option<Range<usize>> {
     let captures = regex.captures(value)?;
     captures
         .name("value")
         .or_else(|| captures.get(1))
-        .map(|m| m.as_str())
+        .map(|m| m.range())
 }
 
 /// Writes a bool, int or double attribute value as text (other values write nothing).
@@ -197,4 +243,46 @@ pub fn truncate(value: &str, max: usize) -> &str {
         end -= 1;
     }
     &value[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step_captor() -> Captor {
+        Captor::new(compile_capture_regex("^(?P<value>.+?)(?:_py|_ts)?$").unwrap())
+    }
+
+    fn remembered(captor: &Captor) -> usize {
+        captor.answers.lock().unwrap().len()
+    }
+
+    #[test]
+    fn a_captor_answers_as_its_regex_and_remembers_each_value_once() {
+        let captor = step_captor();
+        for _ in 0..3 {
+            assert_eq!(captor.capture("validate_order_py"), Some("validate_order"));
+            assert_eq!(captor.capture("validate_order"), Some("validate_order"));
+            assert_eq!(captor.capture(""), None);
+        }
+        assert_eq!(remembered(&captor), 3);
+        // Remembered answers are ranges, read from the value asked about.
+        let owned = String::from("fetch_ts");
+        assert_eq!(captor.capture(&owned), Some("fetch"));
+        assert_eq!(captor.capture("fetch_ts"), Some("fetch"));
+    }
+
+    #[test]
+    fn a_captor_remembers_a_bounded_number_of_short_values() {
+        let captor = step_captor();
+        let long = format!("{}_py", "x".repeat(Captor::MAX_LEN));
+        assert_eq!(captor.capture(&long), Some(&long[..long.len() - 3]));
+        assert_eq!(remembered(&captor), 0);
+        for n in 0..3 * Captor::MAX_VALUES {
+            let value = format!("step_{n}_py");
+            assert_eq!(captor.capture(&value), Some(&value[..value.len() - 3]));
+            assert!(remembered(&captor) <= Captor::MAX_VALUES);
+        }
+        assert!(remembered(&captor) > 0);
+    }
 }
