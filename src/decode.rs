@@ -8,7 +8,7 @@
 //! whose keys no rule, label, join or breakdown reads are skipped like unknown fields (their
 //! value is neither parsed nor checked as UTF-8); only the message framing around them is.
 
-use crate::wire::{Fields, WireError};
+use crate::wire::{Fields, WireError, leading_bytes};
 use std::fmt;
 use std::ops::Range;
 use thiserror::Error;
@@ -442,8 +442,22 @@ fn status(buf: &[u8], mut code: i32) -> Result<i32, WireError> {
     Ok(code)
 }
 
+/// A KeyValue as it is nearly always encoded, its key then its value, each once: both
+/// payloads, read without the general field loop. None for any other layout.
+#[inline]
+fn key_then_value(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (key, rest) = leading_bytes(buf, 1)?;
+    match leading_bytes(rest, 2)? {
+        (value, []) => Some((key, value)),
+        _ => None,
+    }
+}
+
 /// The key of an encoded KeyValue, unchecked (the last occurrence wins, as in a full decode).
 fn key_bytes(buf: &[u8]) -> Result<&[u8], WireError> {
+    if let Some((key, _)) = key_then_value(buf) {
+        return Ok(key);
+    }
     let mut key: &[u8] = &[];
     for field in Fields::new(buf) {
         if let (1, value) = field? {
@@ -454,6 +468,12 @@ fn key_bytes(buf: &[u8]) -> Result<&[u8], WireError> {
 }
 
 fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
+    if let Some((key, value)) = key_then_value(buf) {
+        return Ok(Attribute {
+            key: std::str::from_utf8(key).map_err(|_| WireError::InvalidUtf8 { field: 1 })?,
+            value: any_value(value, AnyValue::Empty)?,
+        });
+    }
     let mut attribute = Attribute {
         key: "",
         value: AnyValue::Empty,
@@ -471,6 +491,10 @@ fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
 
 /// Reads an AnyValue; `result` is the value of an earlier occurrence it merges over.
 fn any_value<'a>(buf: &'a [u8], mut result: AnyValue<'a>) -> Result<AnyValue<'a>, WireError> {
+    if let Some((text, [])) = leading_bytes(buf, 1) {
+        let text = std::str::from_utf8(text).map_err(|_| WireError::InvalidUtf8 { field: 1 })?;
+        return Ok(AnyValue::Str(text));
+    }
     for field in Fields::new(buf) {
         let (number, value) = field?;
         result = match number {
@@ -634,6 +658,62 @@ mod tests {
         let error = Batch::decode_keeping(&bad("queue"), &keys).unwrap_err();
         assert_eq!(error.error, WireError::InvalidUtf8 { field: 1 });
         assert!(Batch::decode(&bad("limit")).is_err());
+    }
+
+    #[test]
+    fn key_values_in_any_layout_read_as_prost_reads_them() {
+        let str_value = |s: &str| Some(any_value::Value::StringValue(s.into()));
+        let cases: [(&[u8], &str, AnyValue, Option<any_value::Value>); 5] = [
+            // The usual layout, read without the field loop.
+            (
+                &[0x0a, 1, b'k', 0x12, 3, 0x0a, 1, b'v'],
+                "k",
+                AnyValue::Str("v"),
+                str_value("v"),
+            ),
+            // Value first.
+            (
+                &[0x12, 3, 0x0a, 1, b'v', 0x0a, 1, b'k'],
+                "k",
+                AnyValue::Str("v"),
+                str_value("v"),
+            ),
+            // A repeated key: the last wins.
+            (
+                &[0x0a, 1, b'a', 0x12, 3, 0x0a, 1, b'x', 0x0a, 1, b'b'],
+                "b",
+                AnyValue::Str("x"),
+                str_value("x"),
+            ),
+            // A value whose string is followed by an int: the last wins.
+            (
+                &[0x0a, 1, b'k', 0x12, 5, 0x0a, 1, b'x', 0x18, 5],
+                "k",
+                AnyValue::Int(5),
+                Some(any_value::Value::IntValue(5)),
+            ),
+            // A repeated value merges.
+            (
+                &[0x0a, 1, b'k', 0x12, 3, 0x0a, 1, b'x', 0x12, 2, 0x18, 7],
+                "k",
+                AnyValue::Int(7),
+                Some(any_value::Value::IntValue(7)),
+            ),
+        ];
+        for (bytes, key, value, full) in cases {
+            let prost = KeyValue::decode(bytes).unwrap();
+            assert_eq!(
+                (prost.key.as_str(), prost.value.and_then(|v| v.value)),
+                (key, full)
+            );
+            let ours = key_value(bytes).unwrap();
+            assert_eq!((ours.key, ours.value), (key, value), "{bytes:?}");
+            assert_eq!(key_bytes(bytes).unwrap(), key.as_bytes());
+        }
+        // Invalid UTF-8 in the usual layout is still refused, key or value.
+        let error = WireError::InvalidUtf8 { field: 1 };
+        assert_eq!(key_value(&[0x0a, 1, 0xff, 0x12, 0]), Err(error.clone()));
+        assert_eq!(key_value(&[0x0a, 0, 0x12, 3, 0x0a, 1, 0xff]), Err(error));
     }
 
     #[test]

@@ -212,6 +212,20 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// When `buf` starts with length-delimited field `number` (1 to 15, whose key is one byte):
+/// its payload and the bytes after it. None for anything else, which [`Fields`] reads.
+#[inline]
+pub fn leading_bytes(buf: &[u8], number: u8) -> Option<(&[u8], &[u8])> {
+    debug_assert!((1..16).contains(&number));
+    let (&key, rest) = buf.split_first()?;
+    if key != number << 3 | 2 {
+        return None;
+    }
+    let mut fields = Fields::new(rest);
+    let len = usize::try_from(fields.varint().ok()?).ok()?;
+    (len <= fields.buf.len()).then(|| fields.buf.split_at(len))
+}
+
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, FieldValue<'a>), WireError>;
 
@@ -249,6 +263,22 @@ mod tests {
                 (4, FieldValue::Fixed32(9)),
             ]
         );
+    }
+
+    #[test]
+    fn reads_a_leading_length_delimited_field() {
+        let buf = [0x0a, 0x02, b'h', b'i', 0x12, 0x00];
+        assert_eq!(leading_bytes(&buf, 1), Some((&b"hi"[..], &buf[4..])));
+        assert_eq!(leading_bytes(&buf[4..], 2), Some((&b""[..], &[][..])));
+        // Another field, another wire type, a truncated payload or length: not read here.
+        assert_eq!(leading_bytes(&buf, 2), None);
+        assert_eq!(leading_bytes(&[0x08, 0x01], 1), None);
+        assert_eq!(leading_bytes(&[0x0a, 0x03, b'h', b'i'], 1), None);
+        assert_eq!(leading_bytes(&[0x0a, 0x80], 1), None);
+        assert_eq!(leading_bytes(&[], 1), None);
+        // A length of two bytes.
+        let long = [[0x0a, 0x80, 0x01].as_slice(), &[b'x'; 128]].concat();
+        assert_eq!(leading_bytes(&long, 1), Some((&long[3..], &[][..])));
     }
 
     #[test]
