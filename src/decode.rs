@@ -183,7 +183,7 @@ impl SpanView<'_> {
 /// The span attribute keys a [`Batch::decode_keeping`] keeps.
 #[derive(Debug, Clone, Default)]
 pub struct AttributeKeys {
-    keys: Vec<Box<[u8]>>,
+    keys: Vec<Box<str>>,
     /// A bit per [`mark`] of a kept key: most keys a span carries (and no rule reads) find
     /// their bit clear, and are skipped after one test instead of a comparison per kept key.
     marks: [u64; 4],
@@ -191,20 +191,25 @@ pub struct AttributeKeys {
 
 impl AttributeKeys {
     pub fn new<'k>(keys: impl IntoIterator<Item = &'k str>) -> AttributeKeys {
-        let mut keys: Vec<Box<[u8]>> = keys.into_iter().map(|k| k.as_bytes().into()).collect();
+        let mut keys: Vec<Box<str>> = keys.into_iter().map(Box::from).collect();
         keys.sort();
         keys.dedup();
         let mut marks = [0; 4];
         for key in &keys {
-            let m = mark(key);
+            let m = mark(key.as_bytes());
             marks[m / 64] |= 1 << (m % 64);
         }
         AttributeKeys { keys, marks }
     }
 
-    fn contains(&self, key: &[u8]) -> bool {
+    /// The kept key equal to `key`, if any: a key read from a request is used as this one,
+    /// without checking it as UTF-8 again.
+    fn find(&self, key: &[u8]) -> Option<&str> {
         let m = mark(key);
-        self.marks[m / 64] & (1 << (m % 64)) != 0 && self.keys.iter().any(|k| **k == *key)
+        if self.marks[m / 64] & (1 << (m % 64)) == 0 {
+            return None;
+        }
+        self.keys.iter().find(|k| k.as_bytes() == key).map(|k| &**k)
     }
 }
 
@@ -241,11 +246,17 @@ impl<'a> Batch<'a> {
 
     /// Decodes an `ExportTraceServiceRequest`, keeping only the span attributes with these
     /// keys (resource attributes are all kept).
-    pub fn decode_keeping(buf: &'a [u8], keys: &AttributeKeys) -> Result<Batch<'a>, DecodeError> {
+    pub fn decode_keeping(
+        buf: &'a [u8],
+        keys: &'a AttributeKeys,
+    ) -> Result<Batch<'a>, DecodeError> {
         Self::decode_with(buf, Some(keys))
     }
 
-    fn decode_with(buf: &'a [u8], keep: Option<&AttributeKeys>) -> Result<Batch<'a>, DecodeError> {
+    fn decode_with(
+        buf: &'a [u8],
+        keep: Option<&'a AttributeKeys>,
+    ) -> Result<Batch<'a>, DecodeError> {
         let mut batch = Batch {
             spans: Vec::with_capacity(buf.len() / 256),
             attributes: Vec::with_capacity(buf.len() / 32),
@@ -265,7 +276,7 @@ impl<'a> Batch<'a> {
         &mut self,
         buf: &'a [u8],
         path: &mut Path,
-        keep: Option<&AttributeKeys>,
+        keep: Option<&'a AttributeKeys>,
     ) -> Result<(), WireError> {
         let mut rs_index = 0;
         for field in Fields::new(buf) {
@@ -284,7 +295,7 @@ impl<'a> Batch<'a> {
         buf: &'a [u8],
         rs_index: usize,
         path: &mut Path,
-        keep: Option<&AttributeKeys>,
+        keep: Option<&'a AttributeKeys>,
     ) -> Result<(), WireError> {
         // The resource may follow its scope_spans on the wire; find it first.
         let resource_index = self.resources.len();
@@ -350,7 +361,7 @@ impl<'a> Batch<'a> {
         buf: &'a [u8],
         (resource, rs_index, ss_index): (usize, usize, usize),
         path: &mut Path,
-        keep: Option<&AttributeKeys>,
+        keep: Option<&'a AttributeKeys>,
     ) -> Result<(), WireError> {
         let mut span_index = 0;
         for field in Fields::new(buf) {
@@ -377,7 +388,7 @@ impl<'a> Batch<'a> {
         resource: usize,
         position: (usize, usize, usize),
         path: &mut Path,
-        keep: Option<&AttributeKeys>,
+        keep: Option<&'a AttributeKeys>,
     ) -> Result<SpanView<'a>, WireError> {
         let start = self.attributes.len();
         let mut span = SpanView {
@@ -407,13 +418,11 @@ impl<'a> Batch<'a> {
                 9 => {
                     path.set(Level::Attribute, attr_index);
                     let buf = value.bytes(9)?;
-                    let kept = match keep {
-                        None => true,
-                        Some(keys) => keys.contains(key_bytes(buf)?),
+                    let attribute = match keep {
+                        None => Some(key_value(buf)?),
+                        Some(keys) => kept_attribute(buf, keys)?,
                     };
-                    if kept {
-                        self.attributes.push(key_value(buf)?);
-                    }
+                    self.attributes.extend(attribute);
                     attr_index += 1;
                 }
                 // Repeated messages merge, as in prost: a later status without a
@@ -453,11 +462,27 @@ fn key_then_value(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     }
 }
 
+/// The attribute in `buf` if `keys` keeps its key, which is then `keys`' own.
+fn kept_attribute<'a>(
+    buf: &'a [u8],
+    keys: &'a AttributeKeys,
+) -> Result<Option<Attribute<'a>>, WireError> {
+    let Some((key, value)) = key_then_value(buf) else {
+        // Any other layout takes the general loop (the last key wins).
+        return match keys.find(key_bytes(buf)?) {
+            Some(_) => key_value(buf).map(Some),
+            None => Ok(None),
+        };
+    };
+    let Some(key) = keys.find(key) else {
+        return Ok(None);
+    };
+    let value = any_value(value, AnyValue::Empty)?;
+    Ok(Some(Attribute { key, value }))
+}
+
 /// The key of an encoded KeyValue, unchecked (the last occurrence wins, as in a full decode).
 fn key_bytes(buf: &[u8]) -> Result<&[u8], WireError> {
-    if let Some((key, _)) = key_then_value(buf) {
-        return Ok(key);
-    }
     let mut key: &[u8] = &[];
     for field in Fields::new(buf) {
         if let (1, value) = field? {
@@ -720,7 +745,7 @@ mod tests {
     fn attribute_keys_match_whole_keys_only() {
         let keys = AttributeKeys::new(["tasker.step_uuid", "tasker.task_uuid", "q", ""]);
         for key in ["tasker.step_uuid", "tasker.task_uuid", "q", ""] {
-            assert!(keys.contains(key.as_bytes()), "{key}");
+            assert_eq!(keys.find(key.as_bytes()), Some(key));
         }
         // Same first eight bytes, or same length, or a prefix: not kept.
         for key in [
@@ -731,7 +756,7 @@ mod tests {
             "Q",
             "q\0",
         ] {
-            assert!(!keys.contains(key.as_bytes()), "{key}");
+            assert_eq!(keys.find(key.as_bytes()), None, "{key}");
         }
     }
 

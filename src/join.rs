@@ -66,8 +66,21 @@ pub enum Offer {
 /// Why keys left the window without completing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Eviction {
-    Timeout,
-    Capacity,
+    Timeout = 0,
+    Capacity = 1,
+}
+
+impl Eviction {
+    /// Every reason, each at its index (`why as usize`).
+    pub const ALL: [Eviction; 2] = [Eviction::Timeout, Eviction::Capacity];
+
+    /// The `reason` label of the eviction counter.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Eviction::Timeout => "timeout",
+            Eviction::Capacity => "capacity",
+        }
+    }
 }
 
 struct Pending {

@@ -519,9 +519,10 @@ impl Pipeline {
     /// Every series now. Evicts join keys that waited too long first, so that the eviction
     /// counters are current even without traffic.
     pub fn snapshot(&self) -> Snapshot {
-        let mut evictions = Vec::new();
-        self.join
-            .sweep(Instant::now(), &mut |d, why| evictions.push((d, why)));
+        let mut evictions = vec![[0; 2]; self.derived.len()];
+        self.join.sweep(Instant::now(), &mut |d, why| {
+            evictions[d][why as usize] += 1
+        });
         self.count_evictions(&mut self.store.writer(), &evictions);
         let mut snapshot = self.store.snapshot();
         for (d, pending) in self.derived.iter().zip(self.join.pending()) {
@@ -530,17 +531,16 @@ impl Pipeline {
         snapshot
     }
 
-    fn count_evictions(&self, w: &mut Writer, evictions: &[(usize, Eviction)]) {
-        for (d, why) in evictions {
-            let reason = match why {
-                Eviction::Timeout => "timeout",
-                Eviction::Capacity => "capacity",
-            };
-            w.add(
-                self.join_metrics.evicted,
-                &[&self.derived[*d].name, reason],
-                1,
-            );
+    /// Counts evicted keys, given per derived metric and [`Eviction`] (a full window evicts
+    /// a key for nearly every new one: one write per metric and reason, not per key).
+    fn count_evictions(&self, w: &mut Writer, evictions: &[[u64; 2]]) {
+        for (d, counts) in evictions.iter().enumerate() {
+            for (why, &n) in Eviction::ALL.iter().zip(counts) {
+                if n > 0 {
+                    let labels = [self.derived[d].name.as_str(), why.reason()];
+                    w.add(self.join_metrics.evicted, &labels, n);
+                }
+            }
         }
     }
 
@@ -576,7 +576,7 @@ impl Pipeline {
 
     /// Decodes a request as ingest does: span attributes nothing in the config reads are
     /// skipped unread.
-    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Batch<'a>, DecodeError> {
+    pub fn decode<'a>(&'a self, bytes: &'a [u8]) -> Result<Batch<'a>, DecodeError> {
         Batch::decode_keeping(bytes, &self.attribute_keys)
     }
 
@@ -661,7 +661,7 @@ impl Pipeline {
             self.recent.first_times(&ids).into_iter()
         };
         let now = Instant::now();
-        let mut evictions = Vec::new();
+        let mut evictions = vec![[0; 2]; self.derived.len()];
         // Sized for the request up front: grown span by span they were copied ~9 times.
         let n = batch.spans.len();
         let (mut records, mut record_languages) = match self.span_log.enabled() {
@@ -877,7 +877,7 @@ impl Pipeline {
         offerings: &[Offering],
         texts: &LabelTexts,
         now: Instant,
-        evictions: &mut Vec<(usize, Eviction)>,
+        evictions: &mut [[u64; 2]],
     ) {
         if offerings.is_empty() {
             return;
@@ -893,9 +893,9 @@ impl Pipeline {
                 labels: &values[o.labels.clone()],
             })
             .collect();
-        let answers = self
-            .join
-            .offer_all(&arrivals, now, &mut |d, why| evictions.push((d, why)));
+        let answers = self.join.offer_all(&arrivals, now, &mut |d, why| {
+            evictions[d][why as usize] += 1
+        });
         for (i, answer) in answers {
             let d = &self.derived[arrivals[i].derived];
             match answer {
