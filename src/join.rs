@@ -14,8 +14,10 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// One span's part of a join.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One span's part of a join. A span offered to a join always has a start time (spans
+/// without one are refused), so the window marks a part that has not arrived with a start
+/// of 0 ([`PartSpan::default`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PartSpan {
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
@@ -85,7 +87,8 @@ impl Eviction {
 
 struct Pending {
     derived: usize,
-    parts: Box<[Option<PartSpan>]>,
+    /// By part: the span, or a start of 0 while it has not arrived.
+    parts: Box<[PartSpan]>,
     /// Per label, its value and the part that gave it: labels come from the first part in
     /// part order that has them, whatever order the spans arrive in.
     labels: Box<[Option<LabelValue>]>,
@@ -241,9 +244,10 @@ impl JoinWindow {
             .pending
             .as_mut()
             .expect("a waiting key's slot holds it");
+        debug_assert!(arrived(&span), "an offered span has a start time");
         match (&mut pending.parts[part], spec.operation) {
-            (slot @ None, _) => *slot = Some(span),
-            (Some(seen), Operation::Envelope) => {
+            (slot, _) if !arrived(slot) => *slot = span,
+            (seen, Operation::Envelope) => {
                 seen.start_unix_nano = seen.start_unix_nano.min(span.start_unix_nano);
                 if span.end_unix_nano > seen.end_unix_nano {
                     seen.end_unix_nano = span.end_unix_nano;
@@ -251,7 +255,7 @@ impl JoinWindow {
                     seen.span_id = span.span_id;
                 }
             }
-            (Some(_), _) => return Offer::Repeated,
+            (_, _) => return Offer::Repeated,
         }
         let label_part = u32::try_from(part).expect("fewer than 2^32 parts");
         for (i, (slot, value)) in pending.labels.iter_mut().zip(labels).enumerate() {
@@ -268,7 +272,7 @@ impl JoinWindow {
                 });
             }
         }
-        if pending.parts.iter().any(Option::is_none) {
+        if !pending.parts.iter().all(arrived) {
             return Offer::Waiting;
         }
         let pending = slot.pending.take().expect("present");
@@ -281,7 +285,7 @@ impl JoinWindow {
         {
             shard.keys.remove(&oldest);
         }
-        let parts: Vec<PartSpan> = pending.parts.iter().map(|p| p.expect("complete")).collect();
+        let parts = &pending.parts;
         let labels = pending
             .labels
             .iter()
@@ -289,7 +293,7 @@ impl JoinWindow {
             .collect();
         shard.release_labels(&pending);
         Offer::Complete(Completed {
-            seconds: value(spec.operation, &parts),
+            seconds: value(spec.operation, parts),
             labels,
             exemplar: *parts
                 .iter()
@@ -329,7 +333,7 @@ impl JoinWindow {
             since: now,
             pending: Some(Pending {
                 derived,
-                parts: vec![None; spec.parts].into_boxed_slice(),
+                parts: vec![PartSpan::default(); spec.parts].into_boxed_slice(),
                 labels: vec![None; spec.labels].into_boxed_slice(),
             }),
         });
@@ -370,6 +374,10 @@ impl JoinWindow {
             }
         }
     }
+}
+
+fn arrived(part: &PartSpan) -> bool {
+    part.start_unix_nano != 0
 }
 
 fn seconds(nanos: u64) -> f64 {

@@ -1,9 +1,11 @@
 use super::*;
 
+/// A span from `start_ms` to `end_ms` after a fixed origin (offered spans never start at 0).
 fn span(start_ms: u64, end_ms: u64, id: u8) -> PartSpan {
+    const ORIGIN_MS: u64 = 1_000;
     PartSpan {
-        start_unix_nano: start_ms * 1_000_000,
-        end_unix_nano: end_ms * 1_000_000,
+        start_unix_nano: (ORIGIN_MS + start_ms) * 1_000_000,
+        end_unix_nano: (ORIGIN_MS + end_ms) * 1_000_000,
         trace_id: [id; 16],
         span_id: [id; 8],
     }
