@@ -1,0 +1,69 @@
+//! `Pipeline::ingest` of fixture requests in one thread, for instruction counts (callgrind)
+//! and thread CPU time, as BENCHMARKS.md quotes them: 16 fixture requests of 512 spans,
+//! their ids renewed for every pass (a join key completes only within one pass, as in the
+//! load generator), the first `warm-up` of them ingested before the timed ones.
+//!
+//! ```sh
+//! cargo build --release --example ingest_instructions
+//! valgrind --tool=callgrind --cache-sim=yes --LL=33554432,16,64 \
+//!   --toggle-collect='*Pipeline*ingest*' target/release/examples/ingest_instructions 1536 512
+//! ```
+//!
+//! It runs on the system allocator (callgrind reads its instructions too); the binary uses
+//! jemalloc. Arguments: requests (default 1,536), warm-up requests among them (default 512).
+
+use spanlens::config::Config;
+use spanlens::fixtures::{Fixtures, Renewable};
+use spanlens::pipeline::{Pipeline, Protocol};
+
+const SPANS: usize = 512;
+
+fn argument(n: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(n)
+        .map_or(default, |a| a.parse().expect("a count"))
+}
+
+/// CPU time of this thread so far, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("Linux /proc");
+    let nanos: f64 = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("run time in schedstat");
+    nanos / 1e9
+}
+
+fn main() {
+    let requests = argument(1, 1536);
+    let warm = argument(2, 512).min(requests);
+    let templates: Vec<Renewable> = Fixtures::new(1)
+        .encoded_requests(16, SPANS)
+        .into_iter()
+        .map(Renewable::protobuf)
+        .collect();
+    let bodies: Vec<Vec<u8>> = (0..requests)
+        .map(|i| {
+            let mut body = Vec::new();
+            let pass = u32::try_from(i / templates.len() + 1).expect("fewer passes than 2^32");
+            templates[i % templates.len()].renew_into(pass, &mut body);
+            body
+        })
+        .collect();
+    let pipeline = Pipeline::new(&Config::default_profile()).expect("the default profile");
+    let ingest = |body: &Vec<u8>| {
+        let outcome = pipeline.ingest(Protocol::Grpc, body).expect("accepted");
+        assert_eq!(outcome.accepted, SPANS);
+    };
+    bodies[..warm].iter().for_each(ingest);
+    let start = thread_cpu_seconds();
+    bodies[warm..].iter().for_each(ingest);
+    let cpu = thread_cpu_seconds() - start;
+    let spans = (requests - warm) * SPANS;
+    println!(
+        "{} requests after {warm} of warm-up: {cpu:.3} s of thread CPU, {:.0} spans per CPU-second",
+        requests - warm,
+        spans as f64 / cpu
+    );
+}
