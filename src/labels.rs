@@ -44,18 +44,18 @@ impl Captor {
         if value.len() > Self::MAX_LEN {
             return capture(&self.regex, value).map(|r| &value[r]);
         }
-        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        let range = match answers.get(value) {
-            Some(range) => range.clone(),
-            None => {
-                let range = capture(&self.regex, value).map(|r| r.start as u32..r.end as u32);
-                if answers.len() >= Self::MAX_VALUES {
-                    answers.clear();
-                }
-                answers.insert(value.into(), range.clone());
-                range
+        let answers = || self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let known = answers().get(value).cloned();
+        let range = known.unwrap_or_else(|| {
+            // Run without the lock: another request's values need not wait for it.
+            let range = capture(&self.regex, value).map(|r| r.start as u32..r.end as u32);
+            let mut answers = answers();
+            if answers.len() >= Self::MAX_VALUES {
+                answers.clear();
             }
-        };
+            answers.insert(value.into(), range.clone());
+            range
+        });
         range.map(|r| &value[r.start as usize..r.end as usize])
     }
 }

@@ -519,11 +519,9 @@ impl Pipeline {
     /// Every series now. Evicts join keys that waited too long first, so that the eviction
     /// counters are current even without traffic.
     pub fn snapshot(&self) -> Snapshot {
-        let mut evictions = vec![[0; 2]; self.derived.len()];
-        self.join.sweep(Instant::now(), &mut |d, why| {
-            evictions[d][why as usize] += 1
-        });
-        self.count_evictions(&mut self.store.writer(), &evictions);
+        let mut evicted = Evicted::new(self.derived.len());
+        self.join.sweep(Instant::now(), &mut evicted.counter());
+        self.count_evictions(&mut self.store.writer(), &evicted);
         let mut snapshot = self.store.snapshot();
         for (d, pending) in self.derived.iter().zip(self.join.pending()) {
             snapshot.set_gauge(self.join_metrics.pending, &[&d.name], pending as f64);
@@ -531,10 +529,10 @@ impl Pipeline {
         snapshot
     }
 
-    /// Counts evicted keys, given per derived metric and [`Eviction`] (a full window evicts
-    /// a key for nearly every new one: one write per metric and reason, not per key).
-    fn count_evictions(&self, w: &mut Writer, evictions: &[[u64; 2]]) {
-        for (d, counts) in evictions.iter().enumerate() {
+    /// Counts evicted keys: one write per derived metric and reason, not per key (a full
+    /// window evicts a key for nearly every new one).
+    fn count_evictions(&self, w: &mut Writer, evicted: &Evicted) {
+        for (d, counts) in evicted.0.iter().enumerate() {
             for (why, &n) in Eviction::ALL.iter().zip(counts) {
                 if n > 0 {
                     let labels = [self.derived[d].name.as_str(), why.reason()];
@@ -661,7 +659,7 @@ impl Pipeline {
             self.recent.first_times(&ids).into_iter()
         };
         let now = Instant::now();
-        let mut evictions = vec![[0; 2]; self.derived.len()];
+        let mut evicted = Evicted::new(self.derived.len());
         // Sized for the request up front: grown span by span they were copied ~9 times.
         let n = batch.spans.len();
         let (mut records, mut record_languages) = match self.span_log.enabled() {
@@ -778,8 +776,8 @@ impl Pipeline {
                 offerings.extend(self.offering(join, &found, &mut texts));
             }
         }
-        self.offer(&mut w, &offerings, &texts, now, &mut evictions);
-        self.count_evictions(&mut w, &evictions);
+        self.offer(&mut w, &offerings, &texts, now, &mut evicted);
+        self.count_evictions(&mut w, &evicted);
         drop(w);
         for (record, language) in records.iter_mut().zip(record_languages.values()) {
             record.names[2] = language.unwrap_or_default();
@@ -877,7 +875,7 @@ impl Pipeline {
         offerings: &[Offering],
         texts: &LabelTexts,
         now: Instant,
-        evictions: &mut [[u64; 2]],
+        evicted: &mut Evicted,
     ) {
         if offerings.is_empty() {
             return;
@@ -893,9 +891,7 @@ impl Pipeline {
                 labels: &values[o.labels.clone()],
             })
             .collect();
-        let answers = self.join.offer_all(&arrivals, now, &mut |d, why| {
-            evictions[d][why as usize] += 1
-        });
+        let answers = self.join.offer_all(&arrivals, now, &mut evicted.counter());
         for (i, answer) in answers {
             let d = &self.derived[arrivals[i].derived];
             match answer {
@@ -933,6 +929,20 @@ impl Pipeline {
             done.seconds,
             Some(exemplar),
         );
+    }
+}
+
+/// Keys evicted from the join window, per derived metric and [`Eviction`] (by its index).
+struct Evicted(Vec<[u64; 2]>);
+
+impl Evicted {
+    fn new(derived: usize) -> Evicted {
+        Evicted(vec![[0; 2]; derived])
+    }
+
+    /// What the join window tells of each eviction.
+    fn counter(&mut self) -> impl FnMut(usize, Eviction) + '_ {
+        |d, why| self.0[d][why as usize] += 1
     }
 }
 
