@@ -11,6 +11,7 @@ use crate::shards::for_each_shard;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
+use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -88,10 +89,48 @@ impl Eviction {
 struct Pending {
     derived: usize,
     /// By part: the span, or a start of 0 while it has not arrived.
-    parts: Box<[PartSpan]>,
+    parts: Few<PartSpan>,
     /// Per label, its value and the part that gave it: labels come from the first part in
     /// part order that has them, whatever order the spans arrive in.
-    labels: Box<[Option<LabelValue>]>,
+    labels: Few<Option<LabelValue>>,
+}
+
+/// Up to two values in place, more in an allocation of their own. Every derived metric of
+/// the default profile has two parts and at most two labels, so an offer reads its key's
+/// slot and nothing behind a pointer: in a full window each of those was a cache miss, and
+/// each key an allocation and a free.
+enum Few<T> {
+    Inline([T; 2], u8),
+    Boxed(Box<[T]>),
+}
+
+impl<T: Copy + Default> Few<T> {
+    fn new(len: usize) -> Few<T> {
+        match u8::try_from(len) {
+            Ok(n) if n <= 2 => Few::Inline([T::default(); 2], n),
+            _ => Few::Boxed(vec![T::default(); len].into_boxed_slice()),
+        }
+    }
+}
+
+impl<T> Deref for Few<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Few::Inline(values, len) => &values[..usize::from(*len)],
+            Few::Boxed(values) => values,
+        }
+    }
+}
+
+impl<T> DerefMut for Few<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Few::Inline(values, len) => &mut values[..usize::from(*len)],
+            Few::Boxed(values) => values,
+        }
+    }
 }
 
 /// A label value, interned in the key's shard: waiting keys name few distinct values
@@ -333,8 +372,8 @@ impl JoinWindow {
             since: now,
             pending: Some(Pending {
                 derived,
-                parts: vec![PartSpan::default(); spec.parts].into_boxed_slice(),
-                labels: vec![None; spec.labels].into_boxed_slice(),
+                parts: Few::new(spec.parts),
+                labels: Few::new(spec.labels),
             }),
         });
         shard.waiting += 1;

@@ -94,6 +94,41 @@ fn each_operation_in_any_order() {
 }
 
 #[test]
+fn keys_of_more_parts_and_labels_than_kept_in_place_join_alike() {
+    let now = Instant::now();
+    let w = JoinWindow::new(
+        vec![JoinSpec {
+            operation: Operation::Sum,
+            parts: 3,
+            labels: 3,
+        }],
+        100,
+        Duration::from_secs(60),
+    );
+    let arrive = |part, span, labels: &[Option<&str>]| {
+        let arrival = Arrival {
+            derived: 0,
+            key: "task-1",
+            part,
+            span,
+            labels,
+        };
+        w.offer_all(&[arrival], now, &mut |_, _| panic!("no eviction expected"))
+    };
+    assert!(arrive(2, span(300, 340, 3), &[Some("c"), Some("c"), Some("c")]).is_empty());
+    assert!(arrive(0, span(100, 110, 1), &[None, Some("a"), None]).is_empty());
+    let answers = arrive(1, span(200, 220, 2), &[Some("b"), None, None]);
+    let [(0, Offer::Complete(done))] = &answers[..] else {
+        panic!("expected a completion, got {answers:?}");
+    };
+    assert!((done.seconds - 0.070).abs() < 1e-12, "{}", done.seconds);
+    // Each label from the first part, in part order, that has it.
+    let labels: Vec<_> = done.labels.iter().map(|l| l.as_deref()).collect();
+    assert_eq!(labels, [Some("b"), Some("a"), Some("c")]);
+    assert_eq!(done.exemplar.span_id, [3; 8], "the part that ended last");
+}
+
+#[test]
 fn late_and_repeated_parts_are_not_counted_twice() {
     let now = Instant::now();
     let w = window(Operation::Sum, 2, 100);
