@@ -666,7 +666,7 @@ impl Pipeline {
             true => (Vec::with_capacity(n), LabelTexts::with_capacity(n, 8 * n)),
             false => (Vec::new(), LabelTexts::default()),
         };
-        let (mut offerings, mut texts) = match self.joins_by_stage.iter().any(|j| !j.is_empty()) {
+        let (mut offerings, mut texts) = match !self.derived.is_empty() {
             true => (
                 Vec::with_capacity(n),
                 LabelTexts::with_capacity(2 * n, 16 * n),
@@ -749,11 +749,13 @@ impl Pipeline {
                 let mut buf = String::new();
                 let value = resolver.resolve(&batch, span, &extra_values[step], &mut buf);
                 let step = w.admitted(*dimension, truncate(value, self.max_label_len));
-                let language = w.admitted(
-                    self.dimensions.handler_language,
-                    language.unwrap_or(self.handler_language.default_value()),
+                // The stage's handler language, as admitted above.
+                w.observe(
+                    histogram,
+                    &[step, labels.labels[1]],
+                    seconds,
+                    Some(exemplar),
                 );
-                w.observe(histogram, &[step, language], seconds, Some(exemplar));
             }
             if self.span_log.enabled()
                 && let Some(record) = self.record(&batch, span, stage_id, service)
