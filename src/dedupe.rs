@@ -1,38 +1,32 @@
 //! Resent spans: a retrying exporter may send a request again after spanlens accepted it.
-//! The last `capacity` span ids (trace id + span id, as a 64-bit hash) are remembered in a
-//! fixed table of cache-line buckets: a span's hash picks one bucket of eight, which keeps
-//! its eight most recent hashes, newest first. One lookup touches one cache line, nothing is
+//! The last `capacity` span ids (trace id + span id, as a 64-bit hash) are remembered in
+//! [`RecentHashes`] tables, one per shard: one lookup touches one cache line, nothing is
 //! allocated after start, and memory is `capacity × 8` bytes whatever the traffic.
 
+use crate::recent::RecentHashes;
 use crate::shards::for_each_shard;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 pub struct RecentSpans {
-    shards: Box<[Mutex<Box<[Bucket]>>]>,
+    shards: Box<[Mutex<RecentHashes>]>,
     hasher: hashbrown::DefaultHashBuilder,
-    buckets_per_shard: usize,
+    enabled: bool,
 }
 
-/// Eight remembered hashes, newest first; 0 is an empty place.
-#[derive(Clone, Copy, Default)]
-#[repr(align(64))]
-struct Bucket([u64; WAYS]);
-
-const WAYS: usize = 8;
 const SHARDS: usize = 16;
 
 impl RecentSpans {
     /// Remembers about `capacity` spans (the most recent ones, per bucket of eight); 0
     /// disables it.
     pub fn new(capacity: usize) -> RecentSpans {
-        let buckets_per_shard = capacity.div_ceil(SHARDS * WAYS);
+        let per_shard = capacity.div_ceil(SHARDS);
         RecentSpans {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(vec![Bucket::default(); buckets_per_shard].into()))
+                .map(|_| Mutex::new(RecentHashes::new(per_shard)))
                 .collect(),
             hasher: hashbrown::DefaultHashBuilder::default(),
-            buckets_per_shard,
+            enabled: capacity > 0,
         }
     }
 
@@ -42,24 +36,18 @@ impl RecentSpans {
     /// request's spans overlap instead of waiting one after the other behind a lock.
     pub fn first_times(&self, ids: &[(&[u8], &[u8])]) -> Vec<bool> {
         let mut fresh = vec![true; ids.len()];
-        if self.buckets_per_shard == 0 {
+        if !self.enabled {
             return fresh;
         }
         let hashes: Vec<u64> = ids
             .iter()
-            .map(|&(trace_id, span_id)| self.hasher.hash_one((trace_id, span_id)).max(1))
+            .map(|&(trace_id, span_id)| self.hasher.hash_one((trace_id, span_id)))
             .collect();
         let shard_of: Vec<usize> = hashes.iter().map(|h| (h >> 60) as usize % SHARDS).collect();
         for_each_shard(&shard_of, |s, items| {
             let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
             for &i in items {
-                let bucket = &mut shard[(hashes[i] % self.buckets_per_shard as u64) as usize].0;
-                if bucket.contains(&hashes[i]) {
-                    fresh[i] = false;
-                } else {
-                    bucket.copy_within(..WAYS - 1, 1);
-                    bucket[0] = hashes[i];
-                }
+                fresh[i] = shard.insert(hashes[i]);
             }
         });
         fresh
@@ -91,14 +79,7 @@ mod tests {
             let (t, s) = span(i);
             first_time(&recent, &t, &s);
         }
-        let held: usize = recent
-            .shards
-            .iter()
-            .map(|s| {
-                let s = s.lock().unwrap();
-                s.iter().flat_map(|b| b.0).filter(|&h| h != 0).count()
-            })
-            .sum();
+        let held: usize = recent.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(held <= 3200, "{held}");
     }
 

@@ -7,6 +7,7 @@
 
 use crate::config::Operation;
 use crate::interned::Interner;
+use crate::recent::RecentHashes;
 use crate::shards::for_each_shard;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
@@ -149,32 +150,41 @@ struct Slot {
     pending: Option<Pending>,
 }
 
-/// Where a key stands, as `Shard::keys` holds it: the absolute position of its slot while it
-/// waits, or this value once it completed.
-const COMPLETED: u64 = u64::MAX;
-
 /// Keys are known by a 64-bit hash of (derived metric, key text), as completed keys always
 /// were: no key text is copied or hashed twice per span. Two keys that collide would be
 /// joined as one: a new key meets one of the at most a few `max_pending` keys held with a
 /// probability of about their number ÷ 2⁶⁴ (below 10⁻¹⁴ at the default 50,000).
 ///
-/// One lookup in `keys` tells whether a span's key waits (and where), completed recently,
-/// or is new; the oldest waiting key is found at the front of `slots` without a lookup.
-#[derive(Default)]
+/// A lookup in `keys` tells whether a span's key waits (and where); a key that does not wait
+/// completed recently if `completed` remembers it, or else is new. The oldest waiting key is
+/// found at the front of `slots` without a lookup.
 struct Shard {
+    /// The waiting keys and the absolute positions of their slots.
     keys: HashMap<u64, u64>,
     slots: VecDeque<Slot>,
     /// Absolute position of `slots[0]`.
     base: u64,
     /// Slots that are not holes.
     waiting: usize,
-    /// Completed keys, oldest first; the oldest are forgotten past `2 × per_shard`.
-    completed: VecDeque<u64>,
+    /// Recently completed keys, about `2 × per_shard` of them: a fixed table, so that
+    /// remembering them neither grows `keys` nor costs more than 8 bytes a key.
+    completed: RecentHashes,
     /// The label values of the waiting keys (a field per label position).
     texts: Interner,
 }
 
 impl Shard {
+    fn new(per_shard: usize) -> Shard {
+        Shard {
+            keys: HashMap::default(),
+            slots: VecDeque::new(),
+            base: 0,
+            waiting: 0,
+            completed: RecentHashes::new(2 * per_shard),
+            texts: Interner::default(),
+        }
+    }
+
     fn pop_front(&mut self) -> Option<Slot> {
         let slot = self.slots.pop_front()?;
         self.base += 1;
@@ -217,11 +227,14 @@ fn shard_of(hash: u64) -> usize {
 
 impl JoinWindow {
     pub fn new(specs: Vec<JoinSpec>, max_pending: usize, max_wait: Duration) -> JoinWindow {
+        let per_shard = max_pending.div_ceil(SHARDS).max(1);
         JoinWindow {
             specs,
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard::new(per_shard)))
+                .collect(),
             max_wait,
-            per_shard: max_pending.div_ceil(SHARDS).max(1),
+            per_shard,
             hasher: hashbrown::DefaultHashBuilder::default(),
         }
     }
@@ -274,8 +287,8 @@ impl JoinWindow {
         } = arrival;
         let spec = &self.specs[derived];
         let position = match shard.keys.get(&hash) {
-            Some(&COMPLETED) => return Offer::Late,
             Some(&position) => position,
+            None if shard.completed.contains(hash) => return Offer::Late,
             None => self.open(shard, hash, derived, now, evicted),
         };
         let slot = &mut shard.slots[(position - shard.base) as usize];
@@ -316,14 +329,8 @@ impl JoinWindow {
         }
         let pending = slot.pending.take().expect("present");
         shard.waiting -= 1;
-        shard.keys.insert(hash, COMPLETED);
-        shard.completed.push_back(hash);
-        if shard.completed.len() > 2 * self.per_shard
-            && let Some(oldest) = shard.completed.pop_front()
-            && shard.keys.get(&oldest) == Some(&COMPLETED)
-        {
-            shard.keys.remove(&oldest);
-        }
+        shard.keys.remove(&hash);
+        shard.completed.insert(hash);
         let parts = &pending.parts;
         let labels = pending
             .labels

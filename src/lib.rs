@@ -26,6 +26,7 @@ pub mod labels;
 pub mod listener;
 pub mod pipeline;
 pub mod receiver;
+pub mod recent;
 pub mod replay;
 pub mod rules;
 pub mod server;
