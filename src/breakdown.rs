@@ -4,7 +4,7 @@
 //! traces: correlation id → task uuids → step uuids, by attributes, never by trace id.
 
 use crate::config::Operation;
-use crate::join::{PartSpan, value_nanos};
+use crate::join::{PartSpan, Times, value_nanos};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -238,20 +238,19 @@ impl SpanLog {
     fn derived_values(&self, spans: &[&Found], key: &str) -> BTreeMap<String, f64> {
         let mut values = BTreeMap::new();
         for rule in self.derived.iter().filter(|d| d.key == key) {
-            let parts: Option<Vec<PartSpan>> = rule
+            let parts: Option<Vec<Times>> = rule
                 .parts
                 .iter()
                 .map(|(stage, name)| {
                     let mut matching = spans.iter().filter(|r| {
                         r.stage == *stage && name.as_deref().is_none_or(|n| n == r.span_name)
                     });
-                    let first = matching.next()?.span;
+                    let first = matching.next()?.span.times();
                     // An envelope spans every span of the part; other operations use the first.
                     Some(match rule.operation {
-                        Operation::Envelope => matching.fold(first, |acc, r| PartSpan {
+                        Operation::Envelope => matching.fold(first, |acc, r| Times {
                             start_unix_nano: acc.start_unix_nano.min(r.span.start_unix_nano),
                             end_unix_nano: acc.end_unix_nano.max(r.span.end_unix_nano),
-                            ..acc
                         }),
                         _ => first,
                     })

@@ -27,6 +27,22 @@ pub struct PartSpan {
     pub span_id: [u8; 8],
 }
 
+impl PartSpan {
+    pub fn times(&self) -> Times {
+        Times {
+            start_unix_nano: self.start_unix_nano,
+            end_unix_nano: self.end_unix_nano,
+        }
+    }
+}
+
+/// When a part started and ended: all a derived value needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Times {
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+}
+
 /// One span offered to a join: which derived metric, which key, which part, and its
 /// values for the derived metric's labels (None where it has none).
 #[derive(Debug, Clone, Copy)]
@@ -87,13 +103,51 @@ impl Eviction {
     }
 }
 
+/// A waiting key: 96 bytes, 112 with its slot's hash and opening time (a part's ids are
+/// kept only while it is the one that ended last, the completed value's exemplar).
 struct Pending {
-    derived: usize,
-    /// By part: the span, or a start of 0 while it has not arrived.
-    parts: Few<PartSpan>,
+    /// By part: its times, a start of 0 while it has not arrived.
+    parts: Few<Times>,
     /// Per label, its value and the part that gave it: labels come from the first part in
     /// part order that has them, whatever order the spans arrive in.
-    labels: Few<Option<LabelValue>>,
+    labels: Few<LabelValue>,
+    /// Trace and span id of `exemplar_part`, the part that ended last (the last in part
+    /// order of those that ended at the same time); [`NO_PART`] before any arrived.
+    exemplar: SpanIds,
+    exemplar_part: u8,
+    derived: u16,
+}
+
+/// No part: of a label not given yet, or the exemplar before any part arrived. Every part
+/// is below it, so the first part to give a label always takes it.
+const NO_PART: u8 = u8::MAX;
+
+#[derive(Clone, Copy, Default)]
+struct SpanIds {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+}
+
+impl Pending {
+    /// Keeps `span`'s ids if its part, which it has just given or extended to `span`'s end,
+    /// now ends last.
+    fn mark_exemplar(&mut self, part: u8, span: &PartSpan) {
+        let ends_last = match self.exemplar_part {
+            NO_PART => true,
+            current if current == part => true,
+            current => {
+                let end = self.parts[usize::from(current)].end_unix_nano;
+                (span.end_unix_nano, part) > (end, current)
+            }
+        };
+        if ends_last {
+            self.exemplar = SpanIds {
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+            };
+            self.exemplar_part = part;
+        }
+    }
 }
 
 /// Up to two values in place, more in an allocation of their own. Every derived metric of
@@ -138,15 +192,32 @@ impl<T> DerefMut for Few<T> {
 /// (services, languages), and a key that never completes allocates none of its own.
 #[derive(Clone, Copy)]
 struct LabelValue {
-    part: u32,
     text: u32,
+    /// The part that gave it, [`NO_PART`] while none has.
+    part: u8,
+}
+
+impl Default for LabelValue {
+    fn default() -> LabelValue {
+        LabelValue {
+            text: 0,
+            part: NO_PART,
+        }
+    }
+}
+
+impl LabelValue {
+    fn given(&self) -> Option<u32> {
+        (self.part != NO_PART).then_some(self.text)
+    }
 }
 
 /// A key in arrival order; `pending` is None once the key completed or left (a hole, dropped
 /// when it reaches the front or when the queue is compacted).
 struct Slot {
     hash: u64,
-    since: Instant,
+    /// Nanoseconds from the window's origin to the key's first part.
+    opened: u64,
     pending: Option<Pending>,
 }
 
@@ -174,10 +245,13 @@ struct Shard {
 }
 
 impl Shard {
+    /// A shard with room for `per_shard` waiting keys, allocated up front (it is touched,
+    /// and resident, only as keys arrive): growing by doubling, the queue and the map each
+    /// left their smaller allocations behind, resident until the allocator returned them.
     fn new(per_shard: usize) -> Shard {
         Shard {
-            keys: HashMap::default(),
-            slots: VecDeque::new(),
+            keys: HashMap::with_capacity(per_shard),
+            slots: VecDeque::with_capacity(queue_places(per_shard)),
             base: 0,
             waiting: 0,
             completed: RecentHashes::new(2 * per_shard),
@@ -197,8 +271,8 @@ impl Shard {
     }
 
     fn release_labels(&mut self, pending: &Pending) {
-        for label in pending.labels.iter().flatten() {
-            self.texts.release(label.text);
+        for text in pending.labels.iter().filter_map(LabelValue::given) {
+            self.texts.release(text);
         }
     }
 
@@ -217,16 +291,33 @@ pub struct JoinWindow {
     max_wait: Duration,
     per_shard: usize,
     hasher: hashbrown::DefaultHashBuilder,
+    /// Keys' opening times are kept as nanoseconds from here.
+    origin: Instant,
 }
 
 const SHARDS: usize = 16;
+
+/// Slots a shard's queue holds at most: its waiting keys and holes up to a quarter of them
+/// (and 64), past which it is compacted, for at most about five re-placed keys per
+/// completed one. (Holes up to as many as the keys took a third of the window's memory.)
+fn queue_places(per_shard: usize) -> usize {
+    per_shard + per_shard / 4 + 64
+}
 
 fn shard_of(hash: u64) -> usize {
     (hash >> 59) as usize % SHARDS
 }
 
 impl JoinWindow {
+    /// # Panics
+    /// With more than 65,536 derived metrics or a derived metric of more than 254 parts
+    /// (configuration validation allows far fewer).
     pub fn new(specs: Vec<JoinSpec>, max_pending: usize, max_wait: Duration) -> JoinWindow {
+        assert!(specs.len() <= 1 << 16, "at most 65,536 derived metrics");
+        assert!(
+            specs.iter().all(|s| s.parts < usize::from(NO_PART)),
+            "fewer than 255 parts"
+        );
         let per_shard = max_pending.div_ceil(SHARDS).max(1);
         JoinWindow {
             specs,
@@ -236,7 +327,12 @@ impl JoinWindow {
             max_wait,
             per_shard,
             hasher: hashbrown::DefaultHashBuilder::default(),
+            origin: Instant::now(),
         }
+    }
+
+    fn nanos_since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Offers spans; answers the offers that are not [`Offer::Waiting`] (most are), each
@@ -296,32 +392,38 @@ impl JoinWindow {
             .pending
             .as_mut()
             .expect("a waiting key's slot holds it");
-        debug_assert!(arrived(&span), "an offered span has a start time");
-        match (&mut pending.parts[part], spec.operation) {
-            (slot, _) if !arrived(slot) => *slot = span,
+        debug_assert!(
+            span.start_unix_nano != 0,
+            "an offered span has a start time"
+        );
+        let part_index = u8::try_from(part).expect("fewer than 255 parts");
+        let extended = match (&mut pending.parts[part], spec.operation) {
+            (seen, _) if !arrived(seen) => {
+                *seen = span.times();
+                true
+            }
             (seen, Operation::Envelope) => {
                 seen.start_unix_nano = seen.start_unix_nano.min(span.start_unix_nano);
-                if span.end_unix_nano > seen.end_unix_nano {
-                    seen.end_unix_nano = span.end_unix_nano;
-                    seen.trace_id = span.trace_id;
-                    seen.span_id = span.span_id;
-                }
+                let later = span.end_unix_nano > seen.end_unix_nano;
+                seen.end_unix_nano = seen.end_unix_nano.max(span.end_unix_nano);
+                later
             }
             (_, _) => return Offer::Repeated,
+        };
+        if extended {
+            pending.mark_exemplar(part_index, &span);
         }
-        let label_part = u32::try_from(part).expect("fewer than 2^32 parts");
         for (i, (slot, value)) in pending.labels.iter_mut().zip(labels).enumerate() {
             if let Some(value) = value
-                && slot.is_none_or(|l| label_part < l.part)
+                && part_index < slot.part
             {
-                if let Some(replaced) = slot {
-                    shard.texts.release(replaced.text);
+                if let Some(replaced) = slot.given() {
+                    shard.texts.release(replaced);
                 }
-                let text = shard.texts.intern_in(value, i);
-                *slot = Some(LabelValue {
-                    part: label_part,
-                    text,
-                });
+                *slot = LabelValue {
+                    text: shard.texts.intern_in(value, i),
+                    part: part_index,
+                };
             }
         }
         if !pending.parts.iter().all(arrived) {
@@ -335,16 +437,19 @@ impl JoinWindow {
         let labels = pending
             .labels
             .iter()
-            .map(|l| l.map(|l| Box::from(shard.texts.get(l.text))))
+            .map(|l| l.given().map(|text| Box::from(shard.texts.get(text))))
             .collect();
         shard.release_labels(&pending);
+        let last = parts[usize::from(pending.exemplar_part)];
         Offer::Complete(Completed {
-            seconds: value(spec.operation, parts),
+            seconds: seconds(value_nanos(spec.operation, parts)),
             labels,
-            exemplar: *parts
-                .iter()
-                .max_by_key(|p| p.end_unix_nano)
-                .expect("at least one part"),
+            exemplar: PartSpan {
+                start_unix_nano: last.start_unix_nano,
+                end_unix_nano: last.end_unix_nano,
+                trace_id: pending.exemplar.trace_id,
+                span_id: pending.exemplar.span_id,
+            },
         })
     }
 
@@ -360,27 +465,25 @@ impl JoinWindow {
         if shard.waiting >= self.per_shard {
             while let Some(slot) = shard.pop_front() {
                 if let Some(pending) = slot.pending {
-                    evicted(pending.derived, Eviction::Capacity);
+                    evicted(usize::from(pending.derived), Eviction::Capacity);
                     break;
                 }
             }
         }
-        // Holes up to a quarter of the keys (and 64) before the queue is compacted: the
-        // queue's allocation stays within a power of two of `per_shard` slots (at twice,
-        // it took a third of the window's memory), for at most about five re-placed keys
-        // per completed one.
-        if shard.slots.len() >= self.per_shard + self.per_shard / 4 + 64 {
+        if shard.slots.len() >= queue_places(self.per_shard) {
             shard.compact();
         }
         let spec = &self.specs[derived];
         let position = shard.base + shard.slots.len() as u64;
         shard.slots.push_back(Slot {
             hash,
-            since: now,
+            opened: self.nanos_since_origin(now),
             pending: Some(Pending {
-                derived,
                 parts: Few::new(spec.parts),
                 labels: Few::new(spec.labels),
+                exemplar: SpanIds::default(),
+                exemplar_part: NO_PART,
+                derived: u16::try_from(derived).expect("at most 65,536 derived metrics"),
             }),
         });
         shard.waiting += 1;
@@ -402,7 +505,7 @@ impl JoinWindow {
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for pending in shard.slots.iter().filter_map(|s| s.pending.as_ref()) {
-                counts[pending.derived] += 1;
+                counts[usize::from(pending.derived)] += 1;
             }
         }
         counts
@@ -410,19 +513,21 @@ impl JoinWindow {
 
     /// Drops the holes at the front and evicts the keys there that waited too long.
     fn expire(&self, shard: &mut Shard, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
+        let now = self.nanos_since_origin(now);
+        let max_wait = u64::try_from(self.max_wait.as_nanos()).unwrap_or(u64::MAX);
         while let Some(front) = shard.slots.front() {
-            let waited_out = now.saturating_duration_since(front.since) >= self.max_wait;
+            let waited_out = now.saturating_sub(front.opened) >= max_wait;
             if front.pending.is_some() && !waited_out {
                 break;
             }
             if let Some(pending) = shard.pop_front().and_then(|s| s.pending) {
-                evicted(pending.derived, Eviction::Timeout);
+                evicted(usize::from(pending.derived), Eviction::Timeout);
             }
         }
     }
 }
 
-fn arrived(part: &PartSpan) -> bool {
+fn arrived(part: &Times) -> bool {
     part.start_unix_nano != 0
 }
 
@@ -430,17 +535,13 @@ fn seconds(nanos: u64) -> f64 {
     nanos as f64 / 1e9
 }
 
-fn duration(p: &PartSpan) -> u64 {
+fn duration(p: &Times) -> u64 {
     p.end_unix_nano.saturating_sub(p.start_unix_nano)
 }
 
-/// The derived value; differences and gaps below zero (clock skew between hosts) are 0.
-pub fn value(operation: Operation, parts: &[PartSpan]) -> f64 {
-    seconds(value_nanos(operation, parts))
-}
-
-/// The derived value in nanoseconds.
-pub fn value_nanos(operation: Operation, parts: &[PartSpan]) -> u64 {
+/// The derived value in nanoseconds; differences and gaps below zero (clock skew between
+/// hosts) are 0.
+pub fn value_nanos(operation: Operation, parts: &[Times]) -> u64 {
     match operation {
         Operation::Sum => parts.iter().map(duration).sum(),
         Operation::Difference => duration(&parts[0]).saturating_sub(duration(&parts[1])),

@@ -153,6 +153,28 @@ fn envelope_merges_repeated_parts() {
 }
 
 #[test]
+fn the_exemplar_is_the_part_that_ended_last_whatever_the_arrival_order() {
+    let now = Instant::now();
+    // Envelope: a repeat of part 0 that ends after every other part takes the exemplar
+    // with the part's merged times; a repeat that ends earlier does not.
+    let w = window(Operation::Envelope, 2, 100);
+    offer(&w, "a", 0, span(100, 150, 1), None, now);
+    offer(&w, "a", 0, span(90, 300, 3), None, now);
+    offer(&w, "a", 0, span(80, 120, 4), None, now);
+    let done = complete(offer(&w, "a", 1, span(200, 250, 2), None, now));
+    let merged = span(80, 300, 3);
+    assert_eq!(done.exemplar, merged);
+    // Parts that end together: the later in part order, whichever arrived first.
+    for (key, first) in [("b", 0), ("c", 1)] {
+        let w = window(Operation::Sum, 2, 100);
+        let parts = [span(100, 200, 1), span(150, 200, 2)];
+        offer(&w, key, first, parts[first], None, now);
+        let done = complete(offer(&w, key, 1 - first, parts[1 - first], None, now));
+        assert_eq!(done.exemplar, parts[1], "{key}");
+    }
+}
+
+#[test]
 fn keys_that_wait_too_long_are_evicted_and_counted() {
     let start = Instant::now();
     let w = window(Operation::Sum, 2, 100);
