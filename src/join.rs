@@ -9,7 +9,7 @@ use crate::config::Operation;
 use crate::interned::Interner;
 use crate::recent::RecentHashes;
 use crate::shards::for_each_shard;
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::ops::{Deref, DerefMut};
@@ -226,19 +226,21 @@ struct Slot {
 /// joined as one: a new key meets one of the at most a few `max_pending` keys held with a
 /// probability of about their number ÷ 2⁶⁴ (below 10⁻¹⁴ at the default 50,000).
 ///
-/// A lookup in `keys` tells whether a span's key waits (and where); a key that does not wait
-/// completed recently if `completed` remembers it, or else is new. The oldest waiting key is
-/// found at the front of `slots` without a lookup.
+/// A lookup in `index` tells whether a span's key waits (and where); a key that does not
+/// wait completed recently if `completed` remembers it, or else is new. The oldest waiting
+/// key is found at the front of `slots` without a lookup.
 struct Shard {
-    /// The waiting keys and the absolute positions of their slots.
-    keys: HashMap<u64, u64>,
+    /// The position of each waiting key's slot, found by the hash the slot holds: 5 bytes
+    /// an entry where a map from hash to position took 17.
+    index: HashTable<u32>,
     slots: VecDeque<Slot>,
-    /// Absolute position of `slots[0]`.
-    base: u64,
+    /// Position of `slots[0]`, counted from the shard's first slot modulo 2³² (a queue
+    /// holds far fewer slots).
+    base: u32,
     /// Slots that are not holes.
     waiting: usize,
     /// Recently completed keys, about `2 × per_shard` of them: a fixed table, so that
-    /// remembering them neither grows `keys` nor costs more than 8 bytes a key.
+    /// remembering them neither grows `index` nor costs more than 8 bytes a key.
     completed: RecentHashes,
     /// The label values of the waiting keys (a field per label position).
     texts: Interner,
@@ -250,7 +252,7 @@ impl Shard {
     /// left their smaller allocations behind, resident until the allocator returned them.
     fn new(per_shard: usize) -> Shard {
         Shard {
-            keys: HashMap::with_capacity(per_shard),
+            index: HashTable::with_capacity(per_shard),
             slots: VecDeque::with_capacity(queue_places(per_shard)),
             base: 0,
             waiting: 0,
@@ -259,11 +261,43 @@ impl Shard {
         }
     }
 
+    /// Where the slot of the waiting key of `hash` is in `slots`.
+    fn find(&self, hash: u64) -> Option<usize> {
+        let Shard { index, slots, .. } = self;
+        let at = |position: u32| position.wrapping_sub(self.base) as usize;
+        index
+            .find(hash, |&p| slots[at(p)].hash == hash)
+            .map(|&p| at(p))
+    }
+
+    /// Forgets the waiting key in `slots[at]`.
+    fn unindex(&mut self, at: usize) {
+        let position = self.base.wrapping_add(at as u32);
+        if let Ok(entry) = self
+            .index
+            .find_entry(self.slots[at].hash, |&p| p == position)
+        {
+            entry.remove();
+        }
+    }
+
+    /// Indexes the waiting key in `slots[at]`.
+    fn reindex(&mut self, at: usize) {
+        let Shard {
+            index, slots, base, ..
+        } = self;
+        let position = base.wrapping_add(at as u32);
+        let rehash = |&p: &u32| slots[p.wrapping_sub(*base) as usize].hash;
+        index.insert_unique(slots[at].hash, position, rehash);
+    }
+
     fn pop_front(&mut self) -> Option<Slot> {
+        if self.slots.front()?.pending.is_some() {
+            self.unindex(0);
+        }
         let slot = self.slots.pop_front()?;
-        self.base += 1;
+        self.base = self.base.wrapping_add(1);
         if let Some(pending) = &slot.pending {
-            self.keys.remove(&slot.hash);
             self.waiting -= 1;
             self.release_labels(pending);
         }
@@ -279,8 +313,9 @@ impl Shard {
     /// Drops the holes, keeping the waiting keys in arrival order.
     fn compact(&mut self) {
         self.slots.retain(|s| s.pending.is_some());
-        for (i, slot) in self.slots.iter().enumerate() {
-            self.keys.insert(slot.hash, self.base + i as u64);
+        self.index.clear();
+        for at in 0..self.slots.len() {
+            self.reindex(at);
         }
     }
 }
@@ -382,12 +417,12 @@ impl JoinWindow {
             labels,
         } = arrival;
         let spec = &self.specs[derived];
-        let position = match shard.keys.get(&hash) {
-            Some(&position) => position,
+        let at = match shard.find(hash) {
+            Some(at) => at,
             None if shard.completed.contains(hash) => return Offer::Late,
             None => self.open(shard, hash, derived, now, evicted),
         };
-        let slot = &mut shard.slots[(position - shard.base) as usize];
+        let slot = &mut shard.slots[at];
         let pending = slot
             .pending
             .as_mut()
@@ -429,9 +464,9 @@ impl JoinWindow {
         if !pending.parts.iter().all(arrived) {
             return Offer::Waiting;
         }
-        let pending = slot.pending.take().expect("present");
+        shard.unindex(at);
+        let pending = shard.slots[at].pending.take().expect("present");
         shard.waiting -= 1;
-        shard.keys.remove(&hash);
         shard.completed.insert(hash);
         let parts = &pending.parts;
         let labels = pending
@@ -453,7 +488,7 @@ impl JoinWindow {
         })
     }
 
-    /// A new waiting key, after evicting the oldest if the shard is full; its position.
+    /// A new waiting key, after evicting the oldest if the shard is full; where its slot is.
     fn open(
         &self,
         shard: &mut Shard,
@@ -461,7 +496,7 @@ impl JoinWindow {
         derived: usize,
         now: Instant,
         evicted: &mut impl FnMut(usize, Eviction),
-    ) -> u64 {
+    ) -> usize {
         if shard.waiting >= self.per_shard {
             while let Some(slot) = shard.pop_front() {
                 if let Some(pending) = slot.pending {
@@ -474,7 +509,6 @@ impl JoinWindow {
             shard.compact();
         }
         let spec = &self.specs[derived];
-        let position = shard.base + shard.slots.len() as u64;
         shard.slots.push_back(Slot {
             hash,
             opened: self.nanos_since_origin(now),
@@ -487,8 +521,9 @@ impl JoinWindow {
             }),
         });
         shard.waiting += 1;
-        shard.keys.insert(hash, position);
-        position
+        let at = shard.slots.len() - 1;
+        shard.reindex(at);
+        at
     }
 
     /// Evicts every key that has waited longer than `max_wait`.

@@ -290,3 +290,32 @@ fn label_values_are_held_while_their_keys_wait_and_let_go_when_they_leave() {
     assert_eq!(w.pending(), [0]);
     assert_eq!(texts_in_use(&w), 0, "every value let go");
 }
+
+#[test]
+fn slot_positions_wrap_around_without_losing_keys() {
+    let (w, now) = (window(Operation::Sum, 2, 1600), Instant::now());
+    for shard in w.shards.iter() {
+        shard.lock().unwrap().base = u32::MAX - 40;
+    }
+    // 100 keys a shard: positions pass 2^32, holes are compacted and the oldest evicted
+    // across it.
+    let mut evicted = 0;
+    for j in 0..8_000 {
+        let key = format!("k{j}");
+        let arrival = (key.as_str(), 0, span(0, 1, 2), None);
+        offer_evicting(&w, arrival, now, &mut |_, _| evicted += 1);
+        if j % 3 == 0 {
+            complete(offer(&w, &key, 1, span(1, 2, 3), None, now));
+        }
+    }
+    assert!(evicted > 0, "the window overflowed");
+    let waiting: Vec<String> = (7_000..8_000)
+        .filter(|j| j % 3 != 0)
+        .map(|j| format!("k{j}"))
+        .collect();
+    for key in &waiting {
+        let done = complete(offer(&w, key, 1, span(1, 3, 4), None, now));
+        assert_eq!(done.seconds, 0.003, "{key}");
+    }
+    assert_eq!(offer(&w, "k7998", 1, span(1, 3, 4), None, now), Offer::Late);
+}
