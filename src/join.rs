@@ -212,6 +212,15 @@ impl LabelValue {
     }
 }
 
+/// How the join index hashes a key: by the low half of its hash, in both halves, so that
+/// the table's bucket (low bits) and its one-byte tag (top bits) both come from bits that
+/// differ between the keys of one shard. The top bits pick the shard ([`shard_of`]): as the
+/// tag, they left it 8 values instead of 128, and a probe read a slot for one entry in 8.
+fn index_hash(hash: u64) -> u64 {
+    let low = hash & u64::from(u32::MAX);
+    low << 32 | low
+}
+
 /// A key in arrival order; `pending` is None once the key completed or left (a hole, dropped
 /// when it reaches the front or when the queue is compacted).
 struct Slot {
@@ -231,7 +240,8 @@ struct Slot {
 /// key is found at the front of `slots` without a lookup.
 struct Shard {
     /// The position of each waiting key's slot, found by the hash the slot holds: 5 bytes
-    /// an entry where a map from hash to position took 17.
+    /// an entry where a map from hash to position took 17. The table hashes a key by the
+    /// low half of its hash ([`index_hash`]).
     index: HashTable<u32>,
     slots: VecDeque<Slot>,
     /// Position of `slots[0]`, counted from the shard's first slot modulo 2³² (a queue
@@ -266,7 +276,7 @@ impl Shard {
         let Shard { index, slots, .. } = self;
         let at = |position: u32| position.wrapping_sub(self.base) as usize;
         index
-            .find(hash, |&p| slots[at(p)].hash == hash)
+            .find(index_hash(hash), |&p| slots[at(p)].hash == hash)
             .map(|&p| at(p))
     }
 
@@ -275,7 +285,7 @@ impl Shard {
         let position = self.base.wrapping_add(at as u32);
         if let Ok(entry) = self
             .index
-            .find_entry(self.slots[at].hash, |&p| p == position)
+            .find_entry(index_hash(self.slots[at].hash), |&p| p == position)
         {
             entry.remove();
         }
@@ -287,8 +297,8 @@ impl Shard {
             index, slots, base, ..
         } = self;
         let position = base.wrapping_add(at as u32);
-        let rehash = |&p: &u32| slots[p.wrapping_sub(*base) as usize].hash;
-        index.insert_unique(slots[at].hash, position, rehash);
+        let rehash = |&p: &u32| index_hash(slots[p.wrapping_sub(*base) as usize].hash);
+        index.insert_unique(index_hash(slots[at].hash), position, rehash);
     }
 
     fn pop_front(&mut self) -> Option<Slot> {
