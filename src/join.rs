@@ -258,7 +258,7 @@ struct Shard {
 
 impl Shard {
     /// A shard with room for `per_shard` waiting keys, allocated up front (it is touched,
-    /// and resident, only as keys arrive): growing by doubling, the queue and the map each
+    /// and resident, only as keys arrive): growing by doubling, the queue and the index each
     /// left their smaller allocations behind, resident until the allocator returned them.
     fn new(per_shard: usize) -> Shard {
         Shard {
