@@ -97,6 +97,12 @@ impl Spare {
             len: 0,
         }
     }
+
+    /// Its first `len` bytes as a body.
+    fn holding(mut self, len: usize) -> Bytes {
+        self.len = len;
+        Bytes::from_owner(self)
+    }
 }
 
 impl AsRef<[u8]> for Spare {
@@ -166,8 +172,7 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, BodyError> {
     let room = spare_room(limit);
     let len = fill(&mut reader, &mut spare.buffer[..room]).map_err(corrupt("gzip"))?;
     if len < room {
-        spare.len = len;
-        return Ok(Bytes::from_owner(spare));
+        return Ok(spare.holding(len));
     }
     if len > limit {
         return Err(BodyError::TooLarge { limit });
@@ -189,10 +194,7 @@ fn unzstd(body: &[u8], limit: usize) -> Result<Bytes, BodyError> {
     let room = spare_room(limit);
     match decompressor.decompress_to_buffer(body, &mut spare.buffer[..room]) {
         Ok(len) if len > limit => return Err(BodyError::TooLarge { limit }),
-        Ok(len) => {
-            spare.len = len;
-            return Ok(Bytes::from_owner(spare));
-        }
+        Ok(len) => return Ok(spare.holding(len)),
         Err(e) if too_small(&e) && room > limit => return Err(BodyError::TooLarge { limit }),
         Err(e) if too_small(&e) => drop(spare),
         Err(e) => return Err(corrupt("zstd")(e)),

@@ -333,7 +333,8 @@ impl Shard {
 pub struct JoinWindow {
     specs: Vec<JoinSpec>,
     shards: Box<[Mutex<Shard>]>,
-    max_wait: Duration,
+    /// In nanoseconds, as keys' opening times are kept.
+    max_wait: u64,
     per_shard: usize,
     hasher: hashbrown::DefaultHashBuilder,
     /// Keys' opening times are kept as nanoseconds from here.
@@ -369,7 +370,7 @@ impl JoinWindow {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(Shard::new(per_shard)))
                 .collect(),
-            max_wait,
+            max_wait: u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX),
             per_shard,
             hasher: hashbrown::DefaultHashBuilder::default(),
             origin: Instant::now(),
@@ -397,6 +398,7 @@ impl JoinWindow {
             .collect();
         let mut answers = Vec::new();
         let shards: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
+        let now = self.nanos_since_origin(now);
         for_each_shard(&shards, |s, items| {
             let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
             self.expire(&mut shard, now, evicted);
@@ -416,7 +418,7 @@ impl JoinWindow {
         shard: &mut Shard,
         hash: u64,
         arrival: Arrival,
-        now: Instant,
+        now: u64,
         evicted: &mut impl FnMut(usize, Eviction),
     ) -> Offer {
         let Arrival {
@@ -504,7 +506,7 @@ impl JoinWindow {
         shard: &mut Shard,
         hash: u64,
         derived: usize,
-        now: Instant,
+        now: u64,
         evicted: &mut impl FnMut(usize, Eviction),
     ) -> usize {
         if shard.waiting >= self.per_shard {
@@ -521,7 +523,7 @@ impl JoinWindow {
         let spec = &self.specs[derived];
         shard.slots.push_back(Slot {
             hash,
-            opened: self.nanos_since_origin(now),
+            opened: now,
             pending: Some(Pending {
                 parts: Few::new(spec.parts),
                 labels: Few::new(spec.labels),
@@ -538,6 +540,7 @@ impl JoinWindow {
 
     /// Evicts every key that has waited longer than `max_wait`.
     pub fn sweep(&self, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
+        let now = self.nanos_since_origin(now);
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             self.expire(&mut shard, now, evicted);
@@ -556,12 +559,11 @@ impl JoinWindow {
         counts
     }
 
-    /// Drops the holes at the front and evicts the keys there that waited too long.
-    fn expire(&self, shard: &mut Shard, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
-        let now = self.nanos_since_origin(now);
-        let max_wait = u64::try_from(self.max_wait.as_nanos()).unwrap_or(u64::MAX);
+    /// Drops the holes at the front and evicts the keys there that waited too long; `now`
+    /// in nanoseconds from the window's origin.
+    fn expire(&self, shard: &mut Shard, now: u64, evicted: &mut impl FnMut(usize, Eviction)) {
         while let Some(front) = shard.slots.front() {
-            let waited_out = now.saturating_sub(front.opened) >= max_wait;
+            let waited_out = now.saturating_sub(front.opened) >= self.max_wait;
             if front.pending.is_some() && !waited_out {
                 break;
             }
