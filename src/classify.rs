@@ -4,6 +4,7 @@
 use crate::config::RuleConfig;
 use crate::config::validate::compile_regex;
 use crate::decode::{AnyValue, Attribute};
+use crate::equal::{Text, same_str};
 use crate::labels::format_scalar;
 use hashbrown::HashMap;
 use regex::Regex;
@@ -29,7 +30,7 @@ impl Match {
 
     fn is_match(&self, value: &str) -> bool {
         match self {
-            Match::Exact(e) => e == value,
+            Match::Exact(e) => same_str(e, value),
             Match::Regex(r) => r.is_match(value),
         }
     }
@@ -107,7 +108,7 @@ impl Classifier {
     pub fn classify(&self, span: &SpanFacts) -> Option<StageId> {
         let exact = self
             .by_name
-            .get(span.name)
+            .get(&Text(span.name))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let mut exact = exact.iter().copied().peekable();
@@ -143,7 +144,7 @@ impl Rule {
         }
         self.attributes.iter().all(|(key, m)| {
             span.attributes.iter().any(|a| {
-                a.key == key
+                same_str(a.key, key)
                     && match a.value {
                         AnyValue::Str(v) => m.is_match(v),
                         ref other => m.is_match(format_scalar(other, &mut String::new())),

@@ -8,6 +8,8 @@
 //! whose keys no rule, label, join or breakdown reads are skipped like unknown fields (their
 //! value is neither parsed nor checked as UTF-8); only the message framing around them is.
 
+use crate::equal::same;
+use crate::utf8;
 use crate::wire::{Fields, WireError, leading_bytes};
 use std::fmt;
 use std::ops::Range;
@@ -181,12 +183,22 @@ impl SpanView<'_> {
 }
 
 /// The span attribute keys a [`Batch::decode_keeping`] keeps.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AttributeKeys {
     keys: Vec<Box<str>>,
-    /// A bit per [`mark`] of a kept key: most keys a span carries (and no rule reads) find
-    /// their bit clear, and are skipped after one test instead of a comparison per kept key.
-    marks: [u64; 4],
+    /// By [`mark`]: [`NO_KEY`] when no kept key has it, which is what most keys a span
+    /// carries (and no rule reads) find; the kept key's index plus one when one has it; or
+    /// [`SEVERAL_KEYS`]. A key is found with one comparison, not one per kept key.
+    by_mark: [u8; 256],
+}
+
+const NO_KEY: u8 = 0;
+const SEVERAL_KEYS: u8 = u8::MAX;
+
+impl Default for AttributeKeys {
+    fn default() -> AttributeKeys {
+        AttributeKeys::new([])
+    }
 }
 
 impl AttributeKeys {
@@ -194,22 +206,30 @@ impl AttributeKeys {
         let mut keys: Vec<Box<str>> = keys.into_iter().map(Box::from).collect();
         keys.sort();
         keys.dedup();
-        let mut marks = [0; 4];
-        for key in &keys {
-            let m = mark(key.as_bytes());
-            marks[m / 64] |= 1 << (m % 64);
+        let mut by_mark = [NO_KEY; 256];
+        for (i, key) in keys.iter().enumerate() {
+            let entry = &mut by_mark[mark(key.as_bytes())];
+            *entry = match u8::try_from(i + 1) {
+                Ok(index) if *entry == NO_KEY && index != SEVERAL_KEYS => index,
+                _ => SEVERAL_KEYS,
+            };
         }
-        AttributeKeys { keys, marks }
+        AttributeKeys { keys, by_mark }
     }
 
     /// The kept key equal to `key`, if any: a key read from a request is used as this one,
     /// without checking it as UTF-8 again.
+    #[inline]
     fn find(&self, key: &[u8]) -> Option<&str> {
-        let m = mark(key);
-        if self.marks[m / 64] & (1 << (m % 64)) == 0 {
-            return None;
-        }
-        self.keys.iter().find(|k| k.as_bytes() == key).map(|k| &**k)
+        let candidates = match self.by_mark[mark(key)] {
+            NO_KEY => return None,
+            SEVERAL_KEYS => &self.keys[..],
+            one => std::slice::from_ref(&self.keys[usize::from(one - 1)]),
+        };
+        candidates
+            .iter()
+            .find(|k| same(k.as_bytes(), key))
+            .map(|k| &**k)
     }
 }
 
@@ -495,7 +515,7 @@ fn key_bytes(buf: &[u8]) -> Result<&[u8], WireError> {
 fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
     if let Some((key, value)) = key_then_value(buf) {
         return Ok(Attribute {
-            key: std::str::from_utf8(key).map_err(|_| WireError::InvalidUtf8 { field: 1 })?,
+            key: utf8::text(key).map_err(|_| WireError::InvalidUtf8 { field: 1 })?,
             value: any_value(value, AnyValue::Empty)?,
         });
     }
@@ -517,7 +537,7 @@ fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
 /// Reads an AnyValue; `result` is the value of an earlier occurrence it merges over.
 fn any_value<'a>(buf: &'a [u8], mut result: AnyValue<'a>) -> Result<AnyValue<'a>, WireError> {
     if let Some((text, [])) = leading_bytes(buf, 1) {
-        let text = std::str::from_utf8(text).map_err(|_| WireError::InvalidUtf8 { field: 1 })?;
+        let text = utf8::text(text).map_err(|_| WireError::InvalidUtf8 { field: 1 })?;
         return Ok(AnyValue::Str(text));
     }
     for field in Fields::new(buf) {
@@ -757,6 +777,19 @@ mod tests {
             "q\0",
         ] {
             assert_eq!(keys.find(key.as_bytes()), None, "{key}");
+        }
+    }
+
+    /// More kept keys than a mark's entry can number: every one is still found.
+    #[test]
+    fn attribute_keys_find_each_of_hundreds() {
+        let names: Vec<String> = (0..600).map(|i| format!("key.{i}")).collect();
+        let keys = AttributeKeys::new(names.iter().map(String::as_str));
+        for name in &names {
+            assert_eq!(keys.find(name.as_bytes()), Some(name.as_str()));
+        }
+        for absent in ["key.600", "key.-1", "key.", "key.0 "] {
+            assert_eq!(keys.find(absent.as_bytes()), None, "{absent}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Repeated texts (service names, span names, handler languages...) held once and named by
 //! a number, for tables that keep many records naming few distinct texts.
 
+use crate::equal::same_str;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
@@ -29,7 +30,7 @@ impl Interner {
         let entries = &mut self.entries;
         if let Some(&id) = self
             .index
-            .find(hash, |&id| &*entries[id as usize].text == text)
+            .find(hash, |&id| same_str(&entries[id as usize].text, text))
         {
             entries[id as usize].uses += 1;
             return id;
@@ -64,7 +65,7 @@ impl Interner {
         }
         let hint = self.last[field];
         let id = match self.entries.get_mut(hint as usize) {
-            Some(entry) if entry.uses > 0 && &*entry.text == text => {
+            Some(entry) if entry.uses > 0 && same_str(&entry.text, text) => {
                 entry.uses += 1;
                 hint
             }

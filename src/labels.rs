@@ -7,6 +7,7 @@
 
 use crate::config::{LabelConfig, LabelSourceKind, validate::compile_capture_regex};
 use crate::decode::{AnyValue, Attribute, Batch, SpanView};
+use crate::equal::same_str;
 use regex::Regex;
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -162,7 +163,11 @@ impl LabelResolver {
         for (i, source) in self.sources.iter().enumerate() {
             let found = match source {
                 Source::Span { key, regex } => {
-                    match batch.span_attributes(span).iter().find(|a| a.key == key) {
+                    match batch
+                        .span_attributes(span)
+                        .iter()
+                        .find(|a| same_str(a.key, key))
+                    {
                         Some(Attribute {
                             value: AnyValue::Str(v),
                             ..
@@ -206,7 +211,7 @@ impl LabelResolver {
 
 fn attribute_str<'a>(attributes: &[Attribute<'a>], key: &str) -> Option<&'a str> {
     attributes.iter().find_map(|a| match a.value {
-        AnyValue::Str(v) if a.key == key => Some(v),
+        AnyValue::Str(v) if same_str(a.key, key) => Some(v),
         _ => None,
     })
 }

@@ -5,7 +5,7 @@
 //! request into borrowed span views, [`classify`] and [`labels`] map each span to a stage and
 //! its label values, [`aggregate`] observes into sharded series storage, and [`exposition`]
 //! renders it for scrapes.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod access;
 pub mod admin;
@@ -16,6 +16,7 @@ pub mod classify;
 pub mod config;
 pub mod decode;
 pub mod dedupe;
+pub mod equal;
 pub mod exposition;
 pub mod fixtures;
 pub mod forward;
@@ -33,4 +34,5 @@ pub mod server;
 pub mod shards;
 pub mod status;
 pub mod tls;
+pub mod utf8;
 pub mod wire;

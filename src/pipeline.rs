@@ -14,6 +14,7 @@ use crate::config::validate::parse_duration;
 use crate::decode::{AnyValue, SpanView};
 use crate::decode::{AttributeKeys, Batch, DecodeError, SpanProblem};
 use crate::dedupe::RecentSpans;
+use crate::equal::same_str;
 use crate::join::{Arrival, Completed, Eviction, JoinSpec, JoinWindow, Offer, PartSpan};
 use crate::labels::ResourceValues;
 use crate::labels::{LabelResolver, truncate};
@@ -801,7 +802,7 @@ impl Pipeline {
         let mut found: [Option<&str>; 4] = Default::default();
         for a in batch.span_attributes(span) {
             let AnyValue::Str(v) = a.value else { continue };
-            let slot = keys.iter().position(|&key| a.key == key);
+            let slot = keys.iter().position(|&key| same_str(a.key, key));
             if let Some(slot) = slot {
                 found[slot] = Some(truncate(v, self.max_label_len));
             }
@@ -845,7 +846,7 @@ impl Pipeline {
             .span_attributes(found.span)
             .iter()
             .find_map(|a| match a.value {
-                AnyValue::Str(v) if a.key == d.key => Some(v),
+                AnyValue::Str(v) if same_str(a.key, &d.key) => Some(v),
                 _ => None,
             })?;
         let mut buf = String::new();

@@ -1,6 +1,7 @@
 //! Protocol-buffers wire format, read in place: varints, fixed-width scalars and
 //! length-delimited fields as slices of the request bytes. Nothing here allocates.
 
+use crate::utf8;
 use thiserror::Error;
 
 /// Why a buffer is not valid protobuf.
@@ -80,7 +81,7 @@ impl<'a> FieldValue<'a> {
 
     #[inline]
     pub fn string(self, field: u32) -> Result<&'a str, WireError> {
-        std::str::from_utf8(self.bytes(field)?).map_err(|_| WireError::InvalidUtf8 { field })
+        utf8::text(self.bytes(field)?).map_err(|_| WireError::InvalidUtf8 { field })
     }
 }
 

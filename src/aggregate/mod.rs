@@ -16,6 +16,7 @@ pub use series::{
     Cell, Exemplar, LabelSet, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values,
 };
 
+use crate::equal::Text;
 use hashbrown::hash_map::Entry;
 use hashbrown::hash_table::OccupiedEntry;
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
@@ -445,7 +446,7 @@ impl<'s> Writer<'s> {
     pub fn admit(&mut self, dimension: DimensionId, value: &str) -> Admission {
         let d = dimension.0;
         let tick = self.tick;
-        if let Some(last) = self.shard.admitted[d].get_mut(value) {
+        if let Some(last) = self.shard.admitted[d].get_mut(&Text(value)) {
             *last = tick;
             return Admission::Kept;
         }

@@ -1,6 +1,7 @@
 //! One series: its key (metric and label values) and its cell (histogram or counter), and
 //! the snapshot that merges cells from every shard.
 
+use crate::equal::same_str;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -80,7 +81,7 @@ impl<'a> LabelSet<'a> {
                 .labels
                 .iter()
                 .zip(key.labels.iter())
-                .all(|(a, b)| *a == &**b)
+                .all(|(a, b)| same_str(a, b))
     }
 }
 
