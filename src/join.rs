@@ -103,8 +103,8 @@ impl Eviction {
     }
 }
 
-/// A waiting key: 96 bytes, 112 with its slot's hash and opening time (a part's ids are
-/// kept only while it is the one that ended last, the completed value's exemplar).
+/// A waiting key: 96 bytes, 104 with its slot's hash (a part's ids are kept only while it
+/// is the one that ended last, the completed value's exemplar).
 struct Pending {
     /// By part: its times, a start of 0 while it has not arrived.
     parts: Few<Times>,
@@ -116,6 +116,9 @@ struct Pending {
     exemplar: SpanIds,
     exemplar_part: u8,
     derived: u16,
+    /// Milliseconds from the window's origin to the key's first part, modulo 2³² (see
+    /// [`JoinWindow::millis_since_origin`]); it fills what was padding.
+    opened: u32,
 }
 
 /// No part: of a label not given yet, or the exemplar before any part arrived. Every part
@@ -225,8 +228,6 @@ fn index_hash(hash: u64) -> u64 {
 /// when it reaches the front or when the queue is compacted).
 struct Slot {
     hash: u64,
-    /// Nanoseconds from the window's origin to the key's first part.
-    opened: u64,
     pending: Option<Pending>,
 }
 
@@ -333,15 +334,20 @@ impl Shard {
 pub struct JoinWindow {
     specs: Vec<JoinSpec>,
     shards: Box<[Mutex<Shard>]>,
-    /// In nanoseconds, as keys' opening times are kept.
-    max_wait: u64,
+    /// In milliseconds, as keys' opening times are kept; at most 2³¹ (24.8 days), so that
+    /// a key's age modulo 2³² is its age.
+    max_wait: u32,
     per_shard: usize,
     hasher: hashbrown::DefaultHashBuilder,
-    /// Keys' opening times are kept as nanoseconds from here.
+    /// Keys' opening times are kept as milliseconds from here.
     origin: Instant,
 }
 
 const SHARDS: usize = 16;
+
+/// The longest `max_wait` (2³¹ milliseconds, 24.8 days): configuration validation refuses
+/// longer ones, and [`JoinWindow::new`] waits this long at most.
+pub const MAX_WAIT: Duration = Duration::from_millis(1 << 31);
 
 /// Slots a shard's queue holds at most: its waiting keys and holes up to a quarter of them
 /// (and 64), past which it is compacted, for at most about five re-placed keys per
@@ -370,15 +376,18 @@ impl JoinWindow {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(Shard::new(per_shard)))
                 .collect(),
-            max_wait: u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX),
+            max_wait: max_wait.min(MAX_WAIT).as_millis() as u32,
             per_shard,
             hasher: hashbrown::DefaultHashBuilder::default(),
             origin: Instant::now(),
         }
     }
 
-    fn nanos_since_origin(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    /// Milliseconds from the origin to `now`, modulo 2³² (49.7 days). Ages are differences
+    /// modulo 2³² too, right while a key is younger than 49.7 days: keys past `max_wait`
+    /// (24.8 days at most) are evicted at every scrape and at every offer to their shard.
+    fn millis_since_origin(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.origin).as_millis() as u32
     }
 
     /// Offers spans; answers the offers that are not [`Offer::Waiting`] (most are), each
@@ -398,7 +407,7 @@ impl JoinWindow {
             .collect();
         let mut answers = Vec::new();
         let shards: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
-        let now = self.nanos_since_origin(now);
+        let now = self.millis_since_origin(now);
         for_each_shard(&shards, |s, items| {
             let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
             self.expire(&mut shard, now, evicted);
@@ -418,7 +427,7 @@ impl JoinWindow {
         shard: &mut Shard,
         hash: u64,
         arrival: Arrival,
-        now: u64,
+        now: u32,
         evicted: &mut impl FnMut(usize, Eviction),
     ) -> Offer {
         let Arrival {
@@ -506,7 +515,7 @@ impl JoinWindow {
         shard: &mut Shard,
         hash: u64,
         derived: usize,
-        now: u64,
+        now: u32,
         evicted: &mut impl FnMut(usize, Eviction),
     ) -> usize {
         if shard.waiting >= self.per_shard {
@@ -523,13 +532,13 @@ impl JoinWindow {
         let spec = &self.specs[derived];
         shard.slots.push_back(Slot {
             hash,
-            opened: now,
             pending: Some(Pending {
                 parts: Few::new(spec.parts),
                 labels: Few::new(spec.labels),
                 exemplar: SpanIds::default(),
                 exemplar_part: NO_PART,
                 derived: u16::try_from(derived).expect("at most 65,536 derived metrics"),
+                opened: now,
             }),
         });
         shard.waiting += 1;
@@ -540,7 +549,7 @@ impl JoinWindow {
 
     /// Evicts every key that has waited longer than `max_wait`.
     pub fn sweep(&self, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
-        let now = self.nanos_since_origin(now);
+        let now = self.millis_since_origin(now);
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             self.expire(&mut shard, now, evicted);
@@ -559,12 +568,17 @@ impl JoinWindow {
         counts
     }
 
-    /// Drops the holes at the front and evicts the keys there that waited too long; `now`
-    /// in nanoseconds from the window's origin.
-    fn expire(&self, shard: &mut Shard, now: u64, evicted: &mut impl FnMut(usize, Eviction)) {
+    /// Drops the holes at the front and evicts the keys there that waited longer than
+    /// `max_wait`; `now` from [`JoinWindow::millis_since_origin`]. Both times are whole
+    /// milliseconds, rounded down: an age of `max_wait` + 1 or more is one over `max_wait`
+    /// in fact.
+    fn expire(&self, shard: &mut Shard, now: u32, evicted: &mut impl FnMut(usize, Eviction)) {
         while let Some(front) = shard.slots.front() {
-            let waited_out = now.saturating_sub(front.opened) >= self.max_wait;
-            if front.pending.is_some() && !waited_out {
+            let waiting = front
+                .pending
+                .as_ref()
+                .is_some_and(|p| now.wrapping_sub(p.opened) <= self.max_wait);
+            if waiting {
                 break;
             }
             if let Some(pending) = shard.pop_front().and_then(|s| s.pending) {

@@ -286,3 +286,21 @@ forward:
     );
     assert!(!err.to_string().contains("secret"), "{err}");
 }
+
+#[test]
+fn join_waits_are_bounded() {
+    for (wait, problems) in [("24d", 0), ("25d", 1), ("1y", 1), ("soon", 1)] {
+        let text = format!("{MINIMAL}join:\n  max_wait: {wait}\n");
+        let found = match parse(&text) {
+            Ok(_) => 0,
+            Err(err) => {
+                assert!(
+                    err.problems.iter().all(|p| p.path == "join.max_wait"),
+                    "{err}"
+                );
+                err.problems.len()
+            }
+        };
+        assert_eq!(found, problems, "max_wait {wait}");
+    }
+}

@@ -110,6 +110,12 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
     }
     if let Some(join) = &s.join {
         check_duration(&join.max_wait, "join.max_wait", problems);
+        if parse_duration(&join.max_wait).is_some_and(|wait| wait > crate::join::MAX_WAIT) {
+            problems.add(
+                "join.max_wait",
+                "must be at most 24d (keys' waits are timed in milliseconds, 32 bits)",
+            );
+        }
         if join.max_pending == 0 {
             problems.add("join.max_pending", "must be at least 1");
         }

@@ -191,6 +191,55 @@ fn keys_that_wait_too_long_are_evicted_and_counted() {
     assert_eq!(w.pending(), vec![0]);
 }
 
+/// Opening times are milliseconds modulo 2³²: a key opened just before the count wraps
+/// (49.7 days after the window's origin) waits, and leaves, as any other.
+#[test]
+fn waits_are_timed_across_the_millisecond_wrap() {
+    let w = window(Operation::Sum, 2, 100);
+    // The origin is a little before now: this is a little after its wrap.
+    let wrapped = Instant::now() + Duration::from_millis(1 << 32);
+    let opened = wrapped - Duration::from_secs(10);
+    offer(&w, "across", 0, span(0, 1, 1), None, opened);
+    let mut evicted = Vec::new();
+    w.sweep(opened + Duration::from_secs(59), &mut |d, why| {
+        evicted.push((d, why))
+    });
+    assert!(evicted.is_empty());
+    assert_eq!(w.pending(), vec![1]);
+    let done = complete(offer(&w, "across", 1, span(2, 3, 2), None, wrapped));
+    assert_eq!(done.seconds, 0.002);
+    offer(&w, "waits_out", 0, span(0, 1, 3), None, opened);
+    w.sweep(opened + Duration::from_secs(61), &mut |d, why| {
+        evicted.push((d, why))
+    });
+    assert_eq!(evicted, vec![(0, Eviction::Timeout)]);
+}
+
+/// A `max_wait` past the bound waits as long as the bound, not for ever.
+#[test]
+fn the_longest_wait_is_the_bound() {
+    let w = JoinWindow::new(
+        vec![JoinSpec {
+            operation: Operation::Sum,
+            parts: 2,
+            labels: 1,
+        }],
+        100,
+        Duration::from_secs(365 * 86_400),
+    );
+    let start = Instant::now();
+    offer(&w, "forever", 0, span(0, 1, 1), None, start);
+    let mut evicted = Vec::new();
+    w.sweep(start + MAX_WAIT - Duration::from_secs(1), &mut |d, why| {
+        evicted.push((d, why))
+    });
+    assert!(evicted.is_empty());
+    w.sweep(start + MAX_WAIT + Duration::from_secs(1), &mut |d, why| {
+        evicted.push((d, why))
+    });
+    assert_eq!(evicted, vec![(0, Eviction::Timeout)]);
+}
+
 #[test]
 fn a_flood_of_keys_that_never_complete_stays_at_the_cap() {
     let now = Instant::now();
@@ -318,4 +367,11 @@ fn slot_positions_wrap_around_without_losing_keys() {
         assert_eq!(done.seconds, 0.003, "{key}");
     }
     assert_eq!(offer(&w, "k7998", 1, span(1, 3, 4), None, now), Offer::Late);
+}
+
+/// The window's memory is its slots': see the sizes in `Pending`'s comment.
+#[test]
+fn a_waiting_key_takes_104_bytes() {
+    assert_eq!(std::mem::size_of::<Pending>(), 96);
+    assert_eq!(std::mem::size_of::<Slot>(), 104);
 }
