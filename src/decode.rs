@@ -387,14 +387,12 @@ impl<'a> Batch<'a> {
         for field in Fields::new(buf) {
             let (number, value) = field?;
             if number == 2 {
-                path.set(Level::Span, span_index);
-                let span = self.span(
-                    value.bytes(2)?,
-                    resource,
-                    (rs_index, ss_index, span_index),
-                    path,
-                    keep,
-                )?;
+                let position = (rs_index, ss_index, span_index);
+                let span = value
+                    .bytes(2)
+                    .and_then(|buf| self.span(buf, resource, position, path, keep))
+                    // Spans and their attributes enter the path only when wrong.
+                    .inspect_err(|_| path.at(Level::Span, span_index))?;
                 self.spans.push(span);
                 span_index += 1;
             }
@@ -436,13 +434,16 @@ impl<'a> Batch<'a> {
                 7 => span.start_time_unix_nano = value.fixed64(7)?,
                 8 => span.end_time_unix_nano = value.fixed64(8)?,
                 9 => {
-                    path.set(Level::Attribute, attr_index);
-                    let buf = value.bytes(9)?;
-                    let attribute = match keep {
-                        None => Some(key_value(buf)?),
-                        Some(keys) => kept_attribute(buf, keys)?,
-                    };
-                    self.attributes.extend(attribute);
+                    let attribute = value
+                        .bytes(9)
+                        .and_then(|buf| match keep {
+                            None => key_value(buf).map(Some),
+                            Some(keys) => kept_attribute(buf, keys),
+                        })
+                        .inspect_err(|_| path.at(Level::Attribute, attr_index))?;
+                    if let Some(attribute) = attribute {
+                        self.attributes.push(attribute);
+                    }
                     attr_index += 1;
                 }
                 // Repeated messages merge, as in prost: a later status without a
@@ -451,7 +452,6 @@ impl<'a> Batch<'a> {
                 _ => {}
             }
         }
-        path.pop_to(Level::Span);
         span.attributes = start..self.attributes.len();
         Ok(span)
     }
@@ -582,6 +582,13 @@ impl Path {
             // resource and scope_spans are siblings under resource_spans.
             self.indexes[Level::ScopeSpans as usize] = None;
         }
+    }
+
+    /// Names the index at `level` of the message a decoding error is in, keeping the
+    /// deeper levels the error set on its way out: the levels of spans and their
+    /// attributes, thousands a request, are set only so.
+    fn at(&mut self, level: Level, index: usize) {
+        self.indexes[level as usize] = Some(index);
     }
 
     fn pop_to(&mut self, level: Level) {
@@ -836,6 +843,25 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "request.resource_spans[0].scope_spans[0]: truncated varint"
+        );
+        // A span's attribute, and a span's own field after its attributes.
+        let field = |key: u8, payload: &[u8]| [&[key, payload.len() as u8], payload].concat();
+        let request = |spans: &[&[u8]]| {
+            let spans: Vec<u8> = spans.iter().flat_map(|s| field(0x12, s)).collect();
+            field(0x0a, &field(0x12, &spans))
+        };
+        let (good, bad) = (field(0x4a, b"\x0a\x01a"), field(0x4a, b"\x0a\x01\xff"));
+        let err = Batch::decode(&request(&[b"", &[good.clone(), bad].concat()])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request.resource_spans[0].scope_spans[0].spans[1].attributes[1]: \
+             field 1 is not valid UTF-8"
+        );
+        let truncated_status = field(0x7a, b"\x18");
+        let err = Batch::decode(&request(&[&[good, truncated_status].concat()])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request.resource_spans[0].scope_spans[0].spans[0]: truncated varint"
         );
     }
 
