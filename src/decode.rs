@@ -219,7 +219,7 @@ impl AttributeKeys {
 
     /// The kept key equal to `key`, if any: a key read from a request is used as this one,
     /// without checking it as UTF-8 again.
-    #[inline]
+    #[inline(always)]
     fn find(&self, key: &[u8]) -> Option<&str> {
         let candidates = match self.by_mark[mark(key)] {
             NO_KEY => return None,
@@ -234,6 +234,7 @@ impl AttributeKeys {
 }
 
 /// A key's length, first and last byte, mixed into 0..256.
+#[inline(always)]
 fn mark(key: &[u8]) -> usize {
     let (first, last) = (key.first(), key.last());
     let mixed = key.len().wrapping_mul(0x9e)

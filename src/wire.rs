@@ -136,8 +136,20 @@ impl<'a> Fields<'a> {
         Ok(head)
     }
 
-    #[inline]
+    /// Field number and wire type. Keys of fields 1 to 15, all but a few on the wire, are
+    /// one byte and read inline.
+    #[inline(always)]
     fn key(&mut self) -> Result<(u32, u8), WireError> {
+        if let Some((&byte, rest)) = self.buf.split_first()
+            && (8..0x80).contains(&byte)
+        {
+            self.buf = rest;
+            return Ok((u32::from(byte >> 3), byte & 7));
+        }
+        self.long_key()
+    }
+
+    fn long_key(&mut self) -> Result<(u32, u8), WireError> {
         let key = self.varint()?;
         let field = u32::try_from(key >> 3).map_err(|_| WireError::ZeroFieldNumber)?;
         if field == 0 {
@@ -178,8 +190,8 @@ impl<'a> Fields<'a> {
         Ok((field, self.value(field, wire_type)?))
     }
 
-    /// Length-delimited fields and varints, nearly every field spanlens reads, stay inline;
-    /// the other wire types take the call.
+    /// Length-delimited fields, varints and 64-bit fields (timestamps), nearly every field
+    /// spanlens reads, stay inline; the other wire types take the call.
     #[inline(always)]
     fn value(&mut self, field: u32, wire_type: u8) -> Result<FieldValue<'a>, WireError> {
         match wire_type {
@@ -189,16 +201,18 @@ impl<'a> Fields<'a> {
                 Ok(FieldValue::Bytes(self.take(len, field)?))
             }
             0 => Ok(FieldValue::Varint(self.varint()?)),
-            wire_type => self.fixed_or_group(field, wire_type),
+            1 => {
+                let b = self.take(8, field)?;
+                Ok(FieldValue::Fixed64(u64::from_le_bytes(
+                    b.try_into().expect("8 bytes"),
+                )))
+            }
+            wire_type => self.fixed32_or_group(field, wire_type),
         }
     }
 
-    fn fixed_or_group(&mut self, field: u32, wire_type: u8) -> Result<FieldValue<'a>, WireError> {
+    fn fixed32_or_group(&mut self, field: u32, wire_type: u8) -> Result<FieldValue<'a>, WireError> {
         let value = match wire_type {
-            1 => {
-                let b = self.take(8, field)?;
-                FieldValue::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            }
             5 => {
                 let b = self.take(4, field)?;
                 FieldValue::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))
