@@ -24,7 +24,7 @@ use series::SeriesKey;
 use std::cell::Cell as StdCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 /// A label dimension with a cap on distinct values (service, span name, an extra label...).
@@ -222,6 +222,8 @@ impl Store {
             // Read under the shard lock: a writer that takes the shard after an expiry pass
             // has visited it sees that pass's tick (see `expire_idle`).
             tick: self.tick.load(Ordering::Relaxed),
+            next_set: StdCell::new(0),
+            same_labels: None,
         }
     }
 
@@ -431,6 +433,14 @@ pub struct Writer<'s> {
     epoch: u64,
     /// The expiry tick, stored with every write and admission.
     tick: u64,
+    /// The id of the next [`LabelSet`] made.
+    next_set: StdCell<u64>,
+    /// The last label set found or written, by id, and the slot whose key holds its values.
+    /// The series of one set (a stage's histogram, calls and errors) are created sharing
+    /// one `labels` allocation, so the set's next series are known by that allocation
+    /// instead of by comparing every value again. Slots stay where they are while the
+    /// writer holds the shard.
+    same_labels: Option<(u64, usize)>,
 }
 
 /// A label value as admitted: the value itself or the overflow value.
@@ -496,7 +506,9 @@ impl<'s> Writer<'s> {
 
     /// Hashes label values once for the series of every metric written with them.
     pub fn label_set<'l>(&self, labels: &'l [&'l str]) -> LabelSet<'l> {
-        LabelSet::new(&self.store.hasher, labels)
+        let id = self.next_set.get();
+        self.next_set.set(id + 1);
+        LabelSet::new(&self.store.hasher, labels, id)
     }
 
     /// The cell of a series in this shard, created if new, marked as written now.
@@ -504,17 +516,29 @@ impl<'s> Writer<'s> {
         let tick = self.tick;
         let hash = labels.series_hash(metric.0);
         let shard = &*self.shard;
+        let known = self
+            .same_labels
+            .and_then(|(id, slot)| (id == labels.id).then(|| &shard.slots[slot].key.labels));
         let named = |i: &usize| {
             let slot = &shard.slots[*i];
-            slot.hash == hash && labels.names(metric.0, &slot.key)
+            slot.hash == hash
+                && match known {
+                    Some(values) if Arc::ptr_eq(values, &slot.key.labels) => {
+                        slot.key.metric == metric.0
+                    }
+                    _ => labels.names(metric.0, &slot.key),
+                }
         };
         let hit = shard.last[metric.0]
             .filter(named)
             .or_else(|| shard.index.find(hash, named).copied());
-        let i = match hit {
-            Some(i) => i,
+        let (i, holds_set) = match hit {
+            Some(i) => (i, true),
             None => self.create(metric, labels),
         };
+        if holds_set {
+            self.same_labels = Some((labels.id, i));
+        }
         self.shard.last[metric.0] = Some(i);
         let slot = &mut self.shard.slots[i];
         slot.written = tick;
@@ -522,23 +546,32 @@ impl<'s> Writer<'s> {
     }
 
     /// The slot of a series this shard has none for: a new one, unless the series cap turns
-    /// it into the overflow series and this shard has that one.
-    fn create(&mut self, metric: MetricId, labels: LabelSet) -> usize {
+    /// it into the overflow series and this shard has that one. True when the slot's key
+    /// holds the set's values (not the overflow series'). A new series shares the values of
+    /// the set's series found or written last, when there is one.
+    fn create(&mut self, metric: MetricId, labels: LabelSet) -> (usize, bool) {
         let store: &'s Store = self.store;
-        let key = SeriesKey::new(metric.0, labels.labels);
-        let key = match self.admit_series(metric, key) {
-            Ok(key) => key,
+        let values = match self.same_labels {
+            Some((id, slot)) if id == labels.id => self.shard.slots[slot].key.labels.clone(),
+            _ => labels.labels.iter().map(|&l| Box::from(l)).collect(),
+        };
+        let key = SeriesKey {
+            metric: metric.0,
+            labels: values,
+        };
+        let (key, holds_set) = match self.admit_series(metric, key) {
+            Ok(key) => (key, true),
             Err(overflow) => {
                 if let Some(counter) = store.series_overflow.filter(|&c| c != metric) {
                     self.add(counter, &[store.metrics[metric.0].name.as_str()], 1);
                 }
-                overflow
+                (overflow, false)
             }
         };
         let hash = key.series_hash(&store.hasher);
         let Shard { index, slots, .. } = &mut *self.shard;
         if let Some(&i) = index.find(hash, |&i| slots[i].key == key) {
-            return i;
+            return (i, holds_set);
         }
         let i = slots.len();
         slots.push(Slot {
@@ -548,7 +581,7 @@ impl<'s> Writer<'s> {
             written: self.tick,
         });
         index.insert_unique(hash, i, |&j| slots[j].hash);
-        i
+        (i, holds_set)
     }
 
     /// Applies the per-metric series cap: a series past it becomes the overflow series

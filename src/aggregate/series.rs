@@ -53,18 +53,22 @@ impl SeriesKey {
 
 /// A series' label values, borrowed from a request, with their hash: a span's calls, errors
 /// and histogram share one set, hashed once. The hash names the values only;
-/// [`LabelSet::series_hash`] adds the metric.
+/// [`LabelSet::series_hash`] adds the metric. `id` tells sets apart within one writer (see
+/// `Writer::label_set`), so that a set's values, once compared with a series' key, need not
+/// be compared again with keys that share that key's labels.
 #[derive(Debug, Clone, Copy)]
 pub struct LabelSet<'a> {
     pub labels: &'a [&'a str],
     hash: u64,
+    pub(super) id: u64,
 }
 
 impl<'a> LabelSet<'a> {
-    pub fn new(hasher: &impl BuildHasher, labels: &'a [&'a str]) -> LabelSet<'a> {
+    pub fn new(hasher: &impl BuildHasher, labels: &'a [&'a str], id: u64) -> LabelSet<'a> {
         LabelSet {
             labels,
             hash: labels_hash(hasher, labels.iter().copied()),
+            id,
         }
     }
 

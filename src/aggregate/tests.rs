@@ -458,3 +458,55 @@ fn metrics_listed_as_never_expiring_keep_their_series() {
     assert_eq!(counter(&snap, 1, &["old"]), Some(1));
     assert_eq!(observations(&snap, &["old"]), None);
 }
+
+/// A label set's series of several metrics share one allocation of its values, and later
+/// sets are still told apart by their values: a set that fell into one metric's overflow
+/// series keeps its own values in another metric.
+#[test]
+fn a_sets_series_share_its_values_and_stay_exact() {
+    let store = store(2, 100);
+    let mut w = store.writer();
+    let mut write = |service: &str, metrics: &[usize]| {
+        let values = [service];
+        let set = w.label_set(&values);
+        for &m in metrics {
+            match m {
+                0 => w.observe_set(MetricId(0), set, 0.05, None),
+                _ => w.add_set(MetricId(m), set, 1),
+            }
+        }
+    };
+    write("a", &[0, 1]);
+    write("b", &[1]);
+    // Metric 1 is full: "c" overflows there, and is its own series in metric 0.
+    write("c", &[1, 0]);
+    write("c", &[0, 1]);
+    write("a", &[1, 0]);
+    drop(w);
+    let snap = store.snapshot();
+    assert_eq!(observations(&snap, &["a"]), Some(2));
+    assert_eq!(observations(&snap, &["c"]), Some(2));
+    assert_eq!(observations(&snap, &["__overflow__"]), None);
+    assert_eq!(
+        by_service(&snap, 1),
+        vec![
+            ("__overflow__".to_string(), Values::Counter(2)),
+            ("a".to_string(), Values::Counter(2)),
+            ("b".to_string(), Values::Counter(1)),
+        ]
+    );
+    let keys: Vec<SeriesKey> = store
+        .shards
+        .iter()
+        .flat_map(|shard| {
+            lock(shard)
+                .slots
+                .iter()
+                .map(|s| s.key.clone())
+                .collect::<Vec<_>>()
+        })
+        .filter(|key| &*key.labels[0] == "a" && key.metric < 2)
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert!(Arc::ptr_eq(&keys[0].labels, &keys[1].labels));
+}
