@@ -9,8 +9,7 @@
 //! value is neither parsed nor checked as UTF-8); only the message framing around them is.
 
 use crate::equal::same;
-use crate::utf8;
-use crate::wire::{Fields, WireError, leading_bytes};
+use crate::wire::{Fields, WireError, leading_bytes, string};
 use std::fmt;
 use std::ops::Range;
 use thiserror::Error;
@@ -516,7 +515,7 @@ fn key_bytes(buf: &[u8]) -> Result<&[u8], WireError> {
 fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
     if let Some((key, value)) = key_then_value(buf) {
         return Ok(Attribute {
-            key: utf8::text(key).map_err(|_| WireError::InvalidUtf8 { field: 1 })?,
+            key: string(key, 1)?,
             value: any_value(value, AnyValue::Empty)?,
         });
     }
@@ -538,7 +537,7 @@ fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
 /// Reads an AnyValue; `result` is the value of an earlier occurrence it merges over.
 fn any_value<'a>(buf: &'a [u8], mut result: AnyValue<'a>) -> Result<AnyValue<'a>, WireError> {
     if let Some((text, [])) = leading_bytes(buf, 1) {
-        let text = utf8::text(text).map_err(|_| WireError::InvalidUtf8 { field: 1 })?;
+        let text = string(text, 1)?;
         return Ok(AnyValue::Str(text));
     }
     for field in Fields::new(buf) {

@@ -81,8 +81,14 @@ impl<'a> FieldValue<'a> {
 
     #[inline]
     pub fn string(self, field: u32) -> Result<&'a str, WireError> {
-        utf8::text(self.bytes(field)?).map_err(|_| WireError::InvalidUtf8 { field })
+        string(self.bytes(field)?, field)
     }
+}
+
+/// The payload of string field `field` as text: not UTF-8 is an error naming the field.
+#[inline]
+pub fn string(payload: &[u8], field: u32) -> Result<&str, WireError> {
+    utf8::text(payload).map_err(|_| WireError::InvalidUtf8 { field })
 }
 
 /// Iterates over the fields of one message.

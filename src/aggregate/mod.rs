@@ -551,13 +551,12 @@ impl<'s> Writer<'s> {
     /// the set's series found or written last, when there is one.
     fn create(&mut self, metric: MetricId, labels: LabelSet) -> (usize, bool) {
         let store: &'s Store = self.store;
-        let values = match self.same_labels {
-            Some((id, slot)) if id == labels.id => self.shard.slots[slot].key.labels.clone(),
-            _ => labels.labels.iter().map(|&l| Box::from(l)).collect(),
-        };
-        let key = SeriesKey {
-            metric: metric.0,
-            labels: values,
+        let key = match self.same_labels {
+            Some((id, slot)) if id == labels.id => SeriesKey {
+                metric: metric.0,
+                labels: self.shard.slots[slot].key.labels.clone(),
+            },
+            _ => SeriesKey::new(metric.0, labels.labels),
         };
         let (key, holds_set) = match self.admit_series(metric, key) {
             Ok(key) => (key, true),
