@@ -1,8 +1,13 @@
 //! Decode + classify + aggregate in process, on one core:
-//! `Pipeline::new(&Config::default_profile()).ingest(Protocol::Grpc, &bytes)` over requests
-//! of 512 realistic tasker spans. Every iteration gets new trace, span and step ids
-//! ([`Renewable`], outside the timed section), as real traffic does: replaying one request
-//! would only measure the duplicate-span path.
+//! `Pipeline::new(&config).ingest(Protocol::Grpc, &bytes)` over requests of 512 realistic
+//! tasker spans. Every iteration gets new trace, span and step ids ([`Renewable`], outside
+//! the timed section), as real traffic does: replaying one request would only measure the
+//! duplicate-span path.
+//!
+//! Two configurations: the default profile (`ingest_grpc_default_profile`), and the same
+//! with span metrics, derived durations, comparisons, duplicate detection and the breakdown
+//! log turned off (`ingest_grpc_stages_only`): decoding, classifying and the stage metrics
+//! alone (see `support/profiles.rs`).
 //!
 //! Times are the benchmark thread's CPU time (see `support/cpu_time.rs`).
 //!
@@ -20,6 +25,8 @@ mod allocator;
 #[path = "support/cpu_time.rs"]
 mod support;
 use support::cpu_time;
+#[path = "support/profiles.rs"]
+mod profiles;
 
 const REQUESTS: usize = 16;
 
@@ -29,31 +36,40 @@ fn ingest(c: &mut Criterion) {
         .into_iter()
         .map(Renewable::protobuf)
         .collect();
-    let pipeline = Pipeline::new(&Config::default_profile()).expect("default profile");
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(DEFAULT_SPANS_PER_REQUEST as u64));
-    let mut sent: u64 = 0;
-    group.bench_function("ingest_grpc_default_profile", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(
-                iters,
-                || {
-                    let template = &templates[(sent % REQUESTS as u64) as usize];
-                    let mut body = Vec::with_capacity(template.bytes().len());
-                    template.renew_into((sent / REQUESTS as u64 + 1) as u32, &mut body);
-                    sent += 1;
-                    body
-                },
-                |body| {
-                    let outcome = pipeline.ingest(Protocol::Grpc, black_box(&body));
-                    assert_eq!(
-                        outcome.expect("accepted").accepted,
-                        DEFAULT_SPANS_PER_REQUEST
-                    );
-                },
-            )
-        })
-    });
+    let configs = [
+        ("ingest_grpc_default_profile", Config::default_profile()),
+        (
+            "ingest_grpc_stages_only",
+            profiles::default_profile_without(profiles::STAGES_ONLY),
+        ),
+    ];
+    for (name, config) in configs {
+        let pipeline = Pipeline::new(&config).expect("a valid profile");
+        let mut sent: u64 = 0;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                cpu_time(
+                    iters,
+                    || {
+                        let template = &templates[(sent % REQUESTS as u64) as usize];
+                        let mut body = Vec::with_capacity(template.bytes().len());
+                        template.renew_into((sent / REQUESTS as u64 + 1) as u32, &mut body);
+                        sent += 1;
+                        body
+                    },
+                    |body| {
+                        let outcome = pipeline.ingest(Protocol::Grpc, black_box(&body));
+                        assert_eq!(
+                            outcome.expect("accepted").accepted,
+                            DEFAULT_SPANS_PER_REQUEST
+                        );
+                    },
+                )
+            })
+        });
+    }
     group.finish();
 }
 

@@ -10,9 +10,21 @@
 //! ```
 //!
 //! It runs on the system allocator (callgrind reads its instructions too); the binary uses
-//! jemalloc. Arguments: requests (default 1,536), warm-up requests among them (default 512).
+//! jemalloc. Arguments: requests (default 1,536), warm-up requests among them (default 512),
+//! then optionally features of the default profile to turn off, comma-separated (`none` for
+//! none; `stages_only` for all of them), to measure what each costs:
+//!
+//! ```sh
+//! target/release/examples/ingest_instructions 3072 1024 derived
+//! target/release/examples/ingest_instructions 3072 1024 span_metrics,breakdown
+//! ```
+//!
+//! The features are those of `benches/support/profiles.rs`: span_metrics, derived,
+//! comparisons, dedupe, breakdown.
 
-use spanlens::config::Config;
+#[path = "../benches/support/profiles.rs"]
+mod profiles;
+
 use spanlens::fixtures::{Fixtures, Renewable};
 use spanlens::pipeline::{Pipeline, Protocol};
 
@@ -51,7 +63,14 @@ fn main() {
             body
         })
         .collect();
-    let pipeline = Pipeline::new(&Config::default_profile()).expect("the default profile");
+    let without = std::env::args().nth(3).unwrap_or_else(|| "none".into());
+    let features: Vec<&str> = match without.as_str() {
+        "none" => Vec::new(),
+        "stages_only" => profiles::STAGES_ONLY.to_vec(),
+        list => list.split(',').collect(),
+    };
+    let config = profiles::default_profile_without(&features);
+    let pipeline = Pipeline::new(&config).expect("a valid profile");
     let ingest = |body: &Vec<u8>| {
         let outcome = pipeline.ingest(Protocol::Grpc, body).expect("accepted");
         assert_eq!(outcome.accepted, SPANS);
@@ -62,7 +81,8 @@ fn main() {
     let cpu = thread_cpu_seconds() - start;
     let spans = (requests - warm) * SPANS;
     println!(
-        "{} requests after {warm} of warm-up: {cpu:.3} s of thread CPU, {:.0} spans per CPU-second",
+        "{} requests after {warm} of warm-up, features off: {without}: {cpu:.3} s of thread CPU, \
+         {:.0} spans per CPU-second",
         requests - warm,
         spans as f64 / cpu
     );

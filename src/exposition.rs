@@ -1,7 +1,7 @@
 //! Renders a [`Snapshot`] for scrapers: Prometheus text 0.0.4, or OpenMetrics 1.0 text with
 //! the slowest span of each histogram series as exemplar (`trace_id`, `span_id`).
 
-use crate::aggregate::{Cell, Exemplar, MetricId, MetricKind, Snapshot};
+use crate::aggregate::{Cell, Exemplar, MetricId, MetricKind, Snapshot, bucket_of};
 use std::fmt::Write;
 
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -93,8 +93,7 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
                     MetricKind::Histogram { bounds },
                 ) => {
                     // The exemplar goes on the first bucket whose bound holds its value.
-                    let exemplar_bucket =
-                        exemplar.map(|e| bounds.partition_point(|&b| b < e.value));
+                    let exemplar_bucket = exemplar.map(|e| bucket_of(bounds, e.value));
                     let mut cumulative = 0;
                     for (i, (count, le)) in counts.iter().zip(&names.le).enumerate() {
                         cumulative += count;

@@ -14,6 +14,7 @@ mod series;
 
 pub use series::{
     Cell, Exemplar, LabelSet, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values,
+    bucket_of,
 };
 
 use crate::equal::Text;

@@ -161,7 +161,7 @@ impl Cell {
             exemplar,
         } = self
         {
-            counts[bounds.partition_point(|&b| b < value)] += 1;
+            counts[bucket_of(bounds, value)] += 1;
             *sum += value;
             if let Some(candidate) = candidate
                 && candidate.beats(exemplar)
@@ -208,6 +208,14 @@ impl Cell {
             _ => unreachable!("one metric id has one kind"),
         }
     }
+}
+
+/// The bucket (index into a histogram's counts, +Inf last) of the first bound that holds
+/// `value`: the number of bounds below it, as the bounds increase. Counted over every bound
+/// without a branch: a binary search's branches mispredicted on most spans and took about
+/// 4% of ingest; a default histogram has 14 bounds.
+pub fn bucket_of(bounds: &[f64], value: f64) -> usize {
+    bounds.iter().map(|&b| usize::from(b < value)).sum()
 }
 
 /// Values of one series, merged over shards.

@@ -85,6 +85,30 @@ fn histograms_count_per_bucket_with_le_semantics() {
 }
 
 #[test]
+fn a_value_goes_to_the_first_bucket_whose_bound_holds_it() {
+    let bounds: [f64; 14] = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let mut values = vec![0.0, -1.0, 20.0, f64::INFINITY, f64::MIN_POSITIVE];
+    for b in bounds {
+        // The bound and its neighbours (the bounds are positive).
+        values.extend([
+            b,
+            f64::from_bits(b.to_bits() - 1),
+            f64::from_bits(b.to_bits() + 1),
+        ]);
+    }
+    for value in values {
+        let expected = bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(bounds.len());
+        assert_eq!(bucket_of(&bounds, value), expected, "{value}");
+    }
+    assert_eq!(bucket_of(&[], 1.0), 0);
+}
+
+#[test]
 fn shards_merge_and_keep_the_slowest_exemplar_of_the_interval() {
     let store = Arc::new(store(100, 100));
     let threads: Vec<_> = (0..4)

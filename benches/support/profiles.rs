@@ -1,0 +1,37 @@
+//! The default profile with some of its features turned off, to measure what each costs
+//! per span (BENCHMARKS.md). Shared by the `pipeline` bench and the `ingest_instructions`
+//! example.
+
+use spanlens::config::Config;
+
+/// Features of the default profile that can be turned off one by one, by name.
+pub const FEATURES: [&str; 5] = [
+    "span_metrics",
+    "derived",
+    "comparisons",
+    "dedupe",
+    "breakdown",
+];
+
+/// What is left with all of [`FEATURES`] off: decode, classify and the stage metrics
+/// (histogram, calls and errors by service and handler language).
+pub const STAGES_ONLY: &[&str] = &FEATURES;
+
+/// The default profile without the named features.
+///
+/// # Panics
+/// On a name not in [`FEATURES`].
+pub fn default_profile_without(features: &[&str]) -> Config {
+    let mut config = Config::default_profile();
+    for &feature in features {
+        match feature {
+            "span_metrics" => config.span_metrics.enabled = false,
+            "derived" => config.derived.clear(),
+            "comparisons" => config.comparisons.clear(),
+            "dedupe" => config.join.dedupe_spans = 0,
+            "breakdown" => config.breakdown.max_spans = 0,
+            other => panic!("no feature {other:?}; the features are {FEATURES:?}"),
+        }
+    }
+    config
+}
