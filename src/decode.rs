@@ -9,7 +9,9 @@
 //! value is neither parsed nor checked as UTF-8); only the message framing around them is.
 
 use crate::equal::same;
-use crate::wire::{Fields, WireError, leading_bytes, string};
+use crate::wire::{
+    Fields, WireError, leading_bytes, leading_fixed64, leading_small_varint, string,
+};
 use std::fmt;
 use std::ops::Range;
 use thiserror::Error;
@@ -422,7 +424,8 @@ impl<'a> Batch<'a> {
             attributes: start..start,
         };
         let mut attr_index = 0;
-        for field in Fields::new(buf) {
+        let rest = self.span_in_field_order(buf, &mut span, path, keep, &mut attr_index)?;
+        for field in Fields::new(rest) {
             let (number, value) = field?;
             match number {
                 1 => span.trace_id = value.bytes(1)?,
@@ -432,17 +435,7 @@ impl<'a> Batch<'a> {
                 6 => span.kind = value.varint(6)? as i32,
                 7 => span.start_time_unix_nano = value.fixed64(7)?,
                 8 => span.end_time_unix_nano = value.fixed64(8)?,
-                9 => {
-                    let attributes = &mut self.attributes;
-                    value
-                        .bytes(9)
-                        .and_then(|buf| match keep {
-                            None => key_value(buf).map(|a| attributes.push(a)),
-                            Some(keys) => push_kept_attribute(buf, keys, attributes),
-                        })
-                        .inspect_err(|_| path.at(Level::Attribute, attr_index))?;
-                    attr_index += 1;
-                }
+                9 => self.span_attribute(value.bytes(9), path, keep, &mut attr_index)?,
                 // Repeated messages merge, as in prost: a later status without a
                 // code keeps the earlier code.
                 15 => span.status_code = status(value.bytes(15)?, span.status_code)?,
@@ -451,6 +444,80 @@ impl<'a> Batch<'a> {
         }
         span.attributes = start..self.attributes.len();
         Ok(span)
+    }
+}
+
+impl<'a> Batch<'a> {
+    /// Reads the leading fields of a span that come as exporters write them, in field order
+    /// (ids, name, kind, times, then attributes), each compared with its expected key
+    /// instead of going through the general field loop and its jump on the field number;
+    /// returns the bytes from the first field that is not the next expected one (status,
+    /// say), which the loop reads. Any field it does not read as expected, malformed ones
+    /// included, is left to the loop: fields are read in order either way, so the span is
+    /// the same.
+    #[inline(always)]
+    fn span_in_field_order(
+        &mut self,
+        mut buf: &'a [u8],
+        span: &mut SpanView<'a>,
+        path: &mut Path,
+        keep: Option<&'a AttributeKeys>,
+        attr_index: &mut usize,
+    ) -> Result<&'a [u8], WireError> {
+        for (number, id) in [
+            (1, &mut span.trace_id),
+            (2, &mut span.span_id),
+            (4, &mut span.parent_span_id),
+        ] {
+            if let Some((value, rest)) = leading_bytes(buf, number) {
+                *id = value;
+                buf = rest;
+            }
+        }
+        if let Some((name, rest)) = leading_bytes(buf, 5)
+            && let Ok(name) = string(name, 5)
+        {
+            span.name = name;
+            buf = rest;
+        }
+        if let Some((kind, rest)) = leading_small_varint(buf, 6) {
+            span.kind = i32::from(kind);
+            buf = rest;
+        }
+        if let Some((start, rest)) = leading_fixed64(buf, 7) {
+            span.start_time_unix_nano = start;
+            buf = rest;
+        }
+        if let Some((end, rest)) = leading_fixed64(buf, 8) {
+            span.end_time_unix_nano = end;
+            buf = rest;
+        }
+        while let Some((attribute, rest)) = leading_bytes(buf, 9) {
+            self.span_attribute(Ok(attribute), path, keep, attr_index)?;
+            buf = rest;
+        }
+        Ok(buf)
+    }
+
+    /// Reads span attribute number `attr_index`, the payload of its field (kept if `keep`
+    /// keeps its key), and counts it; an error names the attribute.
+    #[inline(always)]
+    fn span_attribute(
+        &mut self,
+        field: Result<&'a [u8], WireError>,
+        path: &mut Path,
+        keep: Option<&'a AttributeKeys>,
+        attr_index: &mut usize,
+    ) -> Result<(), WireError> {
+        let attributes = &mut self.attributes;
+        field
+            .and_then(|buf| match keep {
+                None => key_value(buf).map(|a| attributes.push(a)),
+                Some(keys) => push_kept_attribute(buf, keys, attributes),
+            })
+            .inspect_err(|_| path.at(Level::Attribute, *attr_index))?;
+        *attr_index += 1;
+        Ok(())
     }
 }
 
@@ -845,6 +912,101 @@ mod tests {
         assert_eq!(resource.service_name, Some("tasker-ruby-worker"));
         assert_eq!(batch.resource_attributes(resource).len(), 1);
         assert_eq!(span.problem(), None);
+    }
+
+    /// A length-delimited field, encoded.
+    fn field(number: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2];
+        prost::encoding::encode_varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn span_fields_in_any_order_or_repeated_read_as_prost_reads_them() {
+        let piece = |span: Span| span.encode_to_vec();
+        let mut pieces = vec![
+            piece(Span {
+                trace_id: vec![1; 16],
+                ..Default::default()
+            }),
+            piece(Span {
+                span_id: vec![2; 8],
+                ..Default::default()
+            }),
+            piece(Span {
+                parent_span_id: vec![3; 8],
+                ..Default::default()
+            }),
+            piece(Span {
+                name: "submit_result".into(),
+                ..Default::default()
+            }),
+            piece(Span {
+                kind: 3,
+                ..Default::default()
+            }),
+            piece(Span {
+                start_time_unix_nano: 5,
+                ..Default::default()
+            }),
+            piece(Span {
+                end_time_unix_nano: 9,
+                ..Default::default()
+            }),
+            piece(Span {
+                attributes: vec![kv("queue", any_value::Value::StringValue("q".into()))],
+                ..Default::default()
+            }),
+            piece(Span {
+                attributes: vec![kv("limit", any_value::Value::IntValue(7))],
+                ..Default::default()
+            }),
+            piece(Span {
+                status: Some(Status {
+                    code: 2,
+                    message: String::new(),
+                }),
+                ..Default::default()
+            }),
+        ];
+        // Repeated fields: the last name, kind and time win; a second kind of 300 is two
+        // bytes long.
+        pieces.push(piece(Span {
+            name: "process_result".into(),
+            kind: 300,
+            end_time_unix_nano: 11,
+            ..Default::default()
+        }));
+        let keys = AttributeKeys::new(["queue", "limit"]);
+        for order in 0..2 * pieces.len() {
+            let mut ordered = pieces.clone();
+            ordered.rotate_left(order % pieces.len());
+            if order >= pieces.len() {
+                ordered.reverse();
+            }
+            let span = ordered.concat();
+            let bytes = field(1, &field(2, &field(2, &span)));
+            let theirs = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+            let theirs = &theirs.resource_spans[0].scope_spans[0].spans[0];
+            for batch in [
+                Batch::decode(&bytes).unwrap(),
+                Batch::decode_keeping(&bytes, &keys).unwrap(),
+            ] {
+                let ours = &batch.spans[0];
+                assert_eq!(ours.trace_id, theirs.trace_id, "{order}");
+                assert_eq!(ours.span_id, theirs.span_id, "{order}");
+                assert_eq!(ours.parent_span_id, theirs.parent_span_id, "{order}");
+                assert_eq!(ours.name, theirs.name, "{order}");
+                assert_eq!(ours.kind, theirs.kind, "{order}");
+                assert_eq!(ours.start_time_unix_nano, theirs.start_time_unix_nano);
+                assert_eq!(ours.end_time_unix_nano, theirs.end_time_unix_nano);
+                assert_eq!(ours.status_code, 2, "{order}");
+                let keys: Vec<&str> = batch.span_attributes(ours).iter().map(|a| a.key).collect();
+                let expected: Vec<&str> = theirs.attributes.iter().map(|a| &*a.key).collect();
+                assert_eq!(keys, expected, "{order}");
+            }
+        }
     }
 
     #[test]

@@ -247,6 +247,30 @@ pub fn leading_bytes(buf: &[u8], number: u8) -> Option<(&[u8], &[u8])> {
     (len <= fields.buf.len()).then(|| fields.buf.split_at(len))
 }
 
+/// When `buf` starts with 64-bit field `number` (1 to 15): its value and the bytes after it.
+#[inline]
+pub fn leading_fixed64(buf: &[u8], number: u8) -> Option<(u64, &[u8])> {
+    debug_assert!((1..16).contains(&number));
+    match buf {
+        [key, rest @ ..] if *key == number << 3 | 1 && rest.len() >= 8 => {
+            let (value, rest) = rest.split_at(8);
+            Some((u64::from_le_bytes(value.try_into().ok()?), rest))
+        }
+        _ => None,
+    }
+}
+
+/// When `buf` starts with varint field `number` (1 to 15) of a value below 128 (one
+/// byte): its value and the bytes after it.
+#[inline]
+pub fn leading_small_varint(buf: &[u8], number: u8) -> Option<(u8, &[u8])> {
+    debug_assert!((1..16).contains(&number));
+    match buf {
+        [key, value, rest @ ..] if *key == number << 3 && *value < 0x80 => Some((*value, rest)),
+        _ => None,
+    }
+}
+
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, FieldValue<'a>), WireError>;
 
