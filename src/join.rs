@@ -405,9 +405,7 @@ impl JoinWindow {
             .iter()
             .map(|a| self.hasher.hash_one((a.derived, a.key)))
             .collect();
-        // By arrival, so that the answers come in arrival order without a sort (of about
-        // half a request's arrivals, each 80 bytes).
-        let mut answers: Vec<Option<Offer>> = vec![None; arrivals.len()];
+        let mut answers = Vec::new();
         let shards: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
         let now = self.millis_since_origin(now);
         for_each_shard(&shards, |s, items| {
@@ -416,15 +414,12 @@ impl JoinWindow {
             for &i in items {
                 match self.offer(&mut shard, hashes[i], arrivals[i], now, evicted) {
                     Offer::Waiting => {}
-                    answer => answers[i] = Some(answer),
+                    answer => answers.push((i, answer)),
                 }
             }
         });
+        answers.sort_unstable_by_key(|(i, _)| *i);
         answers
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, answer)| Some((i, answer?)))
-            .collect()
     }
 
     fn offer(
