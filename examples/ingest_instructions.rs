@@ -22,6 +22,8 @@
 //! The features are those of `benches/support/profiles.rs`: span_metrics, derived,
 //! comparisons, dedupe, breakdown.
 
+#[path = "../benches/support/cpu_time.rs"]
+mod cpu_time;
 #[path = "../benches/support/profiles.rs"]
 mod profiles;
 
@@ -34,17 +36,6 @@ fn argument(n: usize, default: usize) -> usize {
     std::env::args()
         .nth(n)
         .map_or(default, |a| a.parse().expect("a count"))
-}
-
-/// CPU time of this thread so far, in seconds.
-fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("Linux /proc");
-    let nanos: f64 = stat
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("run time in schedstat");
-    nanos / 1e9
 }
 
 fn main() {
@@ -76,9 +67,13 @@ fn main() {
         assert_eq!(outcome.accepted, SPANS);
     };
     bodies[..warm].iter().for_each(ingest);
-    let start = thread_cpu_seconds();
-    bodies[warm..].iter().for_each(ingest);
-    let cpu = thread_cpu_seconds() - start;
+    let mut timed = bodies[warm..].iter();
+    let cpu = cpu_time::cpu_time(
+        (requests - warm) as u64,
+        || timed.next().expect("a body per request"),
+        ingest,
+    )
+    .as_secs_f64();
     let spans = (requests - warm) * SPANS;
     println!(
         "{} requests after {warm} of warm-up, features off: {without}: {cpu:.3} s of thread CPU, \
