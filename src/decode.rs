@@ -564,9 +564,9 @@ fn push_kept_attribute<'a>(
     let Some(key) = keys.find(key) else {
         return Ok(());
     };
-    let value = match leading_bytes(value, 1) {
-        Some((text, [])) => AnyValue::Str(string(text, 1)?),
-        _ => return kept_other_value(key, value, attributes),
+    let value = match lone_string(value) {
+        Some(text) => AnyValue::Str(string(text, 1)?),
+        None => return kept_other_value(key, value, attributes),
     };
     attributes.push(Attribute { key, value });
     Ok(())
@@ -616,11 +616,20 @@ fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {
     Ok(attribute)
 }
 
+/// The payload of an encoded AnyValue that holds a string and nothing else, as nearly every
+/// attribute value does; None for any other layout.
+#[inline(always)]
+fn lone_string(buf: &[u8]) -> Option<&[u8]> {
+    match leading_bytes(buf, 1) {
+        Some((text, [])) => Some(text),
+        _ => None,
+    }
+}
+
 /// Reads an AnyValue; `result` is the value of an earlier occurrence it merges over.
 fn any_value<'a>(buf: &'a [u8], mut result: AnyValue<'a>) -> Result<AnyValue<'a>, WireError> {
-    if let Some((text, [])) = leading_bytes(buf, 1) {
-        let text = string(text, 1)?;
-        return Ok(AnyValue::Str(text));
+    if let Some(text) = lone_string(buf) {
+        return Ok(AnyValue::Str(string(text, 1)?));
     }
     for field in Fields::new(buf) {
         let (number, value) = field?;
