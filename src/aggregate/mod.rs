@@ -516,10 +516,8 @@ impl<'s> Writer<'s> {
     fn cell(&mut self, metric: MetricId, labels: LabelSet) -> &mut Cell {
         let tick = self.tick;
         let hash = labels.series_hash(metric.0);
+        let known = self.known_values(&labels);
         let shard = &*self.shard;
-        let known = self
-            .same_labels
-            .and_then(|(id, slot)| (id == labels.id).then(|| &shard.slots[slot].key.labels));
         let named = |i: &usize| {
             let slot = &shard.slots[*i];
             slot.hash == hash
@@ -546,18 +544,26 @@ impl<'s> Writer<'s> {
         &mut slot.cell
     }
 
+    /// The values of `labels` as a slot's key holds them, when the set was found or written
+    /// last (see `same_labels`).
+    #[inline]
+    fn known_values(&self, labels: &LabelSet) -> Option<&Arc<[Box<str>]>> {
+        let (id, slot) = self.same_labels?;
+        (id == labels.id).then(|| &self.shard.slots[slot].key.labels)
+    }
+
     /// The slot of a series this shard has none for: a new one, unless the series cap turns
     /// it into the overflow series and this shard has that one. True when the slot's key
     /// holds the set's values (not the overflow series'). A new series shares the values of
     /// the set's series found or written last, when there is one.
     fn create(&mut self, metric: MetricId, labels: LabelSet) -> (usize, bool) {
         let store: &'s Store = self.store;
-        let key = match self.same_labels {
-            Some((id, slot)) if id == labels.id => SeriesKey {
+        let key = match self.known_values(&labels) {
+            Some(values) => SeriesKey {
                 metric: metric.0,
-                labels: self.shard.slots[slot].key.labels.clone(),
+                labels: values.clone(),
             },
-            _ => SeriesKey::new(metric.0, labels.labels),
+            None => SeriesKey::new(metric.0, labels.labels),
         };
         let (key, holds_set) = match self.admit_series(metric, key) {
             Ok(key) => (key, true),
