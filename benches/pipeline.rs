@@ -4,10 +4,11 @@
 //! the timed section), as real traffic does: replaying one request would only measure the
 //! duplicate-span path.
 //!
-//! Two configurations: the default profile (`ingest_grpc_default_profile`), and the same
-//! with span metrics, derived durations, comparisons, duplicate detection and the breakdown
-//! log turned off (`ingest_grpc_stages_only`): decoding, classifying and the stage metrics
-//! alone (see `support/profiles.rs`).
+//! Three configurations (see `support/profiles.rs`): the default profile
+//! (`ingest_grpc_default_profile`); the same without derived durations, duplicate detection
+//! and the breakdown log (`ingest_grpc_decode_classify_aggregate`: every metric a span is
+//! observed into on its own); and without span metrics and comparisons too
+//! (`ingest_grpc_stages_only`: decoding, classifying and the stage metrics alone).
 //!
 //! Times are the benchmark thread's CPU time (see `support/cpu_time.rs`).
 //!
@@ -40,6 +41,10 @@ fn ingest(c: &mut Criterion) {
     group.throughput(Throughput::Elements(DEFAULT_SPANS_PER_REQUEST as u64));
     let configs = [
         ("ingest_grpc_default_profile", Config::default_profile()),
+        (
+            "ingest_grpc_decode_classify_aggregate",
+            profiles::default_profile_without(profiles::DECODE_CLASSIFY_AGGREGATE),
+        ),
         (
             "ingest_grpc_stages_only",
             profiles::default_profile_without(profiles::STAGES_ONLY),

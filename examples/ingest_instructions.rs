@@ -12,7 +12,8 @@
 //! It runs on the system allocator (callgrind reads its instructions too); the binary uses
 //! jemalloc. Arguments: requests (default 1,536), warm-up requests among them (default 512),
 //! then optionally features of the default profile to turn off, comma-separated (`none` for
-//! none; `stages_only` for all of them), to measure what each costs:
+//! none; `stages_only` for all of them; `decode_classify_aggregate` for derived, dedupe and
+//! breakdown), to measure what each costs:
 //!
 //! ```sh
 //! target/release/examples/ingest_instructions 3072 1024 derived
@@ -58,6 +59,7 @@ fn main() {
     let features: Vec<&str> = match without.as_str() {
         "none" => Vec::new(),
         "stages_only" => profiles::STAGES_ONLY.to_vec(),
+        "decode_classify_aggregate" => profiles::DECODE_CLASSIFY_AGGREGATE.to_vec(),
         list => list.split(',').collect(),
     };
     let config = profiles::default_profile_without(&features);

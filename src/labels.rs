@@ -61,6 +61,24 @@ impl Captor {
     }
 }
 
+/// A label value as a span or its resource carries it: text in the request, or a bool, int
+/// or double attribute still to be written as text ([`format_scalar`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Found<'a> {
+    Text(&'a str),
+    Scalar(AnyValue<'a>),
+}
+
+impl<'a> Found<'a> {
+    /// The value if it is text.
+    pub fn text(self) -> Option<&'a str> {
+        match self {
+            Found::Text(text) => Some(text),
+            Found::Scalar(_) => None,
+        }
+    }
+}
+
 /// One label's source chain, compiled.
 #[derive(Debug)]
 pub struct LabelResolver {
@@ -160,6 +178,19 @@ impl LabelResolver {
         resource_values: &ResourceValues<'a>,
         buf: &'r mut String,
     ) -> Option<&'r str> {
+        match self.find_in_request(batch, span, resource_values)? {
+            Found::Text(text) => Some(text),
+            Found::Scalar(value) => Some(format_scalar(&value, buf)),
+        }
+    }
+
+    /// [`LabelResolver::find`], before a bool, int or double attribute is written as text.
+    pub fn find_in_request<'a>(
+        &self,
+        batch: &Batch<'a>,
+        span: &SpanView<'a>,
+        resource_values: &ResourceValues<'a>,
+    ) -> Option<Found<'a>> {
         for (i, source) in self.sources.iter().enumerate() {
             let found = match source {
                 Source::Span { key, regex } => {
@@ -183,14 +214,14 @@ impl LabelResolver {
                             value:
                                 value @ (AnyValue::Bool(_) | AnyValue::Int(_) | AnyValue::Double(_)),
                             ..
-                        }) if regex.is_none() => return Some(format_scalar(value, buf)),
+                        }) if regex.is_none() => return Some(Found::Scalar(*value)),
                         _ => None,
                     }
                 }
                 _ => resource_values.values[span.resource][i],
             };
-            if found.is_some() {
-                return found;
+            if let Some(text) = found {
+                return Some(Found::Text(text));
             }
         }
         None

@@ -2,8 +2,8 @@
 //! observe. Also owns spanlens's own counters, so that every outcome is counted in one place.
 
 use crate::aggregate::{
-    DimensionId, Exemplar, MetricId, MetricKind, MetricSpec, Snapshot, Store, StoreSpec, Values,
-    Writer,
+    DimensionId, Exemplar, MetricId, MetricKind, MetricSpec, Series, Snapshot, Store, StoreSpec,
+    Values, Writer,
 };
 use crate::breakdown::{Breakdown, DerivedRule, RecordKeys, SpanLog, SpanRecord};
 use crate::classify::{Classifier, SpanFacts, StageId};
@@ -17,7 +17,8 @@ use crate::dedupe::RecentSpans;
 use crate::equal::same_str;
 use crate::join::{Arrival, Completed, Eviction, JoinSpec, JoinWindow, Offer, PartSpan};
 use crate::labels::ResourceValues;
-use crate::labels::{LabelResolver, truncate};
+use crate::labels::{Found, LabelResolver, format_scalar, truncate};
+use hashbrown::HashMap;
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::Arc;
@@ -96,6 +97,14 @@ struct SpanMetrics {
     calls: MetricId,
     duration: MetricId,
 }
+
+/// A request's span-metric series (calls, duration) by (resource, span name, kind, status
+/// code) as its spans carry them.
+type SpanSeries<'a> = HashMap<(usize, i32, i32, &'a str), [Series; 2]>;
+
+/// A request's stage series (histogram, calls, errors) by (resource, stage, handler language
+/// as its spans carry it, if they do), for stages with no extra labels.
+type StageSeries<'a> = HashMap<(usize, usize, Option<&'a str>), [Series; 3]>;
 
 struct OwnMetrics {
     received: MetricId,
@@ -674,6 +683,9 @@ impl Pipeline {
             ),
             false => (Vec::new(), LabelTexts::default()),
         };
+        // Room for the few series a request's spans share, without regrowing.
+        let mut span_series = SpanSeries::with_capacity(64);
+        let mut stage_series = StageSeries::with_capacity(16);
         for (index, span) in batch.spans.iter().enumerate() {
             if problems.next_if_eq(&index).is_some() {
                 continue;
@@ -701,14 +713,7 @@ impl Pipeline {
                 epoch: 0,
             };
             if let Some(m) = &self.span_metrics {
-                let name = w.admitted(
-                    self.dimensions.span_name,
-                    truncate(span.name, self.max_label_len),
-                );
-                let labels = [service, name, span.kind_name(), span.status_name()];
-                let labels = w.label_set(&labels);
-                w.add_set(m.calls, labels, 1);
-                w.observe_set(m.duration, labels, seconds, Some(exemplar));
+                self.observe_span_metrics(&mut w, m, &mut span_series, span, service, exemplar);
             }
             let facts = SpanFacts {
                 name: span.name,
@@ -720,31 +725,59 @@ impl Pipeline {
             };
             let stage_id = stage.0;
             let stage = &self.stages[stage_id];
-            let mut labels = [""; MAX_STAGE_LABELS];
-            labels[0] = service;
             let mut bufs = bufs.iter_mut();
-            let language = self
+            let language_buf = bufs.next().expect("slot");
+            let found = self
                 .handler_language
-                .find(&batch, span, &language_values, bufs.next().expect("slot"))
+                .find_in_request(&batch, span, &language_values);
+            let language = found
+                .map(|found| match found {
+                    Found::Text(text) => text,
+                    Found::Scalar(value) => format_scalar(&value, language_buf),
+                })
                 .map(|l| truncate(l, self.max_label_len));
-            labels[1] = w.admitted(
-                self.dimensions.handler_language,
-                language.unwrap_or(self.handler_language.default_value()),
-            );
-            for (slot, &extra) in stage.extras.iter().enumerate() {
-                let (resolver, dimension) = &self.extras[extra];
-                let value = resolver.resolve(
-                    &batch,
-                    span,
-                    &extra_values[extra],
-                    bufs.next().expect("slot"),
-                );
-                labels[2 + slot] = w.admitted(*dimension, truncate(value, self.max_label_len));
-            }
-            let labels = w.label_set(&labels[..2 + stage.extras.len()]);
-            w.observe_set(stage.histogram, labels, seconds, Some(exemplar));
-            w.add_set(stage.calls, labels, 1);
-            w.add_set(stage.errors, labels, u64::from(span.is_error()));
+            let given_language = language.unwrap_or(self.handler_language.default_value());
+            // A stage labelled by service and handler language alone has its series found
+            // once per request for each (resource, language) its spans carry as text.
+            let key = match found {
+                Some(Found::Scalar(_)) => None,
+                _ if !stage.extras.is_empty() => None,
+                _ => Some((span.resource, stage_id, found.and_then(Found::text))),
+            };
+            let known = key.and_then(|key| stage_series.get(&key).copied());
+            let ([histogram, calls, errors], admitted_language) = match known {
+                Some(series) => (series, given_language),
+                None => {
+                    let mut labels = [""; MAX_STAGE_LABELS];
+                    labels[0] = service;
+                    labels[1] = w.admitted(self.dimensions.handler_language, given_language);
+                    for (slot, &extra) in stage.extras.iter().enumerate() {
+                        let (resolver, dimension) = &self.extras[extra];
+                        let value = resolver.resolve(
+                            &batch,
+                            span,
+                            &extra_values[extra],
+                            bufs.next().expect("slot"),
+                        );
+                        labels[2 + slot] =
+                            w.admitted(*dimension, truncate(value, self.max_label_len));
+                    }
+                    let set = w.label_set(&labels[..2 + stage.extras.len()]);
+                    let series = [stage.histogram, stage.calls, stage.errors]
+                        .map(|metric| w.series(metric, set));
+                    // As for span metrics: past a cap, admitted and counted for every span.
+                    if let Some(key) = key
+                        && std::ptr::eq(labels[1], given_language)
+                        && series.iter().all(Series::is_own)
+                    {
+                        stage_series.insert(key, series);
+                    }
+                    (series, labels[1])
+                }
+            };
+            w.observe_in(histogram, seconds, Some(exemplar));
+            w.add_to(calls, 1);
+            w.add_to(errors, u64::from(span.is_error()));
             for &(histogram, step) in &self.comparisons_by_stage[stage_id] {
                 let (resolver, dimension) = &self.extras[step];
                 let mut buf = String::new();
@@ -753,7 +786,7 @@ impl Pipeline {
                 // The stage's handler language, as admitted above.
                 w.observe(
                     histogram,
-                    &[step, labels.labels[1]],
+                    &[step, admitted_language],
                     seconds,
                     Some(exemplar),
                 );
@@ -763,7 +796,7 @@ impl Pipeline {
             {
                 records.push(record);
                 // May be written in a buffer of this span's: copied, set after the loop.
-                record_languages.push(Some(labels.labels[1]));
+                record_languages.push(Some(admitted_language));
             }
             for join in &self.joins_by_stage[stage_id] {
                 if join.span_name.as_deref().is_some_and(|n| n != span.name) {
@@ -787,6 +820,39 @@ impl Pipeline {
         }
         self.span_log.record(&records, now);
         Ok(outcome)
+    }
+
+    /// Counts a span and observes its duration (the exemplar's value) in the span metrics.
+    /// The series of a (resource, name, kind, status) seen before in the request are written
+    /// by slot: no admission of the name, hash of the label values or lookup for that span.
+    fn observe_span_metrics<'a>(
+        &self,
+        w: &mut Writer,
+        m: &SpanMetrics,
+        known: &mut SpanSeries<'a>,
+        span: &SpanView<'a>,
+        service: &str,
+        exemplar: Exemplar,
+    ) {
+        let key = (span.resource, span.kind, span.status_code, span.name);
+        let [calls, duration] = match known.get(&key) {
+            Some(&series) => series,
+            None => {
+                let name = truncate(span.name, self.max_label_len);
+                let admitted = w.admitted(self.dimensions.span_name, name);
+                let labels = [service, admitted, span.kind_name(), span.status_name()];
+                let labels = w.label_set(&labels);
+                let series = [m.calls, m.duration].map(|metric| w.series(metric, labels));
+                // A name past its cap (given back as the overflow value) or a series past
+                // the cap is admitted and counted again for every span, as without this.
+                if std::ptr::eq(admitted, name) && series.iter().all(Series::is_own) {
+                    known.insert(key, series);
+                }
+                series
+            }
+        };
+        w.add_to(calls, 1);
+        w.observe_in(duration, exemplar.value, Some(exemplar));
     }
 
     /// The span as kept for breakdowns, if it carries a key that ties it to a task; its
@@ -1220,6 +1286,100 @@ mod tests {
         has(
             &self::lines(&with_claim),
             &format!(r#"tasker_step_claim_calls_total{{{base},namespace="linear_workflow"}} 1"#),
+        );
+    }
+
+    #[test]
+    fn span_metrics_count_every_span_past_a_cap_within_one_request() {
+        // Names a and b are kept; c and d are past max_span_names, each of their spans
+        // counted. With one series a metric, the spans of every other series are folded,
+        // each counted.
+        let names = ["a", "b", "c", "a", "c", "d", "b", "c"];
+        let spans = |names: &[&str]| {
+            let made = names.iter().enumerate();
+            made.map(|(i, n)| span(i as u8 + 1, n, 3, vec![])).collect()
+        };
+        let mut config = Config::default_profile();
+        config.span_metrics.max_span_names = 2;
+        let pipeline = Pipeline::new(&config).unwrap();
+        pipeline
+            .ingest(Protocol::Grpc, &request("svc", spans(&names)))
+            .unwrap();
+        let lines = lines(&pipeline);
+        let calls = |name: &str, n: u64| {
+            format!(
+                r#"traces_span_metrics_calls_total{{service_name="svc",span_name="{name}",span_kind="SPAN_KIND_INTERNAL",status_code="STATUS_CODE_UNSET"}} {n}"#
+            )
+        };
+        has(&lines, &calls("a", 2));
+        has(&lines, &calls("b", 2));
+        has(&lines, &calls("__overflow__", 4));
+        has(
+            &lines,
+            r#"spanlens_label_overflow_total{label="span_name"} 4"#,
+        );
+
+        config.metrics.max_series_per_metric = 1;
+        let pipeline = Pipeline::new(&config).unwrap();
+        pipeline
+            .ingest(Protocol::Grpc, &request("svc", spans(&names[..4])))
+            .unwrap();
+        let lines = self::lines(&pipeline);
+        has(&lines, &calls("a", 2));
+        let overflow = r#"{service_name="__overflow__",span_name="__overflow__",span_kind="__overflow__",status_code="__overflow__"}"#;
+        has(
+            &lines,
+            &format!("traces_span_metrics_calls_total{overflow} 2"),
+        );
+        has(
+            &lines,
+            &format!("traces_span_metrics_duration_seconds_count{overflow} 2"),
+        );
+        // The fold counter has one series too: the duration's folds are in its overflow.
+        for metric in ["traces_span_metrics_calls_total", "__overflow__"] {
+            has(
+                &lines,
+                &format!(r#"spanlens_series_overflow_total{{metric="{metric}"}} 2"#),
+            );
+        }
+    }
+
+    #[test]
+    fn stage_metrics_count_every_span_past_a_cap_within_one_request() {
+        // python and 7 (an int attribute, written as text) are kept; ruby is past the cap.
+        let number = KeyValue {
+            key: "handler.language".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(7)),
+            }),
+            ..Default::default()
+        };
+        let languages = ["python", "7", "ruby", "7", "python", "ruby", "ruby"];
+        let spans = languages.iter().enumerate().map(|(i, &l)| {
+            let attribute = match l {
+                "7" => number.clone(),
+                l => kv("handler.language", l),
+            };
+            span(i as u8 + 1, "step_claim", 15, vec![attribute])
+        });
+        let mut config = Config::default_profile();
+        config.labels.handler_language.max_values = 2;
+        let pipeline = Pipeline::new(&config).unwrap();
+        pipeline
+            .ingest(Protocol::Grpc, &request("svc", spans.collect()))
+            .unwrap();
+        let lines = lines(&pipeline);
+        for (language, n) in [("python", 2), ("7", 2), ("__overflow__", 3)] {
+            has(
+                &lines,
+                &format!(
+                    r#"tasker_step_claim_calls_total{{service="svc",handler_language="{language}"}} {n}"#
+                ),
+            );
+        }
+        has(
+            &lines,
+            r#"spanlens_label_overflow_total{label="handler_language"} 3"#,
         );
     }
 

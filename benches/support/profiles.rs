@@ -17,6 +17,13 @@ pub const FEATURES: [&str; 5] = [
 /// (histogram, calls and errors by service and handler language).
 pub const STAGES_ONLY: &[&str] = &FEATURES;
 
+/// The stages of the flow the in-process target names (issue 3: "decode + classify +
+/// aggregate"): every histogram and counter a span is observed into on its own (stage
+/// metrics, span metrics, comparisons), without what ties spans together or keeps them
+/// (the join window, a stage of its own in DESIGN.md's flow; duplicate detection; the
+/// breakdown log).
+pub const DECODE_CLASSIFY_AGGREGATE: &[&str] = &["derived", "dedupe", "breakdown"];
+
 /// The default profile without the named features.
 ///
 /// # Panics

@@ -444,6 +444,24 @@ pub struct Writer<'s> {
     same_labels: Option<(u64, usize)>,
 }
 
+/// A series found or made by [`Writer::series`], to write again without another lookup:
+/// its slot in the writer's shard, where it stays while that writer holds the shard. Only
+/// for the writer that gave it.
+#[derive(Debug, Clone, Copy)]
+pub struct Series {
+    slot: usize,
+    metric: MetricId,
+    own: bool,
+}
+
+impl Series {
+    /// Whether the series is the one of the labels asked for: false when the series cap
+    /// folded them into the overflow series (whose every write counts as folded).
+    pub fn is_own(&self) -> bool {
+        self.own
+    }
+}
+
 /// A label value as admitted: the value itself or the overflow value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -512,8 +530,8 @@ impl<'s> Writer<'s> {
         LabelSet::new(&self.store.hasher, labels, id)
     }
 
-    /// The cell of a series in this shard, created if new, marked as written now.
-    fn cell(&mut self, metric: MetricId, labels: LabelSet) -> &mut Cell {
+    /// The series of `labels` in this shard, created if new, marked as written now.
+    pub fn series(&mut self, metric: MetricId, labels: LabelSet) -> Series {
         let tick = self.tick;
         let hash = labels.series_hash(metric.0);
         let known = self.known_values(&labels);
@@ -539,9 +557,12 @@ impl<'s> Writer<'s> {
             self.same_labels = Some((labels.id, i));
         }
         self.shard.last[metric.0] = Some(i);
-        let slot = &mut self.shard.slots[i];
-        slot.written = tick;
-        &mut slot.cell
+        self.shard.slots[i].written = tick;
+        Series {
+            slot: i,
+            metric,
+            own: holds_set,
+        }
     }
 
     /// The values of `labels` as a slot's key holds them, when the set was found or written
@@ -628,21 +649,23 @@ impl<'s> Writer<'s> {
         seconds: f64,
         exemplar: Option<Exemplar>,
     ) {
+        let series = self.series(metric, labels);
+        self.observe_in(series, seconds, exemplar);
+    }
+
+    /// [`Writer::observe`] in a series this writer found or made.
+    pub fn observe_in(&mut self, series: Series, seconds: f64, exemplar: Option<Exemplar>) {
         let epoch = self.epoch;
         let store: &'s Store = self.store;
+        let slot = &mut self.shard.slots[series.slot];
         if let Some(raw) = &store.raw {
-            lock(raw)
-                .entry(SeriesKey::new(metric.0, labels.labels))
-                .or_default()
-                .push(seconds);
+            lock(raw).entry(slot.key.clone()).or_default().push(seconds);
         }
-        let MetricKind::Histogram { bounds } = &store.metrics[metric.0].kind else {
-            panic!(
-                "observe on {} which is not a histogram",
-                store.metrics[metric.0].name
-            );
+        let spec = &store.metrics[series.metric.0];
+        let MetricKind::Histogram { bounds } = &spec.kind else {
+            panic!("observe on {} which is not a histogram", spec.name);
         };
-        self.cell(metric, labels).observe(
+        slot.cell.observe(
             bounds,
             seconds,
             exemplar.map(|e| Exemplar {
@@ -660,7 +683,13 @@ impl<'s> Writer<'s> {
 
     /// [`Writer::add`] with values hashed by [`Writer::label_set`].
     pub fn add_set(&mut self, metric: MetricId, labels: LabelSet, by: u64) {
-        self.cell(metric, labels).add(by);
+        let series = self.series(metric, labels);
+        self.add_to(series, by);
+    }
+
+    /// [`Writer::add`] to a series this writer found or made.
+    pub fn add_to(&mut self, series: Series, by: u64) {
+        self.shard.slots[series.slot].cell.add(by);
     }
 }
 
