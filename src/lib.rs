@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod receiver;
 pub mod recent;
 pub mod replay;
+pub mod request_series;
 pub mod rules;
 pub mod server;
 pub mod shards;

@@ -18,7 +18,7 @@ use crate::equal::same_str;
 use crate::join::{Arrival, Completed, Eviction, JoinSpec, JoinWindow, Offer, PartSpan};
 use crate::labels::ResourceValues;
 use crate::labels::{Found, LabelResolver, format_scalar, truncate};
-use hashbrown::HashMap;
+use crate::request_series::{Key, RequestSeries};
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::Arc;
@@ -98,13 +98,13 @@ struct SpanMetrics {
     duration: MetricId,
 }
 
-/// A request's span-metric series (calls, duration) by (resource, span name, kind, status
-/// code) as its spans carry them.
-type SpanSeries<'a> = HashMap<(usize, i32, i32, &'a str), [Series; 2]>;
+/// A request's span-metric series (calls, duration), known by resource, kind and status
+/// code, and span name, as its spans carry them.
+type SpanSeries<'a> = RequestSeries<'a, [Series; 2]>;
 
-/// A request's stage series (histogram, calls, errors) by (resource, stage, handler language
-/// as its spans carry it, if they do), for stages with no extra labels.
-type StageSeries<'a> = HashMap<(usize, usize, Option<&'a str>), [Series; 3]>;
+/// A request's stage series (histogram, calls, errors), known by resource and stage, and
+/// handler language as its spans carry it (if they do), for stages with no extra labels.
+type StageSeries<'a> = RequestSeries<'a, [Series; 3]>;
 
 struct OwnMetrics {
     received: MetricId,
@@ -742,9 +742,12 @@ impl Pipeline {
             let key = match found {
                 Some(Found::Scalar(_)) => None,
                 _ if !stage.extras.is_empty() => None,
-                _ => Some((span.resource, stage_id, found.and_then(Found::text))),
+                _ => Some(Key {
+                    numbers: [span.resource as u64, stage_id as u64],
+                    text: found.and_then(Found::text),
+                }),
             };
-            let known = key.and_then(|key| stage_series.get(&key).copied());
+            let known = key.and_then(|key| stage_series.get(&key));
             let ([histogram, calls, errors], admitted_language) = match known {
                 Some(series) => (series, given_language),
                 None => {
@@ -768,7 +771,7 @@ impl Pipeline {
                     // As for span metrics: past a cap, admitted and counted for every span.
                     if let Some(key) = key
                         && std::ptr::eq(labels[1], given_language)
-                        && series.iter().all(Series::is_own)
+                        && series.iter().all(|s| s.is_own())
                     {
                         stage_series.insert(key, series);
                     }
@@ -834,9 +837,15 @@ impl Pipeline {
         service: &str,
         exemplar: Exemplar,
     ) {
-        let key = (span.resource, span.kind, span.status_code, span.name);
+        let key = Key {
+            numbers: [
+                span.resource as u64,
+                u64::from(span.kind as u32) << 32 | u64::from(span.status_code as u32),
+            ],
+            text: Some(span.name),
+        };
         let [calls, duration] = match known.get(&key) {
-            Some(&series) => series,
+            Some(series) => series,
             None => {
                 let name = truncate(span.name, self.max_label_len);
                 let admitted = w.admitted(self.dimensions.span_name, name);
@@ -845,7 +854,7 @@ impl Pipeline {
                 let series = [m.calls, m.duration].map(|metric| w.series(metric, labels));
                 // A name past its cap (given back as the overflow value) or a series past
                 // the cap is admitted and counted again for every span, as without this.
-                if std::ptr::eq(admitted, name) && series.iter().all(Series::is_own) {
+                if std::ptr::eq(admitted, name) && series.iter().all(|s| s.is_own()) {
                     known.insert(key, series);
                 }
                 series

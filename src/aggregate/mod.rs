@@ -446,19 +446,35 @@ pub struct Writer<'s> {
 
 /// A series found or made by [`Writer::series`], to write again without another lookup:
 /// its slot in the writer's shard, where it stays while that writer holds the shard. Only
-/// for the writer that gave it.
+/// for the writer that gave it. One word (slot, metric, and whether it is the labels' own
+/// series): copied by halves or bytes, it stalled the loads that read it back whole.
 #[derive(Debug, Clone, Copy)]
-pub struct Series {
-    slot: usize,
-    metric: MetricId,
-    own: bool,
-}
+pub struct Series(u64);
 
 impl Series {
+    const OWN: u64 = 1 << 63;
+
+    fn new(slot: usize, metric: MetricId, own: bool) -> Series {
+        let slot = u32::try_from(slot).expect("fewer than 2^32 series in a shard");
+        let metric = u32::try_from(metric.0)
+            .ok()
+            .filter(|&m| m < 1 << 31)
+            .expect("fewer than 2^31 metrics");
+        Series(u64::from(slot) | u64::from(metric) << 32 | if own { Series::OWN } else { 0 })
+    }
+
+    fn slot(self) -> usize {
+        (self.0 as u32) as usize
+    }
+
+    fn metric(self) -> usize {
+        ((self.0 & !Series::OWN) >> 32) as usize
+    }
+
     /// Whether the series is the one of the labels asked for: false when the series cap
     /// folded them into the overflow series (whose every write counts as folded).
-    pub fn is_own(&self) -> bool {
-        self.own
+    pub fn is_own(self) -> bool {
+        self.0 & Series::OWN != 0
     }
 }
 
@@ -558,11 +574,7 @@ impl<'s> Writer<'s> {
         }
         self.shard.last[metric.0] = Some(i);
         self.shard.slots[i].written = tick;
-        Series {
-            slot: i,
-            metric,
-            own: holds_set,
-        }
+        Series::new(i, metric, holds_set)
     }
 
     /// The values of `labels` as a slot's key holds them, when the set was found or written
@@ -657,11 +669,11 @@ impl<'s> Writer<'s> {
     pub fn observe_in(&mut self, series: Series, seconds: f64, exemplar: Option<Exemplar>) {
         let epoch = self.epoch;
         let store: &'s Store = self.store;
-        let slot = &mut self.shard.slots[series.slot];
+        let slot = &mut self.shard.slots[series.slot()];
         if let Some(raw) = &store.raw {
             lock(raw).entry(slot.key.clone()).or_default().push(seconds);
         }
-        let spec = &store.metrics[series.metric.0];
+        let spec = &store.metrics[series.metric()];
         let MetricKind::Histogram { bounds } = &spec.kind else {
             panic!("observe on {} which is not a histogram", spec.name);
         };
@@ -689,7 +701,7 @@ impl<'s> Writer<'s> {
 
     /// [`Writer::add`] to a series this writer found or made.
     pub fn add_to(&mut self, series: Series, by: u64) {
-        self.shard.slots[series.slot].cell.add(by);
+        self.shard.slots[series.slot()].cell.add(by);
     }
 }
 
