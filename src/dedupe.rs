@@ -46,6 +46,10 @@ impl RecentSpans {
         let shard_of: Vec<usize> = hashes.iter().map(|h| (h >> 60) as usize % SHARDS).collect();
         for_each_shard(&shard_of, |s, items| {
             let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
+            // See RecentHashes::touch.
+            for &i in items {
+                shard.touch(hashes[i]);
+            }
             for &i in items {
                 fresh[i] = shard.insert(hashes[i]);
             }

@@ -411,6 +411,10 @@ impl JoinWindow {
         for_each_shard(&shards, |s, items| {
             let mut shard = self.shards[s].lock().unwrap_or_else(|p| p.into_inner());
             self.expire(&mut shard, now, evicted);
+            // A new key's offer looks it up in `completed` (RecentHashes::touch).
+            for &i in items {
+                shard.completed.touch(hashes[i]);
+            }
             for &i in items {
                 match self.offer(&mut shard, hashes[i], arrivals[i], now, evicted) {
                     Offer::Waiting => {}
