@@ -77,6 +77,17 @@ impl<'a> Found<'a> {
             Found::Scalar(_) => None,
         }
     }
+
+    /// The value as text, written into `buf` if it is a number or a bool.
+    pub fn written<'r>(self, buf: &'r mut String) -> &'r str
+    where
+        'a: 'r,
+    {
+        match self {
+            Found::Text(text) => text,
+            Found::Scalar(value) => format_scalar(&value, buf),
+        }
+    }
 }
 
 /// One label's source chain, compiled.
@@ -178,10 +189,10 @@ impl LabelResolver {
         resource_values: &ResourceValues<'a>,
         buf: &'r mut String,
     ) -> Option<&'r str> {
-        match self.find_in_request(batch, span, resource_values)? {
-            Found::Text(text) => Some(text),
-            Found::Scalar(value) => Some(format_scalar(&value, buf)),
-        }
+        Some(
+            self.find_in_request(batch, span, resource_values)?
+                .written(buf),
+        )
     }
 
     /// [`LabelResolver::find`], before a bool, int or double attribute is written as text.

@@ -17,7 +17,7 @@ use crate::dedupe::RecentSpans;
 use crate::equal::same_str;
 use crate::join::{Arrival, Completed, Eviction, JoinSpec, JoinWindow, Offer, PartSpan};
 use crate::labels::ResourceValues;
-use crate::labels::{Found, LabelResolver, format_scalar, truncate};
+use crate::labels::{Found, LabelResolver, truncate};
 use crate::request_series::{Key, RequestSeries};
 use std::fmt::Write;
 use std::ops::Range;
@@ -730,12 +730,8 @@ impl Pipeline {
             let found = self
                 .handler_language
                 .find_in_request(&batch, span, &language_values);
-            let language = found
-                .map(|found| match found {
-                    Found::Text(text) => text,
-                    Found::Scalar(value) => format_scalar(&value, language_buf),
-                })
-                .map(|l| truncate(l, self.max_label_len));
+            let language =
+                found.map(|found| truncate(found.written(language_buf), self.max_label_len));
             let given_language = language.unwrap_or(self.handler_language.default_value());
             // A stage labelled by service and handler language alone has its series found
             // once per request for each (resource, language) its spans carry as text.
