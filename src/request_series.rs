@@ -10,6 +10,8 @@
 //! `decode_classify_aggregate` bench took 103.2 µs a request instead of 98.4.
 
 use hashbrown::HashTable;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::OnceLock;
 
 /// The series `V` of the metrics written with the same labels (a stage's histogram, calls
 /// and errors: `[Series; 3]`), by what names them in one request.
@@ -17,6 +19,8 @@ use hashbrown::HashTable;
 /// [`Series`]: crate::aggregate::Series
 pub struct RequestSeries<'a, V> {
     table: HashTable<Entry<'a, V>>,
+    /// This process's [`seed`].
+    seed: u64,
 }
 
 /// What names a series in a request: two numbers and a text, if any.
@@ -37,12 +41,13 @@ impl<'a, V: Copy> RequestSeries<'a, V> {
     pub fn with_capacity(capacity: usize) -> RequestSeries<'a, V> {
         RequestSeries {
             table: HashTable::with_capacity(capacity),
+            seed: seed(),
         }
     }
 
     /// The series known by `key`.
     pub fn get(&self, key: &Key<'a>) -> Option<V> {
-        let hash = hash(key);
+        let hash = hash(key, self.seed);
         self.table
             .find(hash, |e| e.hash == hash && e.key == *key)
             .map(|e| e.series)
@@ -50,37 +55,44 @@ impl<'a, V: Copy> RequestSeries<'a, V> {
 
     /// Remembers `series` by `key`, which [`RequestSeries::get`] did not know.
     pub fn insert(&mut self, key: Key<'a>, series: V) {
-        let hash = hash(&key);
+        let hash = hash(&key, self.seed);
         let entry = Entry { hash, key, series };
         self.table.insert_unique(hash, entry, |e| e.hash);
     }
 }
 
-/// A hash of the numbers and the text, eight bytes at a time.
-fn hash(key: &Key) -> u64 {
+/// A random number drawn once per process, which every hash starts from: texts that collide
+/// (many span names in one request looked up along one probe sequence) cannot be made
+/// without knowing it.
+fn seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| RandomState::new().hash_one(0u64))
+}
+
+/// A hash of the numbers and the text, eight bytes at a time, from `seed`.
+fn hash(key: &Key, seed: u64) -> u64 {
     let [a, b] = key.numbers;
     let text = match key.text {
         None => u64::MAX,
-        Some(text) => text_hash(text.as_bytes()),
+        Some(text) => text_hash(text.as_bytes(), seed),
     };
-    mix(mix(a, b), text)
+    mix(mix(a ^ seed, b), text)
 }
 
-/// Each eight bytes mixed into the length, then the last up to eight bytes (read again
-/// when the length is a multiple of eight, one by one when shorter than eight).
-fn text_hash(bytes: &[u8]) -> u64 {
+/// Each eight bytes mixed into the seed and the length, then the last up to eight bytes
+/// (read again when the length is a multiple of eight, one by one when shorter than eight).
+fn text_hash(bytes: &[u8], seed: u64) -> u64 {
     let word = |chunk: &[u8]| u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
     let chunks = bytes.chunks_exact(8);
     let last = match bytes.len() {
         n if n >= 8 => word(&bytes[n - 8..]),
         _ => bytes.iter().fold(0, |h, &b| h << 8 | u64::from(b)),
     };
-    let whole = chunks.fold(bytes.len() as u64, |h, chunk| mix(h, word(chunk)));
+    let whole = chunks.fold(seed ^ bytes.len() as u64, |h, chunk| mix(h, word(chunk)));
     mix(whole, last)
 }
 
-/// Multiplies two words to 128 bits and folds the halves: every output bit depends on
-/// every input bit of both.
+/// Multiplies two words (each moved by a constant) to 128 bits and folds the halves.
 fn mix(x: u64, y: u64) -> u64 {
     let product = u128::from(x ^ 0x243f_6a88_85a3_08d3) * u128::from(y ^ 0x1319_8a2e_0370_7344);
     (product as u64) ^ (product >> 64) as u64
@@ -123,12 +135,13 @@ mod tests {
             let mut hashes = std::collections::HashSet::new();
             for i in 0..10_000u64 {
                 let text = text(i);
-                hashes.insert(
-                    hash(&Key {
-                        numbers: [0, 0],
-                        text: Some(&text),
-                    }) >> 52,
-                );
+                let key = Key {
+                    numbers: [0, 0],
+                    text: Some(&text),
+                };
+                hashes.insert(hash(&key, seed()) >> 52);
+                // Another seed, another hash.
+                assert_ne!(hash(&key, 1), hash(&key, 2), "{text}");
             }
             // 10,000 keys over the top 12 bits (4,096 values): a random spread takes
             // 4,096 × (1 - e^(-10,000/4,096)) = 3,740 of them.
