@@ -2,8 +2,8 @@
 //! observe. Also owns spanlens's own counters, so that every outcome is counted in one place.
 
 use crate::aggregate::{
-    DimensionId, Exemplar, MetricId, MetricKind, MetricSpec, Series, Snapshot, Store, StoreSpec,
-    Values, Writer,
+    Admission, DimensionId, Exemplar, MetricId, MetricKind, MetricSpec, Series, Snapshot, Store,
+    StoreSpec, Values, Writer,
 };
 use crate::breakdown::{Breakdown, DerivedRule, RecordKeys, SpanLog, SpanRecord};
 use crate::classify::{Classifier, SpanFacts, StageId};
@@ -749,7 +749,9 @@ impl Pipeline {
                 None => {
                     let mut labels = [""; MAX_STAGE_LABELS];
                     labels[0] = service;
-                    labels[1] = w.admitted(self.dimensions.handler_language, given_language);
+                    let (language, admission) =
+                        w.admitted_as(self.dimensions.handler_language, given_language);
+                    labels[1] = language;
                     for (slot, &extra) in stage.extras.iter().enumerate() {
                         let (resolver, dimension) = &self.extras[extra];
                         let value = resolver.resolve(
@@ -764,14 +766,10 @@ impl Pipeline {
                     let set = w.label_set(&labels[..2 + stage.extras.len()]);
                     let series = [stage.histogram, stage.calls, stage.errors]
                         .map(|metric| w.series(metric, set));
-                    // As for span metrics: past a cap, admitted and counted for every span.
-                    if let Some(key) = key
-                        && std::ptr::eq(labels[1], given_language)
-                        && series.iter().all(|s| s.is_own())
-                    {
-                        stage_series.insert(key, series);
+                    if let Some(key) = key {
+                        stage_series.remember(key, series, admission == Admission::Kept);
                     }
-                    (series, labels[1])
+                    (series, language)
                 }
             };
             w.observe_in(histogram, seconds, Some(exemplar));
@@ -844,15 +842,11 @@ impl Pipeline {
             Some(series) => series,
             None => {
                 let name = truncate(span.name, self.max_label_len);
-                let admitted = w.admitted(self.dimensions.span_name, name);
-                let labels = [service, admitted, span.kind_name(), span.status_name()];
+                let (name, admission) = w.admitted_as(self.dimensions.span_name, name);
+                let labels = [service, name, span.kind_name(), span.status_name()];
                 let labels = w.label_set(&labels);
                 let series = [m.calls, m.duration].map(|metric| w.series(metric, labels));
-                // A name past its cap (given back as the overflow value) or a series past
-                // the cap is admitted and counted again for every span, as without this.
-                if std::ptr::eq(admitted, name) && series.iter().all(|s| s.is_own()) {
-                    known.insert(key, series);
-                }
+                known.remember(key, series, admission == Admission::Kept);
                 series
             }
         };

@@ -533,9 +533,21 @@ impl<'s> Writer<'s> {
     where
         's: 'v,
     {
+        self.admitted_as(dimension, value).0
+    }
+
+    /// [`Writer::admitted`], with how `value` was admitted.
+    pub fn admitted_as<'v>(
+        &mut self,
+        dimension: DimensionId,
+        value: &'v str,
+    ) -> (&'v str, Admission)
+    where
+        's: 'v,
+    {
         match self.admit(dimension, value) {
-            Admission::Kept => value,
-            Admission::Overflow => &self.store.overflow_value,
+            Admission::Kept => (value, Admission::Kept),
+            Admission::Overflow => (&self.store.overflow_value, Admission::Overflow),
         }
     }
 
