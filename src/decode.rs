@@ -218,6 +218,11 @@ impl AttributeKeys {
         AttributeKeys { keys, by_mark }
     }
 
+    #[cfg(test)]
+    pub(crate) fn keeps(&self, key: &str) -> bool {
+        self.find(key.as_bytes()).is_some()
+    }
+
     /// The kept key equal to `key`, if any: a key read from a request is used as this one,
     /// without checking it as UTF-8 again.
     #[inline(always)]
@@ -507,13 +512,14 @@ impl<'a> Batch<'a> {
         keep: Option<&'a AttributeKeys>,
         attr_index: &mut usize,
     ) -> Result<(), WireError> {
-        let attributes = &mut self.attributes;
-        field
-            .and_then(|buf| match keep {
-                None => key_value(buf).map(|a| attributes.push(a)),
-                Some(keys) => push_kept_attribute(buf, keys, attributes),
-            })
-            .inspect_err(|_| path.at(Level::Attribute, *attr_index))?;
+        // A match, not a closure: the closure was a function of its own, called for each
+        // attribute.
+        let read = match (field, keep) {
+            (Ok(buf), Some(keys)) => push_kept_attribute(buf, keys, &mut self.attributes),
+            (Ok(buf), None) => key_value(buf).map(|a| self.attributes.push(a)),
+            (Err(e), _) => Err(e),
+        };
+        read.inspect_err(|_| path.at(Level::Attribute, *attr_index))?;
         *attr_index += 1;
         Ok(())
     }
@@ -555,11 +561,7 @@ fn push_kept_attribute<'a>(
     attributes: &mut Vec<Attribute<'a>>,
 ) -> Result<(), WireError> {
     let Some((key, value)) = key_then_value(buf) else {
-        // Any other layout takes the general loop (the last key wins).
-        if keys.find(key_bytes(buf)?).is_some() {
-            attributes.push(key_value(buf)?);
-        }
-        return Ok(());
+        return push_kept_in_other_layout(buf, keys, attributes);
     };
     let Some(key) = keys.find(key) else {
         return Ok(());
@@ -572,7 +574,22 @@ fn push_kept_attribute<'a>(
     Ok(())
 }
 
+/// [`push_kept_attribute`] of a KeyValue not laid out as its key then its value: read by
+/// the general loop (the last key wins).
+#[inline(never)]
+fn push_kept_in_other_layout<'a>(
+    buf: &'a [u8],
+    keys: &'a AttributeKeys,
+    attributes: &mut Vec<Attribute<'a>>,
+) -> Result<(), WireError> {
+    if keys.find(key_bytes(buf)?).is_some() {
+        attributes.push(key_value(buf)?);
+    }
+    Ok(())
+}
+
 /// [`push_kept_attribute`] of a value that is not a string alone.
+#[inline(never)]
 fn kept_other_value<'a>(
     key: &'a str,
     value: &'a [u8],

@@ -242,9 +242,20 @@ pub fn leading_bytes(buf: &[u8], number: u8) -> Option<(&[u8], &[u8])> {
     if key != number << 3 | 2 {
         return None;
     }
-    let mut fields = Fields::new(rest);
+    // A length below 128 (one byte) is read here, in registers; a longer one takes the call.
+    let (len, rest) = match rest {
+        [len, rest @ ..] if *len < 0x80 => (usize::from(*len), rest),
+        _ => long_length(rest)?,
+    };
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// The length varint `buf` starts with, of two bytes or more, and the bytes after it.
+#[inline(never)]
+fn long_length(buf: &[u8]) -> Option<(usize, &[u8])> {
+    let mut fields = Fields::new(buf);
     let len = usize::try_from(fields.varint().ok()?).ok()?;
-    (len <= fields.buf.len()).then(|| fields.buf.split_at(len))
+    Some((len, fields.buf))
 }
 
 /// When `buf` starts with 64-bit field `number` (1 to 15): its value and the bytes after it.
