@@ -475,7 +475,14 @@ impl Pipeline {
                 .chain(handler_language.span_keys())
                 .chain(extras.iter().flat_map(|(r, _)| r.span_keys()))
                 .chain(derived.iter().map(|d| d.key.as_str()))
-                .chain(config.breakdown.attribute_keys()),
+                // Read only for the breakdown log: with it off, decode skips them too.
+                .chain(
+                    span_log
+                        .enabled()
+                        .then(|| config.breakdown.attribute_keys())
+                        .into_iter()
+                        .flatten(),
+                ),
         );
         Ok(Pipeline {
             attribute_keys,
@@ -657,21 +664,24 @@ impl Pipeline {
             .iter()
             .map(|(r, _)| r.per_resource(&batch))
             .collect();
+        let n = batch.spans.len();
         let mut services: Vec<Option<&str>> = vec![None; batch.resources.len()];
         let mut bufs: [String; MAX_STAGE_LABELS] = Default::default();
         let mut problems = problems.iter().map(|(i, _)| *i).peekable();
         let mut fresh = {
             let mut valid = problems.clone();
-            let ids: Vec<(&[u8], &[u8])> = (batch.spans.iter().enumerate())
-                .filter(|(i, _)| valid.next_if_eq(i).is_none())
-                .map(|(_, s)| (s.trace_id, s.span_id))
-                .collect();
+            // Sized up front: collected from a filter, it grew (and was copied) ~8 times.
+            let mut ids: Vec<(&[u8], &[u8])> = Vec::with_capacity(n);
+            ids.extend(
+                (batch.spans.iter().enumerate())
+                    .filter(|(i, _)| valid.next_if_eq(i).is_none())
+                    .map(|(_, s)| (s.trace_id, s.span_id)),
+            );
             self.recent.first_times(&ids).into_iter()
         };
         let now = Instant::now();
         let mut evicted = Evicted::new(self.derived.len());
         // Sized for the request up front: grown span by span they were copied ~9 times.
-        let n = batch.spans.len();
         let (mut records, mut record_languages) = match self.span_log.enabled() {
             true => (Vec::with_capacity(n), LabelTexts::with_capacity(n, 8 * n)),
             false => (Vec::new(), LabelTexts::default()),
@@ -1380,6 +1390,19 @@ mod tests {
             &lines,
             r#"spanlens_label_overflow_total{label="handler_language"} 3"#,
         );
+    }
+
+    #[test]
+    fn decode_keeps_the_breakdown_keys_only_while_breakdowns_are_on() {
+        let mut config = Config::default_profile();
+        let on = Pipeline::new(&config).unwrap();
+        config.breakdown.max_spans = 0;
+        let off = Pipeline::new(&config).unwrap();
+        // task_uuid is read by the breakdown log alone; step_uuid by derived durations too.
+        assert!(on.attribute_keys.keeps("task_uuid"));
+        assert!(!off.attribute_keys.keeps("task_uuid"));
+        assert!(off.attribute_keys.keeps("step_uuid"));
+        assert!(off.attribute_keys.keeps("step_name"));
     }
 
     #[test]
