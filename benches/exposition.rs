@@ -2,17 +2,25 @@
 //! span-metrics histogram, plus their 5,000 call counters and spanlens's own series), as
 //! Prometheus text and as OpenMetrics, and the snapshot a scrape takes first.
 //!
+//! Each renders as `/metrics` does: into a buffer from [`ScrapeBuffers`], which the body
+//! gives back when dropped, so that the ~14 MB of text go into memory a scrape touched
+//! before. `render_text_fresh_buffer` renders into a new allocation each time, as scrapes
+//! did before `ScrapeBuffers`.
+//!
 //! Times are the benchmark thread's CPU time (see `support/cpu_time.rs`).
 //!
 //! `cargo bench --bench exposition`
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
+use spanlens::aggregate::Snapshot;
 use spanlens::config::Config;
-use spanlens::exposition::{Format, render};
+use spanlens::exposition::{Format, render, render_into};
 use spanlens::fixtures::Fixtures;
 use spanlens::pipeline::{Pipeline, Protocol};
+use spanlens::scrape_buffers::ScrapeBuffers;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "support/allocator.rs"]
@@ -34,31 +42,35 @@ fn exposition(c: &mut Criterion) {
         .count();
     assert_eq!(histograms, 5_000);
 
+    let buffers = Arc::new(ScrapeBuffers::default());
+    // A scrape's rendering, as /metrics makes it: its length, once the body is dropped.
+    let scrape = |snapshot: &Snapshot, format| {
+        let mut text = buffers.take();
+        render_into(&mut text, black_box(snapshot), format);
+        buffers.body(text).len()
+    };
     let mut group = c.benchmark_group("exposition_5000_histograms");
     group.bench_function("render_text", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(
-                iters,
-                || (),
-                |()| render(black_box(&snapshot), Format::Text).len(),
-            )
-        })
+        b.iter_custom(|iters| cpu_time(iters, || (), |()| scrape(&snapshot, Format::Text)))
     });
     group.bench_function("render_openmetrics", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(
-                iters,
-                || (),
-                |()| render(black_box(&snapshot), Format::OpenMetrics).len(),
-            )
-        })
+        b.iter_custom(|iters| cpu_time(iters, || (), |()| scrape(&snapshot, Format::OpenMetrics)))
     });
     group.bench_function("snapshot_and_render_text", |b| {
         b.iter_custom(|iters| {
             cpu_time(
                 iters,
                 || (),
-                |()| render(&pipeline.snapshot(), Format::Text).len(),
+                |()| scrape(&pipeline.snapshot(), Format::Text),
+            )
+        })
+    });
+    group.bench_function("render_text_fresh_buffer", |b| {
+        b.iter_custom(|iters| {
+            cpu_time(
+                iters,
+                || (),
+                |()| render(black_box(&snapshot), Format::Text).len(),
             )
         })
     });

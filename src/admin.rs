@@ -5,6 +5,7 @@ use crate::access::BearerToken;
 use crate::exposition::{self, Format};
 use crate::forward::Forwarder;
 use crate::pipeline::Pipeline;
+use crate::scrape_buffers::ScrapeBuffers;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 struct Sources {
     pipeline: Arc<Pipeline>,
     forward: Option<Arc<Forwarder>>,
+    buffers: Arc<ScrapeBuffers>,
 }
 
 /// The admin routes. With a token, /metrics and the API require it (401 otherwise); the
@@ -60,7 +62,11 @@ pub fn router(
                 "not found: try /metrics, /healthz or /readyz\n",
             )
         })
-        .with_state(Sources { pipeline, forward })
+        .with_state(Sources {
+            pipeline,
+            forward,
+            buffers: Arc::default(),
+        })
 }
 
 /// One task's breakdown as JSON, by correlation id or task uuid.
@@ -84,7 +90,9 @@ async fn metrics(State(sources): State<Sources>, headers: HeaderMap) -> Response
         if let Some(forward) = &sources.forward {
             forward.contribute(&mut snapshot);
         }
-        exposition::render(&snapshot, format)
+        let mut text = sources.buffers.take();
+        exposition::render_into(&mut text, &snapshot, format);
+        sources.buffers.body(text)
     })
     .await;
     match body {

@@ -38,7 +38,15 @@ impl Format {
 }
 
 pub fn render(snapshot: &Snapshot, format: Format) -> String {
-    let mut out = String::with_capacity(estimated_len(snapshot));
+    let mut out = String::new();
+    render_into(&mut out, snapshot, format);
+    out
+}
+
+/// [`render`] into `out`, cleared first; its memory is reused.
+pub fn render_into(out: &mut String, snapshot: &Snapshot, format: Format) {
+    out.clear();
+    out.reserve(estimated_len(snapshot));
     for (index, spec) in snapshot.metrics.iter().enumerate() {
         let mut series = snapshot.cells(MetricId(index)).peekable();
         if series.peek().is_none() {
@@ -75,13 +83,13 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
             }
             match (cell, &spec.kind) {
                 (Cell::Counter(n), _) => {
-                    line_start(&mut out, &spec.name, &prefix);
-                    push_u64(&mut out, *n);
+                    line_start(out, &spec.name, &prefix);
+                    push_u64(out, *n);
                     out.push('\n');
                 }
                 (Cell::Gauge(v), _) => {
-                    line_start(&mut out, &spec.name, &prefix);
-                    write_float(&mut out, *v, format);
+                    line_start(out, &spec.name, &prefix);
+                    write_float(out, *v, format);
                     out.push('\n');
                 }
                 (
@@ -105,20 +113,20 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
                         out.push_str("le=\"");
                         out.push_str(le);
                         out.push_str("\"} ");
-                        push_u64(&mut out, cumulative);
+                        push_u64(out, cumulative);
                         match (format, exemplar) {
                             (Format::OpenMetrics, Some(e)) if exemplar_bucket == Some(i) => {
-                                write_exemplar(&mut out, e, format)
+                                write_exemplar(out, e, format)
                             }
                             _ => {}
                         }
                         out.push('\n');
                     }
-                    line_start(&mut out, &names.sum, &prefix);
-                    write_float(&mut out, *sum, format);
+                    line_start(out, &names.sum, &prefix);
+                    write_float(out, *sum, format);
                     out.push('\n');
-                    line_start(&mut out, &names.count, &prefix);
-                    push_u64(&mut out, cumulative);
+                    line_start(out, &names.count, &prefix);
+                    push_u64(out, cumulative);
                     out.push('\n');
                 }
                 (Cell::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
@@ -130,7 +138,6 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
     if format == Format::OpenMetrics {
         out.push_str("# EOF\n");
     }
-    out
 }
 
 /// About the length of the rendering, a little over for ordinary label values, so that the

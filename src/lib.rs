@@ -31,6 +31,7 @@ pub mod recent;
 pub mod replay;
 pub mod request_series;
 pub mod rules;
+pub mod scrape_buffers;
 pub mod server;
 pub mod shards;
 pub mod status;

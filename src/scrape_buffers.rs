@@ -1,0 +1,99 @@
+//! The buffers scrapes render into, kept for the next scrape. A scrape of 5,000 histogram
+//! series is ~14 MB of text: rendered into a fresh allocation, every page of it is faulted
+//! in again on every scrape, which took 11-13 ms of CPU (two thirds in the kernel) against
+//! 2.7 ms into memory a scrape had touched before.
+
+use bytes::Bytes;
+use std::sync::{Arc, Mutex};
+
+/// Buffers kept between scrapes; a scrape beyond them renders into a new one.
+const KEPT: usize = 2;
+
+#[derive(Debug, Default)]
+pub struct ScrapeBuffers {
+    free: Mutex<Vec<String>>,
+}
+
+impl ScrapeBuffers {
+    /// A buffer to render into: one an earlier scrape gave back, or a new one.
+    pub fn take(&self) -> String {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    /// `text` as a response body; its buffer comes back here when the body is dropped
+    /// (sent, or abandoned by a client that went away).
+    pub fn body(self: &Arc<Self>, text: String) -> Bytes {
+        Bytes::from_owner(Lent {
+            text,
+            home: Arc::clone(self),
+        })
+    }
+
+    /// Keeps `text`'s buffer if fewer than [`KEPT`] are kept and it is sized for what it
+    /// held (at most twice its length and 64 KiB): one very large scrape does not pin its
+    /// buffer for good.
+    fn give_back(&self, text: String) {
+        let mut free = self.lock();
+        if free.len() < KEPT && text.capacity() <= 2 * text.len() + (64 << 10) {
+            free.push(text);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A rendered scrape on its way to a client.
+struct Lent {
+    text: String,
+    home: Arc<ScrapeBuffers>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        self.text.as_bytes()
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.home.give_back(std::mem::take(&mut self.text));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sent_body_gives_its_buffer_to_the_next_scrape() {
+        let buffers = Arc::new(ScrapeBuffers::default());
+        let mut text = buffers.take();
+        text.push_str("a_total 1\n");
+        let at = text.as_ptr();
+        let body = buffers.body(text);
+        assert_eq!(&body[..], b"a_total 1\n");
+        assert!(
+            buffers.take().is_empty(),
+            "lent out until the body is dropped"
+        );
+        drop(body);
+        let again = buffers.take();
+        assert_eq!(again.as_ptr(), at, "the same memory");
+        assert!(again.capacity() >= "a_total 1\n".len());
+    }
+
+    #[test]
+    fn keeps_a_few_buffers_sized_for_what_they_held() {
+        let buffers = Arc::new(ScrapeBuffers::default());
+        let bodies: Vec<Bytes> = (0..3).map(|_| buffers.body("x".repeat(100))).collect();
+        drop(bodies);
+        assert_eq!(buffers.lock().len(), KEPT);
+        buffers.lock().clear();
+        let mut oversized = String::with_capacity(1 << 20);
+        oversized.push('x');
+        drop(buffers.body(oversized));
+        assert!(buffers.lock().is_empty(), "1 MiB kept for one byte");
+    }
+}
