@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command for spanlens: installs what the tests need when it is missing, then
-# runs formatting, lints, every test target, the doc tests and (when benches/ exists) builds
-# the benchmarks. Works on a fresh Debian 12 machine (as root, or with sudo) that has Rust,
+# runs formatting, lints, the API docs (warnings are errors), every test target, the doc
+# tests and (when benches/ exists) builds the benchmarks. Works on a fresh Debian 12 machine (as root, or with sudo) that has Rust,
 # cargo, cargo-nextest (optional) and Python 3 with pip, reaching only crates.io, PyPI and
 # Debian's archive.
 #
@@ -136,6 +136,10 @@ elapsed fmt
 section "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 elapsed clippy
+
+section "cargo doc --no-deps (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+elapsed docs
 
 # Doc tests first: nextest does not run them, and the suite's summary should be the last
 # test-runner line printed (the doc tests may number zero).

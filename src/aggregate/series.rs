@@ -72,7 +72,7 @@ impl<'a> LabelSet<'a> {
         }
     }
 
-    /// The hash of this set's series of `metric`, as [`SeriesKey::series_hash`] gives it.
+    /// The hash of this set's series of `metric`, as a series key's `series_hash` gives it.
     pub fn series_hash(&self, metric: usize) -> u64 {
         with_metric(self.hash, metric)
     }
