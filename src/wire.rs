@@ -254,7 +254,8 @@ pub fn leading_bytes(buf: &[u8], number: u8) -> Option<(&[u8], &[u8])> {
 #[inline(never)]
 fn long_length(buf: &[u8]) -> Option<(usize, &[u8])> {
     let mut fields = Fields::new(buf);
-    let len = usize::try_from(fields.varint().ok()?).ok()?;
+    // The one-byte case was read by the caller.
+    let len = usize::try_from(fields.long_varint().ok()?).ok()?;
     Some((len, fields.buf))
 }
 
