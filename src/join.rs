@@ -12,7 +12,6 @@ use crate::shards::for_each_shard;
 use hashbrown::HashTable;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -103,14 +102,13 @@ impl Eviction {
     }
 }
 
-/// A waiting key: 96 bytes, 104 with its slot's hash (a part's ids are kept only while it
+/// A waiting key: 80 bytes, 88 with its slot's hash (a part's ids are kept only while it
 /// is the one that ended last, the completed value's exemplar).
 struct Pending {
-    /// By part: its times, a start of 0 while it has not arrived.
-    parts: Few<Times>,
-    /// Per label, its value and the part that gave it: labels come from the first part in
-    /// part order that has them, whatever order the spans arrive in.
-    labels: Few<LabelValue>,
+    /// By part, its times (a start of 0 while it has not arrived); per label, its value and
+    /// the part that gave it: labels come from the first part in part order that has them,
+    /// whatever order the spans arrive in.
+    values: Values,
     /// Trace and span id of `exemplar_part`, the part that ended last (the last in part
     /// order of those that ended at the same time); [`NO_PART`] before any arrived.
     exemplar: SpanIds,
@@ -139,7 +137,7 @@ impl Pending {
             NO_PART => true,
             current if current == part => true,
             current => {
-                let end = self.parts[usize::from(current)].end_unix_nano;
+                let end = self.values.parts()[usize::from(current)].end_unix_nano;
                 (span.end_unix_nano, part) > (end, current)
             }
         };
@@ -153,49 +151,71 @@ impl Pending {
     }
 }
 
-/// Up to two values in place, more in an allocation of their own. Every derived metric of
-/// the default profile has two parts and at most two labels, so an offer reads its key's
-/// slot and nothing behind a pointer: in a full window each of those was a cache miss, and
-/// each key an allocation and a free.
-enum Few<T> {
-    Inline([T; 2], u8),
-    Boxed(Box<[T]>),
+/// A key's parts and labels: up to two of each in place, more in allocations of their own.
+/// Every derived metric of the default profile has two parts and at most two labels, so an
+/// offer reads its key's slot and nothing behind a pointer: in a full window each of those
+/// was a cache miss, and each key an allocation and a free. One enum for both, 48 bytes:
+/// one of its own for each took 64.
+enum Values {
+    Inline {
+        parts: [Times; 2],
+        labels: [LabelValue; 2],
+        /// How many of `parts` and of `labels` the key has.
+        lens: [u8; 2],
+    },
+    Boxed(Box<[Times]>, Box<[LabelValue]>),
 }
 
-impl<T: Copy + Default> Few<T> {
-    fn new(len: usize) -> Few<T> {
-        match u8::try_from(len) {
-            Ok(n) if n <= 2 => Few::Inline([T::default(); 2], n),
-            _ => Few::Boxed(vec![T::default(); len].into_boxed_slice()),
+impl Values {
+    fn new(parts: usize, labels: usize) -> Values {
+        match (u8::try_from(parts), u8::try_from(labels)) {
+            (Ok(p), Ok(l)) if p <= 2 && l <= 2 => Values::Inline {
+                parts: [Times::default(); 2],
+                labels: [LabelValue::default(); 2],
+                lens: [p, l],
+            },
+            _ => Values::Boxed(
+                vec![Times::default(); parts].into_boxed_slice(),
+                vec![LabelValue::default(); labels].into_boxed_slice(),
+            ),
         }
     }
-}
 
-impl<T> Deref for Few<T> {
-    type Target = [T];
-
-    fn deref(&self) -> &[T] {
+    fn parts(&self) -> &[Times] {
         match self {
-            Few::Inline(values, len) => &values[..usize::from(*len)],
-            Few::Boxed(values) => values,
+            Values::Inline { parts, lens, .. } => &parts[..usize::from(lens[0])],
+            Values::Boxed(parts, _) => parts,
         }
     }
-}
 
-impl<T> DerefMut for Few<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
+    fn parts_mut(&mut self) -> &mut [Times] {
         match self {
-            Few::Inline(values, len) => &mut values[..usize::from(*len)],
-            Few::Boxed(values) => values,
+            Values::Inline { parts, lens, .. } => &mut parts[..usize::from(lens[0])],
+            Values::Boxed(parts, _) => parts,
+        }
+    }
+
+    fn labels(&self) -> &[LabelValue] {
+        match self {
+            Values::Inline { labels, lens, .. } => &labels[..usize::from(lens[1])],
+            Values::Boxed(_, labels) => labels,
+        }
+    }
+
+    fn labels_mut(&mut self) -> &mut [LabelValue] {
+        match self {
+            Values::Inline { labels, lens, .. } => &mut labels[..usize::from(lens[1])],
+            Values::Boxed(_, labels) => labels,
         }
     }
 }
 
 /// A label value, interned in the key's shard: waiting keys name few distinct values
-/// (services, languages), and a key that never completes allocates none of its own.
+/// (services, languages), and a key that never completes allocates none of its own. Its
+/// text's id is kept as bytes: aligned to 1, two labels take 10 bytes, not 16.
 #[derive(Clone, Copy)]
 struct LabelValue {
-    text: u32,
+    text: [u8; 4],
     /// The part that gave it, [`NO_PART`] while none has.
     part: u8,
 }
@@ -203,15 +223,22 @@ struct LabelValue {
 impl Default for LabelValue {
     fn default() -> LabelValue {
         LabelValue {
-            text: 0,
+            text: [0; 4],
             part: NO_PART,
         }
     }
 }
 
 impl LabelValue {
+    fn new(text: u32, part: u8) -> LabelValue {
+        LabelValue {
+            text: text.to_le_bytes(),
+            part,
+        }
+    }
+
     fn given(&self) -> Option<u32> {
-        (self.part != NO_PART).then_some(self.text)
+        (self.part != NO_PART).then_some(u32::from_le_bytes(self.text))
     }
 }
 
@@ -316,7 +343,7 @@ impl Shard {
     }
 
     fn release_labels(&mut self, pending: &Pending) {
-        for text in pending.labels.iter().filter_map(LabelValue::given) {
+        for text in pending.values.labels().iter().filter_map(LabelValue::given) {
             self.texts.release(text);
         }
     }
@@ -457,7 +484,7 @@ impl JoinWindow {
             "an offered span has a start time"
         );
         let part_index = u8::try_from(part).expect("fewer than 255 parts");
-        let extended = match (&mut pending.parts[part], spec.operation) {
+        let extended = match (&mut pending.values.parts_mut()[part], spec.operation) {
             (seen, _) if !arrived(seen) => {
                 *seen = span.times();
                 true
@@ -473,29 +500,28 @@ impl JoinWindow {
         if extended {
             pending.mark_exemplar(part_index, &span);
         }
-        for (i, (slot, value)) in pending.labels.iter_mut().zip(labels).enumerate() {
+        let given = pending.values.labels_mut().iter_mut().zip(labels);
+        for (i, (slot, value)) in given.enumerate() {
             if let Some(value) = value
                 && part_index < slot.part
             {
                 if let Some(replaced) = slot.given() {
                     shard.texts.release(replaced);
                 }
-                *slot = LabelValue {
-                    text: shard.texts.intern_in(value, i),
-                    part: part_index,
-                };
+                *slot = LabelValue::new(shard.texts.intern_in(value, i), part_index);
             }
         }
-        if !pending.parts.iter().all(arrived) {
+        if !pending.values.parts().iter().all(arrived) {
             return Offer::Waiting;
         }
         shard.unindex(at);
         let pending = shard.slots[at].pending.take().expect("present");
         shard.waiting -= 1;
         shard.completed.insert(hash);
-        let parts = &pending.parts;
+        let parts = pending.values.parts();
         let labels = pending
-            .labels
+            .values
+            .labels()
             .iter()
             .map(|l| l.given().map(|text| Box::from(shard.texts.get(text))))
             .collect();
@@ -537,8 +563,7 @@ impl JoinWindow {
         shard.slots.push_back(Slot {
             hash,
             pending: Some(Pending {
-                parts: Few::new(spec.parts),
-                labels: Few::new(spec.labels),
+                values: Values::new(spec.parts, spec.labels),
                 exemplar: SpanIds::default(),
                 exemplar_part: NO_PART,
                 derived: u16::try_from(derived).expect("at most 65,536 derived metrics"),
