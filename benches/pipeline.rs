@@ -12,9 +12,15 @@
 //!
 //! Times are the benchmark thread's CPU time (see `support/cpu_time.rs`).
 //!
+//! `breakdown_lookup`: one task's breakdown by correlation id
+//! (`Pipeline::breakdown`, GET /api/v1/breakdown/{id}) from the default profile's breakdown
+//! log full (50,000 spans), as it is under steady load: a lookup reads every kept span.
+//!
 //! `cargo bench --bench pipeline`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message;
 use spanlens::config::Config;
 use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
 use spanlens::pipeline::{Pipeline, Protocol};
@@ -78,12 +84,46 @@ fn ingest(c: &mut Criterion) {
     group.finish();
 }
 
+/// Spans ingested before `breakdown_lookup`: more than the default log holds.
+const LOOKUP_SPANS: usize = 65_536;
+
+fn breakdown_lookup(c: &mut Criterion) {
+    let pipeline = Pipeline::new(&Config::default_profile()).expect("the default profile");
+    let mut fixtures = Fixtures::new(2);
+    let mut last = None;
+    for _ in 0..LOOKUP_SPANS / DEFAULT_SPANS_PER_REQUEST {
+        let request = fixtures.request(DEFAULT_SPANS_PER_REQUEST);
+        let body = request.encode_to_vec();
+        pipeline.ingest(Protocol::Grpc, &body).expect("accepted");
+        last = Some(request);
+    }
+    // A correlation id of the newest request, whose spans the log still holds.
+    let id = last
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .flat_map(|s| &s.attributes)
+        .find(|a| a.key == "correlation_id")
+        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(text) => Some(text.clone()),
+            _ => None,
+        })
+        .expect("the fixtures carry correlation ids");
+    assert!(pipeline.breakdown(&id).is_some(), "{id} is held");
+    let mut group = c.benchmark_group("pipeline");
+    group.bench_function("breakdown_lookup", |b| {
+        b.iter_custom(|iters| cpu_time(iters, || (), |()| pipeline.breakdown(black_box(&id))))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = ingest
+    targets = ingest, breakdown_lookup
 }
 criterion_main!(benches);

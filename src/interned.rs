@@ -55,6 +55,16 @@ impl Interner {
         id
     }
 
+    /// The number of `text` if it is held, without a use.
+    pub fn find(&self, text: &str) -> Option<u32> {
+        let entries = &self.entries;
+        self.index
+            .find(self.hasher.hash_one(text), |&id| {
+                same_str(&entries[id as usize].text, text)
+            })
+            .copied()
+    }
+
     /// [`Interner::intern`] for one field of the caller's records (numbered by the caller:
     /// span name 0, service 1...): the text interned last for that field is tried first, so
     /// a run of records naming the same texts compares each with the previous record's

@@ -3,15 +3,14 @@
 //! languages, step names) are interned once for the whole log and counted by the records
 //! that use them; keys in the canonical UUID form (tasker's correlation ids, task and step
 //! uuids) are kept as their 16 bytes, other keys interned like names (each distinct one an
-//! allocation, shared by the records naming it). A record is 120 bytes (132 a span with its
-//! key hashes), where it was about 110 bytes plus its texts in an allocation of their own
-//! (about 350 bytes a span with the queues' spare room).
+//! allocation, shared by the records naming it). A record is 120 bytes, where it was about
+//! 110 bytes plus its texts in an allocation of their own (about 350 bytes a span with the
+//! queues' spare room).
 
 use super::SpanRecord;
 use crate::interned::Interner;
 use crate::join::PartSpan;
 use std::collections::{BTreeSet, VecDeque};
-use std::hash::BuildHasher;
 
 /// Correlation id, task uuid and step uuid.
 pub const KEYS: usize = 3;
@@ -29,7 +28,7 @@ struct Kept {
 
 const ABSENT: u32 = u32::MAX;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Key {
     Absent,
     Uuid([u8; 16]),
@@ -50,26 +49,22 @@ pub struct Found {
     pub keys: [Option<String>; KEYS],
 }
 
-/// The records in arrival order, with the hashes of their keys beside them in a dense array
-/// of their own. Recording a span touches only the two queues' ends and the texts it names:
-/// no index to update (and miss the cache on) per key; a breakdown, which is rare, scans the
-/// hashes instead (12 bytes per record, about 600 KB at the default 50,000) and checks
-/// each matching record's own keys, so two values that share a hash never mix.
+/// The records in arrival order. Recording a span touches only the queue's end and the
+/// texts it names: no index to update (and miss the cache on) per key. A breakdown, which is
+/// rare, reads every record's keys instead (about 1 ms for the default 50,000); a copy of
+/// each key's hash beside the records made that scan shorter, for 12 bytes a span and three
+/// hashes per span recorded.
 #[derive(Default)]
 pub struct Log {
     kept: VecDeque<Kept>,
-    /// Per record, in the same positions: the hash of each key it carries, 0 for none.
-    hashes: VecDeque<[u32; KEYS]>,
     texts: Interner,
-    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Log {
-    /// A log that holds up to `places` records without growing its queues (which double).
+    /// A log that holds up to `places` records without growing its queue (which doubles).
     pub fn with_capacity(places: usize) -> Log {
         Log {
             kept: VecDeque::with_capacity(places),
-            hashes: VecDeque::with_capacity(places),
             ..Log::default()
         }
     }
@@ -83,18 +78,9 @@ impl Log {
         self.kept.front().map(|k| k.at_ms)
     }
 
-    /// 32 bits of a key's hash: two keys that share them only cost a breakdown a look at
-    /// a record's own keys.
-    fn key_hash(&self, key: &str) -> u32 {
-        // 0 marks "no key" in `hashes`: a key that hashes to 0 is looked up as 1.
-        (self.hasher.hash_one(key) as u32).max(1)
-    }
-
     pub fn push(&mut self, record: &SpanRecord, at_ms: u64) {
         let stage = u16::try_from(record.stage).expect("fewer than 65,536 stages");
         let keys = record.keys.as_array();
-        self.hashes
-            .push_back(keys.map(|key| key.map_or(0, |k| self.key_hash(k))));
         let [span_name, service, language] = record.names;
         let texts = &mut self.texts;
         let names = [
@@ -119,7 +105,6 @@ impl Log {
     }
 
     pub fn pop_oldest(&mut self) {
-        self.hashes.pop_front();
         let Some(kept) = self.kept.pop_front() else {
             return;
         };
@@ -135,29 +120,18 @@ impl Log {
 
     /// Records carrying any of `keys`, oldest first.
     pub fn carrying(&self, keys: &BTreeSet<&str>) -> Vec<Found> {
-        let wanted: Vec<u32> = keys.iter().map(|k| self.key_hash(k)).collect();
-        // A 4,096-bit filter of the wanted hashes: most records are told apart by three
-        // lookups in 512 bytes, without comparing against every wanted hash.
-        let mut filter = [0u64; 64];
-        let bit = |h: u32| ((h >> 6) as usize % 64, h % 64);
-        for &h in &wanted {
-            let (word, b) = bit(h);
-            filter[word] |= 1 << b;
-        }
-        let maybe = |h: &u32| {
-            let (word, b) = bit(*h);
-            filter[word] >> b & 1 == 1
-        };
-        self.hashes
+        // Each key as records hold it; a text that is not held is carried by no record.
+        let wanted: Vec<Key> = keys
             .iter()
-            .enumerate()
-            .filter(|(_, hashes)| {
-                hashes
-                    .iter()
-                    .any(|h| *h != 0 && maybe(h) && wanted.contains(h))
+            .filter_map(|k| match uuid_bytes(k) {
+                Some(bytes) => Some(Key::Uuid(bytes)),
+                None => self.texts.find(k).map(|id| Key::Text(id.to_le_bytes())),
             })
-            .map(|(i, _)| self.found(&self.kept[i]))
-            .filter(|f| f.keys.iter().flatten().any(|k| keys.contains(k.as_str())))
+            .collect();
+        self.kept
+            .iter()
+            .filter(|kept| kept.keys.iter().any(|key| wanted.contains(key)))
+            .map(|kept| self.found(kept))
             .collect()
     }
 
@@ -300,6 +274,10 @@ mod tests {
         assert_eq!(log.carrying(&BTreeSet::from(["step-2"])).len(), 2);
         // Uppercase is another key, not the canonical one read back.
         assert_eq!(log.carrying(&BTreeSet::from([uuid])).len(), 3);
+        // Texts the log holds as names only, or not at all, are carried by no record.
+        for name in ["linear_step_1", "tasker-worker", "corr-2"] {
+            assert!(log.carrying(&BTreeSet::from([name])).is_empty(), "{name}");
+        }
         assert_eq!(log.oldest_ms(), Some(0));
         while log.len() > 0 {
             log.pop_oldest();

@@ -64,7 +64,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakdownConfig {
-    /// Classified spans kept (about 130 bytes each); 0 turns breakdowns off.
+    /// Classified spans kept (about 120 bytes each); 0 turns breakdowns off.
     #[serde(default = "default_breakdown_spans")]
     pub max_spans: usize,
     /// Spans older than this are dropped (a Prometheus duration).
