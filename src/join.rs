@@ -181,32 +181,38 @@ impl Values {
         }
     }
 
-    fn parts(&self) -> &[Times] {
+    /// The key's parts and its labels.
+    fn get(&self) -> (&[Times], &[LabelValue]) {
         match self {
-            Values::Inline { parts, lens, .. } => &parts[..usize::from(lens[0])],
-            Values::Boxed(parts, _) => parts,
+            Values::Inline {
+                parts,
+                labels,
+                lens: [p, l],
+            } => (&parts[..usize::from(*p)], &labels[..usize::from(*l)]),
+            Values::Boxed(parts, labels) => (parts, labels),
         }
     }
 
-    fn parts_mut(&mut self) -> &mut [Times] {
+    fn get_mut(&mut self) -> (&mut [Times], &mut [LabelValue]) {
         match self {
-            Values::Inline { parts, lens, .. } => &mut parts[..usize::from(lens[0])],
-            Values::Boxed(parts, _) => parts,
+            Values::Inline {
+                parts,
+                labels,
+                lens: [p, l],
+            } => (
+                &mut parts[..usize::from(*p)],
+                &mut labels[..usize::from(*l)],
+            ),
+            Values::Boxed(parts, labels) => (parts, labels),
         }
+    }
+
+    fn parts(&self) -> &[Times] {
+        self.get().0
     }
 
     fn labels(&self) -> &[LabelValue] {
-        match self {
-            Values::Inline { labels, lens, .. } => &labels[..usize::from(lens[1])],
-            Values::Boxed(_, labels) => labels,
-        }
-    }
-
-    fn labels_mut(&mut self) -> &mut [LabelValue] {
-        match self {
-            Values::Inline { labels, lens, .. } => &mut labels[..usize::from(lens[1])],
-            Values::Boxed(_, labels) => labels,
-        }
+        self.get().1
     }
 }
 
@@ -484,7 +490,7 @@ impl JoinWindow {
             "an offered span has a start time"
         );
         let part_index = u8::try_from(part).expect("fewer than 255 parts");
-        let extended = match (&mut pending.values.parts_mut()[part], spec.operation) {
+        let extended = match (&mut pending.values.get_mut().0[part], spec.operation) {
             (seen, _) if !arrived(seen) => {
                 *seen = span.times();
                 true
@@ -500,7 +506,7 @@ impl JoinWindow {
         if extended {
             pending.mark_exemplar(part_index, &span);
         }
-        let given = pending.values.labels_mut().iter_mut().zip(labels);
+        let given = pending.values.get_mut().1.iter_mut().zip(labels);
         for (i, (slot, value)) in given.enumerate() {
             if let Some(value) = value
                 && part_index < slot.part
