@@ -27,14 +27,11 @@ impl Interner {
     /// The text's number, with one more use.
     pub fn intern(&mut self, text: &str) -> u32 {
         let hash = self.hasher.hash_one(text);
-        let entries = &mut self.entries;
-        if let Some(&id) = self
-            .index
-            .find(hash, |&id| same_str(&entries[id as usize].text, text))
-        {
-            entries[id as usize].uses += 1;
+        if let Some(id) = self.find_hashed(hash, text) {
+            self.entries[id as usize].uses += 1;
             return id;
         }
+        let entries = &mut self.entries;
         let interned = Interned {
             text: text.into(),
             uses: 1,
@@ -57,11 +54,13 @@ impl Interner {
 
     /// The number of `text` if it is held, without a use.
     pub fn find(&self, text: &str) -> Option<u32> {
+        self.find_hashed(self.hasher.hash_one(text), text)
+    }
+
+    fn find_hashed(&self, hash: u64, text: &str) -> Option<u32> {
         let entries = &self.entries;
         self.index
-            .find(self.hasher.hash_one(text), |&id| {
-                same_str(&entries[id as usize].text, text)
-            })
+            .find(hash, |&id| same_str(&entries[id as usize].text, text))
             .copied()
     }
 
