@@ -6,20 +6,18 @@
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 
-/// Buffers kept between scrapes: one, for the one scraper a sidecar usually has (a second
-/// scrape at the same time renders into a new buffer). Each holds a scrape's size for good,
-/// ~0.4 MB for the default profile under load, against a memory goal of 30 MiB.
-const KEPT: usize = 1;
-
+/// The buffer kept between scrapes: one, for the one scraper a sidecar usually has (a
+/// second scrape at the same time renders into a new buffer). It holds a scrape's size for
+/// good, ~0.4 MB for the default profile under load, against a memory goal of 30 MiB.
 #[derive(Debug, Default)]
 pub struct ScrapeBuffers {
-    free: Mutex<Vec<String>>,
+    free: Mutex<Option<String>>,
 }
 
 impl ScrapeBuffers {
     /// A buffer to render into: one an earlier scrape gave back, or a new one.
     pub fn take(&self) -> String {
-        self.lock().pop().unwrap_or_default()
+        self.lock().take().unwrap_or_default()
     }
 
     /// `text` as a response body; its buffer comes back here when the body is dropped
@@ -31,17 +29,16 @@ impl ScrapeBuffers {
         })
     }
 
-    /// Keeps `text`'s buffer if fewer than [`KEPT`] are kept and it is sized for what it
-    /// held (at most twice its length plus 64 KiB): one very large scrape does not pin its
-    /// buffer for good.
+    /// Keeps `text`'s buffer if none is kept and it is sized for what it held (at most
+    /// twice its length plus 64 KiB): one very large scrape does not pin its buffer for good.
     fn give_back(&self, text: String) {
         let mut free = self.lock();
-        if free.len() < KEPT && text.capacity() <= 2 * text.len() + (64 << 10) {
-            free.push(text);
+        if free.is_none() && text.capacity() <= 2 * text.len() + (64 << 10) {
+            *free = Some(text);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -91,11 +88,11 @@ mod tests {
         let buffers = Arc::new(ScrapeBuffers::default());
         let bodies: Vec<Bytes> = (0..3).map(|_| buffers.body("x".repeat(100))).collect();
         drop(bodies);
-        assert_eq!(buffers.lock().len(), 1);
-        buffers.lock().clear();
+        assert!(buffers.lock().is_some(), "one kept");
+        buffers.lock().take();
         let mut oversized = String::with_capacity(1 << 20);
         oversized.push('x');
         drop(buffers.body(oversized));
-        assert!(buffers.lock().is_empty(), "1 MiB kept for one byte");
+        assert!(buffers.lock().is_none(), "1 MiB kept for one byte");
     }
 }
