@@ -13,12 +13,13 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
-use spanlens::aggregate::Snapshot;
 use spanlens::config::Config;
-use spanlens::exposition::{Format, render, render_into};
 use spanlens::fixtures::Fixtures;
-use spanlens::pipeline::{Pipeline, Protocol};
-use spanlens::scrape_buffers::ScrapeBuffers;
+use spanlens::metrics::exposition::{Format, render, render_into};
+use spanlens::metrics::store::Snapshot;
+use spanlens::otlp::Protocol;
+use spanlens::pipeline::Pipeline;
+use spanlens::server::scrape_buffers::ScrapeBuffers;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;

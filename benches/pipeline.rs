@@ -23,7 +23,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 use spanlens::config::Config;
 use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
-use spanlens::pipeline::{Pipeline, Protocol};
+use spanlens::otlp::Protocol;
+use spanlens::pipeline::Pipeline;
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -29,7 +29,8 @@ mod cpu_time;
 mod profiles;
 
 use spanlens::fixtures::{Fixtures, Renewable};
-use spanlens::pipeline::{Pipeline, Protocol};
+use spanlens::otlp::Protocol;
+use spanlens::pipeline::Pipeline;
 
 const SPANS: usize = 512;
 

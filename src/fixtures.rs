@@ -23,7 +23,7 @@
 //! let mut fixtures = Fixtures::new(42);
 //! let bodies = fixtures.encoded_requests(2, 512);
 //! assert_eq!(bodies.len(), 2);
-//! let batch = spanlens::decode::Batch::decode(&bodies[0]).unwrap();
+//! let batch = spanlens::otlp::decode::Batch::decode(&bodies[0]).unwrap();
 //! assert_eq!(batch.spans.len(), 512);
 //! ```
 
@@ -824,7 +824,7 @@ impl Renewable {
     pub fn protobuf(bytes: Vec<u8>) -> Renewable {
         let (mut binary, mut hex) = (Vec::new(), Vec::new());
         {
-            let batch = crate::decode::Batch::decode(&bytes).expect("a valid request");
+            let batch = crate::otlp::decode::Batch::decode(&bytes).expect("a valid request");
             let base = bytes.as_ptr() as usize;
             let offset = |s: &[u8]| s.as_ptr() as usize - base;
             for span in &batch.spans {
@@ -834,7 +834,7 @@ impl Renewable {
                     }
                 }
                 for attribute in batch.span_attributes(span) {
-                    if let crate::decode::AnyValue::Str(v) = attribute.value
+                    if let crate::otlp::decode::AnyValue::Str(v) = attribute.value
                         && v.len() >= 36
                         && is_uuid(&v.as_bytes()[v.len() - 36..])
                     {
@@ -928,9 +928,10 @@ fn is_uuid(b: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::decode::Batch;
-    use crate::exposition::{Format, render};
-    use crate::pipeline::{Pipeline, Protocol};
+    use crate::metrics::exposition::{Format, render};
+    use crate::otlp::Protocol;
+    use crate::otlp::decode::Batch;
+    use crate::pipeline::Pipeline;
     use std::collections::BTreeSet;
 
     #[test]
@@ -1040,7 +1041,7 @@ mod tests {
     fn otlp_json_of_a_fixture_request_decodes_to_the_same_spans() {
         let request = Fixtures::new(9).request(50);
         let json = serde_json::to_vec(&request).unwrap();
-        let bytes = crate::json::to_protobuf(&json).unwrap();
+        let bytes = crate::otlp::json::to_protobuf(&json).unwrap();
         assert_eq!(bytes, request.encode_to_vec());
     }
 
@@ -1108,7 +1109,7 @@ mod tests {
         let renewable = Renewable::json(serde_json::to_vec(&request).unwrap());
         let mut out = Vec::new();
         renewable.renew_into(5, &mut out);
-        let renewed = Renewable::protobuf(crate::json::to_protobuf(&out).unwrap());
+        let renewed = Renewable::protobuf(crate::otlp::json::to_protobuf(&out).unwrap());
         let original = request.encode_to_vec();
         let (a, b) = (
             Batch::decode(&original).unwrap(),

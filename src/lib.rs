@@ -1,40 +1,24 @@
 //! spanlens: an OpenTelemetry span processor that turns the spans of a workflow orchestrator
 //! into per-stage latency histograms for Prometheus.
 //!
-//! The flow runs one way: receivers move bytes ([`body`], [`receiver`]), [`decode`] turns a
-//! request into borrowed span views, [`classify`] and [`labels`] map each span to a stage and
-//! its label values, [`aggregate`] observes into sharded series storage, and [`exposition`]
-//! renders it for scrapes.
+//! The flow runs one way, and so do the dependencies between these modules:
+//! [`ingest`] receives OTLP requests and moves bytes (limits, decompression, admission),
+//! [`otlp`] is the protocol they speak (wire format, borrowed span views, JSON, status),
+//! [`pipeline`] classifies each span into a stage, resolves its labels and observes it,
+//! [`join`] holds the spans of derived durations and the breakdown log, [`metrics`] stores
+//! series and renders them for scrapes (and the rules for Prometheus), [`forward`] passes
+//! accepted requests on, and [`server`] wires it all to listeners. [`config`] and
+//! [`collections`] depend on nothing of the flow; [`cli`] holds the commands besides serving.
 #![deny(unsafe_code)]
 
-pub mod access;
-pub mod admin;
-pub mod aggregate;
-pub mod body;
-pub mod breakdown;
-pub mod classify;
+pub mod cli;
+pub mod collections;
 pub mod config;
-pub mod decode;
-pub mod dedupe;
-pub mod equal;
-pub mod exposition;
 pub mod fixtures;
 pub mod forward;
-pub mod interned;
+pub mod ingest;
 pub mod join;
-pub mod json;
-pub mod labels;
-pub mod listener;
+pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
-pub mod receiver;
-pub mod recent;
-pub mod replay;
-pub mod request_series;
-pub mod rules;
-pub mod scrape_buffers;
 pub mod server;
-pub mod shards;
-pub mod status;
-pub mod tls;
-pub mod utf8;
-pub mod wire;

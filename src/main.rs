@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use spanlens::config::{Config, DEFAULT_PROFILE};
-use spanlens::exposition;
+use spanlens::metrics::exposition;
 use spanlens::pipeline::Pipeline;
 use spanlens::server::Server;
 use std::path::PathBuf;
@@ -101,23 +101,25 @@ fn main() -> ExitCode {
         Command::CheckConfig { files } => check_config(&files),
         Command::Rules { output } => rules(cli.config, output),
         Command::Replay { files, metrics } => replay(cli.config, &files, metrics),
-        Command::Breakdown { id, from, json } => match spanlens::breakdown::fetch(&from, &id) {
-            Ok(found) if json => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&found).unwrap_or_default()
-                );
-                ExitCode::SUCCESS
+        Command::Breakdown { id, from, json } => {
+            match spanlens::cli::breakdown::fetch(&from, &id) {
+                Ok(found) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&found).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(found) => {
+                    print!("{}", spanlens::cli::breakdown::render_table(&found));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("spanlens breakdown: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Ok(found) => {
-                print!("{}", spanlens::breakdown::render_table(&found));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("spanlens breakdown: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Run => run(cli.config),
     }
 }
@@ -137,7 +139,7 @@ fn rules(config: Option<PathBuf>, output: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let text = spanlens::rules::render(&config);
+    let text = spanlens::metrics::rules::render(&config);
     match output {
         None => {
             print!("{text}");
@@ -175,7 +177,7 @@ fn replay(config: Option<PathBuf>, files: &[PathBuf], metrics: bool) -> ExitCode
                 continue;
             }
         };
-        let report = spanlens::replay::ingest_text(&pipeline, &text);
+        let report = spanlens::cli::replay::ingest_text(&pipeline, &text);
         eprintln!(
             "{}: {} requests, {} spans accepted, {} rejected",
             file.display(),
@@ -193,7 +195,7 @@ fn replay(config: Option<PathBuf>, files: &[PathBuf], metrics: bool) -> ExitCode
             exposition::render(&pipeline.snapshot(), exposition::Format::Text)
         );
     } else {
-        print!("{}", spanlens::replay::render_percentiles(&pipeline));
+        print!("{}", spanlens::cli::replay::render_percentiles(&pipeline));
     }
     if ok {
         ExitCode::SUCCESS

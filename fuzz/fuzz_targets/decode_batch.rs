@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spanlens::decode::Batch;
+use spanlens::otlp::decode::Batch;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(batch) = Batch::decode(data) {

@@ -4,8 +4,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use spanlens::config::Config;
-use spanlens::decode::Batch;
-use spanlens::pipeline::{Pipeline, Protocol, Refusal};
+use spanlens::otlp::decode::Batch;
+use spanlens::otlp::Protocol;
+use spanlens::otlp::refusal::Refusal;
+use spanlens::pipeline::Pipeline;
 use std::sync::OnceLock;
 
 fn pipeline() -> &'static Pipeline {

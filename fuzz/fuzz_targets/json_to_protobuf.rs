@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(protobuf) = spanlens::json::to_protobuf(data) {
-        assert!(spanlens::decode::Batch::decode(&protobuf).is_ok());
+    if let Ok(protobuf) = spanlens::otlp::json::to_protobuf(data) {
+        assert!(spanlens::otlp::decode::Batch::decode(&protobuf).is_ok());
     }
 });

@@ -4,6 +4,7 @@
 
 mod env;
 pub mod forward;
+pub mod limits;
 mod lines;
 pub mod security;
 pub mod validate;

@@ -1,6 +1,7 @@
 //! Checks that need more than types: names, references, regexes, buckets, addresses.
 
 use super::Problems;
+use super::limits::{MAX_DERIVED_PARTS, MAX_EXTRA_LABELS, MAX_JOIN_WAIT, MAX_LABELS};
 use super::security;
 use super::{
     AlertingConfig, ComparisonConfig, DerivedConfig, LabelConfig, LabelSourceKind, LabelsConfig,
@@ -110,7 +111,7 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
     }
     if let Some(join) = &s.join {
         check_duration(&join.max_wait, "join.max_wait", problems);
-        if parse_duration(&join.max_wait).is_some_and(|wait| wait > crate::join::MAX_WAIT) {
+        if parse_duration(&join.max_wait).is_some_and(|wait| wait > MAX_JOIN_WAIT) {
             problems.add(
                 "join.max_wait",
                 "must be at most 24d (keys' waits are timed in milliseconds, 32 bits)",
@@ -154,7 +155,7 @@ fn check_derived(
     let parts = d.parts.len();
     let fits = match d.operation {
         Operation::Difference | Operation::Gap => parts == 2,
-        Operation::Sum | Operation::Envelope => parts >= 2,
+        Operation::Sum | Operation::Envelope => (2..=MAX_DERIVED_PARTS).contains(&parts),
     };
     if !fits {
         problems.add(
@@ -164,7 +165,7 @@ fn check_derived(
                 d.operation,
                 match d.operation {
                     Operation::Difference | Operation::Gap => "exactly 2",
-                    Operation::Sum | Operation::Envelope => "at least 2",
+                    Operation::Sum | Operation::Envelope => "between 2 and 254",
                 }
             ),
         );
@@ -177,7 +178,7 @@ fn check_derived(
             );
         }
     }
-    if d.labels.len() > crate::pipeline::MAX_EXTRA_LABELS + 2 {
+    if d.labels.len() > MAX_LABELS {
         problems.add(format!("{path}.labels"), "too many labels");
     }
     for (i, label) in d.labels.iter().enumerate() {
@@ -557,6 +558,12 @@ fn check_stages(
                     format!("`{label}` is listed twice"),
                 );
             }
+        }
+        if c.extra_labels.len() > MAX_EXTRA_LABELS {
+            problems.add(
+                format!("{path}.extra_labels"),
+                format!("a stage may have at most {MAX_EXTRA_LABELS} extra labels"),
+            );
         }
     }
 }

@@ -9,11 +9,10 @@ mod send;
 mod stats;
 pub mod wal;
 
-pub use payload::Arrived;
-
-use crate::aggregate::Snapshot;
 use crate::config::forward::{ForwardConfig, Timings, WhenFull, directory_name};
-use crate::pipeline::Busy;
+use crate::metrics::store::Snapshot;
+use crate::otlp::body::Arrived;
+use crate::otlp::refusal::{Busy, Refusal};
 use bytes::Bytes;
 use payload::Bodies;
 use queue::{Item, Queue};
@@ -144,11 +143,13 @@ impl Forwarder {
         arrived: &Arrived,
         rejected: &[usize],
         spans: u64,
-    ) -> Result<(), Busy> {
-        let busy = |reason: &'static str, message: String| Busy {
-            reason,
-            message,
-            retry_after: self.timings.retry_after,
+    ) -> Result<(), Refusal> {
+        let busy = |reason: &'static str, message: String| {
+            Refusal::Busy(Busy {
+                reason,
+                message,
+                retry_after: self.timings.retry_after,
+            })
         };
         let mut bodies = Bodies::new(request, arrived, rejected);
         let prepared: Vec<Bytes> = self

@@ -2,33 +2,22 @@
 //! decoded protobuf request (without the spans spanlens rejected), compressed as the endpoint
 //! wants it.
 
-use crate::body::Encoding;
 use crate::config::forward::Compression;
+use crate::otlp::body::{Arrived, Encoding};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use std::io::Write;
 
-/// A request as it came in.
-pub struct Arrived {
-    /// The body as received (after gRPC framing), possibly compressed.
-    pub raw: Bytes,
-    pub encoding: Encoding,
-    /// OTLP/JSON: `raw` is JSON, so the protobuf conversion is what is forwarded.
-    pub json: bool,
-}
-
-impl Arrived {
-    /// Forwarding is allowed to send `raw` as it is to an endpoint wanting `compression`.
-    fn reusable_for(&self, compression: Compression) -> bool {
-        !self.json
-            && matches!(
-                (self.encoding, compression),
-                (Encoding::Identity, Compression::None)
-                    | (Encoding::Gzip, Compression::Gzip)
-                    | (Encoding::Zstd, Compression::Zstd)
-            )
-    }
+/// Forwarding may send what arrived as it is to an endpoint wanting `compression`.
+fn reusable_for(arrived: &Arrived, compression: Compression) -> bool {
+    !arrived.json
+        && matches!(
+            (arrived.encoding, compression),
+            (Encoding::Identity, Compression::None)
+                | (Encoding::Gzip, Compression::Gzip)
+                | (Encoding::Zstd, Compression::Zstd)
+        )
 }
 
 /// Builds the per-compression bodies of one request, each at most once.
@@ -59,7 +48,7 @@ impl<'a> Bodies<'a> {
             return Ok(body.clone());
         }
         let body = match &self.filtered {
-            None if self.arrived.reusable_for(compression) => self.arrived.raw.clone(),
+            None if reusable_for(self.arrived, compression) => self.arrived.raw.clone(),
             filtered => compress(filtered.as_deref().unwrap_or(self.request), compression)?,
         };
         self.built.push((compression, body.clone()));
@@ -107,8 +96,8 @@ fn compress(bytes: &[u8], compression: Compression) -> std::io::Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body;
     use crate::fixtures::Fixtures;
+    use crate::otlp::body;
 
     fn arrived(raw: &[u8], encoding: Encoding) -> Arrived {
         Arrived {

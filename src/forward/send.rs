@@ -3,9 +3,9 @@
 
 use crate::config::forward::{Compression, EndpointConfig, ForwardProtocol};
 use crate::config::validate::checked_duration as duration;
-use crate::receiver::grpc::EXPORT_PATH;
-use crate::status::{Code, RpcStatus};
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::otlp::grpc::{EXPORT_PATH, frame};
+use crate::otlp::status::{Code, RpcStatus};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -129,11 +129,8 @@ impl Sender {
     }
 
     fn grpc_request(&self, body: &Bytes, compression: Compression) -> Request<Full<Bytes>> {
-        let mut frame = BytesMut::with_capacity(5 + body.len());
-        frame.put_u8(u8::from(compression != Compression::None));
-        frame.put_u32(body.len() as u32);
-        frame.put_slice(body);
-        let mut request = self.request(frame.freeze(), "application/grpc");
+        let framed = frame(compression != Compression::None, body);
+        let mut request = self.request(framed, "application/grpc");
         let headers = request.headers_mut();
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         if let Some(encoding) = encoding_name(compression) {

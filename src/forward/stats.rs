@@ -1,6 +1,6 @@
 //! Counters of one endpoint's forwarding, and how they appear on /metrics.
 
-use crate::aggregate::{MetricKind, MetricSpec, Snapshot};
+use crate::metrics::store::{MetricKind, MetricSpec, Snapshot};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Default)]

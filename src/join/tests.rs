@@ -230,13 +230,15 @@ fn the_longest_wait_is_the_bound() {
     let start = Instant::now();
     offer(&w, "forever", 0, span(0, 1, 1), None, start);
     let mut evicted = Vec::new();
-    w.sweep(start + MAX_WAIT - Duration::from_secs(1), &mut |d, why| {
-        evicted.push((d, why))
-    });
+    w.sweep(
+        start + MAX_JOIN_WAIT - Duration::from_secs(1),
+        &mut |d, why| evicted.push((d, why)),
+    );
     assert!(evicted.is_empty());
-    w.sweep(start + MAX_WAIT + Duration::from_secs(1), &mut |d, why| {
-        evicted.push((d, why))
-    });
+    w.sweep(
+        start + MAX_JOIN_WAIT + Duration::from_secs(1),
+        &mut |d, why| evicted.push((d, why)),
+    );
     assert_eq!(evicted, vec![(0, Eviction::Timeout)]);
 }
 

@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
-use spanlens::pipeline::Protocol;
+use spanlens::otlp::Protocol;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::ExitCode;

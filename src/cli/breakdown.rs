@@ -1,0 +1,120 @@
+//! `spanlens breakdown`: one task's breakdown fetched from a running spanlens and printed
+//! as a table.
+
+use crate::join::breakdown::{Breakdown, StageTiming};
+use std::time::Duration;
+
+/// The breakdown as a table for people, like the design note's example.
+pub fn render_table(b: &Breakdown) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "correlation_id {}   task_uuid {}   total {:.1} ms",
+        if b.correlation_ids.is_empty() {
+            "-".to_string()
+        } else {
+            b.correlation_ids.join(",")
+        },
+        if b.task_uuids.is_empty() {
+            "-".to_string()
+        } else {
+            b.task_uuids.join(",")
+        },
+        b.total_ms
+    );
+    let row = |out: &mut String, indent: &str, t: &StageTiming| {
+        let _ = writeln!(
+            out,
+            "{indent}{:<20} {:<34} {:<26} {:>9.1} ms",
+            t.stage, t.span_name, t.service, t.duration_ms
+        );
+    };
+    if !b.task_stages.is_empty() {
+        let _ = writeln!(out, "\ntask");
+        for t in &b.task_stages {
+            row(&mut out, "  ", t);
+        }
+    }
+    for s in &b.steps {
+        let _ = writeln!(
+            out,
+            "\nstep {} ({})   {} {}",
+            s.step_name.as_deref().unwrap_or("?"),
+            s.step_uuid,
+            s.service.as_deref().unwrap_or("?"),
+            s.handler_language.as_deref().unwrap_or("?")
+        );
+        for t in &s.stages {
+            row(&mut out, "  ", t);
+        }
+        for (name, v) in &s.derived {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<61} {v:>9.1} ms",
+                name.trim_end_matches("_ms"),
+                "(derived)"
+            );
+        }
+    }
+    if !b.derived.is_empty() {
+        let _ = writeln!(out);
+        for (name, v) in &b.derived {
+            let _ = writeln!(
+                out,
+                "{:<22} {:<61} {v:>9.1} ms",
+                name.trim_end_matches("_ms"),
+                "(derived)"
+            );
+        }
+    }
+    out
+}
+
+/// Fetches a breakdown from a running spanlens (`from` is its metrics address, such as
+/// `http://127.0.0.1:9464`). Plain HTTP/1.1 over loopback or a trusted network.
+pub fn fetch(from: &str, id: &str) -> Result<Breakdown, String> {
+    use std::io::{Read, Write};
+    let rest = from
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--from must be an http:// URL, got `{from}`"))?;
+    let (authority, base) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let encoded: String = id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let path = format!("/{}/api/v1/breakdown/{encoded}", base.trim_end_matches('/'));
+    let path = path.replacen("//", "/", 1);
+    let mut stream = std::net::TcpStream::connect(authority)
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("cannot read the response: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("the response has no body")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err("chunked responses are not expected from spanlens".to_string());
+    }
+    match status {
+        "200" => serde_json::from_str(body).map_err(|e| format!("unexpected breakdown JSON: {e}")),
+        "404" => Err(format!("{id}: not found: {}", body.trim())),
+        other => Err(format!("{from} answered HTTP {other}: {}", body.trim())),
+    }
+}

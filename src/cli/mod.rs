@@ -1,0 +1,4 @@
+//! The commands of the binary besides serving.
+
+pub mod breakdown;
+pub mod replay;

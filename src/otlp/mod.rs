@@ -1,0 +1,33 @@
+//! The OTLP trace protocol as spanlens speaks it, shared by the receivers and forwarding:
+//! the protobuf wire format, borrowed span views, OTLP/JSON, content encodings, gRPC framing
+//! and status, and the refusals both receivers answer with.
+
+pub mod body;
+pub mod decode;
+pub mod grpc;
+pub mod json;
+pub mod refusal;
+pub mod status;
+pub mod utf8;
+pub mod wire;
+
+/// How a request arrived; the `protocol` label of spanlens's own counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+    /// Files read by `spanlens replay`.
+    Replay,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http_protobuf",
+            Protocol::HttpJson => "http_json",
+            Protocol::Replay => "replay",
+        }
+    }
+}

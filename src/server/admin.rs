@@ -1,0 +1,106 @@
+//! The scrape endpoint: `/metrics` (text 0.0.4, or OpenMetrics 1.0 when asked), `/healthz`,
+//! `/readyz`, and `/api/v1/breakdown/{correlation_id or task_uuid}` (JSON).
+
+use crate::forward::Forwarder;
+use crate::ingest::access::BearerToken;
+use crate::metrics::exposition::{self, Format};
+use crate::pipeline::Pipeline;
+use crate::server::scrape_buffers::ScrapeBuffers;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+struct Sources {
+    pipeline: Arc<Pipeline>,
+    forward: Option<Arc<Forwarder>>,
+    buffers: Arc<ScrapeBuffers>,
+}
+
+/// The admin routes. With a token, /metrics and the API require it (401 otherwise); the
+/// probes /healthz and /readyz stay open, as the kubelet calls them without credentials.
+pub fn router(
+    pipeline: Arc<Pipeline>,
+    forward: Option<Arc<Forwarder>>,
+    token: Option<BearerToken>,
+) -> Router {
+    let data = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/breakdown/{id}", get(breakdown));
+    let data = match token {
+        None => data,
+        Some(token) => {
+            let token = Arc::new(token);
+            data.route_layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let allowed = token.allows(request.headers());
+                    async move {
+                        match allowed {
+                            true => next.run(request).await,
+                            false => (
+                                StatusCode::UNAUTHORIZED,
+                                [(header::WWW_AUTHENTICATE, "Bearer")],
+                                "a valid bearer token is required (Authorization: Bearer <token>)\n",
+                            )
+                                .into_response(),
+                        }
+                    }
+                },
+            ))
+        }
+    };
+    data.route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz or /readyz\n",
+            )
+        })
+        .with_state(Sources {
+            pipeline,
+            forward,
+            buffers: Arc::default(),
+        })
+}
+
+/// One task's breakdown as JSON, by correlation id or task uuid.
+async fn breakdown(State(sources): State<Sources>, Path(id): Path<String>) -> Response {
+    match sources.pipeline.breakdown(&id) {
+        Some(found) => Json(found).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": format!("no recent span has correlation id or task uuid `{id}` (spans are kept for breakdown.max_age, at most breakdown.max_spans)")
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(sources): State<Sources>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = tokio::task::spawn_blocking(move || {
+        let mut snapshot = sources.pipeline.snapshot();
+        if let Some(forward) = &sources.forward {
+            forward.contribute(&mut snapshot);
+        }
+        let mut text = sources.buffers.take();
+        exposition::render_into(&mut text, &snapshot, format);
+        sources.buffers.body(text)
+    })
+    .await;
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}

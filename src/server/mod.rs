@@ -1,0 +1,229 @@
+//! Starts the receivers and the scrape endpoint on their configured addresses and stops them
+//! gracefully: stop accepting, finish in-flight requests, then return.
+
+pub mod admin;
+pub mod listener;
+pub mod scrape_buffers;
+pub mod tls;
+
+use crate::ingest::access::BearerToken;
+
+use crate::config::security::{AuthConfig, TlsServerConfig};
+use crate::config::validate::checked_duration;
+use crate::config::{Config, ListenerConfig};
+use crate::forward::{Drained, Forwarder};
+use crate::ingest::gate::Gate;
+use crate::ingest::{Ingest, Onward, grpc, http};
+use crate::otlp::body::Arrived;
+use crate::otlp::refusal::Refusal;
+use crate::pipeline::Pipeline;
+use listener::Limits;
+
+use axum::Router;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot start forwarding: {0}")]
+    Forward(String),
+    #[error("{0}")]
+    Access(String),
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running spanlens. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    metrics_addr: SocketAddr,
+    pipeline: Arc<Pipeline>,
+    forward: Option<Arc<Forwarder>>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every listener, then serves. Fails before serving anything if one cannot bind
+    /// or a certificate, key or token cannot be read.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let token = |auth: &Option<AuthConfig>, what: &str| {
+            auth.as_ref()
+                .map(|a| BearerToken::load(a, &env))
+                .transpose()
+                .map_err(|e| StartError::Access(format!("{what}: {e}")))
+        };
+        let tls = |t: &Option<TlsServerConfig>, what: &str| {
+            t.as_ref()
+                .map(tls::acceptor)
+                .transpose()
+                .map_err(|e| StartError::Access(format!("{what}: TLS: {e}")))
+        };
+        let r = &config.receivers;
+        let pipeline = Arc::new(Pipeline::new(&config).map_err(StartError::Config)?);
+        let forward = Forwarder::start(&config.forward).map_err(StartError::Forward)?;
+        let ingest = Ingest {
+            pipeline: pipeline.clone(),
+            max_request_bytes: r.max_request_bytes,
+            onward: forward.clone().map(|f| f as Arc<dyn Onward>),
+            gate: Arc::new(Gate::new(
+                token(&r.auth, "receivers.auth")?,
+                r.max_pending_requests,
+                r.memory_limit_bytes,
+                checked_duration(&r.retry_after),
+                r.max_request_bytes,
+            )),
+            body_read_timeout: checked_duration(&r.body_read_timeout),
+        };
+        let header_read_timeout = checked_duration(&r.header_read_timeout);
+        let limits = |l: &ListenerConfig| Limits {
+            header_read_timeout,
+            max_concurrent_streams: l.max_concurrent_streams,
+            keepalive_interval: checked_duration(&l.keepalive_interval),
+            keepalive_timeout: checked_duration(&l.keepalive_timeout),
+        };
+        let stop = CancellationToken::new();
+        let mut listeners = Vec::new();
+        let mut bind = async |what: &'static str,
+                              addr: SocketAddr,
+                              router: Router,
+                              tls: Option<TlsAcceptor>,
+                              limits: Limits| {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })?;
+            let local =
+                listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { what, addr, source })?;
+            let scheme = if tls.is_some() { "TLS" } else { "plain text" };
+            tracing::info!(%local, "{what} listening ({scheme})");
+            listeners.push((listener, router, tls, limits));
+            Ok::<_, StartError>(local)
+        };
+        let grpc_addr = match r.grpc.enabled {
+            true => Some(
+                bind(
+                    "OTLP/gRPC receiver",
+                    r.grpc.endpoint,
+                    grpc::router(ingest.clone()),
+                    tls(&r.grpc.tls, "receivers.grpc")?,
+                    limits(&r.grpc),
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        let http_addr = match r.http.enabled {
+            true => Some(
+                bind(
+                    "OTLP/HTTP receiver",
+                    r.http.endpoint,
+                    http::router(ingest.clone()),
+                    tls(&r.http.tls, "receivers.http")?,
+                    limits(&r.http),
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        let m = &config.metrics;
+        let metrics_addr = bind(
+            "metrics endpoint",
+            m.endpoint,
+            admin::router(
+                pipeline.clone(),
+                forward.clone(),
+                token(&m.auth, "metrics.auth")?,
+            ),
+            tls(&m.tls, "metrics")?,
+            limits(&ListenerConfig::on(m.endpoint.port())),
+        )
+        .await?;
+        let tasks = listeners
+            .into_iter()
+            .map(|(listener, router, tls, limits)| {
+                tokio::spawn(listener::serve(listener, router, tls, limits, stop.clone()))
+            })
+            .collect();
+        Ok(Server {
+            grpc_addr,
+            http_addr,
+            metrics_addr,
+            pipeline,
+            forward,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Stops accepting, lets in-flight requests finish, waits for every listener, then
+    /// drains forwarding (for up to forward.drain_timeout) and logs what became of it.
+    pub async fn shutdown(self) -> Vec<Drained> {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let Some(forward) = self.forward else {
+            return Vec::new();
+        };
+        let drained = forward.drain().await;
+        for d in &drained {
+            tracing::info!(
+                endpoint = %d.endpoint,
+                sent_spans = d.sent_spans,
+                dropped_spans = d.dropped_spans,
+                failed_spans = d.failed_spans,
+                persisted_spans = d.persisted_spans,
+                "forwarding stopped"
+            );
+        }
+        drained
+    }
+}
+
+impl Onward for Forwarder {
+    fn admit(
+        &self,
+        request: &[u8],
+        arrived: &Arrived,
+        rejected: &[usize],
+        spans: u64,
+    ) -> Result<(), Refusal> {
+        Forwarder::admit(self, request, arrived, rejected, spans)
+    }
+
+    fn writes_to_disk(&self) -> bool {
+        self.persistent()
+    }
+}
