@@ -1,12 +1,11 @@
 //! The `forward` section: downstream OTLP endpoints that receive every accepted request, the
 //! queue in front of them, retries, the optional persistent queue and the shutdown drain.
 
-use super::Problems;
-use super::validate::{checked_duration as duration, parse_duration};
+use super::validate::check_positive;
+use super::{Problems, PromDuration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +23,7 @@ pub struct ForwardConfig {
     pub persistent: Option<PersistentConfig>,
     /// On shutdown, how long queued requests are still sent (a Prometheus duration).
     #[serde(default = "default_drain_timeout")]
-    pub drain_timeout: String,
+    pub drain_timeout: PromDuration,
 }
 
 impl Default for ForwardConfig {
@@ -75,7 +74,7 @@ pub struct EndpointConfig {
     pub tls: Option<TlsConfig>,
     /// Per attempt (a Prometheus duration).
     #[serde(default = "default_timeout")]
-    pub timeout: String,
+    pub timeout: PromDuration,
 }
 
 impl EndpointConfig {
@@ -115,7 +114,7 @@ pub struct QueueConfig {
     pub when_full: WhenFull,
     /// What refused clients are told to wait (Retry-After; a Prometheus duration).
     #[serde(default = "default_retry_after")]
-    pub retry_after: String,
+    pub retry_after: PromDuration,
 }
 
 impl Default for QueueConfig {
@@ -135,12 +134,12 @@ impl Default for QueueConfig {
 pub struct RetryConfig {
     /// The first wait; each retry doubles it (with ±50% jitter) up to max_interval.
     #[serde(default = "default_initial_interval")]
-    pub initial_interval: String,
+    pub initial_interval: PromDuration,
     #[serde(default = "default_max_interval")]
-    pub max_interval: String,
+    pub max_interval: PromDuration,
     /// A request still failing after this long is given up and counted failed.
     #[serde(default = "default_max_elapsed")]
-    pub max_elapsed: String,
+    pub max_elapsed: PromDuration,
 }
 
 impl Default for RetryConfig {
@@ -163,33 +162,14 @@ pub struct PersistentConfig {
     pub max_bytes: u64,
 }
 
-/// Durations of the section, parsed (the section was validated).
-pub struct Timings {
-    pub drain_timeout: Duration,
-    pub retry_after: Duration,
-    pub initial_interval: Duration,
-    pub max_interval: Duration,
-    pub max_elapsed: Duration,
-}
-
 impl ForwardConfig {
     pub fn enabled(&self) -> bool {
         !self.endpoints.is_empty()
     }
-
-    pub fn timings(&self) -> Timings {
-        Timings {
-            drain_timeout: duration(&self.drain_timeout),
-            retry_after: duration(&self.queue.retry_after),
-            initial_interval: duration(&self.retry.initial_interval),
-            max_interval: duration(&self.retry.max_interval),
-            max_elapsed: duration(&self.retry.max_elapsed),
-        }
-    }
 }
 
-fn default_drain_timeout() -> String {
-    "10s".to_string()
+fn default_drain_timeout() -> PromDuration {
+    PromDuration::secs(10)
 }
 fn default_protocol() -> ForwardProtocol {
     ForwardProtocol::Grpc
@@ -197,8 +177,8 @@ fn default_protocol() -> ForwardProtocol {
 fn default_compression() -> Compression {
     Compression::Gzip
 }
-fn default_timeout() -> String {
-    "5s".to_string()
+fn default_timeout() -> PromDuration {
+    PromDuration::secs(5)
 }
 fn default_queue_requests() -> usize {
     1_000
@@ -212,17 +192,17 @@ fn default_senders() -> usize {
 fn default_when_full() -> WhenFull {
     WhenFull::Refuse
 }
-fn default_retry_after() -> String {
-    "1s".to_string()
+fn default_retry_after() -> PromDuration {
+    PromDuration::secs(1)
 }
-fn default_initial_interval() -> String {
-    "500ms".to_string()
+fn default_initial_interval() -> PromDuration {
+    PromDuration::millis(500)
 }
-fn default_max_interval() -> String {
-    "30s".to_string()
+fn default_max_interval() -> PromDuration {
+    PromDuration::secs(30)
 }
-fn default_max_elapsed() -> String {
-    "5m".to_string()
+fn default_max_elapsed() -> PromDuration {
+    PromDuration::minutes(5)
 }
 fn default_persistent_bytes() -> u64 {
     1024 * 1024 * 1024
@@ -239,18 +219,9 @@ pub(super) fn check(f: &ForwardConfig, max_request_bytes: Option<usize>, problem
         (&f.retry.max_elapsed, "forward.retry.max_elapsed"),
     ];
     for (value, path) in durations {
-        if parse_duration(value).is_none_or(|d| d.is_zero()) {
-            problems.add(
-                path,
-                format!("`{value}` is not a positive Prometheus duration (such as 500ms, 30s, 5m)"),
-            );
-        }
+        check_positive(value, path, problems);
     }
-    if let (Some(initial), Some(max)) = (
-        parse_duration(&f.retry.initial_interval),
-        parse_duration(&f.retry.max_interval),
-    ) && max < initial
-    {
+    if f.retry.max_interval.get() < f.retry.initial_interval.get() {
         problems.add(
             "forward.retry.max_interval",
             "must be at least retry.initial_interval",
@@ -282,12 +253,7 @@ pub(super) fn check(f: &ForwardConfig, max_request_bytes: Option<usize>, problem
         if e.tls.is_some() && scheme != Some("https") {
             problems.add(format!("{path}.tls"), "tls applies to https:// urls only");
         }
-        if parse_duration(&e.timeout).is_none_or(|d| d.is_zero()) {
-            problems.add(
-                format!("{path}.timeout"),
-                format!("`{}` is not a positive Prometheus duration", e.timeout),
-            );
-        }
+        check_positive(&e.timeout, &format!("{path}.timeout"), problems);
         for (name, value) in &e.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err()
                 || http::HeaderValue::from_str(value).is_err()

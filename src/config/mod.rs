@@ -2,6 +2,7 @@
 //! problem reported at once by path and line. The default profile is `config/spanlens.yaml`,
 //! embedded in the binary.
 
+mod duration;
 mod env;
 pub mod forward;
 pub mod limits;
@@ -9,6 +10,7 @@ mod lines;
 pub mod security;
 pub mod validate;
 
+pub use duration::PromDuration;
 use lines::LineIndex;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -70,7 +72,7 @@ pub struct BreakdownConfig {
     pub max_spans: usize,
     /// Spans older than this are dropped (a Prometheus duration).
     #[serde(default = "default_breakdown_age")]
-    pub max_age: String,
+    pub max_age: PromDuration,
     /// Attribute naming the request a task came from.
     #[serde(default = "default_correlation_key")]
     pub correlation_key: String,
@@ -115,8 +117,8 @@ fn default_breakdown_spans() -> usize {
     50_000
 }
 
-fn default_breakdown_age() -> String {
-    "15m".to_string()
+fn default_breakdown_age() -> PromDuration {
+    PromDuration::minutes(15)
 }
 
 fn default_correlation_key() -> String {
@@ -224,7 +226,7 @@ pub struct DerivedAlert {
     /// Fire above this many seconds; must be a bucket bound of the histogram.
     pub above_seconds: f64,
     #[serde(default = "default_for", rename = "for")]
-    pub for_duration: String,
+    pub for_duration: PromDuration,
     #[serde(default = "default_severity")]
     pub severity: String,
 }
@@ -234,7 +236,7 @@ pub struct DerivedAlert {
 pub struct JoinConfig {
     /// How long a key waits for its missing parts before it is evicted (a Prometheus duration).
     #[serde(default = "default_max_wait")]
-    pub max_wait: String,
+    pub max_wait: PromDuration,
     /// Keys waiting at once, over every derived metric; the oldest are evicted past it.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
@@ -253,8 +255,8 @@ impl Default for JoinConfig {
     }
 }
 
-fn default_max_wait() -> String {
-    "5m".to_string()
+fn default_max_wait() -> PromDuration {
+    PromDuration::minutes(5)
 }
 
 fn default_max_pending() -> usize {
@@ -271,7 +273,7 @@ fn default_dedupe_spans() -> usize {
 pub struct AlertingConfig {
     /// Window of the recorded rates and quantiles (a Prometheus duration).
     #[serde(default = "default_rate_window")]
-    pub rate_window: String,
+    pub rate_window: PromDuration,
     /// A latency alert needs at least this many spans per second in its series, so that a
     /// quiet service never pages.
     #[serde(default = "default_min_calls_per_second")]
@@ -281,10 +283,10 @@ pub struct AlertingConfig {
     pub regression_ratio: f64,
     /// How far back the regression alert compares (same hour yesterday: 1d).
     #[serde(default = "default_regression_offset")]
-    pub regression_offset: String,
+    pub regression_offset: PromDuration,
     /// How long a regression must last before it fires.
     #[serde(default = "default_regression_for")]
-    pub regression_for: String,
+    pub regression_for: PromDuration,
     /// Base URL of the runbook; each alert links to its own section.
     #[serde(default = "default_runbook_url")]
     pub runbook_url: String,
@@ -307,8 +309,8 @@ impl Default for AlertingConfig {
     }
 }
 
-fn default_rate_window() -> String {
-    "5m".to_string()
+fn default_rate_window() -> PromDuration {
+    PromDuration::minutes(5)
 }
 
 fn default_min_calls_per_second() -> f64 {
@@ -319,12 +321,12 @@ fn default_regression_ratio() -> f64 {
     1.5
 }
 
-fn default_regression_offset() -> String {
-    "1d".to_string()
+fn default_regression_offset() -> PromDuration {
+    PromDuration::days(1)
 }
 
-fn default_regression_for() -> String {
-    "30m".to_string()
+fn default_regression_for() -> PromDuration {
+    PromDuration::minutes(30)
 }
 
 fn default_runbook_url() -> String {
@@ -347,7 +349,7 @@ pub struct StageAlert {
     pub above_seconds: f64,
     /// How long the condition must hold (a Prometheus duration).
     #[serde(default = "default_for", rename = "for")]
-    pub for_duration: String,
+    pub for_duration: PromDuration,
     /// The `severity` label Alertmanager routes on.
     #[serde(default = "default_severity")]
     pub severity: String,
@@ -357,8 +359,8 @@ fn default_quantile() -> f64 {
     0.95
 }
 
-fn default_for() -> String {
-    "10m".to_string()
+fn default_for() -> PromDuration {
+    PromDuration::minutes(10)
 }
 
 fn default_severity() -> String {
@@ -387,14 +389,14 @@ pub struct ReceiversConfig {
     pub memory_limit_bytes: u64,
     /// What refused clients are told to wait (a Prometheus duration).
     #[serde(default = "default_retry_after")]
-    pub retry_after: String,
+    pub retry_after: PromDuration,
     /// An HTTP/1 request head must arrive within this, or the connection is closed; also the
     /// TLS handshake's limit.
     #[serde(default = "default_header_read_timeout")]
-    pub header_read_timeout: String,
+    pub header_read_timeout: PromDuration,
     /// A request body must arrive within this (HTTP 408 / gRPC DEADLINE_EXCEEDED).
     #[serde(default = "default_body_read_timeout")]
-    pub body_read_timeout: String,
+    pub body_read_timeout: PromDuration,
     /// A bearer token both receivers require.
     #[serde(default)]
     pub auth: Option<security::AuthConfig>,
@@ -420,16 +422,16 @@ fn default_max_pending_requests() -> usize {
     64
 }
 
-fn default_retry_after() -> String {
-    "1s".to_string()
+fn default_retry_after() -> PromDuration {
+    PromDuration::secs(1)
 }
 
-fn default_header_read_timeout() -> String {
-    "10s".to_string()
+fn default_header_read_timeout() -> PromDuration {
+    PromDuration::secs(10)
 }
 
-fn default_body_read_timeout() -> String {
-    "30s".to_string()
+fn default_body_read_timeout() -> PromDuration {
+    PromDuration::secs(30)
 }
 
 fn default_max_request_bytes() -> usize {
@@ -450,9 +452,9 @@ pub struct ListenerConfig {
     /// HTTP/2 PING interval; a connection whose peer does not answer within
     /// keepalive_timeout is closed.
     #[serde(default = "default_keepalive_interval")]
-    pub keepalive_interval: String,
+    pub keepalive_interval: PromDuration,
     #[serde(default = "default_keepalive_timeout")]
-    pub keepalive_timeout: String,
+    pub keepalive_timeout: PromDuration,
     /// TLS (and mutual TLS with client_ca_file); plain text when unset.
     #[serde(default)]
     pub tls: Option<security::TlsServerConfig>,
@@ -466,12 +468,12 @@ fn default_max_concurrent_streams() -> u32 {
     100
 }
 
-fn default_keepalive_interval() -> String {
-    "30s".to_string()
+fn default_keepalive_interval() -> PromDuration {
+    PromDuration::secs(30)
 }
 
-fn default_keepalive_timeout() -> String {
-    "10s".to_string()
+fn default_keepalive_timeout() -> PromDuration {
+    PromDuration::secs(10)
 }
 
 impl ListenerConfig {
@@ -518,7 +520,7 @@ pub struct MetricsConfig {
     /// (a Prometheus duration; 0s keeps series forever). A series that comes back restarts
     /// from zero, which Prometheus reads as a counter reset.
     #[serde(default = "default_series_idle_timeout")]
-    pub series_idle_timeout: String,
+    pub series_idle_timeout: PromDuration,
     /// TLS on the metrics endpoint.
     #[serde(default)]
     pub tls: Option<security::TlsServerConfig>,
@@ -542,8 +544,8 @@ impl Default for MetricsConfig {
     }
 }
 
-fn default_series_idle_timeout() -> String {
-    "1h".to_string()
+fn default_series_idle_timeout() -> PromDuration {
+    PromDuration::hours(1)
 }
 
 fn default_metrics_endpoint() -> SocketAddr {
@@ -804,12 +806,18 @@ impl std::error::Error for ConfigError {}
 /// Collects problems and places them on lines.
 pub(crate) struct Problems<'a> {
     lines: &'a LineIndex,
-    pub(crate) list: Vec<Problem>,
+    list: Vec<Problem>,
+    /// Fields that did not parse and were read as their default instead: they are reported
+    /// once, and checks of the stand-in value say nothing more about them.
+    defaulted: Vec<String>,
 }
 
 impl Problems<'_> {
     pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
+        if self.defaulted.contains(&path) {
+            return;
+        }
         self.list.push(Problem {
             line: self.lines.line_of(&path),
             path,
@@ -875,6 +883,7 @@ impl Config {
         let mut problems = Problems {
             lines: &lines,
             list: Vec::new(),
+            defaulted: Vec::new(),
         };
         let sections = read_sections(document, &mut problems);
         validate::check(&sections, &mut problems);
@@ -1072,25 +1081,58 @@ fn required<T: DeserializeOwned>(
     }
 }
 
+/// Deserializes one item. A duration that does not parse is reported and left out, so that
+/// the field is read as its default and the item's other problems are still found; any other
+/// error ends the item.
 fn typed<T: DeserializeOwned>(
-    value: yaml_serde::Value,
+    mut value: yaml_serde::Value,
     path: &str,
     problems: &mut Problems,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(item) => Some(item),
-        Err(error) => {
-            let inner = error.path().to_string();
-            let full = if inner == "." || inner.is_empty() {
-                path.to_string()
-            } else if inner.starts_with('[') {
-                format!("{path}{inner}")
-            } else {
-                format!("{path}.{inner}")
-            };
-            problems.add(full, error.into_inner().to_string());
-            None
+    loop {
+        let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(item) => return Some(item),
+            Err(error) => error,
+        };
+        let inner = error.path().to_string();
+        let full = if inner == "." || inner.is_empty() {
+            path.to_string()
+        } else if inner.starts_with('[') {
+            format!("{path}{inner}")
+        } else {
+            format!("{path}.{inner}")
+        };
+        let message = error.inner().to_string();
+        let left_out =
+            message.contains(duration::NOT_A_DURATION) && leave_out(&mut value, error.path());
+        problems.add(full.clone(), message);
+        if !left_out {
+            return None;
         }
+        problems.defaulted.push(full);
+    }
+}
+
+/// Removes the mapping entry at `path` from `value`; false when there is none.
+fn leave_out(value: &mut yaml_serde::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for segment in parents {
+        let next = match (segment, node) {
+            (Segment::Map { key }, yaml_serde::Value::Mapping(map)) => map.get_mut(key.as_str()),
+            (Segment::Seq { index }, yaml_serde::Value::Sequence(items)) => items.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        node = next;
+    }
+    match node {
+        yaml_serde::Value::Mapping(map) => map.remove(key.as_str()).is_some(),
+        _ => false,
     }
 }
 

@@ -35,11 +35,12 @@ fn alert_thresholds_must_be_bucket_bounds() {
         "    errors: claim_errors_total\n    alert: { above_seconds: 0.3, for: 5 minutes }\n",
     );
     let err = parse(&text).unwrap_err();
-    let found: Vec<(&str, Option<usize>)> = err
+    let mut found: Vec<(&str, Option<usize>)> = err
         .problems
         .iter()
         .map(|p| (p.path.as_str(), p.line))
         .collect();
+    found.sort();
     assert_eq!(
         found,
         vec![
@@ -48,8 +49,12 @@ fn alert_thresholds_must_be_bucket_bounds() {
         ],
         "{err}"
     );
+    let bound = err
+        .problems
+        .iter()
+        .find(|p| p.path.ends_with("above_seconds"));
     assert!(
-        err.problems[0].message.contains("not a bucket bound"),
+        bound.is_some_and(|p| p.message.contains("not a bucket bound")),
         "{err}"
     );
     assert!(
@@ -303,4 +308,58 @@ fn join_waits_are_bounded() {
         };
         assert_eq!(found, problems, "max_wait {wait}");
     }
+}
+
+#[test]
+fn a_duration_that_does_not_parse_hides_no_other_problem_of_its_section() {
+    let text = format!("{MINIMAL}join:\n  max_wait: soon\n  max_pending: 0\n");
+    let err = parse(&text).unwrap_err();
+    let found: Vec<(&str, &str)> = err
+        .problems
+        .iter()
+        .map(|p| (p.path.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (
+                "join.max_wait",
+                "`soon` is not a Prometheus duration (such as 30s, 5m, 1h, 1d)"
+            ),
+            ("join.max_pending", "must be at least 1"),
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn durations_are_parsed_once_and_keep_their_text() {
+    let text = format!("{MINIMAL}alerting:\n  rate_window: 90s\njoin:\n  max_wait: 1h30m\n");
+    let config = parse(&text).expect("valid");
+    assert_eq!(config.alerting.rate_window.text(), "90s");
+    assert_eq!(
+        config.alerting.rate_window.get(),
+        std::time::Duration::from_secs(90)
+    );
+    assert_eq!(
+        config.join.max_wait.get(),
+        std::time::Duration::from_secs(5400)
+    );
+    assert_eq!(config.join.max_wait.to_string(), "1h30m");
+}
+
+#[test]
+fn the_limits_the_pipeline_needs_are_checked() {
+    let text = MINIMAL.replace(
+        "    errors: claim_errors_total\n",
+        "    errors: claim_errors_total\n    extra_labels: [a, b, c, d, e, f, g]\n",
+    );
+    let extra: String = ["a", "b", "c", "d", "e", "f", "g"]
+        .iter()
+        .map(|l| format!("    {l}: {{ sources: [], default: x, max_values: 2 }}\n"))
+        .collect();
+    let text = text.replacen("labels:\n", &format!("labels:\n  extra:\n{extra}"), 1);
+    let err = parse(&text).unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, vec!["stages.claim.extra_labels"], "{err}");
 }

@@ -1,6 +1,5 @@
 //! Checks that need more than types: names, references, regexes, buckets, addresses.
 
-use super::Problems;
 use super::limits::{MAX_DERIVED_PARTS, MAX_EXTRA_LABELS, MAX_JOIN_WAIT, MAX_LABELS};
 use super::security;
 use super::{
@@ -8,6 +7,7 @@ use super::{
     MetricsConfig, Operation, ReceiversConfig, RuleConfig, Sections, SpanMetricsConfig, StageAlert,
     StageConfig,
 };
+use super::{Problems, PromDuration};
 use regex::Regex;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -99,9 +99,6 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
             }
         }
     }
-    if let Some(breakdown) = &s.breakdown {
-        check_duration(&breakdown.max_age, "breakdown.max_age", problems);
-    }
     if let Some(forward) = &s.forward {
         super::forward::check(
             forward,
@@ -110,8 +107,7 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
         );
     }
     if let Some(join) = &s.join {
-        check_duration(&join.max_wait, "join.max_wait", problems);
-        if parse_duration(&join.max_wait).is_some_and(|wait| wait > MAX_JOIN_WAIT) {
+        if join.max_wait.get() > MAX_JOIN_WAIT {
             problems.add(
                 "join.max_wait",
                 "must be at most 24d (keys' waits are timed in milliseconds, 32 bits)",
@@ -228,51 +224,7 @@ fn check_derived(
     }
 }
 
-/// A Prometheus duration: digits and a unit (ms, s, m, h, d, w, y), possibly repeated (1h30m).
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    const UNITS: [(&str, u64); 7] = [
-        ("ms", 1),
-        ("s", 1_000),
-        ("m", 60_000),
-        ("h", 3_600_000),
-        ("d", 86_400_000),
-        ("w", 604_800_000),
-        ("y", 31_536_000_000),
-    ];
-    let mut rest = text;
-    let mut millis = 0u64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        let amount: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, scale) = UNITS.into_iter().find(|(u, _)| rest.starts_with(u))?;
-        rest = &rest[unit.len()..];
-        millis = millis.checked_add(amount.checked_mul(scale)?)?;
-    }
-    Some(std::time::Duration::from_millis(millis))
-}
-
-/// A duration the config checks already accepted.
-pub fn checked_duration(text: &str) -> std::time::Duration {
-    parse_duration(text).expect("validated duration")
-}
-
-fn check_duration(value: &str, path: &str, problems: &mut Problems) {
-    if parse_duration(value).is_none() {
-        problems.add(
-            path,
-            format!("`{value}` is not a Prometheus duration (such as 30s, 5m, 1h, 1d)"),
-        );
-    }
-}
-
 fn check_alerting(a: &AlertingConfig, problems: &mut Problems) {
-    check_duration(&a.rate_window, "alerting.rate_window", problems);
-    check_duration(&a.regression_offset, "alerting.regression_offset", problems);
-    check_duration(&a.regression_for, "alerting.regression_for", problems);
     if !(a.min_calls_per_second >= 0.0 && a.min_calls_per_second.is_finite()) {
         problems.add(
             "alerting.min_calls_per_second",
@@ -311,7 +263,6 @@ fn check_stage_alert(alert: &StageAlert, buckets: &[f64], path: &str, problems: 
             ),
         );
     }
-    check_duration(&alert.for_duration, &format!("{path}.for"), problems);
     if alert.severity.is_empty()
         || !alert
             .severity
@@ -370,7 +321,7 @@ fn check_listeners(receivers: &ReceiversConfig, metrics: &MetricsConfig, problem
         ),
         (&receivers.body_read_timeout, "receivers.body_read_timeout"),
     ] {
-        check_positive_duration(value, path, problems);
+        check_positive(value, path, problems);
     }
     for (listener, path) in [
         (&receivers.grpc, "receivers.grpc"),
@@ -382,12 +333,12 @@ fn check_listeners(receivers: &ReceiversConfig, metrics: &MetricsConfig, problem
                 "must be at least 1",
             );
         }
-        check_positive_duration(
+        check_positive(
             &listener.keepalive_interval,
             &format!("{path}.keepalive_interval"),
             problems,
         );
-        check_positive_duration(
+        check_positive(
             &listener.keepalive_timeout,
             &format!("{path}.keepalive_timeout"),
             problems,
@@ -407,8 +358,9 @@ fn check_listeners(receivers: &ReceiversConfig, metrics: &MetricsConfig, problem
     }
 }
 
-fn check_positive_duration(value: &str, path: &str, problems: &mut Problems) {
-    if parse_duration(value).is_none_or(|d| d.is_zero()) {
+/// A duration that must be above zero.
+pub(super) fn check_positive(value: &PromDuration, path: &str, problems: &mut Problems) {
+    if value.is_zero() {
         problems.add(
             path,
             format!("`{value}` is not a positive Prometheus duration (such as 500ms, 10s)"),
@@ -427,11 +379,6 @@ fn check_metrics(m: &MetricsConfig, problems: &mut Problems) {
     if m.max_series_per_metric == 0 {
         problems.add("metrics.max_series_per_metric", "must be at least 1");
     }
-    check_duration(
-        &m.series_idle_timeout,
-        "metrics.series_idle_timeout",
-        problems,
-    );
 }
 
 fn check_span_metrics(s: &SpanMetricsConfig, problems: &mut Problems) {

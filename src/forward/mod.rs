@@ -9,7 +9,7 @@ mod send;
 mod stats;
 pub mod wal;
 
-use crate::config::forward::{ForwardConfig, Timings, WhenFull, directory_name};
+use crate::config::forward::{ForwardConfig, WhenFull, directory_name};
 use crate::metrics::store::Snapshot;
 use crate::otlp::body::Arrived;
 use crate::otlp::refusal::{Busy, Refusal};
@@ -21,6 +21,7 @@ use send::{Attempt, Sender};
 use stats::{EndpointView, Stats, add};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,27 @@ pub struct Forwarder {
     timings: Arc<Timings>,
     senders: Mutex<JoinSet<()>>,
     abandon: CancellationToken,
+}
+
+/// The section's durations, as the senders and the drain use them.
+struct Timings {
+    drain_timeout: Duration,
+    retry_after: Duration,
+    initial_interval: Duration,
+    max_interval: Duration,
+    max_elapsed: Duration,
+}
+
+impl Timings {
+    fn of(config: &ForwardConfig) -> Timings {
+        Timings {
+            drain_timeout: config.drain_timeout.get(),
+            retry_after: config.queue.retry_after.get(),
+            initial_interval: config.retry.initial_interval.get(),
+            max_interval: config.retry.max_interval.get(),
+            max_elapsed: config.retry.max_elapsed.get(),
+        }
+    }
 }
 
 /// How delivering one request ended.
@@ -111,7 +133,7 @@ impl Forwarder {
             endpoints,
             persistent: config.persistent.is_some(),
             when_full: q.when_full,
-            timings: Arc::new(config.timings()),
+            timings: Arc::new(Timings::of(config)),
             senders: Mutex::new(JoinSet::new()),
             abandon: CancellationToken::new(),
         });

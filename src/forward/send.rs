@@ -2,7 +2,6 @@
 //! answer means: delivered, worth retrying (and when), or refused for good.
 
 use crate::config::forward::{Compression, EndpointConfig, ForwardProtocol};
-use crate::config::validate::checked_duration as duration;
 use crate::otlp::grpc::{EXPORT_PATH, frame};
 use crate::otlp::status::{Code, RpcStatus};
 use bytes::Bytes;
@@ -86,7 +85,7 @@ impl Sender {
             uri,
             protocol: endpoint.protocol,
             headers,
-            timeout: duration(&endpoint.timeout),
+            timeout: endpoint.timeout.get(),
         })
     }
 

@@ -155,7 +155,7 @@ impl<'a> Family<'a> {
                     matchers: Vec::new(),
                     quantile: a.quantile,
                     above_seconds: a.above_seconds,
-                    for_duration: &a.for_duration,
+                    for_duration: a.for_duration.text(),
                     severity: &a.severity,
                 })
                 .collect(),
@@ -181,7 +181,7 @@ impl<'a> Family<'a> {
                         .collect(),
                     quantile: a.quantile,
                     above_seconds: a.above_seconds,
-                    for_duration: &a.for_duration,
+                    for_duration: a.for_duration.text(),
                     severity: &a.severity,
                 })
                 .collect(),
@@ -239,7 +239,7 @@ impl<'a> Family<'a> {
 
 fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
     let a = &config.alerting;
-    let window = &a.rate_window;
+    let window = a.rate_window.text();
     let by = family.level.join(", ");
     let buckets = family.buckets(window);
     let traffic = family.traffic_rate(window);
@@ -332,7 +332,7 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
                 "{quantile} > {} * ({quantile} offset {})\n{guard}",
                 a.regression_ratio, a.regression_offset
             ),
-            for_duration: a.regression_for.clone(),
+            for_duration: a.regression_for.to_string(),
             labels: labels("warning"),
             annotations: BTreeMap::from([
                 ("summary".to_string(), format!("{name} {q} latency regressed for {who}")),
@@ -354,7 +354,7 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
 /// A language's quantile against the baseline language's for the same step: 1.8 means the
 /// step takes 80% longer in that language (for FFI languages, the FFI overhead).
 fn comparison_rules(config: &Config, c: &ComparisonConfig) -> Vec<Rule> {
-    let window = &config.alerting.rate_window;
+    let window = config.alerting.rate_window.text();
     let step = &c.step_label;
     let level = format!("{step}_handler_language");
     let buckets = format!("{level}:{}_bucket:rate{window}", c.histogram);
@@ -386,7 +386,7 @@ fn comparison_rules(config: &Config, c: &ComparisonConfig) -> Vec<Rule> {
 }
 
 fn health_rules(config: &Config) -> Vec<Rule> {
-    let window = &config.alerting.rate_window;
+    let window = config.alerting.rate_window.text();
     let alert = |name: &str,
                  expr: String,
                  for_duration: &str,

@@ -5,6 +5,7 @@ use crate::collections::text::{Text, same_str};
 use crate::config::RuleConfig;
 use crate::config::validate::compile_regex;
 use crate::otlp::decode::{AnyValue, Attribute};
+use crate::pipeline::BuildError;
 use crate::pipeline::labels::format_scalar;
 use hashbrown::HashMap;
 use regex::Regex;
@@ -20,11 +21,33 @@ enum Match {
 }
 
 impl Match {
-    fn new(exact: &Option<String>, regex: &Option<String>) -> Result<Option<Match>, String> {
+    /// The match of an exact value or a regex (at `path`), None when neither is set.
+    fn new(
+        exact: &Option<String>,
+        regex: &Option<String>,
+        path: impl Fn() -> String,
+    ) -> Result<Option<Match>, BuildError> {
         Ok(match (exact, regex) {
             (Some(e), _) => Some(Match::Exact(e.clone())),
-            (None, Some(r)) => Some(Match::Regex(compile_regex(r)?)),
+            (None, Some(r)) => Some(Match::Regex(compile_regex(r).map_err(|message| {
+                BuildError::Invalid {
+                    path: path(),
+                    message,
+                }
+            })?)),
             (None, None) => None,
+        })
+    }
+
+    /// The match at `path`, which validation made sure is set.
+    fn required(
+        exact: &Option<String>,
+        regex: &Option<String>,
+        path: impl Fn() -> String,
+    ) -> Result<Match, BuildError> {
+        Match::new(exact, regex, &path)?.ok_or_else(|| BuildError::Invalid {
+            path: path(),
+            message: "neither a value nor a regex is set".to_string(),
         })
     }
 
@@ -67,37 +90,36 @@ impl Classifier {
             .flat_map(|r| r.attributes.iter().map(|(key, _)| key.as_str()))
     }
 
-    /// `stage_of` maps a rule's stage name to its id.
+    /// `stage_of` maps a rule's stage name (at a path) to its id.
     pub fn compile(
         rules: &[RuleConfig],
-        stage_of: impl Fn(&str) -> Option<StageId>,
-    ) -> Result<Classifier, String> {
+        stage_of: impl Fn(&str, String) -> Result<StageId, BuildError>,
+    ) -> Result<Classifier, BuildError> {
         let mut classifier = Classifier {
             rules: Vec::with_capacity(rules.len()),
             by_name: HashMap::new(),
             by_regex: Vec::new(),
         };
         for (i, rule) in rules.iter().enumerate() {
-            let stage = stage_of(&rule.stage)
-                .ok_or_else(|| format!("rules[{i}]: unknown stage `{}`", rule.stage))?;
-            match Match::new(&rule.span_name, &rule.span_name_regex)? {
-                Some(Match::Exact(name)) => classifier.by_name.entry(name).or_default().push(i),
-                Some(Match::Regex(regex)) => classifier.by_regex.push((i, regex)),
-                None => return Err(format!("rules[{i}]: no span name")),
+            let stage = stage_of(&rule.stage, format!("rules[{i}].stage"))?;
+            let name = Match::required(&rule.span_name, &rule.span_name_regex, || {
+                format!("rules[{i}].span_name_regex")
+            })?;
+            match name {
+                Match::Exact(name) => classifier.by_name.entry(name).or_default().push(i),
+                Match::Regex(regex) => classifier.by_regex.push((i, regex)),
             }
-            let attributes = rule
-                .attributes
-                .iter()
-                .map(|a| {
-                    Ok((
-                        a.key.clone(),
-                        Match::new(&a.equals, &a.regex)?.ok_or("attribute match without value")?,
-                    ))
+            let attributes = (rule.attributes.iter().enumerate())
+                .map(|(j, a)| {
+                    let path = || format!("rules[{i}].attributes[{j}].regex");
+                    Ok((a.key.clone(), Match::required(&a.equals, &a.regex, path)?))
                 })
-                .collect::<Result<_, String>>()?;
+                .collect::<Result<_, BuildError>>()?;
             classifier.rules.push(Rule {
                 stage,
-                service: Match::new(&rule.service, &rule.service_regex)?,
+                service: Match::new(&rule.service, &rule.service_regex, || {
+                    format!("rules[{i}].service_regex")
+                })?,
                 attributes,
             });
         }
@@ -162,8 +184,12 @@ mod tests {
     fn classifier() -> (Classifier, Vec<String>) {
         let config = Config::default_profile();
         let stages: Vec<String> = config.stages.keys().cloned().collect();
-        let c = Classifier::compile(&config.rules, |name| {
-            stages.iter().position(|s| s == name).map(StageId)
+        let c = Classifier::compile(&config.rules, |name, path| {
+            let found = stages.iter().position(|s| s == name).map(StageId);
+            found.ok_or(BuildError::UnknownStage {
+                path,
+                stage: name.to_string(),
+            })
         })
         .unwrap();
         (c, stages)
@@ -240,7 +266,7 @@ mod tests {
         )
         .unwrap();
         let c =
-            Classifier::compile(&rules, |n| Some(StageId(if n == "a" { 0 } else { 1 }))).unwrap();
+            Classifier::compile(&rules, |n, _| Ok(StageId(if n == "a" { 0 } else { 1 }))).unwrap();
         let facts = |name, service| SpanFacts {
             name,
             service,

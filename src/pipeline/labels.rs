@@ -8,6 +8,7 @@
 use crate::collections::text::same_str;
 use crate::config::{LabelConfig, LabelSourceKind, validate::compile_capture_regex};
 use crate::otlp::decode::{AnyValue, Attribute, Batch, SpanView};
+use crate::pipeline::BuildError;
 use regex::Regex;
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -108,32 +109,42 @@ pub struct ResourceValues<'a> {
 }
 
 impl LabelResolver {
-    pub fn compile(config: &LabelConfig) -> Result<LabelResolver, String> {
-        let sources = config
-            .sources
-            .iter()
-            .map(|s| {
-                let regex = |pattern: &Option<String>| {
-                    let regex = pattern.as_deref().map(compile_capture_regex).transpose()?;
-                    Ok::<_, String>(regex.map(Captor::new))
+    /// The resolver of the label configured at `path`.
+    pub fn compile(config: &LabelConfig, path: &str) -> Result<LabelResolver, BuildError> {
+        let sources = (config.sources.iter().enumerate())
+            .map(|(i, s)| {
+                let path = format!("{path}.sources[{i}]");
+                let captor = |field: &str, pattern: &str| {
+                    let regex =
+                        compile_capture_regex(pattern).map_err(|message| BuildError::Invalid {
+                            path: format!("{path}.{field}.regex"),
+                            message,
+                        })?;
+                    Ok::<_, BuildError>(Captor::new(regex))
                 };
-                Ok(
-                    match s.kind().ok_or("a label source must set exactly one kind")? {
-                        LabelSourceKind::SpanAttribute(a) => Source::Span {
-                            key: a.key.clone(),
-                            regex: regex(&a.regex)?,
-                        },
-                        LabelSourceKind::ResourceAttribute(a) => Source::Resource {
-                            key: a.key.clone(),
-                            regex: regex(&a.regex)?,
-                        },
-                        LabelSourceKind::ServiceName(s) => {
-                            Source::ServiceName(Captor::new(compile_capture_regex(&s.regex)?))
-                        }
+                let optional = |field: &str, pattern: &Option<String>| {
+                    pattern.as_deref().map(|p| captor(field, p)).transpose()
+                };
+                let kind = s.kind().ok_or_else(|| BuildError::Invalid {
+                    path: path.clone(),
+                    message: "set exactly one of span_attribute, resource_attribute, service_name"
+                        .to_string(),
+                })?;
+                Ok(match kind {
+                    LabelSourceKind::SpanAttribute(a) => Source::Span {
+                        key: a.key.clone(),
+                        regex: optional("span_attribute", &a.regex)?,
                     },
-                )
+                    LabelSourceKind::ResourceAttribute(a) => Source::Resource {
+                        key: a.key.clone(),
+                        regex: optional("resource_attribute", &a.regex)?,
+                    },
+                    LabelSourceKind::ServiceName(s) => {
+                        Source::ServiceName(captor("service_name", &s.regex)?)
+                    }
+                })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, BuildError>>()?;
         Ok(LabelResolver {
             sources,
             default: config.default.clone(),

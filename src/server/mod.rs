@@ -9,14 +9,13 @@ pub mod tls;
 use crate::ingest::access::BearerToken;
 
 use crate::config::security::{AuthConfig, TlsServerConfig};
-use crate::config::validate::checked_duration;
 use crate::config::{Config, ListenerConfig};
 use crate::forward::{Drained, Forwarder};
 use crate::ingest::gate::Gate;
 use crate::ingest::{Ingest, Onward, grpc, http};
 use crate::otlp::body::Arrived;
 use crate::otlp::refusal::Refusal;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{BuildError, Pipeline};
 use listener::Limits;
 
 use axum::Router;
@@ -32,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] BuildError),
     #[error("cannot start forwarding: {0}")]
     Forward(String),
     #[error("{0}")]
@@ -74,7 +73,7 @@ impl Server {
                 .map_err(|e| StartError::Access(format!("{what}: TLS: {e}")))
         };
         let r = &config.receivers;
-        let pipeline = Arc::new(Pipeline::new(&config).map_err(StartError::Config)?);
+        let pipeline = Arc::new(Pipeline::new(&config)?);
         let forward = Forwarder::start(&config.forward).map_err(StartError::Forward)?;
         let ingest = Ingest {
             pipeline: pipeline.clone(),
@@ -84,17 +83,17 @@ impl Server {
                 token(&r.auth, "receivers.auth")?,
                 r.max_pending_requests,
                 r.memory_limit_bytes,
-                checked_duration(&r.retry_after),
+                r.retry_after.get(),
                 r.max_request_bytes,
             )),
-            body_read_timeout: checked_duration(&r.body_read_timeout),
+            body_read_timeout: r.body_read_timeout.get(),
         };
-        let header_read_timeout = checked_duration(&r.header_read_timeout);
+        let header_read_timeout = r.header_read_timeout.get();
         let limits = |l: &ListenerConfig| Limits {
             header_read_timeout,
             max_concurrent_streams: l.max_concurrent_streams,
-            keepalive_interval: checked_duration(&l.keepalive_interval),
-            keepalive_timeout: checked_duration(&l.keepalive_timeout),
+            keepalive_interval: l.keepalive_interval.get(),
+            keepalive_timeout: l.keepalive_timeout.get(),
         };
         let stop = CancellationToken::new();
         let mut listeners = Vec::new();
