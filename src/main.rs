@@ -16,9 +16,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// compressed request bodies) go back to the system when freed instead of staying dirty in
 /// an arena for later, so that a burst of them does not raise the resident memory beyond
 /// what is in use (SECURITY.md item on decompression bombs; BENCHMARKS.md "Allocator and
-/// gzip back end"). Not lower: the HTTP/2 read buffers that 512-span requests arrive in take
-/// 0.5-1 MiB, and at 512 KiB each was unmapped and faulted in again, for about 1.2 times
-/// fewer spans per CPU-second.
+/// gzip back end"). Not lower: the HTTP/2 read buffers that 512-span requests arrive in are
+/// just under it, and a lower threshold unmapped and faulted each of them in again, which
+/// cost spans per CPU-second.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: Option<&'static u8> = Some(&b"oversize_threshold:1048576\0"[0]);
 

@@ -18,10 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Bodies up to this size are decoded and processed on the async worker that read them: a
-/// 512-span request (~210 KB) takes about a millisecond of CPU, less than the hop to the
-/// blocking pool and back costs in wake-ups and cold caches (spans per CPU-second +8 to +21%
-/// with 256 KiB against 64 KiB, BENCHMARKS.md). Larger, compressed and JSON bodies still go
-/// to the pool.
+/// typical 512-span request takes less CPU than the hop to the blocking pool and back costs
+/// in wake-ups and cold caches (measured in spans per CPU-second, BENCHMARKS.md). Larger,
+/// compressed and JSON bodies still go to the pool.
 const SMALL: usize = 256 * 1024;
 
 /// Runs `work` on the blocking pool when it may take long (`heavy`), inline otherwise, so

@@ -158,7 +158,7 @@ impl Pending {
 /// Every derived metric of the default profile has two parts and at most two labels, so an
 /// offer reads its key's slot and nothing behind a pointer: in a full window each of those
 /// was a cache miss, and each key an allocation and a free. One enum for both, 48 bytes:
-/// one of its own for each took 64.
+/// one of its own for each would take 64.
 enum Values {
     Inline {
         parts: [Times; 2],
@@ -277,7 +277,7 @@ struct Slot {
 /// key is found at the front of `slots` without a lookup.
 struct Shard {
     /// The position of each waiting key's slot, found by the hash the slot holds: 5 bytes
-    /// an entry where a map from hash to position took 17. The table hashes a key by the
+    /// an entry where a map from hash to position would take 17. The table hashes a key by the
     /// low half of its hash ([`index_hash`]).
     index: HashTable<u32>,
     slots: VecDeque<Slot>,
@@ -383,7 +383,7 @@ const SHARDS: usize = 16;
 
 /// Slots a shard's queue holds at most: its waiting keys and holes up to a quarter of them
 /// (and 64), past which it is compacted, for at most about five re-placed keys per
-/// completed one. (Holes up to as many as the keys took a third of the window's memory.)
+/// completed one. (Holes up to as many as the keys would take a third of the window's memory.)
 fn queue_places(per_shard: usize) -> usize {
     per_shard + per_shard / 4 + 64
 }

@@ -80,8 +80,8 @@ pub fn decode_owned(encoding: Encoding, body: Bytes, limit: usize) -> Result<Byt
 }
 
 /// Decompressed bodies up to this size go into a buffer kept from an earlier request (a
-/// 512-span request is ~210 KB): a fresh mapping per request cost its page faults, their
-/// zeroing and the unmapping with its TLB shootdown, for 1.37 times fewer gzip spans per
+/// typical 512-span request fits): a fresh mapping per request costs its page faults, their
+/// zeroing and the unmapping with its TLB shootdown, which showed in gzip spans per
 /// CPU-second (BENCHMARKS.md). A larger output goes on in a mapping of the limit.
 const SPARE_BYTES: usize = 512 * 1024;
 

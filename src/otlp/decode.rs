@@ -231,7 +231,7 @@ impl AttributeKeys {
         match self.by_mark[mark(key)] {
             NO_KEY => None,
             // Most marks name one key: compared inline, not by a search of a slice of one
-            // (an out-of-line call, 2.4% of the samples of the stages-only bench).
+            // (an out-of-line call on the hottest path of decode).
             SEVERAL_KEYS => self.keys.iter().map(|k| &**k).find(matches),
             one => Some(&*self.keys[usize::from(one - 1)]).filter(matches),
         }
@@ -553,7 +553,7 @@ fn key_then_value(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 /// Pushes the attribute in `buf` if `keys` keeps its key, which is then `keys`' own. A
 /// string value, as nearly every attribute has, is pushed where it is read: a value that
 /// took the same path as the others went through memory, and reading it back stalled on
-/// the stores that wrote it (~10% of decode's cycles in `perf annotate`).
+/// the stores that wrote it (visible in `perf annotate` of decode).
 #[inline(always)]
 fn push_kept_attribute<'a>(
     buf: &'a [u8],

@@ -1,14 +1,14 @@
-//! The buffers scrapes render into, kept for the next scrape. A scrape of 5,000 histogram
-//! series is ~14 MB of text: rendered into a fresh allocation, every page of it is faulted
-//! in again on every scrape, which took 11-13 ms of CPU (two thirds in the kernel) against
-//! 2.7 ms into memory a scrape had touched before.
+//! The buffers scrapes render into, kept for the next scrape. A scrape of thousands of
+//! histogram series is megabytes of text: rendered into a fresh allocation, every page of it
+//! is faulted in again on every scrape, which costs several times the rendering itself
+//! (most of it in the kernel).
 
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 
 /// The buffer kept between scrapes: one, for the one scraper a sidecar usually has (a
 /// second scrape at the same time renders into a new buffer). It holds a scrape's size for
-/// good, ~0.4 MB for the default profile under load, against a memory goal of 30 MiB.
+/// good, which is small beside the rest of the process's memory.
 #[derive(Debug, Default)]
 pub struct ScrapeBuffers {
     free: Mutex<Option<String>>,

@@ -51,9 +51,9 @@ pub struct Found {
 
 /// The records in arrival order. Recording a span touches only the queue's end and the
 /// texts it names: no index to update (and miss the cache on) per key. A breakdown, which is
-/// rare, reads every record's keys instead (a whole breakdown took 0.9 ms with the default
-/// 50,000 held, `pipeline/breakdown_lookup`); a copy of each key's hash beside the records
-/// made it 0.3 ms, for 12 bytes a span and three hashes per span recorded.
+/// rare, reads every record's keys instead (`pipeline/breakdown_lookup` measures it); a
+/// copy of each key's hash beside the records makes that scan compare numbers, for 12 bytes
+/// a span and three hashes per span recorded.
 #[derive(Default)]
 pub struct Log {
     kept: VecDeque<Kept>,
