@@ -51,9 +51,9 @@ pub struct Found {
 
 /// The records in arrival order. Recording a span touches only the queue's end and the
 /// texts it names: no index to update (and miss the cache on) per key. A breakdown, which is
-/// rare, reads every record's keys instead (`pipeline/breakdown_lookup` measures it); a
-/// copy of each key's hash beside the records makes that scan compare numbers, for 12 bytes
-/// a span and three hashes per span recorded.
+/// rare, reads every record's keys instead (`pipeline/breakdown_lookup` measures it). A
+/// copy of each key's hash beside the records would make that scan faster, but for 12 bytes
+/// a span held all the time and three hashes per span recorded, for a rare question.
 #[derive(Default)]
 pub struct Log {
     kept: VecDeque<Kept>,
