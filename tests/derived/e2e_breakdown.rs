@@ -19,7 +19,6 @@ use crate::support;
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanExporter as _};
 use spanlens::breakdown::{Breakdown, StageTiming, StepBreakdown};
 use spanlens::server::Server;
@@ -27,8 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::otlp::hex;
-use support::sdk::{Transport, attr, exporter, recording, start_span};
-use support::tasker::{Pick, Svc, Times, Vocab, plan_requests, times};
+use support::sdk::{Recorded, Transport, attr, exporter_to, recording, start_span};
+use support::tasker::{Pick, Svc, Times, Vocab, plan_requests, stage_of, times};
 use support::{scrape, start, test_config};
 
 // ----------------------------------------------------------------------------------------------
@@ -130,23 +129,7 @@ impl Row {
 
     /// The stage the default profile's rules give this span (None: span metrics only).
     fn stage(&self) -> Option<&'static str> {
-        Some(match self.name {
-            "step_claim" => "step_claim",
-            "read_messages"
-                if self
-                    .attr("queue")
-                    .is_some_and(|q| q.starts_with("worker_") && q.ends_with("_queue")) =>
-            {
-                "step_claim"
-            }
-            "execute_handler" | "worker.step_execution" => "handler_execution",
-            "submit_result" | "worker.step_completion_received" => "result_submission",
-            "create_task" | "create_task_from_request" => "task_creation",
-            "enqueue_steps" | "enqueue_ready_steps" => "step_enqueueing",
-            "process_result" | "handle_step_execution_result" => "result_processing",
-            "finalize_task" => "task_finalization",
-            _ => return None,
-        })
+        stage_of(self.name, self.attr("queue").as_deref())
     }
 
     /// Kept for breakdowns: classified, with a correlation id, task uuid or step uuid.
@@ -830,12 +813,6 @@ impl IdGenerator for FixedIds {
     }
 }
 
-struct Recorded {
-    /// Every row as the SDK made it (same index).
-    spans: Vec<SpanData>,
-    resources: BTreeMap<Svc, Resource>,
-}
-
 /// Emits every row through its service's own SdkTracerProvider, with explicit start and end
 /// times and the table's ids.
 fn record(rows: &[Row], base: SystemTime) -> Recorded {
@@ -909,22 +886,6 @@ fn record(rows: &[Row], base: SystemTime) -> Recorded {
     }
     let spans = spans.into_iter().map(|s| s.expect("emitted")).collect();
     Recorded { spans, resources }
-}
-
-/// The real exporter of `svc`'s transport to `server`, sending `resource`.
-fn exporter_for(
-    server: &Server,
-    svc: Svc,
-    resource: &Resource,
-) -> opentelemetry_otlp::SpanExporter {
-    let mut exporter = exporter(
-        svc.transport(),
-        server.grpc_addr(),
-        server.http_addr(),
-        Duration::from_secs(5),
-    );
-    exporter.set_resource(resource);
-    exporter
 }
 
 /// The export requests, as (service, rows), in sending order: orchestration's finalizations
@@ -1291,7 +1252,12 @@ async fn linear_and_diamond_put_back_together_across_three_services_and_transpor
     let recorded = record(&rows, base);
     let exporters: BTreeMap<Svc, opentelemetry_otlp::SpanExporter> = Svc::ALL
         .iter()
-        .map(|svc| (*svc, exporter_for(&server, *svc, &recorded.resources[svc])))
+        .map(|svc| {
+            (
+                *svc,
+                exporter_to(&server, svc.transport(), &recorded.resources[svc]),
+            )
+        })
         .collect();
 
     let mut sent = vec![false; rows.len()];

@@ -25,7 +25,6 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue as ProtoValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use prost::Message as _;
 use spanlens::config::Config;
@@ -41,8 +40,8 @@ use support::histogram::{
     assert_count_or_absent, assert_histogram,
 };
 use support::process::proc_status;
-use support::sdk::{Transport, attr, exporter, recording, start_span};
-use support::tasker::{Pick, Svc, Times, Vocab, plan_requests, times as t};
+use support::sdk::{Recorded, Transport, attr, exporter_to, recording, start_span};
+use support::tasker::{Pick, Svc, Times, Vocab, plan_requests, stage_of, times as t};
 use support::{
     Exposition, minute_ago_ns as now_ns, parse_le, post_protobuf as post, scrape, start,
     test_config,
@@ -58,20 +57,6 @@ const DERIVED_NAMES: [&str; 4] = [
 // ----------------------------------------------------------------------------------------------
 // Fixture table
 // ----------------------------------------------------------------------------------------------
-
-/// The stage the default profile's rules give a span name (None: generic span metrics only).
-fn stage_of(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "step_claim" | "read_messages" => "step_claim",
-        "execute_handler" | "worker.step_execution" => "handler_execution",
-        "submit_result" | "worker.step_completion_received" => "result_submission",
-        "create_task" | "create_task_from_request" => "task_creation",
-        "enqueue_steps" | "enqueue_ready_steps" => "step_enqueueing",
-        "process_result" | "handle_step_execution_result" => "result_processing",
-        "finalize_task" => "task_finalization",
-        _ => return None,
-    })
-}
 
 /// One span of the fixture. Times are microseconds from the scenario's base time.
 #[derive(Clone, Debug)]
@@ -89,7 +74,7 @@ struct Row {
 
 impl Row {
     fn stage(&self) -> Option<&'static str> {
-        stage_of(self.name)
+        stage_of(self.name, self.attr("queue").as_deref())
     }
 
     fn attr(&self, key: &str) -> Option<String> {
@@ -607,12 +592,6 @@ fn check_fixture_literals(rows: &[Row]) {
 // Emitting with the SDK, exporting with the real OTLP exporter
 // ----------------------------------------------------------------------------------------------
 
-/// Every row as the SDK made it (same index), and each service's resource.
-struct Recorded {
-    spans: Vec<SpanData>,
-    resources: BTreeMap<Svc, Resource>,
-}
-
 /// Emits every row through its service's own SdkTracerProvider with explicit start and end
 /// times (parents and children within one service only).
 fn record(rows: &[Row], base: SystemTime) -> Recorded {
@@ -667,22 +646,6 @@ fn record(rows: &[Row], base: SystemTime) -> Recorded {
         }
     }
     Recorded { spans, resources }
-}
-
-/// The real exporter of `transport` to `server`, sending `resource`.
-fn exporter_to(
-    server: &Server,
-    transport: Transport,
-    resource: &Resource,
-) -> opentelemetry_otlp::SpanExporter {
-    let mut exporter = exporter(
-        transport,
-        server.grpc_addr(),
-        server.http_addr(),
-        Duration::from_secs(5),
-    );
-    exporter.set_resource(resource);
-    exporter
 }
 
 /// The export requests, as (service, rows): orchestration's finalization and result

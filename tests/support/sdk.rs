@@ -3,14 +3,18 @@
 //! span processor that records finished spans so that a test hands exactly the spans it
 //! chooses to the exporter, in the order it chooses.
 
+use super::tasker::Svc;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Compression, Protocol, WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::SpanExporter as _;
 use opentelemetry_sdk::trace::{
     SdkTracer, SdkTracerProvider, SpanData, SpanProcessor, TracerProviderBuilder,
 };
+use spanlens::server::Server;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -70,6 +74,22 @@ pub fn exporter(
     }
 }
 
+/// The real exporter for `transport` to `server`, sending `resource` (5 s per export).
+pub fn exporter_to(
+    server: &Server,
+    transport: Transport,
+    resource: &Resource,
+) -> opentelemetry_otlp::SpanExporter {
+    let mut exporter = exporter(
+        transport,
+        server.grpc_addr(),
+        server.http_addr(),
+        Duration::from_secs(5),
+    );
+    exporter.set_resource(resource);
+    exporter
+}
+
 /// The resource attributes of every emulated service besides service.name.
 pub fn service_attributes() -> Vec<KeyValue> {
     vec![
@@ -122,6 +142,14 @@ pub fn start_span(
         .with_attributes(attributes)
         .start_with_context(tracer, &parent);
     parent.with_span(span)
+}
+
+/// A fixture's rows as the SDK made them, and each service's resource: what a test hands to
+/// the exporters.
+pub struct Recorded {
+    /// Every row as the SDK made it (same index).
+    pub spans: Vec<SpanData>,
+    pub resources: BTreeMap<Svc, Resource>,
 }
 
 /// A span processor that keeps every finished span and the provider's resource.

@@ -103,3 +103,24 @@ pub fn plan_requests<R>(
     assert!(sent.iter().all(|s| *s), "every row is sent");
     requests
 }
+
+/// The stage the default profile's rules give a span named `name` whose `queue` attribute is
+/// `queue` (None: generic span metrics only). `read_messages` is a step claim only from a
+/// worker queue (`worker_*_queue`).
+pub fn stage_of(name: &str, queue: Option<&str>) -> Option<&'static str> {
+    Some(match name {
+        "step_claim" => "step_claim",
+        "read_messages"
+            if queue.is_some_and(|q| q.starts_with("worker_") && q.ends_with("_queue")) =>
+        {
+            "step_claim"
+        }
+        "execute_handler" | "worker.step_execution" => "handler_execution",
+        "submit_result" | "worker.step_completion_received" => "result_submission",
+        "create_task" | "create_task_from_request" => "task_creation",
+        "enqueue_steps" | "enqueue_ready_steps" => "step_enqueueing",
+        "process_result" | "handle_step_execution_result" => "result_processing",
+        "finalize_task" => "task_finalization",
+        _ => return None,
+    })
+}
