@@ -3,9 +3,9 @@
 //! request counts nothing; the token never reaches a log line (RUST_LOG=debug) or
 //! check-config's output; TLS on every listener, and mutual TLS with a client CA.
 
-use crate::harness::{Setup, Spanlens, TempDir};
 use crate::otlp::*;
 use crate::support::Exposition;
+use crate::support::process::{self, Setup, Spanlens, TempDir, output_text};
 use crate::tls::{Pki, grpcs_export, https_export, https_get};
 use std::process::Command;
 
@@ -270,20 +270,8 @@ async fn bearer_token_from_the_environment_guards_receivers() {
 
 /// `spanlens check-config FILE` with `env`: (success, stdout + stderr).
 fn check_config(file: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spanlens"));
-    command.arg("check-config").arg(file);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let out = process::check_config(file, env);
+    (out.status.success(), output_text(&out))
 }
 
 #[test]

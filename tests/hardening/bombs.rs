@@ -5,8 +5,8 @@
 //! twenty together, they cost the process at most twice the request limit above its warmed-up
 //! peak. The limit itself holds to the byte at 8 MiB on every encoding and both protocols.
 
-use crate::harness::{MIB, Setup, mib};
 use crate::otlp::*;
+use crate::support::process::{MIB, Setup, mib};
 use std::time::{Duration, Instant};
 
 const LIMIT: usize = 8 * 1024 * 1024;

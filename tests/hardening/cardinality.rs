@@ -5,9 +5,10 @@
 //! stays small. With `metrics.series_idle_timeout`, churned series leave /metrics after traffic
 //! stops, and new values are admitted again.
 
-use crate::harness::{MIB, Setup, mib, poll};
 use crate::otlp::*;
 use crate::support::Exposition;
+use crate::support::poll;
+use crate::support::process::{MIB, Setup, mib};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

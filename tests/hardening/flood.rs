@@ -6,8 +6,9 @@
 //! that is still a valid request, 200 with its invalid spans in partial_success (its accepted
 //! spans are then added to what must be counted).
 
-use crate::harness::Setup;
 use crate::otlp::*;
+use crate::support::Rng;
+use crate::support::process::Setup;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,31 +19,6 @@ const BAD_REQUESTS: usize = 10_000;
 const BAD_TASKS: usize = 6;
 const VALID_TASKS: usize = 3;
 const LIMIT: usize = 4 * 1024 * 1024;
-
-/// A small deterministic generator (splitmix64).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// What spanlens must answer to a body, by the library's own decoding path (the receivers
 /// run exactly this): None when it must be refused as malformed, `Some(Err(()))` when as too
@@ -63,7 +39,7 @@ fn expected(
         Proto::HttpJson => spanlens::json::to_protobuf(&decoded).ok()?,
         _ => decoded.to_vec(),
     };
-    let batch = crate::harness::default_pipeline().decode(&protobuf).ok()?;
+    let batch = default_pipeline().decode(&protobuf).ok()?;
     let invalid = batch.spans.iter().filter(|s| s.problem().is_some()).count();
     let spans = batch.spans.len();
     if spans > 0 && invalid == spans {

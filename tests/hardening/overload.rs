@@ -5,8 +5,9 @@
 //! memory_limit), the process stays under the limit, and afterwards requests are accepted
 //! again.
 
-use crate::harness::{MIB, Setup, Spanlens, mib, poll};
 use crate::otlp::*;
+use crate::support::poll;
+use crate::support::process::{MIB, Setup, Spanlens, mib};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

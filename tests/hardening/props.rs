@@ -4,7 +4,7 @@
 //! default profile never panic; refusals are errors; decompression honours the limit to the
 //! byte; every span of a request is either accepted or rejected, exactly once.
 
-use crate::harness::default_pipeline;
+use crate::otlp::{default_pipeline, gzip, span_count};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -14,7 +14,6 @@ use prost::Message;
 use spanlens::body::{BodyError, Encoding};
 use spanlens::decode::Batch;
 use spanlens::pipeline::{Protocol, Refusal};
-use std::io::Write;
 
 const NAMES: &[&str] = &[
     "step_claim",
@@ -175,21 +174,6 @@ fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
         .prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
 }
 
-fn spans_in(request: &ExportTraceServiceRequest) -> usize {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
 fn encoding() -> impl Strategy<Value = Encoding> {
     prop_oneof![
         Just(Encoding::Identity),
@@ -330,7 +314,7 @@ proptest! {
         let bytes = request.encode_to_vec();
         let batch = Batch::decode(&bytes);
         prop_assert!(batch.is_ok(), "{:?}", batch.err());
-        prop_assert_eq!(batch.unwrap().spans.len(), spans_in(&request));
+        prop_assert_eq!(batch.unwrap().spans.len() as u64, span_count(&request));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! exactly the spans of the requests that were answered 200 / OK (a request that failed on the
 //! connection after the stop counts nothing).
 
-use crate::harness::Setup;
 use crate::otlp::*;
+use crate::support::process::Setup;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

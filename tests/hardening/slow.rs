@@ -4,8 +4,8 @@
 //! ignores the setting gets REFUSED_STREAM) with the server responsive meanwhile; a body that
 //! stalls past `receivers.body_read_timeout` is answered 408 / DEADLINE_EXCEEDED.
 
-use crate::harness::Setup;
 use crate::otlp::*;
+use crate::support::process::Setup;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,10 +131,7 @@ fn h2_head(addr: std::net::SocketAddr) -> http::Request<()> {
 }
 
 fn framed(payload: &[u8]) -> Bytes {
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    Bytes::from(frame)
+    Bytes::from(grpc_frame(false, payload))
 }
 
 /// The grpc-status of an h2 response, from its headers or trailers.
@@ -143,13 +140,7 @@ async fn h2_status(response: h2::client::ResponseFuture) -> Result<u32, String> 
         .await
         .map_err(|_| "no response headers".to_string())?
         .map_err(|e| format!("stream failed: {e}"))?;
-    let status = |headers: &http::HeaderMap| {
-        headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok())
-    };
-    if let Some(code) = status(response.headers()) {
+    if let Some(code) = grpc_status(response.headers()) {
         return Ok(code);
     }
     let mut body = response.into_body();
@@ -162,7 +153,7 @@ async fn h2_status(response: h2::client::ResponseFuture) -> Result<u32, String> 
         .await
         .map_err(|e| format!("trailers: {e}"))?
         .ok_or("no trailers")?;
-    status(&trailers).ok_or_else(|| "no grpc-status".to_string())
+    grpc_status(&trailers).ok_or_else(|| "no grpc-status".to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

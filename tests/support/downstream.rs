@@ -12,14 +12,14 @@
 //! refused) and kept across [`Downstream::stop`] / [`Downstream::start`]: a backend that is down
 //! for a while and comes back on the same address. Stopping closes the listener and cuts every
 //! open connection at once.
-#![allow(dead_code)]
 
+use super::Rng;
+use super::otlp::{base64, grpc_frame};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -33,9 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
-
-/// The gRPC method of OTLP trace export.
-pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// What a failing request is answered with.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -167,7 +164,7 @@ impl Attempt {
 
 struct State {
     policy: Policy,
-    rng: u64,
+    rng: Rng,
     next_seq: usize,
     attempts: Vec<Attempt>,
 }
@@ -195,7 +192,7 @@ impl Downstream {
             .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .expect("bind a loopback port");
         let addr = socket.local_addr().expect("local address");
-        let rng = policy.seed;
+        let rng = Rng::new(policy.seed);
         Downstream {
             addr,
             shared: Arc::new(Shared {
@@ -260,7 +257,7 @@ impl Downstream {
     /// Replaces the policy (and reseeds the RNG) for the requests still to come.
     pub fn set_policy(&self, policy: Policy) {
         let mut state = self.shared.state.lock().unwrap();
-        state.rng = policy.seed;
+        state.rng = Rng::new(policy.seed);
         state.policy = policy;
     }
 
@@ -475,7 +472,7 @@ async fn handle(
         let seq = state.next_seq;
         state.next_seq += 1;
         let policy = state.policy.clone();
-        let roll = next_f64(&mut state.rng);
+        let roll = state.rng.unit();
         let fails = seq < policy.fail_first || roll < policy.fraction;
         match decoded {
             Ok((payload, ids)) => {
@@ -579,16 +576,6 @@ fn span_ids(request: &ExportTraceServiceRequest) -> Vec<u64> {
         .collect()
 }
 
-/// splitmix64, as a uniform float in [0, 1).
-fn next_f64(state: &mut u64) -> f64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
 fn export_response(reject: i64) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
         partial_success: (reject > 0).then(|| ExportTracePartialSuccess {
@@ -612,13 +599,10 @@ fn grpc_headers(response: &mut Response) {
 
 fn grpc_ok(reject: i64) -> Response {
     let message = export_response(reject).encode_to_vec();
-    let mut frame = BytesMut::with_capacity(5 + message.len());
-    frame.put_u8(0);
-    frame.put_u32(message.len() as u32);
-    frame.put_slice(&message);
+    let frame = Bytes::from(grpc_frame(false, &message));
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from(0));
-    let body = Full::new(frame.freeze()).with_trailers(async move { Some(Ok(trailers)) });
+    let body = Full::new(frame).with_trailers(async move { Some(Ok(trailers)) });
     let mut response = Response::new(Body::new(body));
     grpc_headers(&mut response);
     response
@@ -720,35 +704,4 @@ fn http_failure(failure: Failure) -> Response {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
-}
-
-/// The retry delay of a `grpc-status-details-bin` value (base64 of a google.rpc.Status), if
-/// it carries a google.rpc.RetryInfo.
-pub fn retry_info_delay(details_bin: &[u8]) -> Option<Duration> {
-    status_retry_delay(&unbase64(details_bin)?)
-}
-
-/// The retry delay of an encoded google.rpc.Status (what tonic's `Status::details` holds), if
-/// it carries a google.rpc.RetryInfo.
-pub fn status_retry_delay(status: &[u8]) -> Option<Duration> {
-    let status = RpcStatus::decode(status).ok()?;
-    status
-        .details
-        .iter()
-        .filter(|d| d.type_url.ends_with("google.rpc.RetryInfo"))
-        .find_map(|d| RetryInfo::decode(&d.value[..]).ok()?.retry_delay)
-        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-}
-
-/// Standard base64 without padding (gRPC's `-bin` header encoding).
-pub fn base64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD_NO_PAD.encode(data)
-}
-
-/// Standard base64, padded or not.
-pub fn unbase64(text: &[u8]) -> Option<Vec<u8>> {
-    let trimmed: Vec<u8> = text.iter().copied().filter(|&c| c != b'=').collect();
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(trimmed)
-        .ok()
 }

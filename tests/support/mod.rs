@@ -1,9 +1,24 @@
-//! Shared by the end-to-end tests: start spanlens in-process on ephemeral loopback ports,
-//! scrape it, and read values out of the Prometheus text exposition.
+//! Shared by every test binary (each declares it with `#[path = "../support/mod.rs"] mod
+//! support;`): start spanlens in-process on ephemeral loopback ports, scrape it, read values
+//! out of the Prometheus text exposition, and wait for things with a deadline. The modules
+//! hold the rest, each written once: the binary as a child process and scratch directories
+//! (`process`), OTLP on the wire (`otlp`), the OpenTelemetry SDK side (`sdk`, `tasker`),
+//! histogram assertions (`histogram`), promtool, amtool and Python (`tools`), a fake OTLP
+//! backend (`downstream`) and TLS material (`pki`).
+//!
+//! Not every binary uses every helper, so dead-code warnings are off for this module tree
+//! (and only for it).
 #![allow(dead_code)]
 
 pub mod downstream;
+pub mod histogram;
+pub mod otlp;
 pub mod pki;
+pub mod process;
+pub mod sdk;
+pub mod tasker;
+pub mod tools;
+
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -12,7 +27,9 @@ use prost::Message;
 use spanlens::config::Config;
 use spanlens::server::Server;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The default profile with every listener on 127.0.0.1:0; `edit` may change it further.
 pub fn test_config(edit: impl FnOnce(&mut Config)) -> Config {
@@ -183,6 +200,16 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
     labels
 }
 
+/// The bound of a `le` label as a number (`+Inf` is infinity).
+pub fn parse_le(le: &str) -> f64 {
+    match le {
+        "+Inf" => f64::INFINITY,
+        other => other
+            .parse()
+            .unwrap_or_else(|_| panic!("le={other:?} is not a number")),
+    }
+}
+
 /// A string attribute.
 pub fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -214,7 +241,7 @@ pub fn request(service: &str, spans: Vec<Span>) -> Vec<u8> {
 
 /// Runs the spanlens binary; panics with its stderr unless it succeeds. (stdout, stderr)
 pub fn run_spanlens(args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spanlens"))
+    let out = process::spanlens_command()
         .args(args)
         .output()
         .expect("the spanlens binary runs");
@@ -229,22 +256,112 @@ pub fn run_spanlens(args: &[&str]) -> (String, String) {
     )
 }
 
-/// Collects a spawned child's stderr line by line on a thread: the vector holds the lines
-/// read so far (stderr must have been piped).
-pub fn collect_stderr(
-    child: &mut std::process::Child,
-) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
+/// POST /v1/traces (application/x-protobuf), which must answer 200; spanlens has ingested the
+/// request when this returns.
+pub async fn post_protobuf(server: &Server, body: Vec<u8>) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/traces",
+            server.http_addr().expect("HTTP on")
+        ))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .expect("POST /v1/traces");
+    let status = response.status();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
+}
+
+/// A minute ago, in nanoseconds since the epoch: a start time spanlens takes as recent.
+pub fn minute_ago_ns() -> u64 {
+    (SystemTime::now() - Duration::from_secs(60))
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Every single network call of a test is bounded by this ([`bounded`]).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `call`, which must finish within [`CALL_TIMEOUT`]: a server that hangs fails the test
+/// instead of stalling it.
+pub async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
+}
+
+/// Polls `check` every `every` until it returns Some or `timeout` passes.
+pub async fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
         }
-    });
-    lines
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Polls `probe` every 100 ms until it returns Ok; panics after `timeout` with `what` and
+/// the last probe's description.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let mut last = String::new();
+    let found = poll(timeout, Duration::from_millis(100), async || {
+        match probe().await {
+            Ok(value) => Some(value),
+            Err(seen) => {
+                last = seen;
+                None
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("{what}: not within {timeout:?}; last seen: {last}"))
+}
+
+/// A small deterministic generator (splitmix64): ids, durations and bytes without a
+/// dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
 }

@@ -1,8 +1,15 @@
 //! TLS material made at test time with rcgen: a CA, a server certificate for 127.0.0.1 and
-//! localhost, a client certificate signed by the CA and a self-signed one.
+//! localhost, a client certificate signed by the CA and a self-signed one; the files a
+//! spanlens config names, and rustls client configs that trust the CA.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::CertificateDer;
+use super::process::TempDir;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A certificate with its private key, PEM and DER.
 pub struct Identity {
@@ -21,14 +28,31 @@ pub struct Pki {
     pub rogue: Identity,
 }
 
-fn leaf(names: &[&str], common_name: &str) -> CertificateParams {
+/// Certificate parameters for `names` with `common_name`, and a fresh key.
+fn params(names: &[&str], common_name: &str) -> (CertificateParams, KeyPair) {
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("certificate params");
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
-    params
+    (params, KeyPair::generate().unwrap())
+}
+
+/// A leaf certificate for `purpose`, signed by `issuer` or (None) by itself.
+fn leaf(
+    names: &[&str],
+    common_name: &str,
+    purpose: ExtendedKeyUsagePurpose,
+    issuer: Option<&Issuer<'_, &KeyPair>>,
+) -> Identity {
+    let (mut params, key) = params(names, common_name);
+    params.extended_key_usages.push(purpose);
+    let cert = match issuer {
+        Some(issuer) => params.signed_by(&key, issuer),
+        None => params.self_signed(&key),
+    };
+    identity(cert.unwrap(), &key)
 }
 
 fn identity(cert: rcgen::Certificate, key: &KeyPair) -> Identity {
@@ -42,8 +66,7 @@ fn identity(cert: rcgen::Certificate, key: &KeyPair) -> Identity {
 
 impl Pki {
     pub fn new() -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = leaf(&[], "spanlens hardening test CA");
+        let (mut ca_params, ca_key) = params(&[], "spanlens hardening test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -51,34 +74,64 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
         ];
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca = identity(ca_cert, &ca_key);
         let issuer = Issuer::new(ca_params, &ca_key);
-
-        let server_key = KeyPair::generate().unwrap();
-        let mut server_params = leaf(&["127.0.0.1", "localhost"], "spanlens");
-        server_params
-            .extended_key_usages
-            .push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
-        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
-
-        let client_key = KeyPair::generate().unwrap();
-        let mut client_params = leaf(&["tasker-rust-worker"], "tasker-rust-worker");
-        client_params
-            .extended_key_usages
-            .push(rcgen::ExtendedKeyUsagePurpose::ClientAuth);
-        let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
-
-        let rogue_key = KeyPair::generate().unwrap();
-        let mut rogue_params = leaf(&["tasker-rust-worker"], "tasker-rust-worker");
-        rogue_params
-            .extended_key_usages
-            .push(rcgen::ExtendedKeyUsagePurpose::ClientAuth);
-        let rogue_cert = rogue_params.self_signed(&rogue_key).unwrap();
-
+        let worker = ["tasker-rust-worker"];
         Pki {
-            ca: identity(ca_cert, &ca_key),
-            server: identity(server_cert, &server_key),
-            client: identity(client_cert, &client_key),
-            rogue: identity(rogue_cert, &rogue_key),
+            server: leaf(
+                &["127.0.0.1", "localhost"],
+                "spanlens",
+                ExtendedKeyUsagePurpose::ServerAuth,
+                Some(&issuer),
+            ),
+            client: leaf(
+                &worker,
+                worker[0],
+                ExtendedKeyUsagePurpose::ClientAuth,
+                Some(&issuer),
+            ),
+            rogue: leaf(
+                &worker,
+                worker[0],
+                ExtendedKeyUsagePurpose::ClientAuth,
+                None,
+            ),
+            ca,
         }
+    }
+
+    /// Writes ca.pem, server.pem and server.key into `dir`: (ca, cert, key).
+    pub fn write(&self, dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            dir.write("ca.pem", &self.ca.cert_pem),
+            dir.write("server.pem", &self.server.cert_pem),
+            dir.write("server.key", &self.server.key_pem),
+        )
+    }
+
+    /// A rustls client trusting the CA, presenting `client` if given, offering `alpn`.
+    pub fn client_config(
+        &self,
+        client: Option<&Identity>,
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.cert_der.clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match client {
+            Some(id) => builder
+                .with_client_auth_cert(
+                    vec![id.cert_der.clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone())),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
     }
 }

@@ -13,24 +13,19 @@
 //! promtool and Python's prometheus_client are installed by scripts/test.sh; when they are
 //! missing this test fails (it never skips).
 
-mod support;
+use crate::support;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode,
-};
+use opentelemetry_proto::tonic::trace::v1::{Span, Status, span::SpanKind, status::StatusCode};
 use prost::Message;
 use serde_json::Value;
 use spanlens::server::Server;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{Exposition, scrape_as, start, test_config};
+use support::otlp::{hex, resource_spans};
+use support::tools::{promtool, python, run_with_stdin};
+use support::{Exposition, Rng, kv, parse_le, scrape_as, start, test_config};
 
 /// What Prometheus sends when it scrapes a target (OpenMetrics preferred).
 const PROMETHEUS_ACCEPT: &str =
@@ -158,12 +153,12 @@ impl SentSpan {
     fn to_proto(&self) -> Span {
         let mut attributes = Vec::new();
         if let Some(queue) = self.queue {
-            attributes.push(string_attribute("queue", queue));
-            attributes.push(string_attribute("messaging.system", "pgmq"));
+            attributes.push(kv("queue", queue));
+            attributes.push(kv("messaging.system", "pgmq"));
         }
         if self.name == "execute_handler" {
-            attributes.push(string_attribute("step_name", "validate_order"));
-            attributes.push(string_attribute("namespace", "linear_workflow"));
+            attributes.push(kv("step_name", "validate_order"));
+            attributes.push(kv("namespace", "linear_workflow"));
         }
         Span {
             trace_id: self.trace_id.to_vec(),
@@ -195,40 +190,8 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-fn string_attribute(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// splitmix64: deterministic ids and durations without a dependency.
-struct Rng(u64);
-
+/// Ids for the spans of this file: a trace id of two draws (the second odd), a span id of one.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-
     fn trace_id(&mut self) -> [u8; 16] {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.next().to_be_bytes());
@@ -284,7 +247,7 @@ fn workflow_spans(seed: u64) -> Vec<SentSpan> {
     ]
     .into_iter()
     .collect();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut used: BTreeSet<(&'static str, &'static str, u64)> = BTreeSet::new();
     let mut duration =
         |rng: &mut Rng, service: &'static str, name: &'static str, lo: f64, hi: f64| -> u64 {
@@ -420,27 +383,17 @@ fn export_request(spans: &[SentSpan]) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: by_service
             .into_iter()
-            .map(|(service, spans)| ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![
-                        string_attribute("service.name", service),
-                        string_attribute("service.version", "0.1.0"),
-                        // FFI workers run the Rust SDK in-process: the SDK language says rust.
-                        string_attribute("telemetry.sdk.language", "rust"),
-                        string_attribute("telemetry.sdk.name", "opentelemetry"),
-                    ],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: service.replace('-', "_"),
-                        version: "0.1.0".to_string(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
+            .map(|(service, spans)| {
+                let attributes = vec![
+                    kv("service.name", service),
+                    kv("service.version", "0.1.0"),
+                    // FFI workers run the Rust SDK in-process: the SDK language says rust.
+                    kv("telemetry.sdk.language", "rust"),
+                    kv("telemetry.sdk.name", "opentelemetry"),
+                ];
+                let mut resource = resource_spans(attributes, &service.replace('-', "_"), spans);
+                resource.scope_spans[0].scope.as_mut().unwrap().version = "0.1.0".to_string();
+                resource
             })
             .collect(),
     }
@@ -476,15 +429,6 @@ fn stage_count_total(text: &Exposition) -> f64 {
         .flat_map(|h| text.all(&format!("{h}_count")))
         .map(|s| s.value)
         .sum()
-}
-
-fn parse_le(le: &str) -> f64 {
-    match le {
-        "+Inf" => f64::INFINITY,
-        v => v
-            .parse()
-            .unwrap_or_else(|_| panic!("le={le:?} is not a number")),
-    }
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -607,75 +551,6 @@ fn check_counts_against_spans(text: &Exposition, spans: &[SentSpan], model: &Mod
 
 // ------------------------------------------------------------------------------------------
 // Outside tools
-
-/// Runs `program args` with `input` on stdin; None when the program cannot be started.
-fn run_with_stdin(program: &Path, args: &[&str], input: &[u8]) -> std::io::Result<Output> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let input = input.to_vec();
-    // A child that exits early closes the pipe: its output then says why, so the write error
-    // is not the interesting one.
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let output = child.wait_with_output()?;
-    let _ = writer.join();
-    Ok(output)
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn promtool() -> PathBuf {
-    if let Some(path) = std::env::var_os("SPANLENS_PROMTOOL").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "SPANLENS_PROMTOOL={} is not a file",
-            path.display()
-        );
-        return path;
-    }
-    find_on_path("promtool").unwrap_or_else(|| {
-        panic!(
-            "promtool is not on PATH, so the text exposition cannot be checked. Run scripts/test.sh \
-             (it installs Debian's `prometheus` package), or `apt-get install prometheus`."
-        )
-    })
-}
-
-fn python() -> PathBuf {
-    let python = std::env::var_os("SPANLENS_PYTHON")
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| OsString::from("python3"));
-    let python = PathBuf::from(python);
-    let probe = Command::new(&python)
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .output();
-    match probe {
-        Ok(out) if out.status.success() => python,
-        Ok(out) => panic!(
-            "{} cannot import prometheus_client, so the OpenMetrics exposition cannot be checked:\n{}\n\
-             Run scripts/test.sh (it installs prometheus_client into target/pyenv and sets \
-             SPANLENS_PYTHON), or set SPANLENS_PYTHON to a python that has it.",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!(
-            "cannot run {} ({e}); set SPANLENS_PYTHON to a python with prometheus_client, or run scripts/test.sh",
-            python.display()
-        ),
-    }
-}
 
 /// Keeps a copy of an exposition for a human to read after a failure.
 fn keep(name: &str, body: &str) -> PathBuf {

@@ -2,7 +2,7 @@
 //! writes it (real tasker-core span names, two linear tasks) and a Jaeger query API response
 //! (the design note's example), compared with a golden percentile table.
 
-mod support;
+use crate::support;
 
 const OTLP: &str = "tests/data/replay/tasker-linear.otlp.jsonl";
 const JAEGER: &str = "tests/data/replay/note-example.jaeger.json";

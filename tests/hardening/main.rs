@@ -18,31 +18,21 @@
 //! | `shutdown` | SIGTERM under load: exit 0 and `stopped spans_accepted=N` exact |
 //! | `props` | property tests of json::to_protobuf, body::decode, decode::Batch, Pipeline::ingest |
 //!
-//! Helpers: `harness` (config, process, RSS, scrape), `otlp` (requests, clients), `tls`
-//! (rcgen material, rustls clients). `fuzz/` holds the cargo-fuzz targets of the same code.
+//! Helpers: `support::process` (config, process, RSS, scrape), `otlp` (requests, clients, on
+//! top of `support::otlp`), `tls` (rustls clients; the material is `support::pki`). `fuzz/`
+//! holds the cargo-fuzz targets of the same code.
 
+#[path = "../support/mod.rs"]
 mod support;
 
-#[path = "hardening/harness.rs"]
-mod harness;
-#[path = "hardening/otlp.rs"]
 mod otlp;
-#[path = "hardening/tls.rs"]
 mod tls;
 
-#[path = "hardening/access.rs"]
 mod access;
-#[path = "hardening/bombs.rs"]
 mod bombs;
-#[path = "hardening/cardinality.rs"]
 mod cardinality;
-#[path = "hardening/flood.rs"]
 mod flood;
-#[path = "hardening/overload.rs"]
 mod overload;
-#[path = "hardening/props.rs"]
 mod props;
-#[path = "hardening/shutdown.rs"]
 mod shutdown;
-#[path = "hardening/slow.rs"]
 mod slow;

@@ -19,10 +19,12 @@
 //! (scripts/test.sh installs them); SPANLENS_PROMTOOL / SPANLENS_AMTOOL may point elsewhere.
 //! The tests fail, never skip, when a tool is missing.
 
+use crate::support::process::{TempDir, check_config, output_text, run, run_ok};
+use crate::support::tools::{amtool, promtool};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use yaml_serde::Value;
 
 const DEPLOY: &str = "deploy";
@@ -162,84 +164,7 @@ fn scrape_job(config: &Value) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Running tools
-
-/// A tool from the environment variable `env`, else from PATH, /usr/bin or /usr/sbin.
-fn tool(name: &str, env: &str, package: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env).filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "{env}={} is not a file", path.display());
-        return path;
-    }
-    let search = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&search)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is needed by this test and is not on PATH, in /usr/bin or /usr/sbin: \
-                 install Debian's `{package}` package (scripts/test.sh does) or set {env}"
-            )
-        })
-}
-
-fn promtool() -> PathBuf {
-    tool("promtool", "SPANLENS_PROMTOOL", "prometheus")
-}
-
-fn amtool() -> PathBuf {
-    tool("amtool", "SPANLENS_AMTOOL", "prometheus-alertmanager")
-}
-
-fn run(command: &mut Command) -> Output {
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
-}
-
-fn output_text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let output = run(command);
-    let text = output_text(&output);
-    assert!(output.status.success(), "{command:?} failed:\n{text}");
-    text
-}
-
-/// `spanlens check-config FILE` with the container endpoint variables unset, plus `env`.
-fn spanlens_check_config(file: &Path, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spanlens"));
-    command.arg("check-config").arg(file);
-    for name in [
-        "SPANLENS_CONFIG",
-        "SPANLENS_GRPC_ENDPOINT",
-        "SPANLENS_HTTP_ENDPOINT",
-        "SPANLENS_METRICS_ENDPOINT",
-    ] {
-        command.env_remove(name);
-    }
-    command.envs(env.iter().copied());
-    run(&mut command)
-}
-
-/// An empty scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("deploy_files")
-        .join(name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+// Copying files
 
 fn copy_tree(from: &Path, to: &Path) {
     if from.is_dir() {
@@ -443,8 +368,9 @@ fn every_deploy_file_parses_and_none_goes_unchecked() {
 fn promtool_accepts_the_prometheus_config_with_rules_mounted_as_in_compose() {
     let compose = Compose::load();
     let (service, _) = compose.service_with_image("prom/prometheus");
-    let root = scratch("prometheus");
-    compose.mirror_mounts(service, &root);
+    let scratch = TempDir::new("prometheus");
+    let root = scratch.path();
+    compose.mirror_mounts(service, root);
     let config_path = compose.flag(service, "--config.file");
     let config = root.join(config_path.trim_start_matches('/'));
     assert!(
@@ -566,8 +492,9 @@ fn generated_alerts() -> Vec<(String, String)> {
 fn amtool_accepts_the_alertmanager_config_as_mounted_in_compose() {
     let compose = Compose::load();
     let (service, _) = compose.service_with_image("prom/alertmanager");
-    let root = scratch("alertmanager");
-    compose.mirror_mounts(service, &root);
+    let scratch = TempDir::new("alertmanager");
+    let root = scratch.path();
+    compose.mirror_mounts(service, root);
     let config_path = compose.flag(service, "--config.file");
     let config = root.join(config_path.trim_start_matches('/'));
     assert_eq!(
@@ -752,10 +679,9 @@ fn env_value(container: &Value, name: &str) -> Option<String> {
 #[test]
 fn the_configmap_config_passes_spanlens_check_config() {
     let sidecar = Sidecar::load();
-    let dir = scratch("configmap");
-    let file = dir.join("spanlens.yaml");
-    std::fs::write(&file, sidecar.embedded_config()).unwrap();
-    let output = spanlens_check_config(&file, &[]);
+    let dir = TempDir::new("configmap");
+    let file = dir.write("spanlens.yaml", sidecar.embedded_config());
+    let output = check_config(&file, &[]);
     let text = output_text(&output);
     assert!(
         output.status.success(),
@@ -1004,9 +930,8 @@ fn the_dockerfile_builds_a_non_root_image_whose_profile_passes_check_config() {
         );
         profile = profile.replace(from.as_str(), to);
     }
-    let dir = scratch("dockerfile");
-    let file = dir.join("spanlens.yaml");
-    std::fs::write(&file, &profile).unwrap();
+    let dir = TempDir::new("dockerfile");
+    let file = dir.write("spanlens.yaml", &profile);
     // As the image runs by default (0.0.0.0) and as the compose sidecars set it (loopback).
     for env in [
         &[][..],
@@ -1015,7 +940,7 @@ fn the_dockerfile_builds_a_non_root_image_whose_profile_passes_check_config() {
             ("SPANLENS_HTTP_ENDPOINT", "127.0.0.1:4318"),
         ][..],
     ] {
-        let output = spanlens_check_config(&file, env);
+        let output = check_config(&file, env);
         assert!(
             output.status.success(),
             "the image profile fails check-config with {env:?}:\n{}",

@@ -18,33 +18,35 @@
 //! threads, requests of 1000 spans patched in place), in a child process of its own so that
 //! VmRSS is not shared with the other tests.
 
-mod support;
+use crate::support;
 
-use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol as OtlpProtocol, WithExportConfig as _};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue as ProtoValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use prost::Message as _;
 use spanlens::config::Config;
 use spanlens::exposition::{Format, render};
 use spanlens::pipeline::{Pipeline, Protocol};
 use spanlens::server::Server;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{Exposition, scrape, start, test_config};
+use support::histogram::{
+    DEFAULT_BUCKETS, EPSILON, assert_buckets_literal, assert_close, assert_count,
+    assert_count_or_absent, assert_histogram,
+};
+use support::process::proc_status;
+use support::sdk::{Recorded, Transport, attr, exporter_to, recording, start_span};
+use support::tasker::{Pick, Svc, Times, Vocab, plan_requests, stage_of, times as t};
+use support::{
+    Exposition, minute_ago_ns as now_ns, parse_le, post_protobuf as post, scrape, start,
+    test_config,
+};
 
-/// The default profile's bucket bounds (seconds); every histogram also has +Inf.
-const DEFAULT_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
-];
-const EPSILON: f64 = 1e-9;
 const DERIVED_NAMES: [&str; 4] = [
     "ffi_overhead",
     "result_propagation",
@@ -55,55 +57,6 @@ const DERIVED_NAMES: [&str; 4] = [
 // ----------------------------------------------------------------------------------------------
 // Fixture table
 // ----------------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Svc {
-    Orchestration,
-    RustWorker,
-    RubyWorker,
-}
-
-impl Svc {
-    const ALL: [Svc; 3] = [Svc::Orchestration, Svc::RustWorker, Svc::RubyWorker];
-
-    fn name(self) -> &'static str {
-        match self {
-            Svc::Orchestration => "tasker-orchestration",
-            Svc::RustWorker => "tasker-rust-worker",
-            Svc::RubyWorker => "tasker-ruby-worker",
-        }
-    }
-
-    /// What the handler_language sources yield for this service's spans (the service.name
-    /// regex); None for orchestration, whose stage series then say `unknown`.
-    fn language(self) -> Option<&'static str> {
-        match self {
-            Svc::Orchestration => None,
-            Svc::RustWorker => Some("rust"),
-            Svc::RubyWorker => Some("ruby"),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Vocab {
-    Nominal,
-    Real,
-}
-
-/// The stage the default profile's rules give a span name (None: generic span metrics only).
-fn stage_of(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "step_claim" | "read_messages" => "step_claim",
-        "execute_handler" | "worker.step_execution" => "handler_execution",
-        "submit_result" | "worker.step_completion_received" => "result_submission",
-        "create_task" | "create_task_from_request" => "task_creation",
-        "enqueue_steps" | "enqueue_ready_steps" => "step_enqueueing",
-        "process_result" | "handle_step_execution_result" => "result_processing",
-        "finalize_task" => "task_finalization",
-        _ => return None,
-    })
-}
 
 /// One span of the fixture. Times are microseconds from the scenario's base time.
 #[derive(Clone, Debug)]
@@ -121,14 +74,11 @@ struct Row {
 
 impl Row {
     fn stage(&self) -> Option<&'static str> {
-        stage_of(self.name)
+        stage_of(self.name, self.attr("queue").as_deref())
     }
 
     fn attr(&self, key: &str) -> Option<String> {
-        self.attrs
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.as_str().into_owned())
+        attr(&self.attrs, key)
     }
 
     fn start_ns(&self) -> u64 {
@@ -141,29 +91,6 @@ impl Row {
 
     fn seconds(&self) -> f64 {
         (self.end_ns() - self.start_ns()) as f64 / 1e9
-    }
-}
-
-/// Microseconds of one step: claim, worker.step_execution, execute_handler (centred inside
-/// it), submission, the queue gap to result processing, and the processing.
-#[derive(Clone, Copy)]
-struct Times {
-    claim: u64,
-    exec: u64,
-    handler: u64,
-    submit: u64,
-    gap: u64,
-    process: u64,
-}
-
-const fn t(claim: u64, exec: u64, handler: u64, submit: u64, gap: u64, process: u64) -> Times {
-    Times {
-        claim,
-        exec,
-        handler,
-        submit,
-        gap,
-        process,
     }
 }
 
@@ -508,7 +435,7 @@ const DERIVED: [DerivedDef; 4] = [
 fn label_of(row: &Row, label: &str) -> Option<String> {
     match label {
         "service" => Some(row.svc.name().to_string()),
-        "handler_language" => row.svc.language().map(str::to_string),
+        "handler_language" => row.svc.worker_language().map(str::to_string),
         other => row.attr(other),
     }
 }
@@ -665,74 +592,30 @@ fn check_fixture_literals(rows: &[Row]) {
 // Emitting with the SDK, exporting with the real OTLP exporter
 // ----------------------------------------------------------------------------------------------
 
-/// A span processor that keeps every finished span and the provider's resource, so that the
-/// test can hand exactly the spans it chooses to the real exporter, in the order it chooses.
-#[derive(Debug, Default, Clone)]
-struct Recorder {
-    spans: Arc<Mutex<Vec<SpanData>>>,
-    resource: Arc<Mutex<Option<Resource>>>,
-}
-
-impl SpanProcessor for Recorder {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        self.spans.lock().unwrap().push(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        *self.resource.lock().unwrap() = Some(resource.clone());
-    }
-}
-
-/// Every row as the SDK made it (same index), and each service's resource.
-struct Recorded {
-    spans: Vec<SpanData>,
-    resources: BTreeMap<Svc, Resource>,
-}
-
 /// Emits every row through its service's own SdkTracerProvider with explicit start and end
 /// times (parents and children within one service only).
 fn record(rows: &[Row], base: SystemTime) -> Recorded {
     let mut spans: Vec<Option<SpanData>> = vec![None; rows.len()];
     let mut resources = BTreeMap::new();
     for svc in Svc::ALL {
-        let recorder = Recorder::default();
-        let resource = Resource::builder()
-            .with_service_name(svc.name())
-            .with_attributes([
-                KeyValue::new("service.version", "0.1.0"),
-                KeyValue::new("deployment.environment", "test"),
-            ])
-            .build();
-        let provider = SdkTracerProvider::builder()
-            .with_resource(resource)
-            .with_span_processor(recorder.clone())
-            .build();
+        let (builder, recorder) = recording(svc.name());
+        let provider = builder.build();
         let tracer = provider.tracer("tasker-core");
         let mine: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].svc == svc).collect();
         let mut contexts: Vec<Option<Context>> = vec![None; rows.len()];
         for &i in &mine {
             let row = &rows[i];
-            let parent = match row.parent {
-                Some(p) => contexts[p].clone().expect("parent rows come first"),
-                None => Context::new(),
-            };
-            let span = tracer
-                .span_builder(row.name)
-                .with_kind(SpanKind::Internal)
-                .with_start_time(base + Duration::from_micros(row.start_us))
-                .with_attributes(row.attrs.clone())
-                .start_with_context(&tracer, &parent);
-            contexts[i] = Some(parent.with_span(span));
+            let parent = row
+                .parent
+                .map(|p| contexts[p].as_ref().expect("parent rows come first"));
+            contexts[i] = Some(start_span(
+                &tracer,
+                row.name,
+                SpanKind::Internal,
+                base + Duration::from_micros(row.start_us),
+                row.attrs.clone(),
+                parent,
+            ));
         }
         for &i in &mine {
             let row = &rows[i];
@@ -765,38 +648,11 @@ fn record(rows: &[Row], base: SystemTime) -> Recorded {
     Recorded { spans, resources }
 }
 
-fn grpc_exporter(server: &Server, resource: &Resource) -> opentelemetry_otlp::SpanExporter {
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(format!("http://{}", server.grpc_addr().expect("gRPC on")))
-        .with_timeout(Duration::from_secs(5))
-        .build()
-        .expect("gRPC exporter");
-    exporter.set_resource(resource);
-    exporter
-}
-
-fn http_exporter(server: &Server, resource: &Resource) -> opentelemetry_otlp::SpanExporter {
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(OtlpProtocol::HttpBinary)
-        .with_endpoint(format!(
-            "http://{}/v1/traces",
-            server.http_addr().expect("HTTP on")
-        ))
-        .with_timeout(Duration::from_secs(5))
-        .build()
-        .expect("HTTP exporter");
-    exporter.set_resource(resource);
-    exporter
-}
-
 /// The export requests, as (service, rows): orchestration's finalization and result
 /// processing first, the workers' spans later over several requests, task creation last.
 /// Every row is in exactly one request.
 fn requests(rows: &[Row]) -> Vec<(Svc, Vec<usize>)> {
-    type Pick = fn(&Row) -> bool;
-    let plan: [(Svc, Pick); 9] = [
+    let plan: [(Svc, Pick<Row>); 9] = [
         (Svc::Orchestration, |r| r.name == "finalize_task"),
         (Svc::Orchestration, |r| r.step.is_some()),
         (Svc::RubyWorker, |r| {
@@ -813,20 +669,7 @@ fn requests(rows: &[Row]) -> Vec<(Svc, Vec<usize>)> {
         (Svc::RubyWorker, |_| true),
         (Svc::Orchestration, |_| true),
     ];
-    let mut sent = vec![false; rows.len()];
-    let mut requests = Vec::new();
-    for (svc, pick) in plan {
-        let picked: Vec<usize> = (0..rows.len())
-            .filter(|i| !sent[*i] && rows[*i].svc == svc && pick(&rows[*i]))
-            .collect();
-        assert!(!picked.is_empty(), "an empty request for {svc:?}");
-        for &i in &picked {
-            sent[i] = true;
-        }
-        requests.push((svc, picked));
-    }
-    assert!(sent.iter().all(|s| *s), "every row is sent");
-    requests
+    plan_requests(rows, |r| r.svc, &plan)
 }
 
 /// The request the gRPC exporter sends twice (a retry after spanlens accepted it): the Rust
@@ -846,7 +689,10 @@ struct Sent {
 async fn export(server: &Server, rows: &[Row], recorded: &Recorded, reversed: bool) -> Sent {
     let exporters: BTreeMap<Svc, opentelemetry_otlp::SpanExporter> = Svc::ALL
         .iter()
-        .map(|svc| (*svc, grpc_exporter(server, &recorded.resources[svc])))
+        .map(|svc| {
+            let resource = &recorded.resources[svc];
+            (*svc, exporter_to(server, Transport::Grpc(None), resource))
+        })
         .collect();
     let mut order: Vec<(usize, (Svc, Vec<usize>))> =
         requests(rows).into_iter().enumerate().collect();
@@ -879,7 +725,11 @@ async fn export(server: &Server, rows: &[Row], recorded: &Recorded, reversed: bo
                 && r.attr("step_uuid").as_deref() == Some("01936f4e-diamond-0002-diamond_end")
         })
         .expect("diamond_end submission");
-    let second = http_exporter(server, &recorded.resources[&Svc::RubyWorker]);
+    let second = exporter_to(
+        server,
+        Transport::HttpProtobuf,
+        &recorded.resources[&Svc::RubyWorker],
+    );
     second
         .export(vec![recorded.spans[again].clone()])
         .await
@@ -910,78 +760,6 @@ async fn scrape_received(server: &Server, want: &[(&str, usize)]) -> Exposition 
 // ----------------------------------------------------------------------------------------------
 // Assertions
 // ----------------------------------------------------------------------------------------------
-
-fn parse_le(le: &str) -> f64 {
-    match le {
-        "+Inf" => f64::INFINITY,
-        other => other.parse().unwrap_or_else(|_| panic!("bad le {other:?}")),
-    }
-}
-
-fn assert_close(got: Option<f64>, want: f64, what: &str) {
-    let got = got.unwrap_or_else(|| panic!("{what}: no such sample (want {want})"));
-    assert!(
-        (got - want).abs() < EPSILON,
-        "{what}: got {got}, want {want}"
-    );
-}
-
-fn assert_count(got: Option<f64>, want: usize, what: &str) {
-    let got = got.unwrap_or_else(|| panic!("{what}: no such sample (want {want})"));
-    assert_eq!(got, want as f64, "{what}");
-}
-
-/// A counter that may be absent when its expected value is 0.
-fn assert_count_or_absent(got: Option<f64>, want: usize, what: &str) {
-    assert_eq!(got.unwrap_or(0.0), want as f64, "{what}");
-}
-
-/// Every cumulative bucket count (bounds exactly the default ones plus +Inf), `_sum` and
-/// `_count` of one series agree with `values`.
-fn assert_histogram(exposition: &Exposition, name: &str, labels: &[(&str, &str)], values: &[f64]) {
-    let buckets = exposition.buckets(name, labels);
-    let bounds: Vec<f64> = buckets.iter().map(|(le, _)| parse_le(le)).collect();
-    let want_bounds: Vec<f64> = DEFAULT_BUCKETS
-        .iter()
-        .copied()
-        .chain([f64::INFINITY])
-        .collect();
-    assert_eq!(bounds, want_bounds, "{name} {labels:?}: bucket bounds");
-    for (le, count) in &buckets {
-        let bound = parse_le(le);
-        let want = values.iter().filter(|v| **v <= bound).count();
-        assert_eq!(
-            *count, want as f64,
-            "{name}_bucket {labels:?} le={le}: values {values:?}"
-        );
-    }
-    assert_close(
-        exposition.value(&format!("{name}_sum"), labels),
-        values.iter().sum(),
-        &format!("{name}_sum {labels:?}"),
-    );
-    assert_count(
-        exposition.value(&format!("{name}_count"), labels),
-        values.len(),
-        &format!("{name}_count {labels:?}"),
-    );
-}
-
-/// Literal cumulative counts, in bound order (0.001 ... 10, +Inf).
-fn assert_buckets_literal(
-    exposition: &Exposition,
-    name: &str,
-    labels: &[(&str, &str)],
-    want: [u64; 15],
-) {
-    let got: Vec<f64> = exposition
-        .buckets(name, labels)
-        .iter()
-        .map(|(_, c)| *c)
-        .collect();
-    let want: Vec<f64> = want.iter().map(|c| *c as f64).collect();
-    assert_eq!(got, want, "{name} {labels:?}: cumulative bucket counts");
-}
 
 /// The label sets of every series of a metric.
 fn series_of(exposition: &Exposition, metric: &str) -> BTreeSet<BTreeMap<String, String>> {
@@ -1018,7 +796,7 @@ fn assert_stages(exposition: &Exposition, rows: &[Row]) {
     let mut expected: BTreeMap<(&str, &str, &str), Vec<f64>> = BTreeMap::new();
     for row in rows {
         if let Some(stage) = row.stage() {
-            let language = row.svc.language().unwrap_or("unknown");
+            let language = row.svc.language();
             expected
                 .entry((stage, row.svc.name(), language))
                 .or_default()
@@ -1294,13 +1072,6 @@ async fn derived_histograms_from_real_exporter_workers_first() {
 // Hand-built OTLP/HTTP protobuf requests
 // ----------------------------------------------------------------------------------------------
 
-fn now_ns() -> u64 {
-    (SystemTime::now() - Duration::from_secs(60))
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
 /// A span with its own trace (trace id derived from the span id), INTERNAL.
 fn pspan(
     id: u64,
@@ -1322,22 +1093,6 @@ fn pspan(
         attributes: attrs.iter().map(|(k, v)| support::kv(k, v)).collect(),
         ..Default::default()
     }
-}
-
-/// POST /v1/traces (application/x-protobuf); spanlens has ingested it when this returns.
-async fn post(server: &Server, body: Vec<u8>) {
-    let response = reqwest::Client::new()
-        .post(format!(
-            "http://{}/v1/traces",
-            server.http_addr().expect("HTTP on")
-        ))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .expect("POST /v1/traces");
-    let status = response.status();
-    assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
 }
 
 fn evicted(exposition: &Exposition, derived: &str, reason: &str) -> Option<f64> {
@@ -1682,6 +1437,14 @@ const CHILD_ENV: &str = "SPANLENS_E2E_DERIVED_FLOOD_CHILD";
 const FLOOD_TEST: &str =
     "a_million_keys_that_never_complete_keep_pending_at_the_cap_and_memory_flat";
 
+/// FLOOD_TEST's name in this test binary: its module path without the crate, then the name.
+fn flood_test_name() -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map_or("", |(_, module)| module);
+    format!("{module}::{FLOOD_TEST}")
+}
+
 /// One encoded request of FLOOD_BATCH step_claim spans, patched in place for each batch:
 /// every span has the same encoded size, so only its span id and the digits of its step_uuid
 /// change.
@@ -1756,12 +1519,7 @@ impl Flood {
 }
 
 fn vm_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    proc_status(std::process::id(), "VmRSS") / 1024
 }
 
 /// The flood itself (in the child process).
@@ -1872,7 +1630,12 @@ async fn a_million_keys_that_never_complete_keep_pending_at_the_cap_and_memory_f
     }
     let output = tokio::task::spawn_blocking(|| {
         std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([FLOOD_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                &flood_test_name(),
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, "1")
             .output()
             .expect("child test process")

@@ -1,18 +1,15 @@
 //! The committed rule file is what `spanlens rules` generates for the shipped config, it
 //! passes `promtool check rules`, and every runbook link lands on a section of the runbook.
 
-mod support;
-
+use crate::support;
+use crate::support::process::output_text;
+use crate::support::tools::promtool;
 use std::process::Command;
 
 const COMMITTED: &str = "config/rules/spanlens.rules.yml";
 
 fn generated() -> String {
     support::run_spanlens(&["rules"]).0
-}
-
-fn promtool() -> String {
-    std::env::var("SPANLENS_PROMTOOL").unwrap_or_else(|_| "promtool".to_string())
 }
 
 #[test]
@@ -30,12 +27,8 @@ fn promtool_accepts_the_rules() {
         .args(["check", "rules", COMMITTED])
         .output()
         .unwrap_or_else(|e| panic!("promtool is needed (scripts/test.sh installs it): {e}"));
+    assert!(out.status.success(), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(stdout.contains("SUCCESS"), "{stdout}");
 }
 

@@ -17,9 +17,9 @@
 //!
 //! Child processes are killed when the test ends, however it ends; on failure their logs, the
 //! webhook payloads and Prometheus's view of the alerts are printed. Elapsed times are printed
-//! on success (`cargo test --test alert_chain -- --nocapture`).
+//! on success (`cargo test --test alerting alert_chain -- --nocapture`).
 
-mod support;
+use crate::support;
 
 use axum::Router;
 use axum::extract::State;
@@ -27,7 +27,6 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use serde_json::Value;
@@ -39,6 +38,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use support::process::TempDir;
+use support::sdk::{Transport, exporter};
 use support::{scrape, start, test_config};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -90,7 +91,7 @@ async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
         );
     }
     let began = Instant::now();
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("alert_chain");
 
     // spanlens, with the test alert.
     let config = test_config(|c| {
@@ -134,7 +135,7 @@ async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
     let prom_port = free_port();
     let am_config = scratch.write(
         "alertmanager.yml",
-        &format!(
+        format!(
             r#"route:
   receiver: blackhole
   group_by: [alertname, service, handler_language]
@@ -166,11 +167,11 @@ receivers:
             format!("--web.listen-address=127.0.0.1:{am_port}"),
             "--cluster.listen-address=".to_string(),
         ],
-        &scratch.path.join("alertmanager.log"),
+        &scratch.path().join("alertmanager.log"),
     );
     let prom_config = scratch.write(
         "prometheus.yml",
-        &format!(
+        format!(
             r#"global:
   scrape_interval: 1s
   scrape_timeout: 1s
@@ -203,7 +204,7 @@ scrape_configs:
             format!("--web.listen-address=127.0.0.1:{prom_port}"),
             "--rules.alert.resend-delay=1s".to_string(),
         ],
-        &scratch.path.join("prometheus.log"),
+        &scratch.path().join("prometheus.log"),
     );
     let chain = Chain {
         http: reqwest::Client::builder()
@@ -593,12 +594,12 @@ struct Sent {
 }
 
 fn provider(grpc: SocketAddr, service: &str) -> SdkTracerProvider {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(format!("http://{grpc}"))
-        .with_timeout(Duration::from_secs(5))
-        .build()
-        .expect("gRPC exporter");
+    let exporter = exporter(
+        Transport::Grpc(None),
+        Some(grpc),
+        None,
+        Duration::from_secs(5),
+    );
     SdkTracerProvider::builder()
         .with_resource(
             Resource::builder()
@@ -908,47 +909,6 @@ impl Drop for Daemon {
                 self.log.display(),
                 self.name
             );
-        }
-    }
-}
-
-/// A directory under the target's tmp dir, removed when the test passes and kept (its path
-/// printed) when it fails.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("alert_chain-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("create the scratch dir");
-        Scratch { path }
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path.join(name);
-        std::fs::write(&path, text).expect("write scratch file");
-        path
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        let path = self.path.join(name);
-        std::fs::create_dir_all(&path).expect("create scratch dir");
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("alert chain files kept in {}", self.path.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }

@@ -1,12 +1,12 @@
 //! The design note's breakdown, without a trace backend: spans of one task sent by three
 //! services as separate traces, then `GET /api/v1/breakdown/{id}` and `spanlens breakdown`.
 
-mod support;
+use crate::support;
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use spanlens::breakdown::Breakdown;
-use support::{kv, request};
+use support::{kv, post_protobuf as post, request};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 const MS: u64 = 1_000_000;
@@ -23,17 +23,6 @@ fn span(trace: u8, id: u8, name: &str, at: u64, ms: u64, attributes: Vec<KeyValu
         attributes,
         ..Default::default()
     }
-}
-
-async fn post(server: &spanlens::server::Server, body: Vec<u8>) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/v1/traces", server.http_addr().unwrap()))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

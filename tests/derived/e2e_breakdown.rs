@@ -15,63 +15,40 @@
 //! uuids); at the end that walk must give exactly each task's own rows, and the answer is also
 //! checked against literal numbers and printed by `spanlens breakdown`.
 
-mod support;
+use crate::support;
 
-use opentelemetry::trace::{
-    SpanId, SpanKind, TraceContextExt as _, TraceId, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig as _};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    IdGenerator, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor,
-};
+use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanExporter as _};
 use spanlens::breakdown::{Breakdown, StageTiming, StepBreakdown};
 use spanlens::server::Server;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::otlp::hex;
+use support::sdk::{Recorded, Transport, attr, exporter_to, recording, start_span};
+use support::tasker::{Pick, Svc, Times, Vocab, plan_requests, stage_of, times};
 use support::{scrape, start, test_config};
 
 // ----------------------------------------------------------------------------------------------
 // Fixture table
 // ----------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Svc {
-    Orchestration,
-    RustWorker,
-    RubyWorker,
-}
-
+/// How each service exports in this file's scenario, and the ids it is given.
 impl Svc {
-    const ALL: [Svc; 3] = [Svc::Orchestration, Svc::RustWorker, Svc::RubyWorker];
-
-    fn name(self) -> &'static str {
+    /// Orchestration over gRPC, the Rust worker over OTLP/HTTP protobuf, the Ruby worker over
+    /// OTLP/HTTP JSON.
+    fn transport(self) -> Transport {
         match self {
-            Svc::Orchestration => "tasker-orchestration",
-            Svc::RustWorker => "tasker-rust-worker",
-            Svc::RubyWorker => "tasker-ruby-worker",
-        }
-    }
-
-    /// The handler_language spanlens derives (service.name regex; orchestration: the default).
-    fn language(self) -> &'static str {
-        match self {
-            Svc::Orchestration => "unknown",
-            Svc::RustWorker => "rust",
-            Svc::RubyWorker => "ruby",
+            Svc::Orchestration => Transport::Grpc(None),
+            Svc::RustWorker => Transport::HttpProtobuf,
+            Svc::RubyWorker => Transport::HttpJson,
         }
     }
 
     /// The `protocol` label of the transport this service exports with.
     fn protocol(self) -> &'static str {
-        match self {
-            Svc::Orchestration => "grpc",
-            Svc::RustWorker => "http_protobuf",
-            Svc::RubyWorker => "http_json",
-        }
+        self.transport().protocol()
     }
 
     /// First byte of this service's span ids and second of its trace ids.
@@ -82,12 +59,6 @@ impl Svc {
             Svc::RubyWorker => 0x0c,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Vocab {
-    Nominal,
-    Real,
 }
 
 struct Task {
@@ -153,31 +124,12 @@ struct Row {
 
 impl Row {
     fn attr(&self, key: &str) -> Option<String> {
-        self.attrs
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.as_str().into_owned())
+        attr(&self.attrs, key)
     }
 
     /// The stage the default profile's rules give this span (None: span metrics only).
     fn stage(&self) -> Option<&'static str> {
-        Some(match self.name {
-            "step_claim" => "step_claim",
-            "read_messages"
-                if self
-                    .attr("queue")
-                    .is_some_and(|q| q.starts_with("worker_") && q.ends_with("_queue")) =>
-            {
-                "step_claim"
-            }
-            "execute_handler" | "worker.step_execution" => "handler_execution",
-            "submit_result" | "worker.step_completion_received" => "result_submission",
-            "create_task" | "create_task_from_request" => "task_creation",
-            "enqueue_steps" | "enqueue_ready_steps" => "step_enqueueing",
-            "process_result" | "handle_step_execution_result" => "result_processing",
-            "finalize_task" => "task_finalization",
-            _ => return None,
-        })
+        stage_of(self.name, self.attr("queue").as_deref())
     }
 
     /// Kept for breakdowns: classified, with a correlation id, task uuid or step uuid.
@@ -217,23 +169,6 @@ fn trace_id(rows: &[Row], i: usize) -> [u8; 16] {
     id[14] = (r >> 8) as u8;
     id[15] = r as u8;
     id
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Microseconds of one step: claim (nominal only), worker.step_execution (real only), the
-/// handler (execute_handler; 0: not traced), submission, the queue gap to result processing,
-/// and the processing.
-#[derive(Clone, Copy)]
-struct Times {
-    claim: u64,
-    exec: u64,
-    handler: u64,
-    submit: u64,
-    gap: u64,
-    process: u64,
 }
 
 #[derive(Default)]
@@ -526,17 +461,6 @@ impl Fixture {
             6_000,
             attrs,
         );
-    }
-}
-
-const fn times(claim: u64, exec: u64, handler: u64, submit: u64, gap: u64, process: u64) -> Times {
-    Times {
-        claim,
-        exec,
-        handler,
-        submit,
-        gap,
-        process,
     }
 }
 
@@ -889,40 +813,6 @@ impl IdGenerator for FixedIds {
     }
 }
 
-/// Keeps every finished span and the provider's resource, so that the test hands exactly the
-/// spans it chooses to the real exporter, in the order it chooses.
-#[derive(Debug, Default, Clone)]
-struct Recorder {
-    spans: Arc<Mutex<Vec<SpanData>>>,
-    resource: Arc<Mutex<Option<Resource>>>,
-}
-
-impl SpanProcessor for Recorder {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        self.spans.lock().unwrap().push(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        *self.resource.lock().unwrap() = Some(resource.clone());
-    }
-}
-
-struct Recorded {
-    /// Every row as the SDK made it (same index).
-    spans: Vec<SpanData>,
-    resources: BTreeMap<Svc, Resource>,
-}
-
 /// Emits every row through its service's own SdkTracerProvider, with explicit start and end
 /// times and the table's ids.
 fn record(rows: &[Row], base: SystemTime) -> Recorded {
@@ -937,20 +827,9 @@ fn record(rows: &[Row], base: SystemTime) -> Recorded {
         d
     };
     for svc in Svc::ALL {
-        let recorder = Recorder::default();
         let ids = FixedIds::default();
-        let resource = Resource::builder()
-            .with_service_name(svc.name())
-            .with_attributes([
-                KeyValue::new("service.version", "0.1.0"),
-                KeyValue::new("deployment.environment", "test"),
-            ])
-            .build();
-        let provider = SdkTracerProvider::builder()
-            .with_resource(resource)
-            .with_id_generator(ids.clone())
-            .with_span_processor(recorder.clone())
-            .build();
+        let (builder, recorder) = recording(svc.name());
+        let provider = builder.with_id_generator(ids.clone()).build();
         let tracer = provider.tracer("tasker-core");
         let mut mine: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].svc == svc).collect();
         // Parents first.
@@ -958,28 +837,29 @@ fn record(rows: &[Row], base: SystemTime) -> Recorded {
         let mut contexts: Vec<Option<Context>> = vec![None; rows.len()];
         for &i in &mine {
             let row = &rows[i];
-            let parent = match row.parent {
-                Some(p) => contexts[p].clone().expect("parents start first"),
-                None => Context::new(),
-            };
+            let parent = row
+                .parent
+                .map(|p| contexts[p].as_ref().expect("parents start first"));
             *ids.0.lock().unwrap() = (
                 row.parent
                     .is_none()
                     .then(|| TraceId::from_bytes(trace_id(rows, i))),
                 Some(SpanId::from_bytes(span_id(rows, i))),
             );
-            let span = tracer
-                .span_builder(row.name)
-                .with_kind(SpanKind::Internal)
-                .with_start_time(base + Duration::from_micros(row.start_us))
-                .with_attributes(row.attrs.clone())
-                .start_with_context(&tracer, &parent);
+            let started = start_span(
+                &tracer,
+                row.name,
+                SpanKind::Internal,
+                base + Duration::from_micros(row.start_us),
+                row.attrs.clone(),
+                parent,
+            );
             assert_eq!(
                 *ids.0.lock().unwrap(),
                 (None, None),
                 "row {i}: the SDK took the table's ids"
             );
-            contexts[i] = Some(parent.with_span(span));
+            contexts[i] = Some(started);
         }
         for &i in &mine {
             let row = &rows[i];
@@ -1008,46 +888,15 @@ fn record(rows: &[Row], base: SystemTime) -> Recorded {
     Recorded { spans, resources }
 }
 
-/// Orchestration over gRPC, the Rust worker over OTLP/HTTP protobuf, the Ruby worker over
-/// OTLP/HTTP JSON.
-fn exporter(server: &Server, svc: Svc, resource: &Resource) -> opentelemetry_otlp::SpanExporter {
-    let timeout = Duration::from_secs(5);
-    let http = |protocol| {
-        opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(protocol)
-            .with_endpoint(format!(
-                "http://{}/v1/traces",
-                server.http_addr().expect("HTTP on")
-            ))
-            .with_timeout(timeout)
-            .build()
-            .expect("HTTP exporter")
-    };
-    let mut exporter = match svc {
-        Svc::Orchestration => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(format!("http://{}", server.grpc_addr().expect("gRPC on")))
-            .with_timeout(timeout)
-            .build()
-            .expect("gRPC exporter"),
-        Svc::RustWorker => http(Protocol::HttpBinary),
-        Svc::RubyWorker => http(Protocol::HttpJson),
-    };
-    exporter.set_resource(resource);
-    exporter
-}
-
 /// The export requests, as (service, rows), in sending order: orchestration's finalizations
 /// first, result processing before the steps' worker spans, task creation last; the Ruby
 /// worker's completions retried at once, the Rust worker's last steps retried at the very end,
 /// and the linear finalization resent inside a later orchestration request.
 fn requests(rows: &[Row]) -> Vec<(Svc, Vec<usize>)> {
-    type Pick = fn(&Row) -> bool;
     fn linear_step(r: &Row, steps: &[usize]) -> bool {
         r.task == Some(LINEAR) && r.step.is_some_and(|s| steps.contains(&s))
     }
-    let plan: [(Svc, Pick); 8] = [
+    let plan: [(Svc, Pick<Row>); 8] = [
         (Svc::Orchestration, |r| r.name == "finalize_task"),
         (Svc::RubyWorker, |r| {
             r.name == "worker.step_completion_received" && r.step != Some(1)
@@ -1063,19 +912,7 @@ fn requests(rows: &[Row]) -> Vec<(Svc, Vec<usize>)> {
         (Svc::Orchestration, |_| true),
         (Svc::RubyWorker, |_| true),
     ];
-    let mut sent = vec![false; rows.len()];
-    let mut fresh = Vec::new();
-    for (svc, pick) in plan {
-        let picked: Vec<usize> = (0..rows.len())
-            .filter(|i| !sent[*i] && rows[*i].svc == svc && pick(&rows[*i]))
-            .collect();
-        assert!(!picked.is_empty(), "an empty request for {svc:?}");
-        for &i in &picked {
-            sent[i] = true;
-        }
-        fresh.push((svc, picked));
-    }
-    assert!(sent.iter().all(|s| *s), "every row is sent");
+    let fresh = plan_requests(rows, |r| r.svc, &plan);
     let linear_finalization = (0..rows.len())
         .find(|i| rows[*i].task == Some(LINEAR) && rows[*i].name == "finalize_task")
         .expect("linear finalize_task");
@@ -1415,7 +1252,12 @@ async fn linear_and_diamond_put_back_together_across_three_services_and_transpor
     let recorded = record(&rows, base);
     let exporters: BTreeMap<Svc, opentelemetry_otlp::SpanExporter> = Svc::ALL
         .iter()
-        .map(|svc| (*svc, exporter(&server, *svc, &recorded.resources[svc])))
+        .map(|svc| {
+            (
+                *svc,
+                exporter_to(&server, svc.transport(), &recorded.resources[svc]),
+            )
+        })
         .collect();
 
     let mut sent = vec![false; rows.len()];

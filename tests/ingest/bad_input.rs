@@ -4,25 +4,25 @@
 //! spanlens's own counters must equal exactly the valid spans sent: a refused request counts
 //! nothing, a partially accepted one only its good spans.
 
-mod support;
-
+use crate::support;
+use crate::support::otlp::{
+    EXPORT, INVALID_ARGUMENT, JSON, OK, PROTOBUF, RESOURCE_EXHAUSTED, TRACES, UNIMPLEMENTED,
+    exactly, grpc_client, grpc_request, gzip, h2c_client, hex, read_grpc, resource_spans,
+    with_padding, zstd,
+};
+use crate::support::{bounded, kv};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{Value, json};
 use spanlens::server::Server;
-use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -40,11 +40,6 @@ const ACCEPTED: &str = "spanlens_spans_accepted_total";
 const SPANS_REFUSED: &str = "spanlens_spans_refused_total";
 const REQUESTS_REFUSED: &str = "spanlens_requests_refused_total";
 
-const PROTOBUF: &str = "application/x-protobuf";
-const JSON: &str = "application/json";
-const TRACES: &str = "/v1/traces";
-const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
 /// 2023-11-14T22:13:20Z; every valid span lasts 25 ms.
 const START: u64 = 1_700_000_000_000_000_000;
 const DURATION: u64 = 25_000_000;
@@ -53,21 +48,6 @@ const DURATION: u64 = 25_000_000;
 const LIMIT: usize = 64 * 1024;
 /// What a decompression bomb inflates to: far past [`LIMIT`].
 const BOMB: usize = 4 * 1024 * 1024;
-
-// grpc-status codes.
-const OK: u32 = 0;
-const INVALID_ARGUMENT: u32 = 3;
-const RESOURCE_EXHAUSTED: u32 = 8;
-const UNIMPLEMENTED: u32 = 12;
-
-/// Every network call is bounded, so a server that hangs fails the test instead of stalling it.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-
-async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> T {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Spans and requests
@@ -194,20 +174,6 @@ fn span_id(seq: u32) -> Vec<u8> {
     id
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn string_attribute(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..Default::default()
-    }
-}
-
 /// A `step_claim` span from [`SERVICE`]: it lands in the step_claim stage when it is good.
 fn span(fault: Fault) -> Span {
     let seq = next_seq();
@@ -234,27 +200,14 @@ fn good(n: usize) -> Vec<Fault> {
 /// One resource ([`SERVICE`]) with one scope holding `spans`; `pad` extra bytes of resource
 /// attribute let a test size the request exactly.
 fn request_padded(spans: Vec<Span>, pad: usize) -> ExportTraceServiceRequest {
-    let mut attributes = vec![string_attribute("service.name", SERVICE)];
-    if pad > 0 {
-        attributes.push(string_attribute("padding", &"p".repeat(pad)));
-    }
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes,
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "bad_input".to_string(),
-                    ..Default::default()
-                }),
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans(
+            vec![kv("service.name", SERVICE)],
+            "bad_input",
+            spans,
+        )],
+    };
+    with_padding(request, pad)
 }
 
 fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
@@ -263,19 +216,6 @@ fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
 
 fn proto_body(faults: &[Fault]) -> Vec<u8> {
     request(spans(faults)).encode_to_vec()
-}
-
-/// Adjusts `pad` until `build(pad)` is exactly `size` bytes long.
-fn exactly(size: usize, build: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
-    let mut pad = 1;
-    for _ in 0..16 {
-        let body = build(pad);
-        if body.len() == size {
-            return body;
-        }
-        pad = (pad as i64 + size as i64 - body.len() as i64).max(1) as usize;
-    }
-    panic!("could not pad a request to exactly {size} bytes");
 }
 
 /// A valid protobuf request with one good span, exactly `size` bytes long.
@@ -329,16 +269,6 @@ fn json_of_size(size: usize) -> Vec<u8> {
     exactly(size, |pad| {
         serde_json::to_vec(&json_request_padded(vec![json_span(Fault::None)], pad)).unwrap()
     })
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(data).unwrap();
-    encoder.finish().unwrap()
-}
-
-fn zstd(data: &[u8]) -> Vec<u8> {
-    zstd::encode_all(data, 3).unwrap()
 }
 
 /// Bytes that start like a gzip stream and then stop making sense.
@@ -433,7 +363,10 @@ struct Http {
 
 impl Http {
     fn new(server: &Server) -> Http {
-        let addr = server.http_addr().expect("the HTTP receiver is enabled");
+        Http::to(server.http_addr().expect("the HTTP receiver is enabled"))
+    }
+
+    fn to(addr: SocketAddr) -> Http {
         Http {
             client: reqwest::Client::new(),
             base: format!("http://{addr}"),
@@ -620,11 +553,12 @@ struct RawGrpc {
 
 impl RawGrpc {
     fn new(server: &Server) -> RawGrpc {
-        let addr = server.grpc_addr().expect("the gRPC receiver is enabled");
+        RawGrpc::to(server.grpc_addr().expect("the gRPC receiver is enabled"))
+    }
+
+    fn to(addr: SocketAddr) -> RawGrpc {
         RawGrpc {
-            client: HyperClient::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build_http(),
+            client: h2c_client(),
             uri: format!("http://{addr}{EXPORT}"),
         }
     }
@@ -637,52 +571,19 @@ impl RawGrpc {
         compressed: bool,
         payload: &[u8],
     ) -> (u32, String) {
-        let mut frame = Vec::with_capacity(payload.len() + 5);
-        frame.push(u8::from(compressed));
-        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(payload);
-        let mut request = http::Request::builder()
-            .method("POST")
-            .uri(&self.uri)
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-        if let Some(encoding) = encoding {
-            request = request.header("grpc-encoding", encoding);
-        }
-        let request = request.body(Full::new(Bytes::from(frame))).unwrap();
+        let request = grpc_request(&self.uri, encoding, compressed, payload, None);
         let what = format!("gRPC Export ({encoding:?}, {} bytes)", payload.len());
         let response = bounded(&what, self.client.request(request))
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let (parts, body) = response.into_parts();
-        assert_eq!(
-            parts.status, 200,
-            "{what}: gRPC answers HTTP 200: {parts:?}"
-        );
-        let read = |headers: &http::HeaderMap| {
-            let status = headers.get("grpc-status").map(|v| {
-                v.to_str()
-                    .unwrap()
-                    .parse::<u32>()
-                    .expect("numeric grpc-status")
-            });
-            let message = headers
-                .get("grpc-message")
-                .map(|v| v.to_str().unwrap_or_default().to_string())
-                .unwrap_or_default();
-            status.map(|s| (s, message))
-        };
-        if let Some(found) = read(&parts.headers) {
-            return found;
-        }
-        let collected = bounded(&what, body.collect())
+        let reply = read_grpc(response)
             .await
-            .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
-        let trailers = collected
-            .trailers()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(reply.http, 200, "{what}: gRPC answers HTTP 200: {reply:?}");
+        let status = reply
+            .grpc
             .unwrap_or_else(|| panic!("{what}: no grpc-status in headers or trailers"));
-        read(trailers)
-            .unwrap_or_else(|| panic!("{what}: trailers without grpc-status: {trailers:?}"))
+        (status, reply.message)
     }
 
     async fn expect(
@@ -702,13 +603,7 @@ impl RawGrpc {
 }
 
 async fn tonic_client(server: &Server) -> TraceServiceClient<Channel> {
-    let addr = server.grpc_addr().expect("the gRPC receiver is enabled");
-    bounded(
-        "gRPC connect",
-        TraceServiceClient::connect(format!("http://{addr}")),
-    )
-    .await
-    .expect("gRPC connects")
+    grpc_client(server.grpc_addr().expect("the gRPC receiver is enabled")).await
 }
 
 /// Exports spans with the real tonic client; all must be accepted.
@@ -829,10 +724,7 @@ fn spawn_valid(server: &Server, rounds: usize, tasks: &mut JoinSet<Sent>) {
 
 /// [`send_valid_mix`] for a spawned task, which cannot borrow the server.
 async fn send_valid_mix_at(http_addr: SocketAddr, grpc_addr: SocketAddr) -> Sent {
-    let http = Http {
-        client: reqwest::Client::new(),
-        base: format!("http://{http_addr}"),
-    };
+    let http = Http::to(http_addr);
     let mut sent = Sent::default();
     http.accepted("valid protobuf", PROTOBUF, None, proto_body(&good(3)))
         .await;
@@ -854,12 +746,7 @@ async fn send_valid_mix_at(http_addr: SocketAddr, grpc_addr: SocketAddr) -> Sent
     )
     .await;
     sent.http_json += 3;
-    let mut client = bounded(
-        "gRPC connect",
-        TraceServiceClient::connect(format!("http://{grpc_addr}")),
-    )
-    .await
-    .expect("gRPC connects");
+    let mut client = grpc_client(grpc_addr).await;
     sent.grpc += grpc_accepted(&mut client, "valid gRPC", &good(2)).await;
     let mut zstded = client.send_compressed(CompressionEncoding::Zstd);
     sent.grpc += grpc_accepted(&mut zstded, "valid gRPC, zstd", &good(2)).await;
@@ -1724,12 +1611,7 @@ async fn concurrent_bad_traffic_leaves_exactly_the_valid_spans() {
             decoded
         });
         bad.spawn(async move {
-            let raw = RawGrpc {
-                client: HyperClient::builder(TokioExecutor::new())
-                    .http2_only(true)
-                    .build_http(),
-                uri: format!("http://{grpc_addr}{EXPORT}"),
-            };
+            let raw = RawGrpc::to(grpc_addr);
             let (what, malformed) = malformed_protobuf().swap_remove(round % 5);
             raw.expect(what, INVALID_ARGUMENT, None, false, &malformed)
                 .await;

@@ -1,22 +1,12 @@
 //! The real binary: `check-config`, `default-config`, running on the embedded profile, and
 //! shutting down on SIGTERM with every accepted span accounted for.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use crate::support::process::{Spanlens, TempDir, on_ephemeral_ports, spanlens_command};
+use std::process::Command;
 use std::time::Duration;
 
 fn spanlens() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_spanlens"))
-}
-
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("spanlens-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+    spanlens_command()
 }
 
 #[test]
@@ -51,7 +41,8 @@ fn check_config_reports_every_problem_with_line_and_field() {
             "histogram: tasker_step_claim_duration_seconds",
             "histogram: tasker_step_claim_duration",
         );
-    let path = temp_file("bad.yaml", &bad);
+    let dir = TempDir::new("cli");
+    let path = dir.write("bad.yaml", &bad);
     let out = spanlens().arg("check-config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -104,65 +95,6 @@ fn help_teaches_the_defaults() {
     }
 }
 
-/// Reads stderr lines on a thread and hands them over.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(command: &mut Command) -> Running {
-        let mut child = command
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stderr line containing `needle` and returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no `{needle}` on stderr; saw:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap()
-    }
-}
-
-fn address(line: &str) -> String {
-    line.rsplit("local=").next().unwrap().trim().to_string()
-}
-
 async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
@@ -170,8 +102,7 @@ async fn get(url: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn runs_on_the_embedded_profile_with_no_arguments() {
-    let mut running = Running::start(&mut spanlens());
-    running.wait_for("spanlens started");
+    let mut running = Spanlens::spawn(&mut spanlens());
     assert_eq!(get("http://127.0.0.1:9464/readyz").await.0, 200);
     let (status, body) = get("http://127.0.0.1:9464/metrics").await;
     assert_eq!(status, 200);
@@ -181,14 +112,11 @@ async fn runs_on_the_embedded_profile_with_no_arguments() {
 
 #[tokio::test]
 async fn sigterm_stops_gracefully_and_accounts_for_every_span() {
-    let config = spanlens::config::DEFAULT_PROFILE
-        .replace("127.0.0.1:4317", "127.0.0.1:0")
-        .replace("127.0.0.1:4318", "127.0.0.1:0")
-        .replace("127.0.0.1:9464", "127.0.0.1:0");
-    let path = temp_file("ephemeral.yaml", &config);
-    let mut running = Running::start(spanlens().arg("--config").arg(&path));
-    let http = address(&running.wait_for("OTLP/HTTP receiver listening"));
-    running.wait_for("spanlens started");
+    let config = on_ephemeral_ports(spanlens::config::DEFAULT_PROFILE);
+    let dir = TempDir::new("cli");
+    let path = dir.write("ephemeral.yaml", &config);
+    let mut running = Spanlens::start(&path);
+    let http = running.http();
     let span = |i: u32| {
         format!(
             r#"{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"{:016x}","name":"step_claim","kind":1,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000015000000"}}"#,
@@ -213,6 +141,6 @@ async fn sigterm_stops_gracefully_and_accounts_for_every_span() {
     }
     let status = running.terminate();
     assert!(status.success(), "exit status {status}");
-    let last = running.wait_for("stopped");
+    let last = running.wait_for("stopped", Duration::from_secs(20));
     assert!(last.contains("spans_accepted=100"), "{last}");
 }

@@ -11,39 +11,36 @@
 //! exporter; scenarios that need exact control of requests and of retries post hand-built
 //! requests. Every wait polls with a generous deadline.
 
-mod support;
-
+use crate::support;
+use crate::support::otlp::{
+    EXPORT, grpc_client, grpc_request, gzip, h2c_client, read_grpc, resource_spans,
+    status_retry_delay,
+};
+use crate::support::process::{Spanlens, TempDir, on_ephemeral_ports};
+use crate::support::sdk::{Transport, exporter, resource};
+use crate::support::{CALL_TIMEOUT, bounded, eventually, minute_ago_ns};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue as OtelKeyValue};
-use opentelemetry_otlp::{Compression, Protocol, WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_otlp::Compression;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope as ProtoScope;
-use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as ProtoSpan};
-use opentelemetry_sdk::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use prost::Message as _;
 use regex::Regex;
 use spanlens::config::DEFAULT_PROFILE;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 use support::downstream::{Attempt, Downstream, Failure, Policy, Wire};
 use support::{Exposition, config_from_yaml, kv, start, test_config};
 use tonic::transport::Channel;
@@ -66,9 +63,6 @@ const WAL_RECOVERED: &str = "spanlens_forward_wal_recovered_requests_total";
 
 /// The deadline of every wait for something that should happen within seconds.
 const PATIENCE: Duration = Duration::from_secs(30);
-/// Every single network call is bounded, so a hang fails the test instead of stalling it.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-
 // ---------------------------------------------------------------------------------------------
 // Spans: realistic tasker spans with ids unique in this test binary
 // ---------------------------------------------------------------------------------------------
@@ -207,14 +201,6 @@ fn fixture(id: u64, service: &str, base_ns: u64) -> Fixture {
     }
 }
 
-/// A minute ago, in nanoseconds since the epoch.
-fn base_ns() -> u64 {
-    (SystemTime::now() - Duration::from_secs(60))
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
 /// The spans of one export request, from one service.
 #[derive(Debug, Clone)]
 struct Batch {
@@ -224,7 +210,7 @@ struct Batch {
 
 impl Batch {
     fn new(service: &'static str, n: usize) -> Batch {
-        let base = base_ns();
+        let base = minute_ago_ns();
         Batch {
             service,
             spans: (0..n).map(|_| fixture(fresh_id(), service, base)).collect(),
@@ -256,26 +242,13 @@ impl Batch {
     }
 
     fn request_of(&self, spans: Vec<ProtoSpan>) -> ExportTraceServiceRequest {
+        let attributes = vec![
+            kv("service.name", self.service),
+            kv("service.version", "0.1.0"),
+            kv("deployment.environment", "test"),
+        ];
         ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(ProtoResource {
-                    attributes: vec![
-                        kv("service.name", self.service),
-                        kv("service.version", "0.1.0"),
-                        kv("deployment.environment", "test"),
-                    ],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(ProtoScope {
-                        name: "tasker-core".into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+            resource_spans: vec![resource_spans(attributes, "tasker-core", spans)],
         }
     }
 
@@ -335,22 +308,9 @@ fn span_count(batches: &[Batch]) -> usize {
     batches.iter().map(Batch::len).sum()
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(data).unwrap();
-    encoder.finish().unwrap()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Sending: the real OTLP exporter, hand-built HTTP and gRPC requests, retrying clients
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy)]
-enum Via {
-    Grpc(Option<Compression>),
-    HttpProtobuf,
-    HttpJson,
-}
 
 /// The real `opentelemetry-otlp` exporters, one per (service, transport).
 struct Exporters {
@@ -368,65 +328,28 @@ impl Exporters {
         }
     }
 
-    fn exporter(&mut self, service: &'static str, via: Via) -> &opentelemetry_otlp::SpanExporter {
+    fn exporter(
+        &mut self,
+        service: &'static str,
+        via: Transport,
+    ) -> &opentelemetry_otlp::SpanExporter {
         let (grpc, http) = (self.grpc, self.http);
         self.made
             .entry((service, format!("{via:?}")))
             .or_insert_with(|| {
-                let timeout = Duration::from_secs(10);
-                let mut exporter = match via {
-                    Via::Grpc(compression) => {
-                        let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                            .with_tonic()
-                            .with_endpoint(format!("http://{}", grpc.expect("gRPC receiver")))
-                            .with_timeout(timeout);
-                        if let Some(compression) = compression {
-                            builder = builder.with_compression(compression);
-                        }
-                        builder.build().expect("gRPC exporter")
-                    }
-                    Via::HttpProtobuf | Via::HttpJson => {
-                        opentelemetry_otlp::SpanExporter::builder()
-                            .with_http()
-                            .with_protocol(match via {
-                                Via::HttpJson => Protocol::HttpJson,
-                                _ => Protocol::HttpBinary,
-                            })
-                            .with_endpoint(format!(
-                                "http://{}/v1/traces",
-                                http.expect("HTTP receiver")
-                            ))
-                            .with_timeout(timeout)
-                            .build()
-                            .expect("HTTP exporter")
-                    }
-                };
-                exporter.set_resource(
-                    &Resource::builder()
-                        .with_service_name(service)
-                        .with_attributes([
-                            OtelKeyValue::new("service.version", "0.1.0"),
-                            OtelKeyValue::new("deployment.environment", "test"),
-                        ])
-                        .build(),
-                );
+                let mut exporter = exporter(via, grpc, http, Duration::from_secs(10));
+                exporter.set_resource(&resource(service));
                 exporter
             })
     }
 
     /// Exports one batch as one request; it must succeed.
-    async fn export(&mut self, batch: &Batch, via: Via) {
+    async fn export(&mut self, batch: &Batch, via: Transport) {
         let exporter = self.exporter(batch.service, via);
         bounded("export", exporter.export(batch.span_data()))
             .await
             .unwrap_or_else(|e| panic!("export through {via:?}: {e}"));
     }
-}
-
-async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> T {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
 }
 
 /// An HTTP reply, read whole.
@@ -591,7 +514,7 @@ async fn grpc_until_accepted(
             }
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 seen.refused.fetch_add(1, Ordering::SeqCst);
-                let wait = match support::downstream::status_retry_delay(status.details()) {
+                let wait = match status_retry_delay(status.details()) {
                     Some(delay) => {
                         seen.told_when.fetch_add(1, Ordering::SeqCst);
                         delay
@@ -605,51 +528,17 @@ async fn grpc_until_accepted(
     }
 }
 
-async fn grpc_client(addr: SocketAddr) -> TraceServiceClient<Channel> {
-    bounded(
-        "gRPC connect",
-        TraceServiceClient::connect(format!("http://{addr}")),
-    )
-    .await
-    .expect("gRPC connects")
-}
-
 /// Sends one gRPC message with exactly these payload bytes; returns grpc-status.
 async fn raw_grpc_export(addr: SocketAddr, encoding: Option<&str>, payload: &[u8]) -> u32 {
-    let client: HyperClient<HttpConnector, Full<Bytes>> =
-        HyperClient::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
-    let mut frame = vec![u8::from(encoding.is_some())];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    let mut request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    if let Some(encoding) = encoding {
-        request = request.header("grpc-encoding", encoding);
-    }
-    let response = bounded(
-        "raw gRPC Export",
-        client.request(request.body(Full::new(Bytes::from(frame))).unwrap()),
-    )
-    .await
-    .expect("raw gRPC Export");
-    let (parts, body) = response.into_parts();
-    let status = |headers: &http::HeaderMap| {
-        headers
-            .get("grpc-status")
-            .map(|v| v.to_str().unwrap().parse::<u32>().unwrap())
-    };
-    if let Some(code) = status(&parts.headers) {
-        return code;
-    }
-    let collected = bounded("raw gRPC body", body.collect()).await.unwrap();
-    status(collected.trailers().expect("trailers")).expect("grpc-status")
+    let uri = format!("http://{addr}{EXPORT}");
+    let request = grpc_request(&uri, encoding, encoding.is_some(), payload, None);
+    let response = bounded("raw gRPC Export", h2c_client().request(request))
+        .await
+        .expect("raw gRPC Export");
+    let reply = bounded("raw gRPC body", read_grpc(response))
+        .await
+        .unwrap_or_else(|e| panic!("raw gRPC Export: {e}"));
+    reply.grpc.expect("grpc-status")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -790,11 +679,7 @@ impl Forward {
 
     /// For the binary: a config file with every listener on 127.0.0.1:0.
     fn write(&self, dir: &Path) -> PathBuf {
-        let text = self
-            .profile()
-            .replace("127.0.0.1:4317", "127.0.0.1:0")
-            .replace("127.0.0.1:4318", "127.0.0.1:0")
-            .replace("127.0.0.1:9464", "127.0.0.1:0");
+        let text = on_ephemeral_ports(&self.profile());
         let path = dir.join("spanlens.yaml");
         std::fs::write(&path, text).unwrap();
         path
@@ -816,15 +701,6 @@ fn without_section(profile: &str, name: &str) -> String {
         }
     }
     out.trim_end().to_string() + "\n"
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("spanlens-forwarding-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -855,25 +731,6 @@ fn forward_series(m: &Exposition, endpoint: &str) -> String {
         .map(|s| format!("{}{:?} {}", s.name, s.labels, s.value))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Polls `probe` every 100 ms until it returns Some; panics after `timeout` with `what` and
-/// the last probe's description.
-async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what}: not within {timeout:?}; last seen: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 /// Scrapes until `done` holds; returns that scrape.
@@ -921,154 +778,8 @@ async fn wait_delivered(downstream: &Downstream, what: &str, want: &BTreeSet<u64
 }
 
 // ---------------------------------------------------------------------------------------------
-// The spanlens binary
+// The spanlens binary's log and files
 // ---------------------------------------------------------------------------------------------
-
-/// The real binary, its stderr collected line by line on a thread.
-struct Binary {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    http: SocketAddr,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Binary {
-    async fn start(config: &Path) -> Binary {
-        Binary::spawn(
-            Command::new(env!("CARGO_BIN_EXE_spanlens"))
-                .arg("--config")
-                .arg(config),
-        )
-        .await
-    }
-
-    /// The binary with files capped at `kib` KiB (RLIMIT_FSIZE, through bash's ulimit):
-    /// writes past it fail as on a full disk (EFBIG; SIGXFSZ is ignored, which exec keeps).
-    async fn start_with_file_limit(config: &Path, kib: u64) -> Binary {
-        Binary::spawn(
-            Command::new("bash")
-                .arg("-c")
-                .arg(format!(
-                    "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" --config \"$1\""
-                ))
-                .arg(env!("CARGO_BIN_EXE_spanlens"))
-                .arg(config),
-        )
-        .await
-    }
-
-    async fn spawn(command: &mut Command) -> Binary {
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the spanlens binary starts");
-        let lines = support::collect_stderr(&mut child);
-        let mut binary = Binary {
-            child,
-            lines,
-            http: SocketAddr::from(([0, 0, 0, 0], 0)),
-            grpc: SocketAddr::from(([0, 0, 0, 0], 0)),
-            metrics: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        binary.wait_line("spanlens started").await;
-        binary.http = binary.address("OTLP/HTTP receiver listening");
-        binary.grpc = binary.address("OTLP/gRPC receiver listening");
-        binary.metrics = binary.address("metrics endpoint listening");
-        binary
-    }
-
-    fn stderr(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn find_line(&self, needle: &str) -> Option<String> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(needle))
-            .cloned()
-    }
-
-    async fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(line) = self.find_line(needle) {
-                return line;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader thread catch up with the last lines.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(line) = self.find_line(needle) {
-                    return line;
-                }
-                panic!(
-                    "spanlens exited ({status}) before `{needle}`:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no `{needle}` on stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn address(&self, needle: &str) -> SocketAddr {
-        let line = self.find_line(needle).expect(needle);
-        line.rsplit("local=")
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"))
-    }
-
-    /// SIGKILL, and reap.
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // The reader thread ends at EOF; give it a moment for the last lines.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "spanlens did not exit within {timeout:?}:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// `key=N` in a log line.
 fn field(line: &str, key: &str) -> u64 {
@@ -1125,7 +836,7 @@ async fn downstream_down_for_a_while_then_every_span_arrives() {
     let sent = batches(REQUESTS, SIZE);
     let mut exporters = Exporters::new(server.grpc_addr(), server.http_addr());
     for batch in &sent {
-        exporters.export(batch, Via::Grpc(None)).await;
+        exporters.export(batch, Transport::Grpc(None)).await;
     }
     let n = span_count(&sent) as f64;
     let before = wait_metrics(m, "every request queued, retries under way", |m| {
@@ -1170,7 +881,7 @@ async fn downstream_down_for_a_while_then_every_span_arrives() {
     );
     for attempt in downstream.attempts() {
         assert_eq!(attempt.wire, Wire::Grpc);
-        assert_eq!(attempt.path, support::downstream::EXPORT_PATH);
+        assert_eq!(attempt.path, EXPORT);
     }
     bounded("shutdown", server.shutdown()).await;
 }
@@ -1209,9 +920,9 @@ async fn flaky_endpoints_fan_out_and_everything_arrives_at_both() {
     let mut exporters = Exporters::new(server.grpc_addr(), server.http_addr());
     for (i, batch) in sent.iter().enumerate() {
         let via = if i % 2 == 0 {
-            Via::Grpc(None)
+            Transport::Grpc(None)
         } else {
-            Via::HttpProtobuf
+            Transport::HttpProtobuf
         };
         exporters.export(batch, via).await;
     }
@@ -1498,22 +1209,22 @@ async fn bounded_long(what: &str, task: tokio::task::JoinHandle<()>) {
 async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
     const REQUESTS: usize = 20;
     const SIZE: usize = 25;
-    let dir = scratch("kill9");
-    let wal = dir.join("wal");
+    let dir = TempDir::new("kill9");
+    let wal = dir.path().join("wal");
     let downstream = Downstream::down(Policy::healthy());
     let mut forward = Forward::to(vec![
         Endpoint::grpc("backend", downstream.url()).compression("none"),
     ]);
     forward.persistent = Some(wal.clone());
     forward.drain_timeout = "2s";
-    let config = forward.write(&dir);
+    let config = forward.write(dir.path());
     let client = reqwest::Client::new();
 
     // Round 1: backlog, SIGKILL, recovery.
-    let mut binary = Binary::start(&config).await;
+    let mut binary = Spanlens::start(&config);
     let round1 = batches(REQUESTS, SIZE);
     for batch in &round1 {
-        post_accepted(&client, binary.http, batch).await;
+        post_accepted(&client, binary.http(), batch).await;
     }
     let n = (REQUESTS * SIZE) as f64;
     wait_metrics(binary.metrics, "round 1 accepted and queued", |m| {
@@ -1529,7 +1240,7 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
         "segments are not in a subdirectory per endpoint: {files:?}"
     );
     downstream.start().await;
-    let mut binary = Binary::start(&config).await;
+    let mut binary = Spanlens::start(&config);
     wait_delivered(
         &downstream,
         "round 1 after SIGKILL and restart",
@@ -1560,7 +1271,7 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
     downstream.stop().await;
     let round2 = batches(REQUESTS, SIZE);
     for batch in &round2 {
-        post_accepted(&client, binary.http, batch).await;
+        post_accepted(&client, binary.http(), batch).await;
     }
     wait_metrics(binary.metrics, "round 2 accepted and queued", |m| {
         m.sum(ACCEPTED, &[]) == accepted_before + n
@@ -1572,7 +1283,7 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
     eprintln!("kill -9: {damaged}");
     let attempts_before = downstream.attempts().len();
     downstream.start().await;
-    let binary = Binary::start(&config).await;
+    let binary = Spanlens::start(&config);
     let m = wait_metrics(binary.metrics, "round 2 recovery done", |m| {
         m.sum(WAL_SKIPPED, &[("endpoint", "backend")]) >= 1.0
             && m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == 0.0
@@ -1622,14 +1333,13 @@ async fn kill_9_with_a_persistent_backlog_loses_nothing_but_damaged_records() {
         "{missing} spans of round 2 never arrived (requests {lost:?}); the damage ({damaged}) \
          touches at most 2 records of {SIZE} spans\n{}\n{}",
         forward_series(&m, "backend"),
-        binary.stderr()
+        binary.stderr_text()
     );
     assert_eq!(
         m.sum(SENT_SPANS, &[("endpoint", "backend")]),
         delivered.len() as f64
     );
     drop(binary);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Flips 16 bytes of the segment data written since `lengths` was taken: inside the record of
@@ -1678,15 +1388,15 @@ fn corrupt_one_record(wal: &Path, lengths: &BTreeMap<PathBuf, u64>, target: &Bat
 /// dropped at shutdown, or nothing else.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_accounts_for_every_accepted_span() {
-    let dir = scratch("sigterm");
+    let dir = TempDir::new("sigterm");
     let downstream = Downstream::up(Policy::slow(Duration::from_millis(150))).await;
     let mut forward = Forward::to(vec![Endpoint::grpc("backend", downstream.url())]);
     forward.senders = 2;
     forward.max_requests = 100;
     forward.drain_timeout = "2s";
-    let config = forward.write(&dir);
-    let mut binary = Binary::start(&config).await;
-    let http = binary.http;
+    let config = forward.write(dir.path());
+    let mut binary = Spanlens::start(&config);
+    let http = binary.http();
 
     let accepted_ids = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -1721,7 +1431,7 @@ async fn sigterm_under_load_accounts_for_every_accepted_span() {
     .await;
     let signalled = Instant::now();
     binary.sigterm();
-    let status = binary.wait_exit(Duration::from_secs(20)).await;
+    let status = binary.wait_exit(Duration::from_secs(20));
     let took = signalled.elapsed();
     stop.cancel();
     for client in clients {
@@ -1730,7 +1440,7 @@ async fn sigterm_under_load_accounts_for_every_accepted_span() {
     assert!(
         status.success(),
         "exit status {status}\n{}",
-        binary.stderr()
+        binary.stderr_text()
     );
     assert!(
         took < Duration::from_secs(10),
@@ -1738,16 +1448,19 @@ async fn sigterm_under_load_accounts_for_every_accepted_span() {
     );
     let stopped = binary
         .find_line("forwarding stopped")
-        .unwrap_or_else(|| panic!("no `forwarding stopped` line:\n{}", binary.stderr()));
+        .unwrap_or_else(|| panic!("no `forwarding stopped` line:\n{}", binary.stderr_text()));
     assert!(
         Regex::new(r#"endpoint="?backend\b"#)
             .unwrap()
             .is_match(&stopped),
         "{stopped}"
     );
-    let last = binary
-        .find_line("spans_accepted=")
-        .unwrap_or_else(|| panic!("no `stopped spans_accepted=` line:\n{}", binary.stderr()));
+    let last = binary.find_line("spans_accepted=").unwrap_or_else(|| {
+        panic!(
+            "no `stopped spans_accepted=` line:\n{}",
+            binary.stderr_text()
+        )
+    });
     let accepted = field(&last, "spans_accepted");
     let sent = field(&stopped, "sent_spans");
     let dropped = field(&stopped, "dropped_spans");
@@ -1784,7 +1497,6 @@ async fn sigterm_under_load_accounts_for_every_accepted_span() {
         sent <= delivered && delivered - sent <= 2 * 20,
         "sent {sent}, delivered {delivered}: {stopped}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// SIGTERM with a persistent queue and the downstream down: after drain_timeout the backlog
@@ -1794,18 +1506,18 @@ async fn sigterm_under_load_accounts_for_every_accepted_span() {
 async fn sigterm_with_a_persistent_queue_keeps_the_backlog_for_the_next_start() {
     const REQUESTS: usize = 10;
     const SIZE: usize = 20;
-    let dir = scratch("sigterm-wal");
+    let dir = TempDir::new("sigterm-wal");
     let downstream = Downstream::down(Policy::healthy());
     let mut forward = Forward::to(vec![Endpoint::grpc("backend", downstream.url())]);
-    forward.persistent = Some(dir.join("wal"));
+    forward.persistent = Some(dir.path().join("wal"));
     forward.drain_timeout = "1s";
-    let config = forward.write(&dir);
+    let config = forward.write(dir.path());
     let client = reqwest::Client::new();
 
-    let mut binary = Binary::start(&config).await;
+    let mut binary = Spanlens::start(&config);
     let sent = batches(REQUESTS, SIZE);
     for batch in &sent {
-        post_accepted(&client, binary.http, batch).await;
+        post_accepted(&client, binary.http(), batch).await;
     }
     let n = (REQUESTS * SIZE) as u64;
     wait_metrics(binary.metrics, "accepted and queued", |m| {
@@ -1814,15 +1526,15 @@ async fn sigterm_with_a_persistent_queue_keeps_the_backlog_for_the_next_start() 
     })
     .await;
     binary.sigterm();
-    let status = binary.wait_exit(Duration::from_secs(15)).await;
+    let status = binary.wait_exit(Duration::from_secs(15));
     assert!(
         status.success(),
         "exit status {status}\n{}",
-        binary.stderr()
+        binary.stderr_text()
     );
     let stopped = binary
         .find_line("forwarding stopped")
-        .unwrap_or_else(|| panic!("no `forwarding stopped` line:\n{}", binary.stderr()));
+        .unwrap_or_else(|| panic!("no `forwarding stopped` line:\n{}", binary.stderr_text()));
     let accepted = field(
         &binary.find_line("spans_accepted=").unwrap(),
         "spans_accepted",
@@ -1835,7 +1547,7 @@ async fn sigterm_with_a_persistent_queue_keeps_the_backlog_for_the_next_start() 
     assert!(downstream.attempts().is_empty());
 
     downstream.start().await;
-    let mut binary = Binary::start(&config).await;
+    let mut binary = Spanlens::start(&config);
     wait_delivered(
         &downstream,
         "the backlog after the restart",
@@ -1856,11 +1568,10 @@ async fn sigterm_with_a_persistent_queue_keeps_the_backlog_for_the_next_start() 
     assert_eq!(m.sum(WAL_SKIPPED, &[("endpoint", "backend")]), 0.0);
     assert!(downstream.duplicates().is_empty(), "delivered twice");
     binary.sigterm();
-    assert!(binary.wait_exit(Duration::from_secs(15)).await.success());
+    assert!(binary.wait_exit(Duration::from_secs(15)).success());
     let stopped = binary.find_line("forwarding stopped").unwrap();
     assert_eq!(field(&stopped, "persisted_spans"), 0, "{stopped}");
     assert_eq!(field(&stopped, "sent_spans"), n, "{stopped}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1980,9 +1691,9 @@ async fn encodings_and_configured_headers_reach_the_downstream() {
     let gzip_batch = Batch::new(WORKER, 10);
     let json_batch = Batch::new(ORCHESTRATION, 10);
     exporters
-        .export(&gzip_batch, Via::Grpc(Some(Compression::Gzip)))
+        .export(&gzip_batch, Transport::Grpc(Some(Compression::Gzip)))
         .await;
-    exporters.export(&json_batch, Via::HttpJson).await;
+    exporters.export(&json_batch, Transport::HttpJson).await;
     let m = metrics(server.metrics_addr()).await;
     assert_eq!(m.sum(ACCEPTED, &[("protocol", "http_json")]), 10.0);
 
@@ -2125,7 +1836,7 @@ async fn permanent_failures_are_not_retried_and_throttling_is_honoured() {
     let server = start(forward.config()).await;
     let batch = Batch::new(WORKER, 7);
     Exporters::new(server.grpc_addr(), server.http_addr())
-        .export(&batch, Via::Grpc(None))
+        .export(&batch, Transport::Grpc(None))
         .await;
 
     let failed = |m: &Exposition, e: &str, reason: &str| {
@@ -2241,7 +1952,7 @@ async fn every_retryable_and_permanent_answer_is_classified_as_specified() {
     let server = start(forward.config()).await;
     let batch = Batch::new(WORKER, 5);
     Exporters::new(server.grpc_addr(), server.http_addr())
-        .export(&batch, Via::HttpProtobuf)
+        .export(&batch, Transport::HttpProtobuf)
         .await;
     let m = wait_metrics(server.metrics_addr(), "every endpoint settled", |m| {
         cases.iter().all(|c| {
@@ -2294,7 +2005,7 @@ async fn retries_give_up_after_max_elapsed_and_timeouts_are_retried() {
     let server = start(forward.config()).await;
     let batch = Batch::new(ORCHESTRATION, 6);
     Exporters::new(server.grpc_addr(), server.http_addr())
-        .export(&batch, Via::Grpc(None))
+        .export(&batch, Transport::Grpc(None))
         .await;
     let m = wait_metrics(server.metrics_addr(), "both given up", |m| {
         ["unavailable", "slow"].iter().all(|e| {
@@ -2360,7 +2071,7 @@ async fn in_process_shutdown_drains_what_is_queued() {
 /// downstream is back everything accepted arrives and new requests are accepted again.
 #[tokio::test(flavor = "multi_thread")]
 async fn full_persistent_queue_refuses_whatever_when_full_says() {
-    let dir = scratch("wal-full");
+    let dir = TempDir::new("wal-full");
     let downstream = Downstream::down(Policy::healthy());
     let mut forward = Forward::to(vec![
         Endpoint::grpc("backend", downstream.url()).compression("none"),
@@ -2368,7 +2079,7 @@ async fn full_persistent_queue_refuses_whatever_when_full_says() {
     forward.when_full = "drop_oldest";
     forward.max_request_bytes = Some(32 * 1024);
     forward.max_bytes = 1 << 20;
-    forward.persistent = Some(dir.join("wal"));
+    forward.persistent = Some(dir.path().join("wal"));
     forward.persistent_max_bytes = 64 * 1024;
     let server = start(forward.config()).await;
     let client = reqwest::Client::new();
@@ -2421,7 +2132,6 @@ async fn full_persistent_queue_refuses_whatever_when_full_says() {
     want.extend(after.ids());
     wait_delivered(&downstream, "accepted again once drained", &want).await;
     bounded("shutdown", server.shutdown()).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A persistent queue that cannot be written (the disk is full: here files are capped with
@@ -2430,22 +2140,22 @@ async fn full_persistent_queue_refuses_whatever_when_full_says() {
 /// delivered and no damaged region is found.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
-    let dir = scratch("wal-disk-full");
-    let wal = dir.join("wal");
+    let dir = TempDir::new("wal-disk-full");
+    let wal = dir.path().join("wal");
     let downstream = Downstream::down(Policy::healthy());
     let mut forward = Forward::to(vec![
         Endpoint::grpc("backend", downstream.url()).compression("none"),
     ]);
     forward.persistent = Some(wal.clone());
     forward.drain_timeout = "1s";
-    let config = forward.write(&dir);
+    let config = forward.write(dir.path());
     let client = reqwest::Client::new();
 
     // 64 KiB per file: a handful of 20-span requests fill the first segment.
-    let mut binary = Binary::start_with_file_limit(&config, 64).await;
+    let mut binary = Spanlens::start_with_file_limit(&config, 64);
     let accepted = post_until_refused(
         &client,
-        binary.http,
+        binary.http(),
         100,
         "writes past the file limit never failed",
     )
@@ -2468,7 +2178,7 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
     binary.kill9();
 
     downstream.start().await;
-    let binary = Binary::start(&config).await;
+    let binary = Spanlens::start(&config);
     wait_delivered(
         &downstream,
         "everything accepted before the disk filled",
@@ -2486,7 +2196,6 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
         accepted.len() as f64
     );
     drop(binary);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// TLS to an endpoint: the backend is a second spanlens with TLS on its gRPC receiver (a
@@ -2496,20 +2205,10 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_endpoints_trust_their_ca_file_and_nothing_else() {
     use spanlens::config::forward::{Compression, EndpointConfig, ForwardProtocol, TlsConfig};
-    let dir = scratch("tls");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("tls");
     let pki = support::pki::Pki::new();
-    let file = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let (ca, cert, key, other_ca) = (
-        file("ca.pem", &pki.ca.cert_pem),
-        file("server.pem", &pki.server.cert_pem),
-        file("server.key", &pki.server.key_pem),
-        file("other-ca.pem", &pki.rogue.cert_pem),
-    );
+    let (ca, cert, key) = pki.write(&dir);
+    let other_ca = dir.write("other-ca.pem", &pki.rogue.cert_pem);
     let backend = start(test_config(|c| {
         c.receivers.grpc.tls = Some(spanlens::config::security::TlsServerConfig {
             cert_file: cert,
@@ -2557,7 +2256,6 @@ async fn tls_endpoints_trust_their_ca_file_and_nothing_else() {
     .await;
     assert_eq!(m.sum(SENT_SPANS, &[("endpoint", "untrusted")]), 0.0);
     bounded("backend shutdown", backend.shutdown()).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2577,9 +2275,9 @@ async fn forwarding_is_off_by_default() {
     let server = start(test_config(|_| {})).await;
     let batch = Batch::new(WORKER, 10);
     let mut exporters = Exporters::new(server.grpc_addr(), server.http_addr());
-    exporters.export(&batch, Via::Grpc(None)).await;
+    exporters.export(&batch, Transport::Grpc(None)).await;
     exporters
-        .export(&Batch::new(ORCHESTRATION, 5), Via::HttpProtobuf)
+        .export(&Batch::new(ORCHESTRATION, 5), Transport::HttpProtobuf)
         .await;
     let m = wait_metrics(server.metrics_addr(), "spans accepted", |m| {
         m.sum(ACCEPTED, &[]) == 15.0

@@ -17,74 +17,36 @@
 //! SDK work runs on a blocking thread inside the runtime and ends with force_flush + shutdown;
 //! the test then polls /metrics until spanlens_spans_accepted_total shows every span.
 
-mod support;
+use crate::support;
 
-use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Compression, Protocol, WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_otlp::Compression;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use spanlens::server::Server;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
+use support::histogram::{
+    assert_buckets_literal, assert_close, assert_count, assert_count_or_absent, assert_histogram,
+};
+use support::sdk::{Transport, exporter, service_attributes, start_span};
+use support::tasker::{Svc, Vocab};
 use support::{Exposition, scrape, start, test_config};
 
-/// The default profile's bucket bounds (seconds); every histogram also has +Inf.
-const DEFAULT_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
-];
-const EPSILON: f64 = 1e-9;
 const PROTOCOLS: [&str; 3] = ["grpc", "http_protobuf", "http_json"];
 
 // ----------------------------------------------------------------------------------------------
 // Fixture model
 // ----------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Vocab {
-    /// The design note's span names (step_claim, execute_handler, ...).
-    Nominal,
-    /// What tasker-core emits today (read_messages, worker.step_execution, ...).
-    Real,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Svc {
-    Orchestration = 0,
-    RustWorker = 1,
-    RubyWorker = 2,
-}
-
+/// The services of this file's scenarios, each with its transport.
 impl Svc {
-    const ALL: [Svc; 3] = [Svc::Orchestration, Svc::RustWorker, Svc::RubyWorker];
-
-    fn name(self) -> &'static str {
-        match self {
-            Svc::Orchestration => "tasker-orchestration",
-            Svc::RustWorker => "tasker-rust-worker",
-            Svc::RubyWorker => "tasker-ruby-worker",
-        }
-    }
-
-    /// The `handler_language` label spanlens must derive (service.name regex, else unknown).
-    fn language(self) -> &'static str {
-        match self {
-            Svc::Orchestration => "unknown",
-            Svc::RustWorker => "rust",
-            Svc::RubyWorker => "ruby",
-        }
-    }
-
     fn def(self, transport: Transport) -> ServiceDef {
         ServiceDef {
             name: self.name(),
-            resource: vec![
-                KeyValue::new("service.version", "0.1.0"),
-                KeyValue::new("deployment.environment", "test"),
-            ],
+            resource: service_attributes(),
             transport,
         }
     }
@@ -137,24 +99,6 @@ impl Stage {
 
     fn errors(self) -> String {
         format!("tasker_{}_errors_total", self.key())
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Transport {
-    Grpc(Option<Compression>),
-    HttpProtobuf,
-    HttpJson,
-}
-
-impl Transport {
-    /// The `protocol` label of spanlens_spans_{received,accepted}_total.
-    fn protocol(self) -> &'static str {
-        match self {
-            Transport::Grpc(_) => "grpc",
-            Transport::HttpProtobuf => "http_protobuf",
-            Transport::HttpJson => "http_json",
-        }
     }
 }
 
@@ -815,41 +759,6 @@ fn workflows(vocab: Vocab) -> Vec<FixtureSpan> {
 // Sending with the real OTLP exporter
 // ----------------------------------------------------------------------------------------------
 
-fn exporter(
-    transport: Transport,
-    grpc: Option<SocketAddr>,
-    http: Option<SocketAddr>,
-) -> opentelemetry_otlp::SpanExporter {
-    let timeout = Duration::from_secs(5);
-    match transport {
-        Transport::Grpc(compression) => {
-            let addr = grpc.expect("gRPC receiver enabled");
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(format!("http://{addr}"))
-                .with_timeout(timeout);
-            if let Some(compression) = compression {
-                builder = builder.with_compression(compression);
-            }
-            builder.build().expect("gRPC exporter")
-        }
-        Transport::HttpProtobuf | Transport::HttpJson => {
-            let addr = http.expect("HTTP receiver enabled");
-            let protocol = match transport {
-                Transport::HttpJson => Protocol::HttpJson,
-                _ => Protocol::HttpBinary,
-            };
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(protocol)
-                .with_endpoint(format!("http://{addr}/v1/traces"))
-                .with_timeout(timeout)
-                .build()
-                .expect("HTTP exporter")
-        }
-    }
-}
-
 /// Emits every fixture row through its service's SdkTracerProvider, then flushes and shuts
 /// every provider down. Runs on a blocking thread that has the runtime's context.
 async fn send(server: &Server, services: Vec<ServiceDef>, spans: Vec<FixtureSpan>) {
@@ -873,7 +782,7 @@ fn emit_service(
     grpc: Option<SocketAddr>,
     http: Option<SocketAddr>,
 ) {
-    let exporter = exporter(service.transport, grpc, http);
+    let exporter = exporter(service.transport, grpc, http, Duration::from_secs(5));
     let resource = Resource::builder()
         .with_service_name(service.name)
         .with_attributes(service.resource.clone())
@@ -892,20 +801,21 @@ fn emit_service(
         .enumerate()
         .filter(|(_, row)| row.emitter == index)
     {
-        let parent = match row.parent {
-            Some(p) => contexts[p].clone().expect("parent rows come first"),
-            None => Context::new(),
-        };
-        let mut span = tracer
-            .span_builder(row.name)
-            .with_kind(row.kind.clone())
-            .with_start_time(base + Duration::from_micros(row.start_us))
-            .with_attributes(row.attributes.clone())
-            .start_with_context(&tracer, &parent);
+        let parent = row
+            .parent
+            .map(|p| contexts[p].as_ref().expect("parent rows come first"));
+        let started = start_span(
+            &tracer,
+            row.name,
+            row.kind.clone(),
+            base + Duration::from_micros(row.start_us),
+            row.attributes.clone(),
+            parent,
+        );
         if row.status != Status::Unset {
-            span.set_status(row.status.clone());
+            started.span().set_status(row.status.clone());
         }
-        contexts[i] = Some(parent.with_span(span));
+        contexts[i] = Some(started);
     }
     for (i, row) in spans
         .iter()
@@ -965,97 +875,6 @@ async fn scrape_when_delivered(
 // ----------------------------------------------------------------------------------------------
 // Assertions
 // ----------------------------------------------------------------------------------------------
-
-fn parse_le(le: &str) -> f64 {
-    match le {
-        "+Inf" | "Inf" | "inf" | "+inf" => f64::INFINITY,
-        other => other.parse().unwrap_or_else(|_| panic!("bad le {other:?}")),
-    }
-}
-
-fn expected_bounds() -> Vec<f64> {
-    DEFAULT_BUCKETS
-        .iter()
-        .copied()
-        .chain([f64::INFINITY])
-        .collect()
-}
-
-fn assert_close(got: Option<f64>, want: f64, what: &str) {
-    let got = got.unwrap_or_else(|| panic!("{what}: no such sample (want {want})"));
-    assert!(
-        (got - want).abs() < EPSILON,
-        "{what}: got {got}, want {want}"
-    );
-}
-
-fn assert_count(got: Option<f64>, want: usize, what: &str) {
-    assert_eq!(
-        got.unwrap_or_else(|| panic!("{what}: no such sample (want {want})")),
-        want as f64,
-        "{what}"
-    );
-}
-
-/// A counter that may be absent when its expected value is 0.
-fn assert_count_or_absent(got: Option<f64>, want: usize, what: &str) {
-    assert_eq!(got.unwrap_or(0.0), want as f64, "{what}");
-}
-
-/// Bucket bounds (as floats) are exactly the default ones plus +Inf; every cumulative count,
-/// `_sum` and `_count` agree with the given durations.
-fn assert_histogram(
-    exposition: &Exposition,
-    name: &str,
-    labels: &[(&str, &str)],
-    durations: &[f64],
-) {
-    let buckets = exposition.buckets(name, labels);
-    let bounds: Vec<f64> = buckets.iter().map(|(le, _)| parse_le(le)).collect();
-    assert_eq!(
-        bounds,
-        expected_bounds(),
-        "{name} {labels:?}: bucket bounds"
-    );
-    for (le, count) in &buckets {
-        let bound = parse_le(le);
-        let want = durations.iter().filter(|d| **d <= bound).count();
-        assert_eq!(
-            *count, want as f64,
-            "{name}_bucket {labels:?} le={le}: durations {durations:?}"
-        );
-    }
-    let sum: f64 = durations.iter().sum();
-    assert_close(
-        exposition.value(&format!("{name}_sum"), labels),
-        sum,
-        &format!("{name}_sum {labels:?}"),
-    );
-    assert_count(
-        exposition.value(&format!("{name}_count"), labels),
-        durations.len(),
-        &format!("{name}_count {labels:?}"),
-    );
-}
-
-/// Literal cumulative counts, in bound order (0.001 ... 10, +Inf).
-fn assert_buckets_literal(
-    exposition: &Exposition,
-    name: &str,
-    labels: &[(&str, &str)],
-    want: [u64; 15],
-) {
-    let got: Vec<(f64, f64)> = exposition
-        .buckets(name, labels)
-        .iter()
-        .map(|(le, c)| (parse_le(le), *c))
-        .collect();
-    let want: Vec<(f64, f64)> = expected_bounds()
-        .into_iter()
-        .zip(want.iter().map(|c| *c as f64))
-        .collect();
-    assert_eq!(got, want, "{name} {labels:?}: (le, cumulative count)");
-}
 
 fn stage_labels<'a>(service: &'a str, language: &'a str) -> [(&'static str, &'a str); 2] {
     [("service", service), ("handler_language", language)]

@@ -5,10 +5,11 @@
 //! promtool comes from SPANLENS_PROMTOOL, else from PATH (scripts/test.sh installs Debian's
 //! `prometheus` package, which ships it). Without it these tests fail, they never skip.
 
+use crate::support::process::{TempDir, output_text};
+use crate::support::tools::{promtool, run_promtool};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 const RULES: &str = "config/rules/spanlens.rules.yml";
 const TESTS: &str = "config/rules/tests";
@@ -17,33 +18,6 @@ const RULE_FILE_REF: &str = "../spanlens.rules.yml";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn promtool() -> String {
-    std::env::var("SPANLENS_PROMTOOL").unwrap_or_else(|_| "promtool".to_string())
-}
-
-/// Runs promtool with `args` in `dir`, failing clearly when it cannot be started.
-fn run_promtool(dir: &Path, args: &[&str]) -> Output {
-    let tool = promtool();
-    Command::new(&tool)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run promtool (`{tool}`): {e}. Install Debian's `prometheus` package \
-                 (scripts/test.sh does) or point SPANLENS_PROMTOOL at a promtool binary."
-            )
-        })
-}
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The promtool test files, sorted by name.
@@ -123,7 +97,7 @@ fn promtool_unit_tests_pass() {
     assert!(
         version.status.success(),
         "`{} --version` failed:\n{}",
-        promtool(),
+        promtool().display(),
         output_text(&version)
     );
     // One promtool per file, in parallel: the regression cases evaluate more than a day.
@@ -215,13 +189,12 @@ fn promtool_unit_tests_fail_on_a_changed_rule() {
         guard.trim()
     );
     let mutated = rules.replace(guard, ">= 0.5\n");
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("promtool_rules_mutation");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(work.join("tests")).unwrap();
-    std::fs::write(work.join("spanlens.rules.yml"), mutated).unwrap();
+    let work = TempDir::new("promtool_rules_mutation");
+    let tests = work.dir("tests");
+    work.write("spanlens.rules.yml", mutated);
     let file = "stage_latency_worker.yml";
-    std::fs::copy(root().join(TESTS).join(file), work.join("tests").join(file)).unwrap();
-    let out = run_promtool(&work.join("tests"), &["test", "rules", file]);
+    std::fs::copy(root().join(TESTS).join(file), tests.join(file)).unwrap();
+    let out = run_promtool(&tests, &["test", "rules", file]);
     let text = output_text(&out);
     assert!(
         !out.status.success() && text.contains("FAILED"),

@@ -1,0 +1,10 @@
+//! Alerting: `rules` (the committed rule file is what `spanlens rules` generates, promtool
+//! accepts it), `promtool_rules` (its promtool unit tests), `alert_chain` (spanlens →
+//! Prometheus → Alertmanager → webhook, for real).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod alert_chain;
+mod promtool_rules;
+mod rules;
