@@ -11,9 +11,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use spanlens::config::Config;
-use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures};
 use spanlens::otlp::decode::Batch;
 use spanlens::pipeline::Pipeline;
+use spanlens_loadgen::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures};
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -14,12 +14,12 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 use spanlens::config::Config;
-use spanlens::fixtures::Fixtures;
 use spanlens::metrics::exposition::{Format, render, render_into};
 use spanlens::metrics::store::Snapshot;
 use spanlens::otlp::Protocol;
 use spanlens::pipeline::Pipeline;
 use spanlens::server::scrape_buffers::ScrapeBuffers;
+use spanlens_loadgen::fixtures::Fixtures;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;

@@ -22,9 +22,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 use spanlens::config::Config;
-use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
 use spanlens::otlp::Protocol;
 use spanlens::pipeline::Pipeline;
+use spanlens_loadgen::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -28,9 +28,9 @@ mod cpu_time;
 #[path = "../benches/support/profiles.rs"]
 mod profiles;
 
-use spanlens::fixtures::{Fixtures, Renewable};
 use spanlens::otlp::Protocol;
 use spanlens::pipeline::Pipeline;
+use spanlens_loadgen::fixtures::{Fixtures, Renewable};
 
 const SPANS: usize = 512;
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one test command for spanlens: installs what the tests need when it is missing, then
 # runs formatting, lints, the API docs (warnings are errors), every test target, the doc
-# tests and (when benches/ exists) builds the benchmarks. Works on a fresh Debian 12 machine (as root, or with sudo) that has Rust,
-# cargo, cargo-nextest (optional) and Python 3 with pip, reaching only crates.io, PyPI and
-# Debian's archive.
+# tests and (when benches/ exists) builds the benchmarks, for every crate of the workspace
+# (spanlens and benches/loadgen's spanlens-loadgen). Works on a fresh Debian 12 machine (as
+# root, or with sudo) that has Rust, cargo, cargo-nextest (optional) and Python 3 with pip,
+# reaching only crates.io, PyPI and Debian's archive.
 #
 # What it installs, each only when missing:
 #   * Debian packages `prometheus` (promtool) and `prometheus-alertmanager`
@@ -133,32 +134,32 @@ section "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 elapsed fmt
 
-section "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+section "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 elapsed clippy
 
-section "cargo doc --no-deps (warnings are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+section "cargo doc --no-deps --workspace (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 elapsed docs
 
 # Doc tests first: nextest does not run them, and the suite's summary should be the last
 # test-runner line printed (the doc tests may number zero).
-section "cargo test --doc"
-cargo test --doc
+section "cargo test --workspace --doc"
+cargo test --workspace --doc
 elapsed doctests
 
 if [ "$have_nextest" -eq 1 ]; then
-    section "cargo nextest run --all-targets --no-fail-fast"
-    cargo nextest run --all-targets --no-fail-fast
+    section "cargo nextest run --workspace --all-targets --no-fail-fast"
+    cargo nextest run --workspace --all-targets --no-fail-fast
 else
-    section "cargo test --all-targets --no-fail-fast"
-    cargo test --all-targets --no-fail-fast
+    section "cargo test --workspace --all-targets --no-fail-fast"
+    cargo test --workspace --all-targets --no-fail-fast
 fi
 elapsed tests
 
 if [ -d benches ]; then
-    section "cargo bench --no-run"
-    cargo bench --no-run
+    section "cargo bench --workspace --no-run"
+    cargo bench --workspace --no-run
     elapsed benches
 fi
 

@@ -14,7 +14,6 @@
 pub mod cli;
 pub mod collections;
 pub mod config;
-pub mod fixtures;
 pub mod forward;
 pub mod ingest;
 pub mod join;

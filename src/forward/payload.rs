@@ -96,8 +96,56 @@ fn compress(bytes: &[u8], compression: Compression) -> std::io::Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::Fixtures;
     use crate::otlp::body;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    /// Twelve spans with distinct span ids (1 to 12), over two services' resources.
+    fn request() -> Vec<u8> {
+        let resource = |service: &str| Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(service.into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let spans = |ids: std::ops::RangeInclusive<u8>| {
+            ids.map(|id| Span {
+                trace_id: vec![7; 16],
+                span_id: vec![0, 0, 0, 0, 0, 0, 0, id],
+                name: format!("span-{id}"),
+                start_time_unix_nano: 1_750_000_000_000_000_000,
+                end_time_unix_nano: 1_750_000_000_000_000_000 + u64::from(id) * 1_000_000,
+                ..Default::default()
+            })
+            .collect()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(resource("tasker-orchestration")),
+                    scope_spans: vec![ScopeSpans {
+                        spans: spans(1..=5),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                ResourceSpans {
+                    resource: Some(resource("tasker-rust-worker")),
+                    scope_spans: vec![ScopeSpans {
+                        spans: spans(6..=12),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ],
+        }
+        .encode_to_vec()
+    }
 
     fn arrived(raw: &[u8], encoding: Encoding) -> Arrived {
         Arrived {
@@ -120,7 +168,7 @@ mod tests {
 
     #[test]
     fn arrived_bytes_go_on_unchanged_when_the_compression_matches() {
-        let request = Fixtures::new(7).request(12).encode_to_vec();
+        let request = request();
         let gz = compress(&request, Compression::Gzip).expect("gzip");
         let came = arrived(&gz, Encoding::Gzip);
         let mut bodies = Bodies::new(&request, &came, &[]);
@@ -136,7 +184,7 @@ mod tests {
 
     #[test]
     fn rejected_spans_are_left_out_and_the_rest_kept_in_order() {
-        let request = Fixtures::new(7).request(12).encode_to_vec();
+        let request = request();
         let all = span_names(&request);
         assert!(all.len() >= 4, "{all:?}");
         let came = arrived(&request, Encoding::Identity);
@@ -150,7 +198,7 @@ mod tests {
 
     #[test]
     fn json_is_forwarded_as_protobuf() {
-        let request = Fixtures::new(7).request(12).encode_to_vec();
+        let request = request();
         let came = Arrived {
             raw: Bytes::from_static(b"{\"resourceSpans\":[]}"),
             encoding: Encoding::Identity,

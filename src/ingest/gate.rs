@@ -164,8 +164,8 @@ mod tests {
     #[test]
     fn pending_requests_are_bounded_and_places_come_back() {
         let gate = Arc::new(Gate::new(None, 2, 0, Duration::from_secs(1), 1 << 20));
-        let a = gate.enter(&HeaderMap::new()).ok().expect("first");
-        let _b = gate.enter(&HeaderMap::new()).ok().expect("second");
+        let a = gate.enter(&HeaderMap::new()).expect("first");
+        let _b = gate.enter(&HeaderMap::new()).expect("second");
         match gate.enter(&HeaderMap::new()) {
             Err(Refusal::Busy(busy)) => assert_eq!(busy.reason, "overloaded"),
             _ => panic!("a third request must wait"),
@@ -187,7 +187,7 @@ mod tests {
         ));
         let big = headers(&[("content-length", "16777216")]);
         // Each reserves 48 MiB (the body twice and its decoded copy): one fits, two not.
-        let first = gate.enter(&big).ok().expect("fits");
+        let first = gate.enter(&big).expect("fits");
         match gate.enter(&big) {
             Err(Refusal::Busy(busy)) => assert_eq!(busy.reason, "memory_limit"),
             _ => panic!("the second must be refused"),

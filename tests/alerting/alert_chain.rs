@@ -1,7 +1,7 @@
 //! The real alerting chain, end to end: spanlens → Prometheus → Alertmanager → webhook.
 //!
 //! spanlens runs in-process on loopback with a `handler_execution` p95 alert at a test
-//! threshold (250 ms, for 5 s, severity page) and a 15 s rate window. `spanlens::rules::render`
+//! threshold (250 ms, for 5 s, severity page) and a 15 s rate window. `spanlens::metrics::rules::render`
 //! writes the rule file; Debian's Prometheus (`/usr/bin/prometheus`) scrapes spanlens every
 //! second, evaluates those rules every second and sends to Debian's Alertmanager
 //! (`/usr/bin/prometheus-alertmanager`), which routes `severity=page` to a webhook served by
@@ -30,7 +30,7 @@ use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use serde_json::Value;
-use spanlens::config::StageAlert;
+use spanlens::config::{PromDuration, StageAlert};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -102,10 +102,10 @@ async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
         stage.alert = Some(StageAlert {
             quantile: 0.95,
             above_seconds: THRESHOLD_SECONDS,
-            for_duration: FOR.to_string(),
+            for_duration: PromDuration::parse(FOR).expect("a duration"),
             severity: "page".to_string(),
         });
-        c.alerting.rate_window = RATE_WINDOW.to_string();
+        c.alerting.rate_window = PromDuration::parse(RATE_WINDOW).expect("a duration");
         c.alerting.min_calls_per_second = MIN_CALLS_PER_SECOND;
     });
     let buckets = config.stages[STAGE]
@@ -123,7 +123,7 @@ async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
     let webhook = Webhook::start().await;
 
     // The rule file, as `spanlens rules` writes it for this config.
-    let rules_text = spanlens::rules::render(&config);
+    let rules_text = spanlens::metrics::rules::render(&config);
     assert!(
         rules_text.contains(&format!("alert: {ALERT}")),
         "the generated rules have no {ALERT}:\n{rules_text}"

@@ -5,7 +5,7 @@ use crate::support;
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use spanlens::breakdown::Breakdown;
+use spanlens::join::breakdown::Breakdown;
 use support::{kv, post_protobuf as post, request};
 
 const T0: u64 = 1_700_000_000_000_000_000;

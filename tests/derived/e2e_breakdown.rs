@@ -20,7 +20,7 @@ use crate::support;
 use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanExporter as _};
-use spanlens::breakdown::{Breakdown, StageTiming, StepBreakdown};
+use spanlens::join::breakdown::{Breakdown, StageTiming, StepBreakdown};
 use spanlens::server::Server;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

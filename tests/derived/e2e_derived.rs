@@ -28,8 +28,9 @@ use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use prost::Message as _;
 use spanlens::config::Config;
-use spanlens::exposition::{Format, render};
-use spanlens::pipeline::{Pipeline, Protocol};
+use spanlens::metrics::exposition::{Format, render};
+use spanlens::otlp::Protocol;
+use spanlens::pipeline::Pipeline;
 use spanlens::server::Server;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Barrier;
@@ -1116,7 +1117,10 @@ const WORKER: [(&str, &str); 2] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_that_never_complete_are_evicted_after_max_wait() {
     const N: usize = 25;
-    let server = start(test_config(|c| c.join.max_wait = "1s".into())).await;
+    let server = start(test_config(|c| {
+        c.join.max_wait = spanlens::config::PromDuration::secs(1)
+    }))
+    .await;
     let base = now_ns();
     let uuids: Vec<String> = (0..N).map(|i| format!("never-submitted-{i}")).collect();
     // Claims only, over two requests; their submissions never come.

@@ -2204,6 +2204,7 @@ async fn a_full_disk_refuses_new_data_and_keeps_the_queue_intact() {
 /// retrying.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_endpoints_trust_their_ca_file_and_nothing_else() {
+    use spanlens::config::PromDuration;
     use spanlens::config::forward::{Compression, EndpointConfig, ForwardProtocol, TlsConfig};
     let dir = TempDir::new("tls");
     let pki = support::pki::Pki::new();
@@ -2225,12 +2226,12 @@ async fn tls_endpoints_trust_their_ca_file_and_nothing_else() {
         compression: Compression::Gzip,
         headers: Default::default(),
         tls: Some(TlsConfig { ca_file }),
-        timeout: "2s".to_string(),
+        timeout: PromDuration::secs(2),
     };
     let server = start(test_config(|c| {
         c.forward.endpoints = vec![endpoint("trusted", ca), endpoint("untrusted", other_ca)];
-        c.forward.retry.initial_interval = "100ms".to_string();
-        c.forward.retry.max_interval = "200ms".to_string();
+        c.forward.retry.initial_interval = PromDuration::millis(100);
+        c.forward.retry.max_interval = PromDuration::millis(200);
     }))
     .await;
     let client = reqwest::Client::new();

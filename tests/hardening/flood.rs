@@ -29,14 +29,14 @@ fn expected(
     encoding: Option<&str>,
     body: &[u8],
 ) -> Option<Result<(usize, usize), ()>> {
-    let encoding = spanlens::body::Encoding::parse(encoding).ok()?;
-    let decoded = match spanlens::body::decode(encoding, body, LIMIT) {
+    let encoding = spanlens::otlp::body::Encoding::parse(encoding).ok()?;
+    let decoded = match spanlens::otlp::body::decode(encoding, body, LIMIT) {
         Ok(decoded) => decoded,
-        Err(spanlens::body::BodyError::TooLarge { .. }) => return Some(Err(())),
+        Err(spanlens::otlp::body::BodyError::TooLarge { .. }) => return Some(Err(())),
         Err(_) => return None,
     };
     let protobuf = match proto {
-        Proto::HttpJson => spanlens::json::to_protobuf(&decoded).ok()?,
+        Proto::HttpJson => spanlens::otlp::json::to_protobuf(&decoded).ok()?,
         _ => decoded.to_vec(),
     };
     let batch = default_pipeline().decode(&protobuf).ok()?;

@@ -11,9 +11,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use proptest::prelude::*;
 use prost::Message;
-use spanlens::body::{BodyError, Encoding};
-use spanlens::decode::Batch;
-use spanlens::pipeline::{Protocol, Refusal};
+use spanlens::otlp::Protocol;
+use spanlens::otlp::body::{BodyError, Encoding};
+use spanlens::otlp::decode::Batch;
+use spanlens::otlp::refusal::Refusal;
 
 const NAMES: &[&str] = &[
     "step_claim",
@@ -234,7 +235,7 @@ proptest! {
 
     #[test]
     fn json_to_protobuf_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        let _ = spanlens::json::to_protobuf(&bytes);
+        let _ = spanlens::otlp::json::to_protobuf(&bytes);
     }
 
     #[test]
@@ -244,13 +245,13 @@ proptest! {
         cut in proptest::option::of(any::<usize>()),
     ) {
         let json = serde_json::to_vec(&request).unwrap();
-        let converted = spanlens::json::to_protobuf(&json);
+        let converted = spanlens::otlp::json::to_protobuf(&json);
         // The undamaged request converts unless an id has the wrong length for OTLP/JSON.
         if let Ok(protobuf) = &converted {
             prop_assert!(Batch::decode(protobuf).is_ok());
         }
         let damaged = damaged(json, &damage, cut);
-        if let Ok(protobuf) = spanlens::json::to_protobuf(&damaged) {
+        if let Ok(protobuf) = spanlens::otlp::json::to_protobuf(&damaged) {
             // Whatever converts is a protobuf request the rest of the path can take.
             check_ingest(&protobuf, Protocol::HttpJson)?;
         }
@@ -262,7 +263,7 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..4096),
         limit in 0usize..5000,
     ) {
-        match spanlens::body::decode(encoding, &bytes, limit) {
+        match spanlens::otlp::body::decode(encoding, &bytes, limit) {
             Ok(out) => prop_assert!(out.len() <= limit),
             Err(BodyError::TooLarge { limit: said }) => prop_assert_eq!(said, limit),
             Err(BodyError::Corrupt { .. }) => prop_assert!(encoding != Encoding::Identity),
@@ -281,7 +282,7 @@ proptest! {
             (Encoding::Gzip, gzip(&data)),
             (Encoding::Zstd, zstd::encode_all(&data[..], 1).unwrap()),
         ] {
-            let got = spanlens::body::decode(encoding, &packed, limit);
+            let got = spanlens::otlp::body::decode(encoding, &packed, limit);
             if data.len() <= limit {
                 prop_assert_eq!(got, Ok(bytes::Bytes::from(data.clone())));
             } else {
@@ -290,7 +291,7 @@ proptest! {
             if let Some(damage) = &damage {
                 // Damaged streams: an error or a bounded output, never a panic.
                 let damaged = damaged(packed, damage, None);
-                if let Ok(out) = spanlens::body::decode(encoding, &damaged, limit) {
+                if let Ok(out) = spanlens::otlp::body::decode(encoding, &damaged, limit) {
                     prop_assert!(out.len() <= limit);
                 }
             }

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 use proptest::prelude::*;
 use prost::Message;
-use spanlens::decode::{self, AttributeKeys, Batch};
+use spanlens::otlp::decode::{self, AttributeKeys, Batch};
 
 fn any_value() -> impl Strategy<Value = Option<any_value::Value>> {
     prop_oneof![

@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
-use spanlens::status::{Any, ProtoDuration, RetryInfo, RpcStatus};
+use spanlens::otlp::status::{Any, ProtoDuration, RetryInfo, RpcStatus};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::SocketAddr;

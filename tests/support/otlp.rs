@@ -256,9 +256,9 @@ fn nodelay() -> HttpConnector {
 // Replies
 // ---------------------------------------------------------------------------------------------
 
-/// google.rpc.Status and its details: the message types of `spanlens::status` (field numbers
+/// google.rpc.Status and its details: the message types of `spanlens::otlp::status` (field numbers
 /// are facts of the protocol).
-pub use spanlens::status::{RetryInfo, RpcStatus};
+pub use spanlens::otlp::status::{RetryInfo, RpcStatus};
 
 /// The retry delay of a `grpc-status-details-bin` value (base64 of a google.rpc.Status), if
 /// it carries a google.rpc.RetryInfo.

@@ -1,25 +1,26 @@
 //! Realistic tasker workflow spans, generated deterministically from a seed: the one fixtures
 //! builder shared by tests, benches and the load generator (`spanlens-loadgen`).
 //!
-//! A [`Fixtures`] simulates tasks of the workflows in `../shared/TASKER.md` (linear, diamond,
-//! mixed DAG, tree, batch) running on an orchestration service and Rust, Ruby and Python
-//! workers, and emits the spans those services would export: mostly tasker-core's real
-//! vocabulary (`read_messages` on `worker_<namespace>_queue`, `worker.step_execution`,
-//! `resolve`, `worker.step_completion_received`, `create_task_from_request`,
-//! `enqueue_ready_steps`, `handle_step_execution_result`, `finalize_task`,
-//! `send_json_message` ...) and, for a share of tasks, the design note's nominal names
-//! (`step_claim`, `execute_handler`, `submit_result`, `create_task`, `enqueue_steps`,
-//! `process_result`). Every span carries eight attributes (its own, such as
+//! A [`Fixtures`] simulates tasks of the workflows in `docs/tasker-spans.md` of the spanlens
+//! repository (linear, diamond, mixed DAG, tree, batch) running on an orchestration service
+//! and Rust, Ruby and Python workers, and emits the spans those services would export:
+//! mostly tasker-core's real vocabulary (`read_messages` on `worker_<namespace>_queue`,
+//! `worker.step_execution`, `resolve`, `worker.step_completion_received`,
+//! `create_task_from_request`, `enqueue_ready_steps`, `handle_step_execution_result`,
+//! `finalize_task`, `send_json_message` ...) and, for a share of tasks, the design note's
+//! nominal names (`step_claim`, `execute_handler`, `submit_result`, `create_task`,
+//! `enqueue_steps`, `process_result`). Every span carries eight attributes (its own, such as
 //! `correlation_id`, `task_uuid`, `step_uuid`, `step_name`, `namespace`, `queue`, then the
 //! tracing ones: `code.filepath`, `thread.name`, `busy_ns` ...), which makes a span about
-//! 400 bytes on the wire. Durations are drawn log-normally around the figures of TASKER.md
-//! (claim 15 ms, handler 42 ms, submission 23 ms, task creation 18 ms ...).
+//! 400 bytes on the wire. Durations are drawn log-normally around the figures of
+//! `docs/tasker-spans.md` (claim 15 ms, handler 42 ms, submission 23 ms, task creation
+//! 18 ms ...).
 //!
 //! The same seed and the same calls give byte-identical requests. Spans flow as a stream:
 //! a request takes the next `n` spans, so consecutive requests continue the same tasks.
 //!
 //! ```
-//! use spanlens::fixtures::Fixtures;
+//! use spanlens_loadgen::fixtures::Fixtures;
 //! let mut fixtures = Fixtures::new(42);
 //! let bodies = fixtures.encoded_requests(2, 512);
 //! assert_eq!(bodies.len(), 2);
@@ -72,7 +73,7 @@ impl Service {
     }
 }
 
-/// One workflow of TASKER.md: the Rust namespace, the Ruby namespace (Python adds `_py`
+/// One workflow of docs/tasker-spans.md: the Rust namespace, the Ruby namespace (Python adds `_py`
 /// to the Ruby one and to every step name), the task name and its steps.
 struct Workflow {
     rust_namespace: &'static str,
@@ -601,7 +602,7 @@ impl Fixtures {
                     int("visibility_timeout", 30),
                 ];
                 self.span(worker, &trace, None, "read_messages", t, claim, &ids);
-                // Some worker spans carry a fresh correlation id (TASKER.md).
+                // Some worker spans carry a fresh correlation id (docs/tasker-spans.md).
                 let correlation = if self.rng.chance(0.2) {
                     self.rng.uuid()
                 } else {
@@ -824,7 +825,7 @@ impl Renewable {
     pub fn protobuf(bytes: Vec<u8>) -> Renewable {
         let (mut binary, mut hex) = (Vec::new(), Vec::new());
         {
-            let batch = crate::otlp::decode::Batch::decode(&bytes).expect("a valid request");
+            let batch = spanlens::otlp::decode::Batch::decode(&bytes).expect("a valid request");
             let base = bytes.as_ptr() as usize;
             let offset = |s: &[u8]| s.as_ptr() as usize - base;
             for span in &batch.spans {
@@ -834,7 +835,7 @@ impl Renewable {
                     }
                 }
                 for attribute in batch.span_attributes(span) {
-                    if let crate::otlp::decode::AnyValue::Str(v) = attribute.value
+                    if let spanlens::otlp::decode::AnyValue::Str(v) = attribute.value
                         && v.len() >= 36
                         && is_uuid(&v.as_bytes()[v.len() - 36..])
                     {
@@ -927,11 +928,11 @@ fn is_uuid(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::metrics::exposition::{Format, render};
-    use crate::otlp::Protocol;
-    use crate::otlp::decode::Batch;
-    use crate::pipeline::Pipeline;
+    use spanlens::config::Config;
+    use spanlens::metrics::exposition::{Format, render};
+    use spanlens::otlp::Protocol;
+    use spanlens::otlp::decode::Batch;
+    use spanlens::pipeline::Pipeline;
     use std::collections::BTreeSet;
 
     #[test]
@@ -1041,7 +1042,7 @@ mod tests {
     fn otlp_json_of_a_fixture_request_decodes_to_the_same_spans() {
         let request = Fixtures::new(9).request(50);
         let json = serde_json::to_vec(&request).unwrap();
-        let bytes = crate::otlp::json::to_protobuf(&json).unwrap();
+        let bytes = spanlens::otlp::json::to_protobuf(&json).unwrap();
         assert_eq!(bytes, request.encode_to_vec());
     }
 
@@ -1109,7 +1110,7 @@ mod tests {
         let renewable = Renewable::json(serde_json::to_vec(&request).unwrap());
         let mut out = Vec::new();
         renewable.renew_into(5, &mut out);
-        let renewed = Renewable::protobuf(crate::otlp::json::to_protobuf(&out).unwrap());
+        let renewed = Renewable::protobuf(spanlens::otlp::json::to_protobuf(&out).unwrap());
         let original = request.encode_to_vec();
         let (a, b) = (
             Batch::decode(&original).unwrap(),

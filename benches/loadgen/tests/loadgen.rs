@@ -2,10 +2,57 @@
 //! what the server counted (spans accepted, requests it timed), over gRPC and over OTLP/HTTP
 //! with gzip, and it polls /metrics when asked to.
 
-mod support;
-
 use serde_json::Value;
-use support::{scrape, start, test_config};
+use spanlens::config::Config;
+use spanlens::server::Server;
+use std::net::SocketAddr;
+
+/// The default profile with every listener on 127.0.0.1:0.
+fn test_config() -> Config {
+    let mut config = Config::default_profile();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.receivers.grpc.endpoint = any;
+    config.receivers.http.endpoint = any;
+    config.metrics.endpoint = any;
+    config
+}
+
+/// GET /metrics in the text format.
+async fn scrape(server: &Server) -> Exposition {
+    let response = reqwest::get(format!("http://{}/metrics", server.metrics_addr()))
+        .await
+        .expect("scrape");
+    assert_eq!(response.status(), 200);
+    Exposition(response.text().await.expect("exposition"))
+}
+
+/// A text exposition (format 0.0.4).
+struct Exposition(String);
+
+impl Exposition {
+    /// The value of the one sample named `name` whose labels include all of `labels`; None
+    /// when there is no such sample, a panic when several match.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let line = line.split(" # ").next()?;
+                let (series, value) = line.rsplit_once(' ')?;
+                let (sample, labelled) = series.split_once('{').unwrap_or((series, ""));
+                let labelled = format!(",{labelled}");
+                (sample == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| labelled.contains(&format!(",{k}=\"{v}\""))))
+                .then(|| value.parse().expect("a sample value"))
+            })
+            .collect();
+        assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+        found.first().copied()
+    }
+}
 
 /// Runs the load generator with `args` plus `--json`; returns its report.
 fn loadgen(args: &[String]) -> Value {
@@ -30,7 +77,7 @@ fn args(list: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_what_the_server_counted() {
-    let server = start(test_config(|_| {})).await;
+    let server = Server::start(test_config()).await.expect("spanlens starts");
     let grpc = format!("http://{}", server.grpc_addr().expect("gRPC on"));
     let http = format!("http://{}", server.http_addr().expect("HTTP on"));
     let metrics = format!("http://{}/metrics", server.metrics_addr());

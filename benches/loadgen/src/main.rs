@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use spanlens::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
 use spanlens::otlp::Protocol;
+use spanlens_loadgen::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -26,12 +26,12 @@ const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Ex
 /// Load generator for spanlens: realistic tasker workflow spans over OTLP, with server CPU,
 /// memory and client latency in the report.
 ///
-/// Requests come from spanlens's fixtures builder (`spanlens::fixtures`, the one shared with
-/// the tests and benches): tasks of the linear, diamond, DAG, tree and batch workflows on
-/// tasker-orchestration and Rust/Ruby/Python workers, in both span vocabularies, eight
-/// attributes per span, about 400 bytes per span. `--distinct-requests` bodies are generated
-/// and encoded (and compressed) before the clock starts and then sent round-robin, so the
-/// client spends its CPU on sending, not on building spans.
+/// Requests come from this crate's fixtures builder (`spanlens_loadgen::fixtures`, the one
+/// shared with spanlens's tests and benches): tasks of the linear, diamond, DAG, tree and
+/// batch workflows on tasker-orchestration and Rust/Ruby/Python workers, in both span
+/// vocabularies, eight attributes per span, about 400 bytes per span. `--distinct-requests`
+/// bodies are generated and encoded (and compressed) before the clock starts and then sent
+/// round-robin, so the client spends its CPU on sending, not on building spans.
 ///
 /// Each of `--concurrency` workers sends one request at a time (closed loop), or, with
 /// `--rate`, at its share of a fixed schedule (open loop: latency is measured from the
