@@ -10,6 +10,9 @@
 //! accepted requests on, and [`server`] wires it all to listeners. [`config`] and
 //! [`collections`] depend on nothing of the flow; [`cli`] holds the commands besides serving.
 #![deny(unsafe_code)]
+// The docs are built with --document-private-items (scripts/test.sh): most of the crate is
+// crate-private, and public docs may link to it.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod cli;
 pub mod collections;

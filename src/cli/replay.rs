@@ -147,7 +147,7 @@ fn is_error(tags: &[KeyValue]) -> bool {
 
 /// A Jaeger query API response (`{"data": [trace, ...]}`) as one OTLP request: a resource
 /// per Jaeger process, times from microseconds.
-pub fn jaeger_to_otlp(document: &Value) -> Result<ExportTraceServiceRequest, String> {
+pub(crate) fn jaeger_to_otlp(document: &Value) -> Result<ExportTraceServiceRequest, String> {
     let mut resource_spans = Vec::new();
     for (t, trace) in document["data"]
         .as_array()

@@ -9,7 +9,7 @@ use std::hash::BuildHasher;
 /// dropped and its number reused: the texts held are those in use, and the table's own
 /// places stay at the most ever in use at once.
 #[derive(Default)]
-pub struct Interner {
+pub(crate) struct Interner {
     index: HashTable<u32>,
     entries: Vec<Interned>,
     free: Vec<u32>,
@@ -25,7 +25,7 @@ struct Interned {
 
 impl Interner {
     /// The text's number, with one more use.
-    pub fn intern(&mut self, text: &str) -> u32 {
+    pub(crate) fn intern(&mut self, text: &str) -> u32 {
         let hash = self.hasher.hash_one(text);
         if let Some(id) = self.find_hashed(hash, text) {
             self.entries[id as usize].uses += 1;
@@ -53,7 +53,7 @@ impl Interner {
     }
 
     /// The number of `text` if it is held, without a use.
-    pub fn find(&self, text: &str) -> Option<u32> {
+    pub(crate) fn find(&self, text: &str) -> Option<u32> {
         self.find_hashed(self.hasher.hash_one(text), text)
     }
 
@@ -68,7 +68,7 @@ impl Interner {
     /// span name 0, service 1...): the text interned last for that field is tried first, so
     /// a run of records naming the same texts compares each with the previous record's
     /// instead of hashing it.
-    pub fn intern_in(&mut self, text: &str, field: usize) -> u32 {
+    pub(crate) fn intern_in(&mut self, text: &str, field: usize) -> u32 {
         if self.last.len() <= field {
             self.last.resize(field + 1, u32::MAX);
         }
@@ -85,7 +85,7 @@ impl Interner {
     }
 
     /// One use fewer of the text numbered `id`.
-    pub fn release(&mut self, id: u32) {
+    pub(crate) fn release(&mut self, id: u32) {
         let entry = &mut self.entries[id as usize];
         entry.uses -= 1;
         if entry.uses > 0 {
@@ -100,11 +100,12 @@ impl Interner {
     }
 
     /// Distinct texts in use.
-    pub fn in_use(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
         self.index.len()
     }
 
-    pub fn get(&self, id: u32) -> &str {
+    pub(crate) fn get(&self, id: u32) -> &str {
         &self.entries[id as usize].text
     }
 }

@@ -1,6 +1,6 @@
 //! Small data structures of the hot path, named for what they hold.
 
-pub mod interned;
-pub mod recent;
-pub mod shards;
-pub mod text;
+pub(crate) mod interned;
+pub(crate) mod recent;
+pub(crate) mod shards;
+pub(crate) mod text;

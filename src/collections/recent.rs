@@ -11,20 +11,20 @@ struct Bucket([u64; WAYS]);
 
 const WAYS: usize = 8;
 
-pub struct RecentHashes {
+pub(crate) struct RecentHashes {
     buckets: Box<[Bucket]>,
 }
 
 impl RecentHashes {
     /// Room for about `capacity` hashes; 0 remembers none.
-    pub fn new(capacity: usize) -> RecentHashes {
+    pub(crate) fn new(capacity: usize) -> RecentHashes {
         RecentHashes {
             buckets: vec![Bucket::default(); capacity.div_ceil(WAYS)].into(),
         }
     }
 
     /// Whether `hash` is remembered.
-    pub fn contains(&self, hash: u64) -> bool {
+    pub(crate) fn contains(&self, hash: u64) -> bool {
         let hash = stored(hash);
         self.bucket(hash)
             .is_some_and(|i| self.buckets[i].0.contains(&hash))
@@ -33,14 +33,14 @@ impl RecentHashes {
     /// Reads the bucket of `hash`, so that a lookup soon after finds it in cache. A
     /// request's lookups each wait on a cache miss, one after the other; touched first, in a
     /// loop that does nothing else, their buckets load at the same time.
-    pub fn touch(&self, hash: u64) {
+    pub(crate) fn touch(&self, hash: u64) {
         if let Some(i) = self.bucket(stored(hash)) {
             std::hint::black_box(self.buckets[i].0[0]);
         }
     }
 
     /// Remembers `hash`; true if it was not remembered already.
-    pub fn insert(&mut self, hash: u64) -> bool {
+    pub(crate) fn insert(&mut self, hash: u64) -> bool {
         let hash = stored(hash);
         let Some(i) = self.bucket(hash) else {
             return true;

@@ -5,7 +5,7 @@
 /// shard: each call of `each` gets one shard and its items. Shards are few (16) and a
 /// request's items many (512): the items are placed by their shard's count (a counting sort,
 /// two passes) instead of sorted.
-pub fn for_each_shard(shard_of: &[usize], mut each: impl FnMut(usize, &[usize])) {
+pub(crate) fn for_each_shard(shard_of: &[usize], mut each: impl FnMut(usize, &[usize])) {
     let shards = shard_of.iter().max().map_or(0, |&s| s + 1);
     // ends[s]: where shard s's items end in `order`, once counted and summed.
     let mut ends = vec![0; shards];

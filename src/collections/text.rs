@@ -8,7 +8,7 @@ use hashbrown::Equivalent;
 
 /// Whether `a` and `b` hold the same bytes.
 #[inline]
-pub fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
@@ -32,14 +32,14 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `a` and `b` are the same text.
 #[inline]
-pub fn same_str(a: &str, b: &str) -> bool {
+pub(crate) fn same_str(a: &str, b: &str) -> bool {
     same(a.as_bytes(), b.as_bytes())
 }
 
 /// Borrowed text that finds its entry in a hashbrown map keyed by owned text (`String` or
 /// `Box<str>`, which hash as `str` does) and compares with [`same_str`].
 #[derive(Hash)]
-pub struct Text<'a>(pub &'a str);
+pub(crate) struct Text<'a>(pub(crate) &'a str);
 
 impl Equivalent<Box<str>> for Text<'_> {
     #[inline]

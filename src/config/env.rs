@@ -5,12 +5,15 @@ use std::collections::HashMap;
 
 /// A reference to a variable that is not set and has no default.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnsetVariable {
-    pub name: String,
-    pub line: usize,
+pub(crate) struct UnsetVariable {
+    pub(crate) name: String,
+    pub(crate) line: usize,
 }
 
-pub fn expand(text: &str, env: &HashMap<String, String>) -> Result<String, Vec<UnsetVariable>> {
+pub(crate) fn expand(
+    text: &str,
+    env: &HashMap<String, String>,
+) -> Result<String, Vec<UnsetVariable>> {
     let mut out = String::with_capacity(text.len());
     let mut unset = Vec::new();
     for (index, line) in text.split_inclusive('\n').enumerate() {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 #[derive(Debug, Default)]
-pub struct LineIndex {
+pub(crate) struct LineIndex {
     lines: HashMap<String, usize>,
 }
 
@@ -17,7 +17,7 @@ struct Frame {
 }
 
 impl LineIndex {
-    pub fn build(text: &str) -> LineIndex {
+    pub(crate) fn build(text: &str) -> LineIndex {
         let mut index = LineIndex::default();
         let mut stack: Vec<Frame> = Vec::new();
         let mut item_counts: HashMap<String, usize> = HashMap::new();
@@ -88,7 +88,7 @@ impl LineIndex {
     }
 
     /// The line of `path`, or of the nearest enclosing path that has one.
-    pub fn line_of(&self, path: &str) -> Option<usize> {
+    pub(crate) fn line_of(&self, path: &str) -> Option<usize> {
         let mut path = path;
         loop {
             if let Some(&line) = self.lines.get(path) {

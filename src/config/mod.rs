@@ -8,7 +8,7 @@ pub mod forward;
 pub mod limits;
 mod lines;
 pub mod security;
-pub mod validate;
+pub(crate) mod validate;
 
 pub use duration::PromDuration;
 use lines::LineIndex;

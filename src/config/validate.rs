@@ -13,16 +13,16 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 
 /// Labels every stage histogram has before its extra labels.
-pub const BUILTIN_STAGE_LABELS: [&str; 2] = ["service", "handler_language"];
+pub(crate) const BUILTIN_STAGE_LABELS: [&str; 2] = ["service", "handler_language"];
 
 /// Compiles a config regex, with a message fit for a config problem.
-pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
+pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, String> {
     Regex::new(pattern).map_err(|e| format!("invalid regex: {e}"))
 }
 
 /// Compiles a label-source regex: it must capture the value in a group named `value` or in
 /// its first group.
-pub fn compile_capture_regex(pattern: &str) -> Result<Regex, String> {
+pub(crate) fn compile_capture_regex(pattern: &str) -> Result<Regex, String> {
     let regex = compile_regex(pattern)?;
     if regex.captures_len() < 2 {
         return Err(

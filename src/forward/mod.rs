@@ -7,7 +7,7 @@ mod queue;
 mod retry;
 mod send;
 mod stats;
-pub mod wal;
+pub(crate) mod wal;
 
 use crate::config::forward::{ForwardConfig, WhenFull, directory_name};
 use crate::metrics::store::Snapshot;
@@ -39,14 +39,14 @@ struct Endpoint {
 /// One endpoint's accounting at the end of a drain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drained {
-    pub endpoint: String,
-    pub sent_spans: u64,
-    pub dropped_spans: u64,
-    pub failed_spans: u64,
-    pub persisted_spans: u64,
+    pub(crate) endpoint: String,
+    pub(crate) sent_spans: u64,
+    pub(crate) dropped_spans: u64,
+    pub(crate) failed_spans: u64,
+    pub(crate) persisted_spans: u64,
 }
 
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     endpoints: Vec<Arc<Endpoint>>,
     persistent: bool,
     when_full: WhenFull,
@@ -86,7 +86,7 @@ enum Fate {
 impl Forwarder {
     /// The forwarder of `config`, or None when no endpoint is configured. Opens the persistent
     /// queues (refilling the queues from them) and starts the senders; needs a tokio runtime.
-    pub fn start(config: &ForwardConfig) -> Result<Option<Arc<Forwarder>>, String> {
+    pub(crate) fn start(config: &ForwardConfig) -> Result<Option<Arc<Forwarder>>, String> {
         if !config.enabled() {
             return Ok(None);
         }
@@ -159,7 +159,7 @@ impl Forwarder {
 
     /// Queues an accepted request for every endpoint, or for none: `request` is the decoded
     /// protobuf, `rejected` the indexes of spans spanlens rejected, `spans` those accepted.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         request: &[u8],
         arrived: &Arrived,
@@ -249,12 +249,12 @@ impl Forwarder {
     }
 
     /// Some endpoint has a persistent queue (queueing writes to a file).
-    pub fn persistent(&self) -> bool {
+    pub(crate) fn persistent(&self) -> bool {
         self.persistent
     }
 
     /// Adds the forwarding metrics to a scrape.
-    pub fn contribute(&self, snapshot: &mut Snapshot) {
+    pub(crate) fn contribute(&self, snapshot: &mut Snapshot) {
         let views: Vec<_> = self
             .endpoints
             .iter()
@@ -274,7 +274,7 @@ impl Forwarder {
 
     /// Sends what is queued for up to forward.drain_timeout (call after the receivers
     /// stopped); what is left stays in the persistent queue, or is counted dropped.
-    pub async fn drain(&self) -> Vec<Drained> {
+    pub(crate) async fn drain(&self) -> Vec<Drained> {
         for endpoint in &self.endpoints {
             endpoint.queue.close();
         }

@@ -21,7 +21,7 @@ fn reusable_for(arrived: &Arrived, compression: Compression) -> bool {
 }
 
 /// Builds the per-compression bodies of one request, each at most once.
-pub struct Bodies<'a> {
+pub(crate) struct Bodies<'a> {
     request: &'a [u8],
     arrived: &'a Arrived,
     /// The request without rejected spans, when some were rejected.
@@ -32,7 +32,7 @@ pub struct Bodies<'a> {
 impl<'a> Bodies<'a> {
     /// `request` is the decoded protobuf request; `rejected` the indexes (in wire order over
     /// resource, scope and span) of spans spanlens rejected, ascending.
-    pub fn new(request: &'a [u8], arrived: &'a Arrived, rejected: &[usize]) -> Bodies<'a> {
+    pub(crate) fn new(request: &'a [u8], arrived: &'a Arrived, rejected: &[usize]) -> Bodies<'a> {
         Bodies {
             request,
             arrived,
@@ -43,7 +43,7 @@ impl<'a> Bodies<'a> {
         }
     }
 
-    pub fn get(&mut self, compression: Compression) -> std::io::Result<Bytes> {
+    pub(crate) fn get(&mut self, compression: Compression) -> std::io::Result<Bytes> {
         if let Some((_, body)) = self.built.iter().find(|(c, _)| *c == compression) {
             return Ok(body.clone());
         }

@@ -9,26 +9,26 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// A request on its way to one endpoint.
-pub struct Item {
-    pub body: Bytes,
+pub(crate) struct Item {
+    pub(crate) body: Bytes,
     /// How `body` is compressed (a request from the persistent queue keeps the compression
     /// it was queued with, whatever the config says now).
-    pub compression: Compression,
-    pub spans: u64,
+    pub(crate) compression: Compression,
+    pub(crate) spans: u64,
     record: Option<RecordId>,
 }
 
 /// Records a log held unacknowledged when it was opened.
-pub type Unsent = Vec<(RecordId, Vec<u8>)>;
+pub(crate) type Unsent = Vec<(RecordId, Vec<u8>)>;
 
-pub struct Queue {
+pub(crate) struct Queue {
     state: Mutex<State>,
     ready: Notify,
     max_requests: usize,
     max_bytes: usize,
 }
 
-pub struct State {
+pub(crate) struct State {
     waiting: VecDeque<Item>,
     /// Requests and bytes waiting or being sent.
     requests: usize,
@@ -40,7 +40,11 @@ pub struct State {
 impl Queue {
     /// A queue, refilled from the log's unacknowledged records when there is one; also
     /// returns how many requests were refilled.
-    pub fn new(max_requests: usize, max_bytes: usize, wal: Option<(Wal, Unsent)>) -> (Queue, u64) {
+    pub(crate) fn new(
+        max_requests: usize,
+        max_bytes: usize,
+        wal: Option<(Wal, Unsent)>,
+    ) -> (Queue, u64) {
         let mut state = State {
             waiting: VecDeque::new(),
             requests: 0,
@@ -75,17 +79,17 @@ impl Queue {
         (queue, recovered)
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wakes a sender for an item pushed under the lock.
-    pub fn pushed(&self) {
+    pub(crate) fn pushed(&self) {
         self.ready.notify_one();
     }
 
     /// The next request to send; None once closed and empty.
-    pub async fn pop(&self) -> Option<Item> {
+    pub(crate) async fn pop(&self) -> Option<Item> {
         loop {
             // Created before the check so a push or close in between is not missed.
             let notified = self.ready.notified();
@@ -104,7 +108,7 @@ impl Queue {
 
     /// A request left the queue: delivered or given up (`settled`: forget it in the log too),
     /// or abandoned at shutdown (kept in the log for the next start).
-    pub fn finish(&self, item: &Item, settled: bool) {
+    pub(crate) fn finish(&self, item: &Item, settled: bool) {
         let mut state = self.lock();
         state.release(item);
         if settled {
@@ -113,23 +117,23 @@ impl Queue {
     }
 
     /// No more pushes; senders stop when the queue is empty.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_waiters();
     }
 
     /// Takes every waiting request (at the end of a drain); each is still counted in the
     /// queue until [`Queue::finish`].
-    pub fn take_waiting(&self) -> Vec<Item> {
+    pub(crate) fn take_waiting(&self) -> Vec<Item> {
         self.lock().waiting.drain(..).collect()
     }
 
-    pub fn has_log(&self) -> bool {
+    pub(crate) fn has_log(&self) -> bool {
         self.lock().wal.is_some()
     }
 
     /// (requests, bytes) waiting or being sent, and bytes of the log on disk.
-    pub fn sizes(&self) -> (usize, usize, Option<u64>) {
+    pub(crate) fn sizes(&self) -> (usize, usize, Option<u64>) {
         let state = self.lock();
         (
             state.requests,
@@ -139,27 +143,27 @@ impl Queue {
     }
 
     /// fsyncs the log.
-    pub fn sync(&self) -> std::io::Result<()> {
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
         match &mut self.lock().wal {
             Some(wal) => wal.sync(),
             None => Ok(()),
         }
     }
 
-    pub fn has_room(&self, state: &State, body: usize) -> bool {
+    pub(crate) fn has_room(&self, state: &State, body: usize) -> bool {
         state.requests < self.max_requests && state.bytes + body <= self.max_bytes
     }
 }
 
 impl State {
     /// The drain has begun: nothing more is queued.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }
 
     /// Queues a request (and logs it first: fails when the log is at its cap or cannot be
     /// written). Does not check the queue's bounds.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         body: Bytes,
         compression: Compression,
@@ -187,7 +191,7 @@ impl State {
     }
 
     /// Takes back the request pushed last (when another endpoint refused the request).
-    pub fn unpush(&mut self) {
+    pub(crate) fn unpush(&mut self) {
         if let Some(item) = self.waiting.pop_back() {
             self.release(&item);
             self.forget(&item);
@@ -195,7 +199,7 @@ impl State {
     }
 
     /// Drops the oldest waiting request; returns its span count.
-    pub fn drop_oldest(&mut self) -> Option<u64> {
+    pub(crate) fn drop_oldest(&mut self) -> Option<u64> {
         let item = self.waiting.pop_front()?;
         self.release(&item);
         self.forget(&item);

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
     seed: u64,
 }
 
 impl Backoff {
-    pub fn new(initial: Duration, max: Duration, seed: u64) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration, seed: u64) -> Backoff {
         Backoff {
             next: initial,
             max,
@@ -25,7 +25,7 @@ impl Backoff {
 
     /// The wait before the next attempt: the current interval ±50%, then the interval doubles
     /// up to the maximum.
-    pub fn next_wait(&mut self) -> Duration {
+    pub(crate) fn next_wait(&mut self) -> Duration {
         let interval = self.next;
         self.next = (self.next * 2).min(self.max);
         // xorshift64: jitter only needs to spread senders apart, not to be unpredictable.

@@ -23,7 +23,7 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// How one attempt ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// Accepted; `rejected` spans were refused by the endpoint (partial success).
     Delivered { rejected: u64 },
     /// Try again, after `after` if the endpoint said so.
@@ -35,7 +35,7 @@ pub enum Attempt {
     Permanent(String),
 }
 
-pub struct Sender {
+pub(crate) struct Sender {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     protocol: ForwardProtocol,
@@ -44,7 +44,7 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(endpoint: &EndpointConfig) -> Result<Sender, String> {
+    pub(crate) fn new(endpoint: &EndpointConfig) -> Result<Sender, String> {
         let url = endpoint.url.trim_end_matches('/');
         let uri = match endpoint.protocol {
             ForwardProtocol::Grpc => format!("{url}{EXPORT_PATH}"),
@@ -90,7 +90,7 @@ impl Sender {
     }
 
     /// Sends `body`, compressed with `compression`, once.
-    pub async fn attempt(&self, body: &Bytes, compression: Compression) -> Attempt {
+    pub(crate) async fn attempt(&self, body: &Bytes, compression: Compression) -> Attempt {
         let request = match self.protocol {
             ForwardProtocol::Grpc => self.grpc_request(body, compression),
             ForwardProtocol::Http => self.http_request(body, compression),

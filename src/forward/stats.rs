@@ -4,20 +4,20 @@ use crate::metrics::store::{MetricKind, MetricSpec, Snapshot};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Default)]
-pub struct Stats {
-    pub sent_spans: AtomicU64,
-    pub sent_requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub failed_permanent: AtomicU64,
-    pub failed_exhausted: AtomicU64,
-    pub failed_rejected: AtomicU64,
-    pub dropped_queue_full: AtomicU64,
-    pub dropped_shutdown: AtomicU64,
-    pub wal_skipped_regions: AtomicU64,
-    pub wal_recovered_requests: AtomicU64,
+pub(crate) struct Stats {
+    pub(crate) sent_spans: AtomicU64,
+    pub(crate) sent_requests: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) failed_permanent: AtomicU64,
+    pub(crate) failed_exhausted: AtomicU64,
+    pub(crate) failed_rejected: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
+    pub(crate) dropped_shutdown: AtomicU64,
+    pub(crate) wal_skipped_regions: AtomicU64,
+    pub(crate) wal_recovered_requests: AtomicU64,
 }
 
-pub fn add(counter: &AtomicU64, by: u64) {
+pub(crate) fn add(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
@@ -26,30 +26,30 @@ fn get(counter: &AtomicU64) -> u64 {
 }
 
 impl Stats {
-    pub fn failed(&self) -> u64 {
+    pub(crate) fn failed(&self) -> u64 {
         get(&self.failed_permanent) + get(&self.failed_exhausted) + get(&self.failed_rejected)
     }
 
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         get(&self.dropped_queue_full) + get(&self.dropped_shutdown)
     }
 
-    pub fn sent_spans(&self) -> u64 {
+    pub(crate) fn sent_spans(&self) -> u64 {
         get(&self.sent_spans)
     }
 }
 
 /// One endpoint's state for a scrape.
-pub struct EndpointView<'a> {
-    pub label: &'a str,
-    pub stats: &'a Stats,
-    pub queued_requests: usize,
-    pub queued_bytes: usize,
-    pub log_bytes: Option<u64>,
+pub(crate) struct EndpointView<'a> {
+    pub(crate) label: &'a str,
+    pub(crate) stats: &'a Stats,
+    pub(crate) queued_requests: usize,
+    pub(crate) queued_bytes: usize,
+    pub(crate) log_bytes: Option<u64>,
 }
 
 /// Adds the forwarding families to a snapshot.
-pub fn contribute(snapshot: &mut Snapshot, endpoints: &[EndpointView]) {
+pub(crate) fn contribute(snapshot: &mut Snapshot, endpoints: &[EndpointView]) {
     let mut family = |name: &str, help: &str, kind: MetricKind, labels: &[&str]| {
         snapshot.add_metric(MetricSpec {
             name: name.to_string(),

@@ -52,7 +52,7 @@ const MAX_KEPT_BUFFER: usize = 1 << 20;
 
 /// Where a record lives; ids of one Wal are unique and ordered by append order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordId {
+pub(crate) struct RecordId {
     /// Sequence number of the segment file.
     seq: u64,
     /// Byte offset of the record header in the segment file.
@@ -61,17 +61,17 @@ pub struct RecordId {
 
 /// What `Wal::open` found on disk.
 #[derive(Debug, Default)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     /// Valid records never acknowledged, in append order.
-    pub records: Vec<(RecordId, Vec<u8>)>,
+    pub(crate) records: Vec<(RecordId, Vec<u8>)>,
     /// Damaged regions skipped (a torn tail, a corrupt record or run of bytes): each counts once.
-    pub skipped_regions: u64,
+    pub(crate) skipped_regions: u64,
     /// Bytes in those regions.
-    pub skipped_bytes: u64,
+    pub(crate) skipped_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppendError {
+pub(crate) enum AppendError {
     /// The log would exceed its size cap: refuse the data, nothing was written.
     #[error("the persistent queue is full ({used} of {cap} bytes used)")]
     Full { used: u64, cap: u64 },
@@ -81,7 +81,7 @@ pub enum AppendError {
 }
 
 /// A persistent, size-capped log of records, one directory per downstream endpoint.
-pub struct Wal {
+pub(crate) struct Wal {
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
@@ -146,7 +146,11 @@ impl Wal {
     /// Damaged bytes are skipped and counted in [`Recovered`]; segments without an
     /// unacknowledged valid record are deleted. Errors are I/O errors only (listing, reading or
     /// deleting files), never the content of the files.
-    pub fn open(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<(Wal, Recovered)> {
+    pub(crate) fn open(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+    ) -> io::Result<(Wal, Recovered)> {
         fs::create_dir_all(dir)?;
         let mut segment_seqs = BTreeSet::new();
         let mut ack_seqs = BTreeSet::new();
@@ -230,7 +234,7 @@ impl Wal {
     /// Refuses with [`AppendError::Full`] when the record would take the log past its cap.
     /// On a write error the segment is cut back to its length before the append; if even that
     /// fails, the segment is closed and the next append starts a new one.
-    pub fn append(&mut self, payload: &[u8]) -> Result<RecordId, AppendError> {
+    pub(crate) fn append(&mut self, payload: &[u8]) -> Result<RecordId, AppendError> {
         let len = u32::try_from(payload.len()).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -310,7 +314,7 @@ impl Wal {
     /// Acknowledging a record twice, or an id this Wal does not hold, does nothing. An error
     /// after the acknowledgement was written (deleting the drained segment failed) leaves the
     /// record acknowledged; the deletion is retried when the log next rolls to a new segment.
-    pub fn ack(&mut self, id: RecordId) -> io::Result<()> {
+    pub(crate) fn ack(&mut self, id: RecordId) -> io::Result<()> {
         let live = self
             .segments
             .get(&id.seq)
@@ -333,7 +337,7 @@ impl Wal {
     ///
     /// Also the segments closed since the last sync, and the directory (file creations and
     /// deletions) on Unix.
-    pub fn sync(&mut self) -> io::Result<()> {
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
         if let Some(active) = self.active.as_mut() {
             if active.dirty {
                 active.file.sync_data()?;
@@ -364,7 +368,7 @@ impl Wal {
     }
 
     /// Bytes the log uses on disk now (segments + ack files).
-    pub fn disk_bytes(&self) -> u64 {
+    pub(crate) fn disk_bytes(&self) -> u64 {
         self.disk_bytes
     }
 

@@ -6,7 +6,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use std::collections::HashMap;
 
-pub struct BearerToken(Box<[u8]>);
+pub(crate) struct BearerToken(Box<[u8]>);
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -16,7 +16,10 @@ impl std::fmt::Debug for BearerToken {
 
 impl BearerToken {
     /// Reads the token from its file or environment variable (`env`: the process's).
-    pub fn load(config: &AuthConfig, env: &HashMap<String, String>) -> Result<BearerToken, String> {
+    pub(crate) fn load(
+        config: &AuthConfig,
+        env: &HashMap<String, String>,
+    ) -> Result<BearerToken, String> {
         let token = match (&config.bearer_token_file, &config.bearer_token_env) {
             (Some(file), None) => std::fs::read_to_string(file).map_err(|e| {
                 format!("cannot read the bearer token file {}: {e}", file.display())
@@ -35,7 +38,7 @@ impl BearerToken {
     }
 
     /// The request carries `Authorization: Bearer <token>`.
-    pub fn allows(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
         let Some(value) = headers.get(AUTHORIZATION) else {
             return false;
         };

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub struct Gate {
+pub(crate) struct Gate {
     token: Option<BearerToken>,
     pending: Arc<Semaphore>,
     max_pending: usize,
@@ -28,7 +28,7 @@ struct Memory {
 }
 
 /// A request let through; dropping it frees its place and its memory reservation.
-pub struct Pass {
+pub(crate) struct Pass {
     _permit: OwnedSemaphorePermit,
     gate: Arc<Gate>,
     reserved: u64,
@@ -43,7 +43,7 @@ impl Drop for Pass {
 }
 
 impl Gate {
-    pub fn new(
+    pub(crate) fn new(
         token: Option<BearerToken>,
         max_pending: usize,
         memory_limit: u64,
@@ -64,7 +64,7 @@ impl Gate {
     }
 
     /// Lets a request in, or says why not.
-    pub fn enter(self: &Arc<Gate>, headers: &HeaderMap) -> Result<Pass, Refusal> {
+    pub(crate) fn enter(self: &Arc<Gate>, headers: &HeaderMap) -> Result<Pass, Refusal> {
         if let Some(token) = &self.token
             && !token.allows(headers)
         {
@@ -136,7 +136,7 @@ impl Gate {
 }
 
 /// VmRSS of this process (Linux), in bytes.
-pub fn resident_bytes() -> Option<u64> {
+pub(crate) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line

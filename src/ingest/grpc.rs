@@ -22,7 +22,7 @@ use std::time::Instant;
 
 const ACCEPT_ENCODING: &str = "identity,gzip,zstd";
 
-pub fn router(ingest: Ingest) -> Router {
+pub(crate) fn router(ingest: Ingest) -> Router {
     Router::new()
         .route(EXPORT_PATH, post(export))
         .fallback(|| async {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use prost::Message;
 use std::time::Instant;
 
-pub fn router(ingest: Ingest) -> Router {
+pub(crate) fn router(ingest: Ingest) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .fallback(|| async {

@@ -1,10 +1,10 @@
 //! Receivers move bytes: limits, content types, decompression. What a span means is the
 //! pipeline's business. Both receivers hand the pipeline an OTLP protobuf request.
 
-pub mod access;
-pub mod gate;
-pub mod grpc;
-pub mod http;
+pub(crate) mod access;
+pub(crate) mod gate;
+pub(crate) mod grpc;
+pub(crate) mod http;
 
 use crate::otlp::Protocol;
 use crate::otlp::body::{Arrived, BodyError, Encoding};
@@ -26,7 +26,7 @@ const SMALL: usize = 256 * 1024;
 /// Runs `work` on the blocking pool when it may take long (`heavy`), inline otherwise, so
 /// that large, compressed or JSON bodies never stall the async workers (and with them other
 /// connections, scrapes and HTTP/2 keepalives).
-pub async fn off_the_workers<T: Send + 'static>(
+pub(crate) async fn off_the_workers<T: Send + 'static>(
     heavy: bool,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> T {
@@ -55,7 +55,7 @@ async fn decompress(
 
 /// Where an accepted request goes on to before it is answered: forwarding, when it is on.
 /// The server sets it up, so that receivers know nothing of forwarding.
-pub trait Onward: Send + Sync {
+pub(crate) trait Onward: Send + Sync {
     /// Takes a request spanlens accepted (`rejected`: the indexes of the spans it did not;
     /// `spans`: how many it did), or refuses it as a whole before anything of it is observed.
     fn admit(
@@ -72,14 +72,14 @@ pub trait Onward: Send + Sync {
 
 /// What every receiver shares.
 #[derive(Clone)]
-pub struct Ingest {
-    pub pipeline: Arc<Pipeline>,
-    pub max_request_bytes: usize,
+pub(crate) struct Ingest {
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) max_request_bytes: usize,
     /// Where accepted requests go on to, when forwarding is on.
-    pub onward: Option<Arc<dyn Onward>>,
+    pub(crate) onward: Option<Arc<dyn Onward>>,
     /// Token, pending-request bound and memory limit, checked before a body is read.
-    pub gate: Arc<gate::Gate>,
-    pub body_read_timeout: std::time::Duration,
+    pub(crate) gate: Arc<gate::Gate>,
+    pub(crate) body_read_timeout: std::time::Duration,
 }
 
 impl Ingest {
@@ -87,7 +87,7 @@ impl Ingest {
     /// critical path for large requests. `request` is the decoded protobuf request;
     /// `started`, when its headers were handed to the receiver (the time to here and the
     /// run, for a request whose spans were processed, is spanlens_request_duration_seconds).
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         protocol: Protocol,
         request: bytes::Bytes,
@@ -112,7 +112,7 @@ impl Ingest {
 }
 
 /// The OTLP response for an accepted request.
-pub fn export_response(outcome: &Outcome) -> ExportTraceServiceResponse {
+pub(crate) fn export_response(outcome: &Outcome) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
         partial_success: (outcome.rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: outcome.rejected as i64,
@@ -126,7 +126,7 @@ impl Ingest {
     /// read: the answer goes out at once, and an HTTP/1 client still sending the body
     /// receives it instead of a reset connection. Gives up (and the connection closes) past
     /// max_request_bytes or body_read_timeout.
-    pub fn discard(&self, body: Body) {
+    pub(crate) fn discard(&self, body: Body) {
         use http_body_util::BodyExt;
         let (mut body, mut left, timeout) =
             (body, self.max_request_bytes as u64, self.body_read_timeout);
@@ -147,7 +147,7 @@ impl Ingest {
     /// Reads a whole body of at most max_request_bytes, plus `framing` bytes of envelope,
     /// within body_read_timeout. `size` may tell the whole size from the first bytes (a gRPC
     /// message's length prefix).
-    pub async fn read_body(
+    pub(crate) async fn read_body(
         &self,
         body: Body,
         framing: usize,
@@ -166,7 +166,7 @@ impl Ingest {
 
     /// Counts a request a receiver refused before the pipeline saw it (the pipeline counts
     /// its own refusals).
-    pub fn count_refused(&self, protocol: Protocol, refusal: &Refusal) {
+    pub(crate) fn count_refused(&self, protocol: Protocol, refusal: &Refusal) {
         self.pipeline
             .count_refused_request(protocol, refusal.reason());
     }

@@ -30,7 +30,7 @@ pub struct PartSpan {
 }
 
 impl PartSpan {
-    pub fn times(&self) -> Times {
+    pub(crate) fn times(&self) -> Times {
         Times {
             start_unix_nano: self.start_unix_nano,
             end_unix_nano: self.end_unix_nano,
@@ -40,9 +40,9 @@ impl PartSpan {
 
 /// When a part started and ended: all a derived value needs of it.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Times {
-    pub start_unix_nano: u64,
-    pub end_unix_nano: u64,
+pub(crate) struct Times {
+    pub(crate) start_unix_nano: u64,
+    pub(crate) end_unix_nano: u64,
 }
 
 /// One span offered to a join: which derived metric, which key, which part, and its
@@ -67,11 +67,11 @@ pub struct JoinSpec {
 /// A finished join.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completed {
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// Label values, each from the first part (in part order) that had one.
-    pub labels: Box<[Option<Box<str>>]>,
+    pub(crate) labels: Box<[Option<Box<str>>]>,
     /// The part that ended last.
-    pub exemplar: PartSpan,
+    pub(crate) exemplar: PartSpan,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,10 +94,10 @@ pub enum Eviction {
 
 impl Eviction {
     /// Every reason, each at its index (`why as usize`).
-    pub const ALL: [Eviction; 2] = [Eviction::Timeout, Eviction::Capacity];
+    pub(crate) const ALL: [Eviction; 2] = [Eviction::Timeout, Eviction::Capacity];
 
     /// The `reason` label of the eviction counter.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Eviction::Timeout => "timeout",
             Eviction::Capacity => "capacity",
@@ -582,7 +582,7 @@ impl JoinWindow {
     }
 
     /// Evicts every key that has waited longer than `max_wait`.
-    pub fn sweep(&self, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
+    pub(crate) fn sweep(&self, now: Instant, evicted: &mut impl FnMut(usize, Eviction)) {
         let now = self.millis_since_origin(now);
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -636,7 +636,7 @@ fn duration(p: &Times) -> u64 {
 
 /// The derived value in nanoseconds; differences and gaps below zero (clock skew between
 /// hosts) are 0.
-pub fn value_nanos(operation: Operation, parts: &[Times]) -> u64 {
+pub(crate) fn value_nanos(operation: Operation, parts: &[Times]) -> u64 {
     match operation {
         Operation::Sum => parts.iter().map(duration).sum(),
         Operation::Difference => duration(&parts[0]).saturating_sub(duration(&parts[1])),

@@ -8,12 +8,12 @@ use std::sync::Mutex;
 use thiserror::Error;
 
 /// A request body as it came in, for forwarding to pass on unchanged when it can.
-pub struct Arrived {
+pub(crate) struct Arrived {
     /// The body as received (after gRPC framing), possibly compressed.
-    pub raw: Bytes,
-    pub encoding: Encoding,
+    pub(crate) raw: Bytes,
+    pub(crate) encoding: Encoding,
     /// OTLP/JSON: `raw` is JSON, so the protobuf conversion is what is forwarded.
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub enum BodyError {
 
 impl BodyError {
     /// The `reason` label of spanlens_requests_refused_total.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             BodyError::UnsupportedEncoding(_) => "unsupported_encoding",
             BodyError::TooLarge { .. } => "too_large",
@@ -72,7 +72,11 @@ pub fn decode(encoding: Encoding, body: &[u8], limit: usize) -> Result<Bytes, Bo
 }
 
 /// [`decode`] of a body already in a buffer: an uncompressed body is passed on as it is.
-pub fn decode_owned(encoding: Encoding, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
+pub(crate) fn decode_owned(
+    encoding: Encoding,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
     match encoding {
         Encoding::Identity if body.len() <= limit => Ok(body),
         _ => decode(encoding, &body, limit),

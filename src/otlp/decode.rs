@@ -20,8 +20,8 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{path}: {error}")]
 pub struct DecodeError {
-    pub path: String,
-    pub error: WireError,
+    pub(crate) path: String,
+    pub(crate) error: WireError,
 }
 
 /// An attribute value, borrowed. Arrays and key-value lists stay encoded.
@@ -44,8 +44,8 @@ pub struct Attribute<'a> {
 }
 
 /// OTLP `SpanKind` values.
-pub mod span_kind {
-    pub const NAMES: [&str; 6] = [
+pub(crate) mod span_kind {
+    pub(crate) const NAMES: [&str; 6] = [
         "SPAN_KIND_UNSPECIFIED",
         "SPAN_KIND_INTERNAL",
         "SPAN_KIND_SERVER",
@@ -56,9 +56,10 @@ pub mod span_kind {
 }
 
 /// OTLP `Status.StatusCode` values.
-pub mod status_code {
-    pub const ERROR: i32 = 2;
-    pub const NAMES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+pub(crate) mod status_code {
+    pub(crate) const ERROR: i32 = 2;
+    pub(crate) const NAMES: [&str; 3] =
+        ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +92,7 @@ impl SpanView<'_> {
             .saturating_sub(self.start_time_unix_nano)
     }
 
-    pub fn kind_name(&self) -> &'static str {
+    pub(crate) fn kind_name(&self) -> &'static str {
         usize::try_from(self.kind)
             .ok()
             .and_then(|k| span_kind::NAMES.get(k))
@@ -99,7 +100,7 @@ impl SpanView<'_> {
             .unwrap_or("SPAN_KIND_UNSPECIFIED")
     }
 
-    pub fn status_name(&self) -> &'static str {
+    pub(crate) fn status_name(&self) -> &'static str {
         usize::try_from(self.status_code)
             .ok()
             .and_then(|k| status_code::NAMES.get(k))
@@ -127,7 +128,7 @@ pub enum SpanProblem {
 
 impl SpanProblem {
     /// Short, stable name used as the `reason` label of refused-span counters.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             SpanProblem::TraceIdLength(_) | SpanProblem::TraceIdZero => "invalid_trace_id",
             SpanProblem::SpanIdLength(_) | SpanProblem::SpanIdZero => "invalid_span_id",

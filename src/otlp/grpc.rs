@@ -4,10 +4,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The path of `TraceService/Export`.
-pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub(crate) const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// A message framed as a unary call's body.
-pub fn frame(compressed: bool, message: &[u8]) -> Bytes {
+pub(crate) fn frame(compressed: bool, message: &[u8]) -> Bytes {
     let mut frame = BytesMut::with_capacity(5 + message.len());
     frame.put_u8(u8::from(compressed));
     frame.put_u32(message.len() as u32);
@@ -16,13 +16,13 @@ pub fn frame(compressed: bool, message: &[u8]) -> Bytes {
 }
 
 /// The length a message's prefix declares (after the compressed flag), once five bytes are in.
-pub fn declared_len(start: &[u8]) -> Option<usize> {
+pub(crate) fn declared_len(start: &[u8]) -> Option<usize> {
     let prefix: [u8; 4] = start.get(1..5)?.try_into().ok()?;
     Some(u32::from_be_bytes(prefix) as usize)
 }
 
 /// Splits the one length-prefixed message of a unary call: (compressed, message).
-pub fn unframe(raw: &[u8]) -> Result<(bool, &[u8]), String> {
+pub(crate) fn unframe(raw: &[u8]) -> Result<(bool, &[u8]), String> {
     if raw.len() < 5 {
         return Err(format!(
             "request body of {} bytes has no complete gRPC message prefix",

@@ -4,12 +4,12 @@
 
 pub mod body;
 pub mod decode;
-pub mod grpc;
+pub(crate) mod grpc;
 pub mod json;
 pub mod refusal;
 pub mod status;
-pub mod utf8;
-pub mod wire;
+pub(crate) mod utf8;
+pub(crate) mod wire;
 
 /// How a request arrived; the `protocol` label of spanlens's own counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

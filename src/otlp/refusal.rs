@@ -35,14 +35,14 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Busy {
     /// The `reason` label of spanlens_requests_refused_total.
-    pub reason: &'static str,
-    pub message: String,
-    pub retry_after: Duration,
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+    pub(crate) retry_after: Duration,
 }
 
 impl Refusal {
     /// The `reason` label of spanlens_requests_refused_total.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Refusal::Unauthenticated => "unauthenticated",
             Refusal::Busy(busy) => busy.reason,
@@ -56,7 +56,7 @@ impl Refusal {
     }
 
     /// The OTLP/HTTP status.
-    pub fn http_status(&self) -> StatusCode {
+    pub(crate) fn http_status(&self) -> StatusCode {
         match self {
             Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
             Refusal::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -74,7 +74,7 @@ impl Refusal {
 
     /// The OTLP/gRPC status code. (A gRPC request with the wrong content type is answered
     /// with HTTP 415 instead, as gRPC over HTTP/2 says.)
-    pub fn grpc_code(&self) -> Code {
+    pub(crate) fn grpc_code(&self) -> Code {
         match self {
             Refusal::Unauthenticated => Code::Unauthenticated,
             Refusal::Busy(_) => Code::Unavailable,
@@ -91,7 +91,7 @@ impl Refusal {
     }
 
     /// How long the client should wait before it retries, for refusals a retry may get past.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Refusal::Busy(busy) => Some(busy.retry_after),
             _ => None,

@@ -5,11 +5,11 @@ use base64::Engine;
 use prost::Message;
 use std::time::Duration;
 
-pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+pub(crate) const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 
 /// gRPC status codes spanlens answers with or acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
+pub(crate) enum Code {
     Ok = 0,
     Cancelled = 1,
     InvalidArgument = 3,
@@ -60,7 +60,7 @@ pub struct ProtoDuration {
 }
 
 impl RpcStatus {
-    pub fn new(code: Code, message: &str) -> RpcStatus {
+    pub(crate) fn new(code: Code, message: &str) -> RpcStatus {
         RpcStatus {
             code: code as i32,
             message: message.to_string(),
@@ -69,7 +69,7 @@ impl RpcStatus {
     }
 
     /// Adds a RetryInfo detail asking the client to wait `delay`.
-    pub fn retry_after(mut self, delay: Duration) -> RpcStatus {
+    pub(crate) fn retry_after(mut self, delay: Duration) -> RpcStatus {
         let info = RetryInfo {
             retry_delay: Some(ProtoDuration {
                 seconds: delay.as_secs() as i64,
@@ -84,7 +84,7 @@ impl RpcStatus {
     }
 
     /// The delay of a RetryInfo detail, if there is one.
-    pub fn retry_delay(&self) -> Option<Duration> {
+    pub(crate) fn retry_delay(&self) -> Option<Duration> {
         let detail = self
             .details
             .iter()
@@ -96,12 +96,12 @@ impl RpcStatus {
     }
 
     /// The value of a `grpc-status-details-bin` header (base64, unpadded).
-    pub fn to_header(&self) -> String {
+    pub(crate) fn to_header(&self) -> String {
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.encode_to_vec())
     }
 
     /// Reads a `grpc-status-details-bin` value, padded or not.
-    pub fn from_header(value: &[u8]) -> Option<RpcStatus> {
+    pub(crate) fn from_header(value: &[u8]) -> Option<RpcStatus> {
         let trimmed: Vec<u8> = value.iter().copied().filter(|&b| b != b'=').collect();
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(trimmed)

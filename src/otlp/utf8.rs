@@ -10,7 +10,7 @@ use std::str::Utf8Error;
 
 /// `bytes` as text, or why it is not valid UTF-8: the same answer as `std::str::from_utf8`.
 #[inline]
-pub fn text(bytes: &[u8]) -> Result<&str, Utf8Error> {
+pub(crate) fn text(bytes: &[u8]) -> Result<&str, Utf8Error> {
     if is_ascii(bytes) {
         // SAFETY: every byte is below 0x80, and a string of ASCII bytes is valid UTF-8.
         Ok(unsafe { std::str::from_utf8_unchecked(bytes) })

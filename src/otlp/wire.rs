@@ -6,7 +6,7 @@ use thiserror::Error;
 
 /// Why a buffer is not valid protobuf.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum WireError {
+pub(crate) enum WireError {
     #[error("truncated varint")]
     TruncatedVarint,
     #[error("varint longer than 10 bytes")]
@@ -27,7 +27,7 @@ pub enum WireError {
 
 /// The value of one field, borrowed from the buffer.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FieldValue<'a> {
+pub(crate) enum FieldValue<'a> {
     Varint(u64),
     Fixed64(u64),
     Bytes(&'a [u8]),
@@ -56,7 +56,7 @@ impl<'a> FieldValue<'a> {
     }
 
     #[inline]
-    pub fn varint(self, field: u32) -> Result<u64, WireError> {
+    pub(crate) fn varint(self, field: u32) -> Result<u64, WireError> {
         match self {
             FieldValue::Varint(v) => Ok(v),
             other => Err(other.mismatch(field, 0)),
@@ -64,7 +64,7 @@ impl<'a> FieldValue<'a> {
     }
 
     #[inline]
-    pub fn fixed64(self, field: u32) -> Result<u64, WireError> {
+    pub(crate) fn fixed64(self, field: u32) -> Result<u64, WireError> {
         match self {
             FieldValue::Fixed64(v) => Ok(v),
             other => Err(other.mismatch(field, 1)),
@@ -72,7 +72,7 @@ impl<'a> FieldValue<'a> {
     }
 
     #[inline]
-    pub fn bytes(self, field: u32) -> Result<&'a [u8], WireError> {
+    pub(crate) fn bytes(self, field: u32) -> Result<&'a [u8], WireError> {
         match self {
             FieldValue::Bytes(v) => Ok(v),
             other => Err(other.mismatch(field, 2)),
@@ -80,24 +80,24 @@ impl<'a> FieldValue<'a> {
     }
 
     #[inline]
-    pub fn string(self, field: u32) -> Result<&'a str, WireError> {
+    pub(crate) fn string(self, field: u32) -> Result<&'a str, WireError> {
         string(self.bytes(field)?, field)
     }
 }
 
 /// The payload of string field `field` as text: not UTF-8 is an error naming the field.
 #[inline]
-pub fn string(payload: &[u8], field: u32) -> Result<&str, WireError> {
+pub(crate) fn string(payload: &[u8], field: u32) -> Result<&str, WireError> {
     utf8::text(payload).map_err(|_| WireError::InvalidUtf8 { field })
 }
 
 /// Iterates over the fields of one message.
-pub struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Fields<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Fields { buf }
     }
 
@@ -236,7 +236,7 @@ impl<'a> Fields<'a> {
 /// When `buf` starts with length-delimited field `number` (1 to 15, whose key is one byte):
 /// its payload and the bytes after it. None for anything else, which [`Fields`] reads.
 #[inline]
-pub fn leading_bytes(buf: &[u8], number: u8) -> Option<(&[u8], &[u8])> {
+pub(crate) fn leading_bytes(buf: &[u8], number: u8) -> Option<(&[u8], &[u8])> {
     debug_assert!((1..16).contains(&number));
     let (&key, rest) = buf.split_first()?;
     if key != number << 3 | 2 {
@@ -261,7 +261,7 @@ fn long_length(buf: &[u8]) -> Option<(usize, &[u8])> {
 
 /// When `buf` starts with 64-bit field `number` (1 to 15): its value and the bytes after it.
 #[inline]
-pub fn leading_fixed64(buf: &[u8], number: u8) -> Option<(u64, &[u8])> {
+pub(crate) fn leading_fixed64(buf: &[u8], number: u8) -> Option<(u64, &[u8])> {
     debug_assert!((1..16).contains(&number));
     match buf {
         [key, rest @ ..] if *key == number << 3 | 1 && rest.len() >= 8 => {
@@ -275,7 +275,7 @@ pub fn leading_fixed64(buf: &[u8], number: u8) -> Option<(u64, &[u8])> {
 /// When `buf` starts with varint field `number` (1 to 15) of a value below 128 (one
 /// byte): its value and the bytes after it.
 #[inline]
-pub fn leading_small_varint(buf: &[u8], number: u8) -> Option<(u8, &[u8])> {
+pub(crate) fn leading_small_varint(buf: &[u8], number: u8) -> Option<(u8, &[u8])> {
     debug_assert!((1..16).contains(&number));
     match buf {
         [key, value, rest @ ..] if *key == number << 3 && *value < 0x80 => Some((*value, rest)),

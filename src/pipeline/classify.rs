@@ -12,7 +12,7 @@ use regex::Regex;
 
 /// Index of a stage in the pipeline's stage table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StageId(pub usize);
+pub(crate) struct StageId(pub(crate) usize);
 
 #[derive(Debug, Clone)]
 enum Match {
@@ -69,29 +69,29 @@ struct Rule {
 /// Compiled rules. Exact span names are looked up in a map; regex-named rules are tried in
 /// their place in the order.
 #[derive(Debug, Clone)]
-pub struct Classifier {
+pub(crate) struct Classifier {
     rules: Vec<Rule>,
     by_name: HashMap<String, Vec<usize>>,
     by_regex: Vec<(usize, Regex)>,
 }
 
 /// What a rule may look at.
-pub struct SpanFacts<'a, 'b> {
-    pub name: &'a str,
-    pub service: &'a str,
-    pub attributes: &'b [Attribute<'a>],
+pub(crate) struct SpanFacts<'a, 'b> {
+    pub(crate) name: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) attributes: &'b [Attribute<'a>],
 }
 
 impl Classifier {
     /// The span attribute keys the rules look at.
-    pub fn attribute_keys(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn attribute_keys(&self) -> impl Iterator<Item = &str> {
         self.rules
             .iter()
             .flat_map(|r| r.attributes.iter().map(|(key, _)| key.as_str()))
     }
 
     /// `stage_of` maps a rule's stage name (at a path) to its id.
-    pub fn compile(
+    pub(crate) fn compile(
         rules: &[RuleConfig],
         stage_of: impl Fn(&str, String) -> Result<StageId, BuildError>,
     ) -> Result<Classifier, BuildError> {
@@ -127,7 +127,7 @@ impl Classifier {
     }
 
     /// The stage of the first rule that matches, if any.
-    pub fn classify(&self, span: &SpanFacts) -> Option<StageId> {
+    pub(crate) fn classify(&self, span: &SpanFacts) -> Option<StageId> {
         let exact = self
             .by_name
             .get(&Text(span.name))

@@ -8,7 +8,7 @@ use crate::collections::shards::for_each_shard;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
-pub struct RecentSpans {
+pub(crate) struct RecentSpans {
     shards: Box<[Mutex<RecentHashes>]>,
     hasher: hashbrown::DefaultHashBuilder,
     enabled: bool,
@@ -19,7 +19,7 @@ const SHARDS: usize = 16;
 impl RecentSpans {
     /// Remembers about `capacity` spans (the most recent ones, per bucket of eight); 0
     /// disables it.
-    pub fn new(capacity: usize) -> RecentSpans {
+    pub(crate) fn new(capacity: usize) -> RecentSpans {
         let per_shard = capacity.div_ceil(SHARDS);
         RecentSpans {
             shards: (0..SHARDS)
@@ -34,7 +34,7 @@ impl RecentSpans {
     /// window (a span repeated within the same call too: its first occurrence is the first
     /// time). The lookups run shard by shard, one lock each, so that the cache misses of a
     /// request's spans overlap instead of waiting one after the other behind a lock.
-    pub fn first_times(&self, ids: &[(&[u8], &[u8])]) -> Vec<bool> {
+    pub(crate) fn first_times(&self, ids: &[(&[u8], &[u8])]) -> Vec<bool> {
         let mut fresh = vec![true; ids.len()];
         if !self.enabled {
             return fresh;

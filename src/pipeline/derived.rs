@@ -144,7 +144,7 @@ impl Evicted {
 }
 
 /// A classified span's offer to a derived metric, collected while the request is read and
-/// made after it ([`JoinWindow::offer_all`]).
+/// made after it ([`crate::join::JoinWindow::offer_all`]).
 pub(super) struct Offering<'a> {
     derived: usize,
     part: usize,

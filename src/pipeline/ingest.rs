@@ -46,7 +46,7 @@ impl Pipeline {
     /// [`Pipeline::ingest`], where `admit` (given the indexes of rejected spans and the
     /// number accepted) may still refuse a valid request as a whole before anything of it is
     /// observed: forwarding does when its queue is full.
-    pub fn ingest_admitting(
+    pub(crate) fn ingest_admitting(
         &self,
         protocol: Protocol,
         bytes: &[u8],

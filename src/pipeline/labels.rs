@@ -65,14 +65,14 @@ impl Captor {
 /// A label value as a span or its resource carries it: text in the request, or a bool, int
 /// or double attribute still to be written as text ([`format_scalar`]).
 #[derive(Debug, Clone, Copy)]
-pub enum Found<'a> {
+pub(crate) enum Found<'a> {
     Text(&'a str),
     Scalar(AnyValue<'a>),
 }
 
 impl<'a> Found<'a> {
     /// The value if it is text.
-    pub fn text(self) -> Option<&'a str> {
+    pub(crate) fn text(self) -> Option<&'a str> {
         match self {
             Found::Text(text) => Some(text),
             Found::Scalar(_) => None,
@@ -80,7 +80,7 @@ impl<'a> Found<'a> {
     }
 
     /// The value as text, written into `buf` if it is a number or a bool.
-    pub fn written<'r>(self, buf: &'r mut String) -> &'r str
+    pub(crate) fn written<'r>(self, buf: &'r mut String) -> &'r str
     where
         'a: 'r,
     {
@@ -93,7 +93,7 @@ impl<'a> Found<'a> {
 
 /// One label's source chain, compiled.
 #[derive(Debug)]
-pub struct LabelResolver {
+pub(crate) struct LabelResolver {
     sources: Vec<Source>,
     default: String,
 }
@@ -101,7 +101,7 @@ pub struct LabelResolver {
 /// Resource-level answers of one resolver for every resource of a batch, and the captures
 /// its span-attribute regexes gave so far in that batch.
 #[derive(Debug, Default)]
-pub struct ResourceValues<'a> {
+pub(crate) struct ResourceValues<'a> {
     /// Per resource, per source: the value that source yields (None for span sources).
     values: Vec<Vec<Option<&'a str>>>,
     /// (source, attribute value) → what the source's regex captured from it.
@@ -110,7 +110,7 @@ pub struct ResourceValues<'a> {
 
 impl LabelResolver {
     /// The resolver of the label configured at `path`.
-    pub fn compile(config: &LabelConfig, path: &str) -> Result<LabelResolver, BuildError> {
+    pub(crate) fn compile(config: &LabelConfig, path: &str) -> Result<LabelResolver, BuildError> {
         let sources = (config.sources.iter().enumerate())
             .map(|(i, s)| {
                 let path = format!("{path}.sources[{i}]");
@@ -152,7 +152,7 @@ impl LabelResolver {
     }
 
     /// Resolves the resource-level sources for every resource in `batch`.
-    pub fn per_resource<'a>(&self, batch: &Batch<'a>) -> ResourceValues<'a> {
+    pub(crate) fn per_resource<'a>(&self, batch: &Batch<'a>) -> ResourceValues<'a> {
         ResourceValues {
             values: batch
                 .resources
@@ -181,7 +181,7 @@ impl LabelResolver {
     }
 
     /// The label value for one span. Non-string attribute values are written into `buf`.
-    pub fn resolve<'a: 'r, 'r>(
+    pub(crate) fn resolve<'a: 'r, 'r>(
         &'r self,
         batch: &Batch<'a>,
         span: &SpanView<'a>,
@@ -193,7 +193,7 @@ impl LabelResolver {
     }
 
     /// The value of the first source that yields one, without the default.
-    pub fn find<'a: 'r, 'r>(
+    pub(crate) fn find<'a: 'r, 'r>(
         &self,
         batch: &Batch<'a>,
         span: &SpanView<'a>,
@@ -207,7 +207,7 @@ impl LabelResolver {
     }
 
     /// [`LabelResolver::find`], before a bool, int or double attribute is written as text.
-    pub fn find_in_request<'a>(
+    pub(crate) fn find_in_request<'a>(
         &self,
         batch: &Batch<'a>,
         span: &SpanView<'a>,
@@ -250,14 +250,14 @@ impl LabelResolver {
     }
 
     /// The span attribute keys this label may read.
-    pub fn span_keys(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn span_keys(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().filter_map(|s| match s {
             Source::Span { key, .. } => Some(key.as_str()),
             _ => None,
         })
     }
 
-    pub fn default_value(&self) -> &str {
+    pub(crate) fn default_value(&self) -> &str {
         &self.default
     }
 }
@@ -280,7 +280,7 @@ fn capture(regex: &Regex, value: &str) -> Option<Range<usize>> {
 }
 
 /// Writes a bool, int or double attribute value as text (other values write nothing).
-pub fn format_scalar<'b>(value: &AnyValue, buf: &'b mut String) -> &'b str {
+pub(crate) fn format_scalar<'b>(value: &AnyValue, buf: &'b mut String) -> &'b str {
     buf.clear();
     let _ = match value {
         AnyValue::Bool(b) => write!(buf, "{b}"),
@@ -292,7 +292,7 @@ pub fn format_scalar<'b>(value: &AnyValue, buf: &'b mut String) -> &'b str {
 }
 
 /// Cuts a label value to at most `max` bytes on a character boundary.
-pub fn truncate(value: &str, max: usize) -> &str {
+pub(crate) fn truncate(value: &str, max: usize) -> &str {
     if value.len() <= max {
         return value;
     }

@@ -1,10 +1,10 @@
 //! One request through the flow: decode, check every span, classify, resolve labels and
 //! observe. Also owns spanlens's own counters, so that every outcome is counted in one place.
 
-pub mod classify;
-pub mod dedupe;
-pub mod labels;
-pub mod request_series;
+pub(crate) mod classify;
+pub(crate) mod dedupe;
+pub(crate) mod labels;
+pub(crate) mod request_series;
 
 mod build;
 mod derived;
@@ -33,11 +33,11 @@ pub struct Outcome {
     pub accepted: usize,
     pub rejected: usize,
     /// Why spans were rejected (the first few), for `partial_success.error_message`.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Every value observed in one series: (metric name, label pairs, values).
-pub type RawSeries = (String, Vec<(String, String)>, Vec<f64>);
+pub(crate) type RawSeries = (String, Vec<(String, String)>, Vec<f64>);
 
 pub struct Pipeline {
     store: Store,
@@ -77,7 +77,7 @@ impl Pipeline {
 
     /// Every observed value of the stage and derived histograms: (metric name, label pairs,
     /// values), when built with [`Pipeline::keeping_raw_values`].
-    pub fn raw_values(&self) -> Vec<RawSeries> {
+    pub(crate) fn raw_values(&self) -> Vec<RawSeries> {
         let metrics = self.store.metrics();
         let wanted: Vec<MetricId> = self
             .stages
@@ -124,7 +124,7 @@ impl Pipeline {
 
     /// Observes how long a request whose spans were processed took, from its headers to its
     /// answer.
-    pub fn observe_request(&self, protocol: Protocol, took: std::time::Duration) {
+    pub(crate) fn observe_request(&self, protocol: Protocol, took: std::time::Duration) {
         self.store.writer().observe(
             self.own.request_duration,
             &[protocol.as_str()],
@@ -134,7 +134,7 @@ impl Pipeline {
     }
 
     /// Counts a request refused before decoding (too large, wrong content type...).
-    pub fn count_refused_request(&self, protocol: Protocol, reason: &str) {
+    pub(crate) fn count_refused_request(&self, protocol: Protocol, reason: &str) {
         self.store
             .writer()
             .add(self.own.refused_requests, &[protocol.as_str(), reason], 1);

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 /// The series `V` of the metrics written with the same labels (a stage's histogram, calls
 /// and errors: `[Series; 3]`), by what names them in one request.
-pub struct RequestSeries<'a, V> {
+pub(crate) struct RequestSeries<'a, V> {
     table: HashTable<Entry<'a, V>>,
     /// This process's [`seed`].
     seed: u64,
@@ -24,9 +24,9 @@ pub struct RequestSeries<'a, V> {
 
 /// What names a series in a request: two numbers and a text, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Key<'a> {
-    pub numbers: [u64; 2],
-    pub text: Option<&'a str>,
+pub(crate) struct Key<'a> {
+    pub(crate) numbers: [u64; 2],
+    pub(crate) text: Option<&'a str>,
 }
 
 struct Entry<'a, V> {
@@ -37,7 +37,7 @@ struct Entry<'a, V> {
 
 impl<'a, V: Copy> RequestSeries<'a, V> {
     /// Room for `capacity` series without growing.
-    pub fn with_capacity(capacity: usize) -> RequestSeries<'a, V> {
+    pub(crate) fn with_capacity(capacity: usize) -> RequestSeries<'a, V> {
         RequestSeries {
             table: HashTable::with_capacity(capacity),
             seed: seed(),
@@ -45,7 +45,7 @@ impl<'a, V: Copy> RequestSeries<'a, V> {
     }
 
     /// The series known by `key`.
-    pub fn get(&self, key: &Key<'a>) -> Option<V> {
+    pub(crate) fn get(&self, key: &Key<'a>) -> Option<V> {
         let hash = hash(key, self.seed);
         self.table
             .find(hash, |e| e.hash == hash && e.key == *key)
@@ -72,7 +72,7 @@ impl<'a, const N: usize> RequestSeries<'a, [Series; N]> {
     /// Remembers `series` by `key` if the labels were admitted as given (`kept`) and every
     /// series is theirs. A value past its dimension's cap, or a series past the series cap,
     /// is then admitted and counted again for every span, as without this table.
-    pub fn remember(&mut self, key: Key<'a>, series: [Series; N], kept: bool) {
+    pub(crate) fn remember(&mut self, key: Key<'a>, series: [Series; N], kept: bool) {
         if kept && series.iter().all(|s| s.is_own()) {
             self.insert(key, series);
         }

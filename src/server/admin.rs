@@ -24,7 +24,7 @@ struct Sources {
 
 /// The admin routes. With a token, /metrics and the API require it (401 otherwise); the
 /// probes /healthz and /readyz stay open, as the kubelet calls them without credentials.
-pub fn router(
+pub(crate) fn router(
     pipeline: Arc<Pipeline>,
     forward: Option<Arc<Forwarder>>,
     token: Option<BearerToken>,

@@ -1,10 +1,10 @@
 //! Starts the receivers and the scrape endpoint on their configured addresses and stops them
 //! gracefully: stop accepting, finish in-flight requests, then return.
 
-pub mod admin;
-pub mod listener;
+pub(crate) mod admin;
+pub(crate) mod listener;
 pub mod scrape_buffers;
-pub mod tls;
+pub(crate) mod tls;
 
 use crate::ingest::access::BearerToken;
 

@@ -20,7 +20,7 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-pub fn acceptor(config: &TlsServerConfig) -> Result<TlsAcceptor, String> {
+pub(crate) fn acceptor(config: &TlsServerConfig) -> Result<TlsAcceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&config.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|e| {

@@ -144,3 +144,14 @@ async fn sigterm_stops_gracefully_and_accounts_for_every_span() {
     let last = running.wait_for("stopped", Duration::from_secs(20));
     assert!(last.contains("spans_accepted=100"), "{last}");
 }
+
+/// The test configs' listeners move to ephemeral ports, and only they: a forwarding
+/// endpoint whose own ephemeral port begins with a listener's port keeps it.
+#[test]
+fn only_the_listeners_move_to_ephemeral_ports() {
+    let text = "endpoint: 127.0.0.1:4317\nurl: http://127.0.0.1:43173\nmetrics: 127.0.0.1:9464\n";
+    assert_eq!(
+        on_ephemeral_ports(text),
+        "endpoint: 127.0.0.1:0\nurl: http://127.0.0.1:43173\nmetrics: 127.0.0.1:0\n"
+    );
+}

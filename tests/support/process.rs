@@ -204,11 +204,24 @@ impl Setup {
 
 /// The default profile text with its three listeners on 127.0.0.1:0 (for a config file that
 /// starts from the profile's text rather than from [`Setup`]).
+/// Only whole addresses are replaced: a forwarding endpoint on an ephemeral port such as
+/// 43173 keeps its port.
 pub fn on_ephemeral_ports(profile: &str) -> String {
-    profile
-        .replace("127.0.0.1:4317", "127.0.0.1:0")
-        .replace("127.0.0.1:4318", "127.0.0.1:0")
-        .replace("127.0.0.1:9464", "127.0.0.1:0")
+    let mut text = profile.to_string();
+    for listener in ["127.0.0.1:4317", "127.0.0.1:4318", "127.0.0.1:9464"] {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(listener) {
+            let after = &rest[at + listener.len()..];
+            let whole = !after.starts_with(|c: char| c.is_ascii_digit());
+            out.push_str(&rest[..at]);
+            out.push_str(if whole { "127.0.0.1:0" } else { listener });
+            rest = after;
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------------------------

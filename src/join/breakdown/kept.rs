@@ -13,7 +13,7 @@ use crate::join::PartSpan;
 use std::collections::{BTreeSet, VecDeque};
 
 /// Correlation id, task uuid and step uuid.
-pub const KEYS: usize = 3;
+pub(crate) const KEYS: usize = 3;
 
 /// A span as the log holds it.
 struct Kept {
@@ -38,15 +38,15 @@ enum Key {
 
 /// A kept span with its texts, as a breakdown reads it.
 #[derive(Debug, Clone)]
-pub struct Found {
-    pub stage: usize,
-    pub span: PartSpan,
-    pub span_name: String,
-    pub service: String,
-    pub handler_language: String,
-    pub step_name: Option<String>,
+pub(crate) struct Found {
+    pub(crate) stage: usize,
+    pub(crate) span: PartSpan,
+    pub(crate) span_name: String,
+    pub(crate) service: String,
+    pub(crate) handler_language: String,
+    pub(crate) step_name: Option<String>,
     /// Correlation id, task uuid, step uuid.
-    pub keys: [Option<String>; KEYS],
+    pub(crate) keys: [Option<String>; KEYS],
 }
 
 /// The records in arrival order. Recording a span touches only the queue's end and the
@@ -55,30 +55,30 @@ pub struct Found {
 /// copy of each key's hash beside the records would make that scan faster, but for 12 bytes
 /// a span held all the time and three hashes per span recorded, for a rare question.
 #[derive(Default)]
-pub struct Log {
+pub(crate) struct Log {
     kept: VecDeque<Kept>,
     texts: Interner,
 }
 
 impl Log {
     /// A log that holds up to `places` records without growing its queue (which doubles).
-    pub fn with_capacity(places: usize) -> Log {
+    pub(crate) fn with_capacity(places: usize) -> Log {
         Log {
             kept: VecDeque::with_capacity(places),
             ..Log::default()
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.kept.len()
     }
 
     /// Arrival, in milliseconds from the log's origin, of the oldest record.
-    pub fn oldest_ms(&self) -> Option<u64> {
+    pub(crate) fn oldest_ms(&self) -> Option<u64> {
         self.kept.front().map(|k| k.at_ms)
     }
 
-    pub fn push(&mut self, record: &SpanRecord, at_ms: u64) {
+    pub(crate) fn push(&mut self, record: &SpanRecord, at_ms: u64) {
         let stage = u16::try_from(record.stage).expect("fewer than 65,536 stages");
         let keys = record.keys.as_array();
         let [span_name, service, language] = record.names;
@@ -104,7 +104,7 @@ impl Log {
         });
     }
 
-    pub fn pop_oldest(&mut self) {
+    pub(crate) fn pop_oldest(&mut self) {
         let Some(kept) = self.kept.pop_front() else {
             return;
         };
@@ -119,7 +119,7 @@ impl Log {
     }
 
     /// Records carrying any of `keys`, oldest first.
-    pub fn carrying(&self, keys: &BTreeSet<&str>) -> Vec<Found> {
+    pub(crate) fn carrying(&self, keys: &BTreeSet<&str>) -> Vec<Found> {
         // Each key as records hold it; a text that is not held is carried by no record.
         let wanted: Vec<Key> = keys
             .iter()

@@ -16,21 +16,21 @@ use kept::{Found, KEYS, Log};
 
 /// One classified span to keep for breakdowns, borrowed from its request.
 #[derive(Debug, Clone, Copy)]
-pub struct SpanRecord<'a> {
-    pub stage: usize,
-    pub span: PartSpan,
+pub(crate) struct SpanRecord<'a> {
+    pub(crate) stage: usize,
+    pub(crate) span: PartSpan,
     /// Span name, service and handler language.
-    pub names: [&'a str; 3],
-    pub keys: RecordKeys<'a>,
+    pub(crate) names: [&'a str; 3],
+    pub(crate) keys: RecordKeys<'a>,
 }
 
 /// The keys a span may carry.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RecordKeys<'a> {
-    pub correlation_id: Option<&'a str>,
-    pub task_uuid: Option<&'a str>,
-    pub step_uuid: Option<&'a str>,
-    pub step_name: Option<&'a str>,
+pub(crate) struct RecordKeys<'a> {
+    pub(crate) correlation_id: Option<&'a str>,
+    pub(crate) task_uuid: Option<&'a str>,
+    pub(crate) step_uuid: Option<&'a str>,
+    pub(crate) step_name: Option<&'a str>,
 }
 
 impl<'a> RecordKeys<'a> {
@@ -56,15 +56,15 @@ impl Found {
 
 /// A derived metric as a breakdown computes it from the spans it holds.
 #[derive(Debug, Clone)]
-pub struct DerivedRule {
-    pub name: String,
-    pub key: String,
-    pub operation: Operation,
+pub(crate) struct DerivedRule {
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) operation: Operation,
     /// (stage, optional span name) per part.
-    pub parts: Vec<(usize, Option<String>)>,
+    pub(crate) parts: Vec<(usize, Option<String>)>,
 }
 
-pub struct SpanLog {
+pub(crate) struct SpanLog {
     inner: Mutex<Log>,
     /// Arrivals are kept as milliseconds from here.
     origin: Instant,
@@ -122,7 +122,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl SpanLog {
-    pub fn new(
+    pub(crate) fn new(
         config: &crate::config::BreakdownConfig,
         max_age: Duration,
         stages: Vec<String>,
@@ -140,12 +140,12 @@ impl SpanLog {
         }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.max_spans > 0
     }
 
     /// Keeps the spans of one request (one lock per request).
-    pub fn record(&self, records: &[SpanRecord], now: Instant) {
+    pub(crate) fn record(&self, records: &[SpanRecord], now: Instant) {
         if records.is_empty() {
             return;
         }
@@ -172,7 +172,7 @@ impl SpanLog {
 
     /// The breakdown of the task with this correlation id or task uuid, if any span of it
     /// is still held.
-    pub fn breakdown(&self, id: &str) -> Option<Breakdown> {
+    pub(crate) fn breakdown(&self, id: &str) -> Option<Breakdown> {
         let log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let lookup = |key: &str| log.carrying(&BTreeSet::from([key]));
         // The id names a task (by correlation id or task uuid), not a step. A task's own

@@ -12,15 +12,15 @@
 
 mod series;
 
-pub use series::{
-    Cell, Exemplar, LabelSet, MetricId, MetricKind, MetricSpec, Snapshot, SnapshotSeries, Values,
-    bucket_of,
+pub use series::Snapshot;
+pub(crate) use series::{
+    Cell, Exemplar, LabelSet, MetricId, MetricKind, MetricSpec, Values, bucket_of,
 };
 
 use crate::collections::text::Text;
 use hashbrown::hash_map::Entry;
 use hashbrown::hash_table::OccupiedEntry;
-use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use series::SeriesKey;
 use std::cell::Cell as StdCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 /// A label dimension with a cap on distinct values (service, span name, an extra label...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DimensionId(pub usize);
+pub(crate) struct DimensionId(pub(crate) usize);
 
 #[derive(Debug)]
 struct Dimension {
@@ -44,19 +44,19 @@ struct Dimension {
 
 /// What storage needs to know up front.
 #[derive(Debug, Clone)]
-pub struct StoreSpec {
-    pub metrics: Vec<MetricSpec>,
+pub(crate) struct StoreSpec {
+    pub(crate) metrics: Vec<MetricSpec>,
     /// (label name, cap) for every capped dimension.
-    pub dimensions: Vec<(String, usize)>,
-    pub overflow_value: String,
-    pub max_series_per_metric: usize,
+    pub(crate) dimensions: Vec<(String, usize)>,
+    pub(crate) overflow_value: String,
+    pub(crate) max_series_per_metric: usize,
     /// Counter (labelled by dimension name) of label values replaced by the overflow value.
-    pub label_overflow: Option<MetricId>,
+    pub(crate) label_overflow: Option<MetricId>,
     /// Counter (labelled by metric name) of observations folded into the overflow series.
-    pub series_overflow: Option<MetricId>,
+    pub(crate) series_overflow: Option<MetricId>,
     /// Keep every observed value too (for offline analysis; memory grows with the input;
     /// never expired).
-    pub keep_raw_values: bool,
+    pub(crate) keep_raw_values: bool,
     /// Drop series no shard has written for this long, so that churning label values (pods,
     /// step names, values chosen by a client) keep memory and `/metrics` bounded. `None` keeps
     /// every series for the life of the process.
@@ -73,10 +73,10 @@ pub struct StoreSpec {
     /// Prometheus reads as a counter reset. `rate` and `increase` see the first new value
     /// only when their window still holds a sample from before the series expired: keep the
     /// timeout well above the longest range your queries and alerts use.
-    pub series_idle_timeout: Option<Duration>,
+    pub(crate) series_idle_timeout: Option<Duration>,
     /// Metrics whose series never expire (spanlens's own counters: their labels do not
     /// churn, and the final accounting reads them).
-    pub never_expire: Vec<MetricId>,
+    pub(crate) never_expire: Vec<MetricId>,
 }
 
 /// One series in one shard.
@@ -118,7 +118,7 @@ struct Ticks {
 }
 
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct Store {
     metrics: Vec<MetricSpec>,
     dimensions: Vec<Dimension>,
     overflow_value: String,
@@ -149,7 +149,7 @@ thread_local! {
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
 impl Store {
-    pub fn new(spec: StoreSpec) -> Store {
+    pub(crate) fn new(spec: StoreSpec) -> Store {
         let kept = (0..spec.metrics.len())
             .map(|m| spec.never_expire.contains(&MetricId(m)))
             .collect();
@@ -194,20 +194,12 @@ impl Store {
         }
     }
 
-    pub fn metrics(&self) -> &[MetricSpec] {
+    pub(crate) fn metrics(&self) -> &[MetricSpec] {
         &self.metrics
     }
 
-    pub fn dimension_name(&self, id: DimensionId) -> &str {
-        &self.dimensions[id.0].name
-    }
-
-    pub fn overflow_value(&self) -> &str {
-        &self.overflow_value
-    }
-
     /// Locks this thread's shard for a batch of observations.
-    pub fn writer(&self) -> Writer<'_> {
+    pub(crate) fn writer(&self) -> Writer<'_> {
         let hint = SHARD_HINT.with(|h| {
             h.get().unwrap_or_else(|| {
                 let hint = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +221,7 @@ impl Store {
     }
 
     /// Every observed value of every histogram series, when `keep_raw_values` was set.
-    pub fn raw_values(&self) -> Vec<(MetricId, Vec<String>, Vec<f64>)> {
+    pub(crate) fn raw_values(&self) -> Vec<(MetricId, Vec<String>, Vec<f64>)> {
         let Some(raw) = &self.raw else {
             return Vec::new();
         };
@@ -244,7 +236,7 @@ impl Store {
 
     /// Merges every shard, after expiring idle series ([`Store::expire_idle`]). Also starts a
     /// new exemplar interval.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         self.epoch.fetch_add(1, Ordering::Relaxed);
         self.expire_idle(Instant::now());
         let mut copies = Vec::new();
@@ -269,7 +261,7 @@ impl Store {
     /// started at least the timeout before `now`. Shards are locked one at a time, each for a
     /// pass over its slots and admitted values; work is proportional to the number of series
     /// and values (times the number of shards for the series that expire).
-    pub fn expire_idle(&self, now: Instant) -> usize {
+    pub(crate) fn expire_idle(&self, now: Instant) -> usize {
         let Some(timeout) = self.idle_timeout else {
             return 0;
         };
@@ -384,9 +376,10 @@ impl Store {
     }
 
     /// Live series over every metric (a series written in several shards counts once).
-    /// Takes every shard lock in turn and copies every key: for tests and diagnostics.
-    pub fn series_count(&self) -> usize {
-        let mut keys = HashSet::new();
+    /// Takes every shard lock in turn and copies every key.
+    #[cfg(test)]
+    pub(crate) fn series_count(&self) -> usize {
+        let mut keys = hashbrown::HashSet::new();
         for shard in self.shards.iter() {
             keys.extend(lock(shard).slots.iter().map(|slot| slot.key.clone()));
         }
@@ -428,7 +421,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Observations for one batch, under one shard lock.
-pub struct Writer<'s> {
+pub(crate) struct Writer<'s> {
     store: &'s Store,
     shard: MutexGuard<'s, Shard>,
     epoch: u64,
@@ -449,7 +442,7 @@ pub struct Writer<'s> {
 /// for the writer that gave it. One word (slot, metric, and whether it is the labels' own
 /// series): copied by halves or bytes, it stalled the loads that read it back whole.
 #[derive(Debug, Clone, Copy)]
-pub struct Series(u64);
+pub(crate) struct Series(u64);
 
 impl Series {
     const OWN: u64 = 1 << 63;
@@ -473,14 +466,14 @@ impl Series {
 
     /// Whether the series is the one of the labels asked for: false when the series cap
     /// folded them into the overflow series (whose every write counts as folded).
-    pub fn is_own(self) -> bool {
+    pub(crate) fn is_own(self) -> bool {
         self.0 & Series::OWN != 0
     }
 }
 
 /// A label value as admitted: the value itself or the overflow value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     Kept,
     Overflow,
 }
@@ -488,7 +481,7 @@ pub enum Admission {
 impl<'s> Writer<'s> {
     /// Admits `value` into a capped dimension: values past the cap are replaced by the
     /// overflow value (and counted).
-    pub fn admit(&mut self, dimension: DimensionId, value: &str) -> Admission {
+    pub(crate) fn admit(&mut self, dimension: DimensionId, value: &str) -> Admission {
         let d = dimension.0;
         let tick = self.tick;
         if let Some(last) = self.shard.admitted[d].get_mut(&Text(value)) {
@@ -529,7 +522,7 @@ impl<'s> Writer<'s> {
     }
 
     /// The value to use for `value` in `dimension`.
-    pub fn admitted<'v>(&mut self, dimension: DimensionId, value: &'v str) -> &'v str
+    pub(crate) fn admitted<'v>(&mut self, dimension: DimensionId, value: &'v str) -> &'v str
     where
         's: 'v,
     {
@@ -537,7 +530,7 @@ impl<'s> Writer<'s> {
     }
 
     /// [`Writer::admitted`], with how `value` was admitted.
-    pub fn admitted_as<'v>(
+    pub(crate) fn admitted_as<'v>(
         &mut self,
         dimension: DimensionId,
         value: &'v str,
@@ -552,14 +545,14 @@ impl<'s> Writer<'s> {
     }
 
     /// Hashes label values once for the series of every metric written with them.
-    pub fn label_set<'l>(&self, labels: &'l [&'l str]) -> LabelSet<'l> {
+    pub(crate) fn label_set<'l>(&self, labels: &'l [&'l str]) -> LabelSet<'l> {
         let id = self.next_set.get();
         self.next_set.set(id + 1);
         LabelSet::new(&self.store.hasher, labels, id)
     }
 
     /// The series of `labels` in this shard, created if new, marked as written now.
-    pub fn series(&mut self, metric: MetricId, labels: LabelSet) -> Series {
+    pub(crate) fn series(&mut self, metric: MetricId, labels: LabelSet) -> Series {
         let tick = self.tick;
         let hash = labels.series_hash(metric.0);
         let known = self.known_values(&labels);
@@ -655,7 +648,7 @@ impl<'s> Writer<'s> {
     }
 
     /// Observes one duration, in seconds, with the span (if any) as exemplar candidate.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         metric: MetricId,
         labels: &[&str],
@@ -666,7 +659,7 @@ impl<'s> Writer<'s> {
     }
 
     /// [`Writer::observe`] with values hashed by [`Writer::label_set`].
-    pub fn observe_set(
+    pub(crate) fn observe_set(
         &mut self,
         metric: MetricId,
         labels: LabelSet,
@@ -678,7 +671,7 @@ impl<'s> Writer<'s> {
     }
 
     /// [`Writer::observe`] in a series this writer found or made.
-    pub fn observe_in(&mut self, series: Series, seconds: f64, exemplar: Option<Exemplar>) {
+    pub(crate) fn observe_in(&mut self, series: Series, seconds: f64, exemplar: Option<Exemplar>) {
         let epoch = self.epoch;
         let store: &'s Store = self.store;
         let slot = &mut self.shard.slots[series.slot()];
@@ -701,18 +694,18 @@ impl<'s> Writer<'s> {
     }
 
     /// Adds to a counter.
-    pub fn add(&mut self, metric: MetricId, labels: &[&str], by: u64) {
+    pub(crate) fn add(&mut self, metric: MetricId, labels: &[&str], by: u64) {
         self.add_set(metric, self.label_set(labels), by);
     }
 
     /// [`Writer::add`] with values hashed by [`Writer::label_set`].
-    pub fn add_set(&mut self, metric: MetricId, labels: LabelSet, by: u64) {
+    pub(crate) fn add_set(&mut self, metric: MetricId, labels: LabelSet, by: u64) {
         let series = self.series(metric, labels);
         self.add_to(series, by);
     }
 
     /// [`Writer::add`] to a series this writer found or made.
-    pub fn add_to(&mut self, series: Series, by: u64) {
+    pub(crate) fn add_to(&mut self, series: Series, by: u64) {
         self.shard.slots[series.slot()].cell.add(by);
     }
 }

@@ -6,10 +6,10 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MetricId(pub usize);
+pub(crate) struct MetricId(pub(crate) usize);
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum MetricKind {
+pub(crate) enum MetricKind {
     Counter,
     /// A value set at snapshot time (see [`Snapshot::set_gauge`]), never by ingest.
     Gauge,
@@ -21,23 +21,23 @@ pub enum MetricKind {
 
 /// A metric family: its name, help and label names.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MetricSpec {
-    pub name: String,
-    pub help: String,
-    pub kind: MetricKind,
-    pub label_names: Vec<String>,
+pub(crate) struct MetricSpec {
+    pub(crate) name: String,
+    pub(crate) help: String,
+    pub(crate) kind: MetricKind,
+    pub(crate) label_names: Vec<String>,
 }
 
 /// Owned label values of one series, shared by the copies of the key (a shard's slot and
 /// index, the series cap's set, snapshots): a copy is a reference count.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SeriesKey {
-    pub metric: usize,
-    pub labels: Arc<[Box<str>]>,
+pub(crate) struct SeriesKey {
+    pub(crate) metric: usize,
+    pub(crate) labels: Arc<[Box<str>]>,
 }
 
 impl SeriesKey {
-    pub fn new(metric: usize, labels: &[&str]) -> SeriesKey {
+    pub(crate) fn new(metric: usize, labels: &[&str]) -> SeriesKey {
         SeriesKey {
             metric,
             labels: labels.iter().map(|&l| Box::from(l)).collect(),
@@ -45,7 +45,7 @@ impl SeriesKey {
     }
 
     /// The hash a shard indexes this series by (the same as its [`LabelSet`]'s).
-    pub fn series_hash(&self, hasher: &impl BuildHasher) -> u64 {
+    pub(crate) fn series_hash(&self, hasher: &impl BuildHasher) -> u64 {
         let labels = labels_hash(hasher, self.labels.iter().map(|l| &**l));
         with_metric(labels, self.metric)
     }
@@ -57,14 +57,14 @@ impl SeriesKey {
 /// `Writer::label_set`), so that a set's values, once compared with a series' key, need not
 /// be compared again with keys that share that key's labels.
 #[derive(Debug, Clone, Copy)]
-pub struct LabelSet<'a> {
-    pub labels: &'a [&'a str],
+pub(crate) struct LabelSet<'a> {
+    pub(crate) labels: &'a [&'a str],
     hash: u64,
     pub(super) id: u64,
 }
 
 impl<'a> LabelSet<'a> {
-    pub fn new(hasher: &impl BuildHasher, labels: &'a [&'a str], id: u64) -> LabelSet<'a> {
+    pub(crate) fn new(hasher: &impl BuildHasher, labels: &'a [&'a str], id: u64) -> LabelSet<'a> {
         LabelSet {
             labels,
             hash: labels_hash(hasher, labels.iter().copied()),
@@ -73,12 +73,12 @@ impl<'a> LabelSet<'a> {
     }
 
     /// The hash of this set's series of `metric`, as a series key's `series_hash` gives it.
-    pub fn series_hash(&self, metric: usize) -> u64 {
+    pub(crate) fn series_hash(&self, metric: usize) -> u64 {
         with_metric(self.hash, metric)
     }
 
     /// Whether `key` is this set's series of `metric`.
-    pub fn names(&self, metric: usize, key: &SeriesKey) -> bool {
+    pub(crate) fn names(&self, metric: usize, key: &SeriesKey) -> bool {
         metric == key.metric
             && self.labels.len() == key.labels.len()
             && self
@@ -107,15 +107,15 @@ fn with_metric(labels: u64, metric: usize) -> u64 {
 
 /// The span kept as a histogram's exemplar: the slowest of the current scrape interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Exemplar {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
+pub(crate) struct Exemplar {
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
     /// Observed value, in seconds (set by the store).
-    pub value: f64,
+    pub(crate) value: f64,
     /// Span end, Unix nanoseconds.
-    pub timestamp_unix_nano: u64,
+    pub(crate) timestamp_unix_nano: u64,
     /// Scrape interval it was observed in (set by the store).
-    pub epoch: u64,
+    pub(crate) epoch: u64,
 }
 
 impl Exemplar {
@@ -130,7 +130,7 @@ impl Exemplar {
 
 /// One series' values: in a shard as written, in a [`Snapshot`] merged over shards.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
+pub(crate) enum Cell {
     Counter(u64),
     Gauge(f64),
     Histogram {
@@ -142,7 +142,7 @@ pub enum Cell {
 }
 
 impl Cell {
-    pub fn new(kind: &MetricKind) -> Cell {
+    pub(crate) fn new(kind: &MetricKind) -> Cell {
         match kind {
             MetricKind::Counter => Cell::Counter(0),
             MetricKind::Gauge => Cell::Gauge(0.0),
@@ -154,7 +154,7 @@ impl Cell {
         }
     }
 
-    pub fn observe(&mut self, bounds: &[f64], value: f64, candidate: Option<Exemplar>) {
+    pub(crate) fn observe(&mut self, bounds: &[f64], value: f64, candidate: Option<Exemplar>) {
         if let Cell::Histogram {
             counts,
             sum,
@@ -171,7 +171,7 @@ impl Cell {
         }
     }
 
-    pub fn add(&mut self, by: u64) {
+    pub(crate) fn add(&mut self, by: u64) {
         if let Cell::Counter(n) = self {
             *n += by;
         }
@@ -179,7 +179,7 @@ impl Cell {
 
     /// Adds `other` (the same series, from another shard) into `self`: counts and sums add
     /// up, the better exemplar is kept.
-    pub fn merge(&mut self, other: &Cell) {
+    pub(crate) fn merge(&mut self, other: &Cell) {
         match (self, other) {
             (Cell::Counter(a), Cell::Counter(b)) => *a += b,
             (Cell::Gauge(a), Cell::Gauge(b)) => *a += b,
@@ -214,13 +214,13 @@ impl Cell {
 /// `value`: the number of bounds below it, as the bounds increase. Counted over every bound
 /// without a branch (a default histogram has 14): a binary search's branches depend on each
 /// value and mispredict, which made it a visible share of the in-process bench.
-pub fn bucket_of(bounds: &[f64], value: f64) -> usize {
+pub(crate) fn bucket_of(bounds: &[f64], value: f64) -> usize {
     bounds.iter().map(|&b| usize::from(b < value)).sum()
 }
 
 /// Values of one series, merged over shards.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Values {
+pub(crate) enum Values {
     Counter(u64),
     Gauge(f64),
     Histogram {
@@ -232,15 +232,15 @@ pub enum Values {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct SnapshotSeries {
-    pub labels: Box<[Box<str>]>,
-    pub values: Values,
+pub(crate) struct SnapshotSeries {
+    pub(crate) labels: Box<[Box<str>]>,
+    pub(crate) values: Values,
 }
 
 /// Every series of every metric at one moment, sorted by metric then labels.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub metrics: Vec<MetricSpec>,
+    pub(crate) metrics: Vec<MetricSpec>,
     /// Sorted by key, one entry per key.
     series: Vec<(SeriesKey, Cell)>,
 }
@@ -264,7 +264,10 @@ impl Snapshot {
     }
 
     /// The series of one metric in label order, borrowed: label values and merged cell.
-    pub fn cells(&self, metric: MetricId) -> impl Iterator<Item = (&[Box<str>], &Cell)> + '_ {
+    pub(crate) fn cells(
+        &self,
+        metric: MetricId,
+    ) -> impl Iterator<Item = (&[Box<str>], &Cell)> + '_ {
         let start = self.series.partition_point(|(k, _)| k.metric < metric.0);
         self.series[start..]
             .iter()
@@ -273,7 +276,7 @@ impl Snapshot {
     }
 
     /// The series of one metric, in label order.
-    pub fn series(&self, metric: MetricId) -> impl Iterator<Item = SnapshotSeries> + '_ {
+    pub(crate) fn series(&self, metric: MetricId) -> impl Iterator<Item = SnapshotSeries> + '_ {
         self.cells(metric).map(|(labels, cell)| SnapshotSeries {
             labels: labels.into(),
             values: match cell {
@@ -299,18 +302,18 @@ impl Snapshot {
     }
 
     /// Sets a gauge series, for values read at snapshot time (such as keys waiting to join).
-    pub fn set_gauge(&mut self, metric: MetricId, labels: &[&str], value: f64) {
+    pub(crate) fn set_gauge(&mut self, metric: MetricId, labels: &[&str], value: f64) {
         self.set(SeriesKey::new(metric.0, labels), Cell::Gauge(value));
     }
 
     /// Adds a metric family whose values are read at snapshot time (such as forwarding's).
-    pub fn add_metric(&mut self, spec: MetricSpec) -> MetricId {
+    pub(crate) fn add_metric(&mut self, spec: MetricSpec) -> MetricId {
         self.metrics.push(spec);
         MetricId(self.metrics.len() - 1)
     }
 
     /// Sets a counter series read at snapshot time.
-    pub fn set_counter(&mut self, metric: MetricId, labels: &[&str], value: u64) {
+    pub(crate) fn set_counter(&mut self, metric: MetricId, labels: &[&str], value: u64) {
         self.set(SeriesKey::new(metric.0, labels), Cell::Counter(value));
     }
 
@@ -321,8 +324,9 @@ impl Snapshot {
         }
     }
 
-    /// Looks up one series by its label values (used by tests and the self-check).
-    pub fn get(&self, metric: MetricId, labels: &[&str]) -> Option<SnapshotSeries> {
+    /// Looks up one series by its label values.
+    #[cfg(test)]
+    pub(crate) fn get(&self, metric: MetricId, labels: &[&str]) -> Option<SnapshotSeries> {
         self.series(metric)
             .find(|s| s.labels.iter().map(|l| &**l).eq(labels.iter().copied()))
     }

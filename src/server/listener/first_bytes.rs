@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A stream with bytes already read from it put back in front.
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: Vec<u8>,
     read: usize,
     inner: S,
@@ -20,7 +20,10 @@ pub struct Prefixed<S> {
 
 /// Reads until the protocol can be told (the whole HTTP/2 preface, or bytes that are not
 /// it), within `deadline`. None when the peer closed or was too slow.
-pub async fn read<S: AsyncRead + Unpin>(mut stream: S, deadline: Duration) -> Option<Prefixed<S>> {
+pub(crate) async fn read<S: AsyncRead + Unpin>(
+    mut stream: S,
+    deadline: Duration,
+) -> Option<Prefixed<S>> {
     let mut prefix = Vec::with_capacity(H2_PREFACE.len());
     let decided = async {
         while prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix) {

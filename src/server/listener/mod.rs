@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Connection limits of a listener.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// For an HTTP/1 request head, and for a TLS handshake.
-    pub header_read_timeout: Duration,
-    pub max_concurrent_streams: u32,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_concurrent_streams: u32,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
 }
 
 /// How long a stop waits for open connections to finish their requests.
@@ -31,7 +31,7 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 const FRAME_BYTES: u32 = 256 * 1024;
 
 /// Serves `router` on `listener` until `stop`, then lets in-flight requests finish.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<TlsAcceptor>,
