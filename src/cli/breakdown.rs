@@ -49,26 +49,27 @@ pub fn render_table(b: &Breakdown) -> String {
             row(&mut out, "  ", t);
         }
         for (name, v) in &s.derived {
-            let _ = writeln!(
-                out,
-                "  {:<20} {:<61} {v:>9.1} ms",
-                name.trim_end_matches("_ms"),
-                "(derived)"
-            );
+            derived_row(&mut out, "  ", 20, name, *v);
         }
     }
     if !b.derived.is_empty() {
         let _ = writeln!(out);
         for (name, v) in &b.derived {
-            let _ = writeln!(
-                out,
-                "{:<22} {:<61} {v:>9.1} ms",
-                name.trim_end_matches("_ms"),
-                "(derived)"
-            );
+            derived_row(&mut out, "", 22, name, *v);
         }
     }
     out
+}
+
+/// A derived value's row: its name (without `_ms`) in `width` columns after `indent`.
+fn derived_row(out: &mut String, indent: &str, width: usize, name: &str, ms: f64) {
+    use std::fmt::Write;
+    let name = name.trim_end_matches("_ms");
+    let _ = writeln!(
+        out,
+        "{indent}{name:<width$} {:<61} {ms:>9.1} ms",
+        "(derived)"
+    );
 }
 
 /// Fetches a breakdown from a running spanlens (`from` is its metrics address, such as

@@ -8,21 +8,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
     /// Where accepted requests go; forwarding is off when this is empty.
-    #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
     /// Between receiving and sending, per endpoint.
-    #[serde(default)]
     pub queue: QueueConfig,
-    #[serde(default)]
     pub retry: RetryConfig,
     /// A write-ahead log of queued requests that survives a crash or restart.
-    #[serde(default)]
     pub persistent: Option<PersistentConfig>,
     /// On shutdown, how long queued requests are still sent (a Prometheus duration).
-    #[serde(default = "default_drain_timeout")]
     pub drain_timeout: PromDuration,
 }
 
@@ -33,7 +28,7 @@ impl Default for ForwardConfig {
             queue: QueueConfig::default(),
             retry: RetryConfig::default(),
             persistent: None,
-            drain_timeout: default_drain_timeout(),
+            drain_timeout: PromDuration::secs(10),
         }
     }
 }
@@ -59,7 +54,6 @@ pub enum Compression {
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// The `endpoint` label of the forwarding metrics; the url when unset.
-    #[serde(default)]
     pub name: Option<String>,
     /// `http://host:port` or `https://host:port` (OTLP/HTTP may add a path).
     pub url: String,
@@ -70,7 +64,6 @@ pub struct EndpointConfig {
     /// Sent with every request (such as an authorization header or a tenant id).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Per attempt (a Prometheus duration).
     #[serde(default = "default_timeout")]
@@ -101,53 +94,45 @@ pub enum WhenFull {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    #[serde(default = "default_queue_requests")]
     pub max_requests: usize,
-    #[serde(default = "default_queue_bytes")]
     pub max_bytes: usize,
     /// Requests in flight at once, per endpoint.
-    #[serde(default = "default_senders")]
     pub senders: usize,
-    #[serde(default = "default_when_full")]
     pub when_full: WhenFull,
     /// What refused clients are told to wait (Retry-After; a Prometheus duration).
-    #[serde(default = "default_retry_after")]
     pub retry_after: PromDuration,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            max_requests: default_queue_requests(),
-            max_bytes: default_queue_bytes(),
-            senders: default_senders(),
-            when_full: default_when_full(),
-            retry_after: default_retry_after(),
+            max_requests: 1_000,
+            max_bytes: 64 * 1024 * 1024,
+            senders: 4,
+            when_full: WhenFull::Refuse,
+            retry_after: PromDuration::secs(1),
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// The first wait; each retry doubles it (with ±50% jitter) up to max_interval.
-    #[serde(default = "default_initial_interval")]
     pub initial_interval: PromDuration,
-    #[serde(default = "default_max_interval")]
     pub max_interval: PromDuration,
     /// A request still failing after this long is given up and counted failed.
-    #[serde(default = "default_max_elapsed")]
     pub max_elapsed: PromDuration,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
-            initial_interval: default_initial_interval(),
-            max_interval: default_max_interval(),
-            max_elapsed: default_max_elapsed(),
+            initial_interval: PromDuration::millis(500),
+            max_interval: PromDuration::secs(30),
+            max_elapsed: PromDuration::minutes(5),
         }
     }
 }
@@ -168,9 +153,6 @@ impl ForwardConfig {
     }
 }
 
-fn default_drain_timeout() -> PromDuration {
-    PromDuration::secs(10)
-}
 fn default_protocol() -> ForwardProtocol {
     ForwardProtocol::Grpc
 }
@@ -179,30 +161,6 @@ fn default_compression() -> Compression {
 }
 fn default_timeout() -> PromDuration {
     PromDuration::secs(5)
-}
-fn default_queue_requests() -> usize {
-    1_000
-}
-fn default_queue_bytes() -> usize {
-    64 * 1024 * 1024
-}
-fn default_senders() -> usize {
-    4
-}
-fn default_when_full() -> WhenFull {
-    WhenFull::Refuse
-}
-fn default_retry_after() -> PromDuration {
-    PromDuration::secs(1)
-}
-fn default_initial_interval() -> PromDuration {
-    PromDuration::millis(500)
-}
-fn default_max_interval() -> PromDuration {
-    PromDuration::secs(30)
-}
-fn default_max_elapsed() -> PromDuration {
-    PromDuration::minutes(5)
 }
 fn default_persistent_bytes() -> u64 {
     1024 * 1024 * 1024

@@ -65,25 +65,19 @@ pub struct Config {
 
 /// What is kept for per-task breakdowns, and the attributes that tie a task together.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct BreakdownConfig {
     /// Classified spans kept (about 120 bytes each); 0 turns breakdowns off.
-    #[serde(default = "default_breakdown_spans")]
     pub max_spans: usize,
     /// Spans older than this are dropped (a Prometheus duration).
-    #[serde(default = "default_breakdown_age")]
     pub max_age: PromDuration,
     /// Attribute naming the request a task came from.
-    #[serde(default = "default_correlation_key")]
     pub correlation_key: String,
     /// Attribute naming the task.
-    #[serde(default = "default_task_key")]
     pub task_key: String,
     /// Attribute naming the step.
-    #[serde(default = "default_step_key")]
     pub step_key: String,
     /// Attribute with the step's name.
-    #[serde(default = "default_step_name_key")]
     pub step_name_key: String,
 }
 
@@ -103,38 +97,14 @@ impl BreakdownConfig {
 impl Default for BreakdownConfig {
     fn default() -> Self {
         BreakdownConfig {
-            max_spans: default_breakdown_spans(),
-            max_age: default_breakdown_age(),
-            correlation_key: default_correlation_key(),
-            task_key: default_task_key(),
-            step_key: default_step_key(),
-            step_name_key: default_step_name_key(),
+            max_spans: 50_000,
+            max_age: PromDuration::minutes(15),
+            correlation_key: "correlation_id".to_string(),
+            task_key: "task_uuid".to_string(),
+            step_key: "step_uuid".to_string(),
+            step_name_key: "step_name".to_string(),
         }
     }
-}
-
-fn default_breakdown_spans() -> usize {
-    50_000
-}
-
-fn default_breakdown_age() -> PromDuration {
-    PromDuration::minutes(15)
-}
-
-fn default_correlation_key() -> String {
-    "correlation_id".to_string()
-}
-
-fn default_task_key() -> String {
-    "task_uuid".to_string()
-}
-
-fn default_step_key() -> String {
-    "step_uuid".to_string()
-}
-
-fn default_step_name_key() -> String {
-    "step_name".to_string()
 }
 
 /// A stage's spans, histogrammed by step and handler language, and recording rules that set
@@ -157,7 +127,6 @@ pub struct ComparisonConfig {
     #[serde(default = "default_quantile")]
     pub quantile: f64,
     /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
-    #[serde(default)]
     pub buckets: Option<Vec<f64>>,
 }
 
@@ -185,7 +154,6 @@ pub struct DerivedConfig {
     #[serde(default)]
     pub labels: Vec<String>,
     /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
-    #[serde(default)]
     pub buckets: Option<Vec<f64>>,
     /// Latency alerts, each optionally for a subset of the series (label regexes).
     #[serde(default)]
@@ -207,7 +175,6 @@ pub struct PartConfig {
     /// A stage name from `stages`.
     pub stage: String,
     /// Only spans of the stage with this exact name.
-    #[serde(default)]
     pub span_name: Option<String>,
 }
 
@@ -232,109 +199,60 @@ pub struct DerivedAlert {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct JoinConfig {
     /// How long a key waits for its missing parts before it is evicted (a Prometheus duration).
-    #[serde(default = "default_max_wait")]
     pub max_wait: PromDuration,
     /// Keys waiting at once, over every derived metric; the oldest are evicted past it.
-    #[serde(default = "default_max_pending")]
     pub max_pending: usize,
     /// Span ids remembered to drop resent duplicates (8 bytes each, allocated at start).
-    #[serde(default = "default_dedupe_spans")]
     pub dedupe_spans: usize,
 }
 
 impl Default for JoinConfig {
     fn default() -> Self {
         JoinConfig {
-            max_wait: default_max_wait(),
-            max_pending: default_max_pending(),
-            dedupe_spans: default_dedupe_spans(),
+            max_wait: PromDuration::minutes(5),
+            max_pending: 50_000,
+            dedupe_spans: 262_144,
         }
     }
 }
 
-fn default_max_wait() -> PromDuration {
-    PromDuration::minutes(5)
-}
-
-fn default_max_pending() -> usize {
-    50_000
-}
-
-fn default_dedupe_spans() -> usize {
-    262_144
-}
-
 /// Settings shared by every generated rule.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AlertingConfig {
     /// Window of the recorded rates and quantiles (a Prometheus duration).
-    #[serde(default = "default_rate_window")]
     pub rate_window: PromDuration,
     /// A latency alert needs at least this many spans per second in its series, so that a
     /// quiet service never pages.
-    #[serde(default = "default_min_calls_per_second")]
     pub min_calls_per_second: f64,
     /// Regression alerts fire when the quantile is this many times its value `regression_offset` ago.
-    #[serde(default = "default_regression_ratio")]
     pub regression_ratio: f64,
     /// How far back the regression alert compares (same hour yesterday: 1d).
-    #[serde(default = "default_regression_offset")]
     pub regression_offset: PromDuration,
     /// How long a regression must last before it fires.
-    #[serde(default = "default_regression_for")]
     pub regression_for: PromDuration,
     /// Base URL of the runbook; each alert links to its own section.
-    #[serde(default = "default_runbook_url")]
     pub runbook_url: String,
     /// Prometheus job that scrapes spanlens, for the scrape-failure alert.
-    #[serde(default = "default_job")]
     pub job: String,
 }
 
 impl Default for AlertingConfig {
     fn default() -> Self {
         AlertingConfig {
-            rate_window: default_rate_window(),
-            min_calls_per_second: default_min_calls_per_second(),
-            regression_ratio: default_regression_ratio(),
-            regression_offset: default_regression_offset(),
-            regression_for: default_regression_for(),
-            runbook_url: default_runbook_url(),
-            job: default_job(),
+            rate_window: PromDuration::minutes(5),
+            min_calls_per_second: 0.05,
+            regression_ratio: 1.5,
+            regression_offset: PromDuration::days(1),
+            regression_for: PromDuration::minutes(30),
+            runbook_url: "https://github.com/spanlens/spanlens/blob/main/docs/RUNBOOK.md"
+                .to_string(),
+            job: "spanlens".to_string(),
         }
     }
-}
-
-fn default_rate_window() -> PromDuration {
-    PromDuration::minutes(5)
-}
-
-fn default_min_calls_per_second() -> f64 {
-    0.05
-}
-
-fn default_regression_ratio() -> f64 {
-    1.5
-}
-
-fn default_regression_offset() -> PromDuration {
-    PromDuration::days(1)
-}
-
-fn default_regression_for() -> PromDuration {
-    PromDuration::minutes(30)
-}
-
-fn default_runbook_url() -> String {
-    "https://github.com/spanlens/spanlens/blob/main/docs/RUNBOOK.md".to_string()
-}
-
-fn default_job() -> String {
-    "spanlens".to_string()
 }
 
 /// A stage's latency alert.
@@ -368,37 +286,28 @@ fn default_severity() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ReceiversConfig {
     /// OTLP/gRPC listener.
-    #[serde(default = "ListenerConfig::grpc")]
     pub grpc: ListenerConfig,
     /// OTLP/HTTP listener.
-    #[serde(default = "ListenerConfig::http")]
     pub http: ListenerConfig,
     /// Largest request body, in bytes, after decompression.
-    #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
     /// Requests being read or processed at once over both receivers; more are answered
     /// 503 / UNAVAILABLE with Retry-After.
-    #[serde(default = "default_max_pending_requests")]
     pub max_pending_requests: usize,
     /// Refuse requests (503 / UNAVAILABLE) when resident memory plus what they may take
     /// would pass this many bytes; 0 turns the check off.
-    #[serde(default)]
     pub memory_limit_bytes: u64,
     /// What refused clients are told to wait (a Prometheus duration).
-    #[serde(default = "default_retry_after")]
     pub retry_after: PromDuration,
     /// An HTTP/1 request head must arrive within this, or the connection is closed; also the
     /// TLS handshake's limit.
-    #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: PromDuration,
     /// A request body must arrive within this (HTTP 408 / gRPC DEADLINE_EXCEEDED).
-    #[serde(default = "default_body_read_timeout")]
     pub body_read_timeout: PromDuration,
     /// A bearer token both receivers require.
-    #[serde(default)]
     pub auth: Option<security::AuthConfig>,
 }
 
@@ -407,35 +316,15 @@ impl Default for ReceiversConfig {
         ReceiversConfig {
             grpc: ListenerConfig::grpc(),
             http: ListenerConfig::http(),
-            max_request_bytes: default_max_request_bytes(),
-            max_pending_requests: default_max_pending_requests(),
+            max_request_bytes: 8 * 1024 * 1024,
+            max_pending_requests: 64,
             memory_limit_bytes: 0,
-            retry_after: default_retry_after(),
-            header_read_timeout: default_header_read_timeout(),
-            body_read_timeout: default_body_read_timeout(),
+            retry_after: PromDuration::secs(1),
+            header_read_timeout: PromDuration::secs(10),
+            body_read_timeout: PromDuration::secs(30),
             auth: None,
         }
     }
-}
-
-fn default_max_pending_requests() -> usize {
-    64
-}
-
-fn default_retry_after() -> PromDuration {
-    PromDuration::secs(1)
-}
-
-fn default_header_read_timeout() -> PromDuration {
-    PromDuration::secs(10)
-}
-
-fn default_body_read_timeout() -> PromDuration {
-    PromDuration::secs(30)
-}
-
-fn default_max_request_bytes() -> usize {
-    8 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -456,7 +345,6 @@ pub struct ListenerConfig {
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: PromDuration,
     /// TLS (and mutual TLS with client_ca_file); plain text when unset.
-    #[serde(default)]
     pub tls: Option<security::TlsServerConfig>,
 }
 
@@ -499,75 +387,43 @@ impl ListenerConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address of /metrics, /healthz and /readyz.
-    #[serde(default = "default_metrics_endpoint")]
     pub endpoint: SocketAddr,
     /// Bucket upper bounds, in seconds, for histograms that set none.
-    #[serde(default = "default_buckets")]
     pub default_buckets: Vec<f64>,
     /// Label value standing in for values past a cap.
-    #[serde(default = "default_overflow_value")]
     pub overflow_value: String,
     /// Label values are cut to this many bytes.
-    #[serde(default = "default_max_label_value_length")]
     pub max_label_value_length: usize,
     /// Distinct series per metric before new ones fold into the overflow series.
-    #[serde(default = "default_max_series_per_metric")]
     pub max_series_per_metric: usize,
     /// A series not observed for this long disappears and frees its place under the caps
     /// (a Prometheus duration; 0s keeps series forever). A series that comes back restarts
     /// from zero, which Prometheus reads as a counter reset.
-    #[serde(default = "default_series_idle_timeout")]
     pub series_idle_timeout: PromDuration,
     /// TLS on the metrics endpoint.
-    #[serde(default)]
     pub tls: Option<security::TlsServerConfig>,
     /// A bearer token scrapes must carry (Prometheus: `authorization: { credentials_file }`).
-    #[serde(default)]
     pub auth: Option<security::AuthConfig>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
-            endpoint: default_metrics_endpoint(),
-            default_buckets: default_buckets(),
-            overflow_value: default_overflow_value(),
-            max_label_value_length: default_max_label_value_length(),
-            max_series_per_metric: default_max_series_per_metric(),
-            series_idle_timeout: default_series_idle_timeout(),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            default_buckets: vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
+            ],
+            overflow_value: "__overflow__".to_string(),
+            max_label_value_length: 128,
+            max_series_per_metric: 10_000,
+            series_idle_timeout: PromDuration::hours(1),
             tls: None,
             auth: None,
         }
     }
-}
-
-fn default_series_idle_timeout() -> PromDuration {
-    PromDuration::hours(1)
-}
-
-fn default_metrics_endpoint() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9464))
-}
-
-fn default_buckets() -> Vec<f64> {
-    vec![
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
-    ]
-}
-
-fn default_overflow_value() -> String {
-    "__overflow__".to_string()
-}
-
-fn default_max_label_value_length() -> usize {
-    128
-}
-
-fn default_max_series_per_metric() -> usize {
-    10_000
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -605,13 +461,10 @@ pub struct LabelConfig {
 #[serde(deny_unknown_fields)]
 pub struct LabelSource {
     /// A span attribute (optionally a regex capture of it).
-    #[serde(default)]
     pub span_attribute: Option<AttributeSource>,
     /// A resource attribute (optionally a regex capture of it).
-    #[serde(default)]
     pub resource_attribute: Option<AttributeSource>,
     /// A regex capture of the resource's service.name.
-    #[serde(default)]
     pub service_name: Option<ServiceNameSource>,
 }
 
@@ -646,7 +499,6 @@ pub struct AttributeSource {
     pub key: String,
     /// When set, the value is the regex's `value` group (or first group) on a match; no match
     /// means this source yields nothing.
-    #[serde(default)]
     pub regex: Option<String>,
 }
 
@@ -673,10 +525,8 @@ pub struct StageConfig {
     #[serde(default)]
     pub extra_labels: Vec<String>,
     /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
-    #[serde(default)]
     pub buckets: Option<Vec<f64>>,
     /// The latency alert `spanlens rules` generates for this stage; none when unset.
-    #[serde(default)]
     pub alert: Option<StageAlert>,
 }
 
@@ -686,16 +536,12 @@ pub struct RuleConfig {
     /// The stage a matching span belongs to.
     pub stage: String,
     /// Exact span name.
-    #[serde(default)]
     pub span_name: Option<String>,
     /// Span name regex (use ^...$ to anchor).
-    #[serde(default)]
     pub span_name_regex: Option<String>,
     /// Exact service.name.
-    #[serde(default)]
     pub service: Option<String>,
     /// service.name regex.
-    #[serde(default)]
     pub service_regex: Option<String>,
     /// Span attributes that must all match.
     #[serde(default)]
@@ -708,30 +554,23 @@ pub struct AttributeMatch {
     /// Span attribute key.
     pub key: String,
     /// The value, exactly (non-string values compare by their text form).
-    #[serde(default)]
     pub equals: Option<String>,
     /// A regex the value must match.
-    #[serde(default)]
     pub regex: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SpanMetricsConfig {
     /// Off: only stage metrics are kept.
-    #[serde(default = "yes")]
     pub enabled: bool,
     /// Calls counter name.
-    #[serde(default = "default_calls_name")]
     pub calls: String,
     /// Duration histogram name.
-    #[serde(default = "default_duration_name")]
     pub duration: String,
     /// Distinct span names kept before the overflow value is used.
-    #[serde(default = "default_max_span_names")]
     pub max_span_names: usize,
     /// Bucket upper bounds in seconds; metrics.default_buckets when unset.
-    #[serde(default)]
     pub buckets: Option<Vec<f64>>,
 }
 
@@ -739,24 +578,12 @@ impl Default for SpanMetricsConfig {
     fn default() -> Self {
         SpanMetricsConfig {
             enabled: true,
-            calls: default_calls_name(),
-            duration: default_duration_name(),
-            max_span_names: default_max_span_names(),
+            calls: "traces_span_metrics_calls_total".to_string(),
+            duration: "traces_span_metrics_duration_seconds".to_string(),
+            max_span_names: 1000,
             buckets: None,
         }
     }
-}
-
-fn default_calls_name() -> String {
-    "traces_span_metrics_calls_total".to_string()
-}
-
-fn default_duration_name() -> String {
-    "traces_span_metrics_duration_seconds".to_string()
-}
-
-fn default_max_span_names() -> usize {
-    1000
 }
 
 /// One thing wrong with a configuration.

@@ -13,7 +13,6 @@ pub struct TlsServerConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
     /// PEM certificate authorities of client certificates (mutual TLS).
-    #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
 }
 
@@ -23,10 +22,8 @@ pub struct TlsServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// A file holding the token (surrounding whitespace ignored).
-    #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
     /// An environment variable holding the token.
-    #[serde(default)]
     pub bearer_token_env: Option<String>,
 }
 

@@ -48,78 +48,89 @@ pub(crate) struct EndpointView<'a> {
     pub(crate) log_bytes: Option<u64>,
 }
 
-/// Adds the forwarding families to a snapshot.
-pub(crate) fn contribute(snapshot: &mut Snapshot, endpoints: &[EndpointView]) {
-    let mut family = |name: &str, help: &str, kind: MetricKind, labels: &[&str]| {
-        snapshot.add_metric(MetricSpec {
-            name: name.to_string(),
-            help: help.to_string(),
-            kind,
-            label_names: labels.iter().map(|l| l.to_string()).collect(),
-        })
-    };
-    let e = &["endpoint"];
-    let er = &["endpoint", "reason"];
-    let queue_requests = family(
+const E: &[&str] = &["endpoint"];
+const ER: &[&str] = &["endpoint", "reason"];
+
+/// The forwarding families: name, help, kind, labels.
+const FAMILIES: [(&str, &str, MetricKind, &[&str]); 10] = [
+    (
         "spanlens_forward_queue_requests",
         "Requests waiting or being sent, by endpoint.",
         MetricKind::Gauge,
-        e,
-    );
-    let queue_bytes = family(
+        E,
+    ),
+    (
         "spanlens_forward_queue_bytes",
         "Bytes of requests waiting or being sent, by endpoint.",
         MetricKind::Gauge,
-        e,
-    );
-    let log_bytes = family(
+        E,
+    ),
+    (
         "spanlens_forward_persistent_bytes",
         "Disk used by the persistent queue, by endpoint.",
         MetricKind::Gauge,
-        e,
-    );
-    let sent_spans = family(
+        E,
+    ),
+    (
         "spanlens_forward_sent_spans_total",
         "Spans the endpoint acknowledged, by endpoint.",
         MetricKind::Counter,
-        e,
-    );
-    let sent_requests = family(
+        E,
+    ),
+    (
         "spanlens_forward_sent_requests_total",
         "Requests the endpoint acknowledged, by endpoint.",
         MetricKind::Counter,
-        e,
-    );
-    let retries = family(
+        E,
+    ),
+    (
         "spanlens_forward_retries_total",
         "Failed attempts that were retried, by endpoint.",
         MetricKind::Counter,
-        e,
-    );
-    let failed = family(
+        E,
+    ),
+    (
         "spanlens_forward_failed_spans_total",
         "Spans the endpoint did not take, by endpoint and reason (permanent: refused for good; retries_exhausted: still failing after retry.max_elapsed; rejected: partial success).",
         MetricKind::Counter,
-        er,
-    );
-    let dropped = family(
+        ER,
+    ),
+    (
         "spanlens_forward_dropped_spans_total",
         "Spans dropped before delivery, by endpoint and reason (queue_full: oldest dropped under when_full: drop_oldest; shutdown: still queued when the drain ended).",
         MetricKind::Counter,
-        er,
-    );
-    let skipped = family(
+        ER,
+    ),
+    (
         "spanlens_forward_wal_skipped_regions_total",
         "Damaged regions of the persistent queue skipped at start, by endpoint.",
         MetricKind::Counter,
-        e,
-    );
-    let recovered = family(
+        E,
+    ),
+    (
         "spanlens_forward_wal_recovered_requests_total",
         "Requests found unsent in the persistent queue at start, by endpoint.",
         MetricKind::Counter,
-        e,
-    );
+        E,
+    ),
+];
+
+/// Adds the forwarding families to a snapshot.
+pub(crate) fn contribute(snapshot: &mut Snapshot, endpoints: &[EndpointView]) {
+    let [
+        queue_requests,
+        queue_bytes,
+        log_bytes,
+        sent_spans,
+        sent_requests,
+        retries,
+        failed,
+        dropped,
+        skipped,
+        recovered,
+    ] = FAMILIES.map(|(name, help, kind, labels)| {
+        snapshot.add_metric(MetricSpec::new(name, help, kind, labels))
+    });
     for view in endpoints {
         let l = view.label;
         let s = view.stats;

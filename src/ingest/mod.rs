@@ -55,20 +55,16 @@ async fn decompress(
 
 /// Where an accepted request goes on to before it is answered: forwarding, when it is on.
 /// The server sets it up, so that receivers know nothing of forwarding.
-pub(crate) trait Onward: Send + Sync {
-    /// Takes a request spanlens accepted (`rejected`: the indexes of the spans it did not;
-    /// `spans`: how many it did), or refuses it as a whole before anything of it is observed.
-    fn admit(
-        &self,
-        request: &[u8],
-        arrived: &Arrived,
-        rejected: &[usize],
-        spans: u64,
-    ) -> Result<(), Refusal>;
-
-    /// Whether admitting writes to a file: then it never runs on an async worker.
-    fn writes_to_disk(&self) -> bool;
+pub(crate) struct Onward {
+    /// Takes a request spanlens accepted (the request, what arrived, the indexes of the spans
+    /// it rejected, how many it accepted), or refuses it as a whole before anything of it is
+    /// observed.
+    pub(crate) admit: Box<Admit>,
+    /// Admitting writes to a file: then it never runs on an async worker.
+    pub(crate) writes_to_disk: bool,
 }
+
+pub(crate) type Admit = dyn Fn(&[u8], &Arrived, &[usize], u64) -> Result<(), Refusal> + Send + Sync;
 
 /// What every receiver shares.
 #[derive(Clone)]
@@ -76,7 +72,7 @@ pub(crate) struct Ingest {
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) max_request_bytes: usize,
     /// Where accepted requests go on to, when forwarding is on.
-    pub(crate) onward: Option<Arc<dyn Onward>>,
+    pub(crate) onward: Option<Arc<Onward>>,
     /// Token, pending-request bound and memory limit, checked before a body is read.
     pub(crate) gate: Arc<gate::Gate>,
     pub(crate) body_read_timeout: std::time::Duration,
@@ -96,11 +92,11 @@ impl Ingest {
     ) -> Result<Outcome, Refusal> {
         let pipeline = self.pipeline.clone();
         let onward = self.onward.clone();
-        let heavy = request.len() > SMALL || onward.as_ref().is_some_and(|o| o.writes_to_disk());
+        let heavy = request.len() > SMALL || onward.as_ref().is_some_and(|o| o.writes_to_disk);
         let work = move || match &onward {
             None => pipeline.ingest(protocol, &request),
             Some(onward) => pipeline.ingest_admitting(protocol, &request, |rejected, accepted| {
-                onward.admit(&request, &arrived, rejected, accepted as u64)
+                (onward.admit)(&request, &arrived, rejected, accepted as u64)
             }),
         };
         let outcome = off_the_workers(heavy, work).await;

@@ -291,20 +291,20 @@ mod tests {
     fn snapshot() -> Snapshot {
         let store = Store::new(StoreSpec {
             metrics: vec![
-                MetricSpec {
-                    name: "claim_duration_seconds".into(),
-                    help: "Claim time.\nSecond line".into(),
-                    kind: MetricKind::Histogram {
+                MetricSpec::new(
+                    "claim_duration_seconds",
+                    "Claim time.\nSecond line",
+                    MetricKind::Histogram {
                         bounds: Arc::from(vec![0.01, 1.0]),
                     },
-                    label_names: vec!["service".into()],
-                },
-                MetricSpec {
-                    name: "claim_calls_total".into(),
-                    help: "Claims.".into(),
-                    kind: MetricKind::Counter,
-                    label_names: vec!["service".into()],
-                },
+                    &["service"],
+                ),
+                MetricSpec::new(
+                    "claim_calls_total",
+                    "Claims.",
+                    MetricKind::Counter,
+                    &["service"],
+                ),
             ],
             dimensions: vec![],
             overflow_value: "__overflow__".into(),

@@ -57,36 +57,31 @@ impl Refusal {
 
     /// The OTLP/HTTP status.
     pub(crate) fn http_status(&self) -> StatusCode {
-        match self {
-            Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Refusal::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::UnsupportedMediaType(_) | Refusal::Body(BodyError::UnsupportedEncoding(_)) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            Refusal::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Refusal::Body(BodyError::Corrupt { .. })
-            | Refusal::ReadFailed(_)
-            | Refusal::Malformed(_)
-            | Refusal::AllSpansInvalid(_) => StatusCode::BAD_REQUEST,
-        }
+        self.statuses().0
     }
 
     /// The OTLP/gRPC status code. (A gRPC request with the wrong content type is answered
     /// with HTTP 415 instead, as gRPC over HTTP/2 says.)
     pub(crate) fn grpc_code(&self) -> Code {
+        self.statuses().1
+    }
+
+    /// The HTTP status and gRPC code that say the same, as the OTLP specification pairs them.
+    fn statuses(&self) -> (StatusCode, Code) {
         match self {
-            Refusal::Unauthenticated => Code::Unauthenticated,
-            Refusal::Busy(_) => Code::Unavailable,
+            Refusal::Unauthenticated => (StatusCode::UNAUTHORIZED, Code::Unauthenticated),
+            Refusal::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
             Refusal::UnsupportedMediaType(_) | Refusal::Body(BodyError::UnsupportedEncoding(_)) => {
-                Code::Unimplemented
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::Unimplemented)
             }
-            Refusal::Body(BodyError::TooLarge { .. }) => Code::ResourceExhausted,
-            Refusal::BodyTimeout => Code::DeadlineExceeded,
+            Refusal::Body(BodyError::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted)
+            }
+            Refusal::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, Code::DeadlineExceeded),
             Refusal::Body(BodyError::Corrupt { .. })
             | Refusal::ReadFailed(_)
             | Refusal::Malformed(_)
-            | Refusal::AllSpansInvalid(_) => Code::InvalidArgument,
+            | Refusal::AllSpansInvalid(_) => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
         }
     }
 

@@ -99,12 +99,7 @@ struct Table {
 
 impl Table {
     fn add(&mut self, name: &str, help: &str, kind: MetricKind, labels: &[&str]) -> MetricId {
-        self.metrics.push(MetricSpec {
-            name: name.to_string(),
-            help: help.to_string(),
-            kind,
-            label_names: labels.iter().map(|l| l.to_string()).collect(),
-        });
+        self.metrics.push(MetricSpec::new(name, help, kind, labels));
         MetricId(self.metrics.len() - 1)
     }
 

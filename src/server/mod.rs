@@ -13,8 +13,6 @@ use crate::config::{Config, ListenerConfig};
 use crate::forward::{Drained, Forwarder};
 use crate::ingest::gate::Gate;
 use crate::ingest::{Ingest, Onward, grpc, http};
-use crate::otlp::body::Arrived;
-use crate::otlp::refusal::Refusal;
 use crate::pipeline::{BuildError, Pipeline};
 use listener::Limits;
 
@@ -78,7 +76,14 @@ impl Server {
         let ingest = Ingest {
             pipeline: pipeline.clone(),
             max_request_bytes: r.max_request_bytes,
-            onward: forward.clone().map(|f| f as Arc<dyn Onward>),
+            onward: forward.clone().map(|forward| {
+                Arc::new(Onward {
+                    writes_to_disk: forward.persistent(),
+                    admit: Box::new(move |request, arrived, rejected, spans| {
+                        forward.admit(request, arrived, rejected, spans)
+                    }),
+                })
+            }),
             gate: Arc::new(Gate::new(
                 token(&r.auth, "receivers.auth")?,
                 r.max_pending_requests,
@@ -208,21 +213,5 @@ impl Server {
             );
         }
         drained
-    }
-}
-
-impl Onward for Forwarder {
-    fn admit(
-        &self,
-        request: &[u8],
-        arrived: &Arrived,
-        rejected: &[usize],
-        spans: u64,
-    ) -> Result<(), Refusal> {
-        Forwarder::admit(self, request, arrived, rejected, spans)
-    }
-
-    fn writes_to_disk(&self) -> bool {
-        self.persistent()
     }
 }

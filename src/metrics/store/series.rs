@@ -28,6 +28,17 @@ pub(crate) struct MetricSpec {
     pub(crate) label_names: Vec<String>,
 }
 
+impl MetricSpec {
+    pub(crate) fn new(name: &str, help: &str, kind: MetricKind, labels: &[&str]) -> MetricSpec {
+        MetricSpec {
+            name: name.to_string(),
+            help: help.to_string(),
+            kind,
+            label_names: labels.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+}
+
 /// Owned label values of one series, shared by the copies of the key (a shard's slot and
 /// index, the series cap's set, snapshots): a copy is a reference count.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

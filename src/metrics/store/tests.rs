@@ -17,32 +17,22 @@ fn store_keeping(
 ) -> Store {
     Store::new(StoreSpec {
         metrics: vec![
-            MetricSpec {
-                name: "h_seconds".into(),
-                help: "h".into(),
-                kind: MetricKind::Histogram {
+            MetricSpec::new(
+                "h_seconds",
+                "h",
+                MetricKind::Histogram {
                     bounds: Arc::from(vec![0.01, 0.1, 1.0]),
                 },
-                label_names: vec!["service".into()],
-            },
-            MetricSpec {
-                name: "c_total".into(),
-                help: "c".into(),
-                kind: MetricKind::Counter,
-                label_names: vec!["service".into()],
-            },
-            MetricSpec {
-                name: "label_overflow_total".into(),
-                help: "l".into(),
-                kind: MetricKind::Counter,
-                label_names: vec!["label".into()],
-            },
-            MetricSpec {
-                name: "series_overflow_total".into(),
-                help: "s".into(),
-                kind: MetricKind::Counter,
-                label_names: vec!["metric".into()],
-            },
+                &["service"],
+            ),
+            MetricSpec::new("c_total", "c", MetricKind::Counter, &["service"]),
+            MetricSpec::new("label_overflow_total", "l", MetricKind::Counter, &["label"]),
+            MetricSpec::new(
+                "series_overflow_total",
+                "s",
+                MetricKind::Counter,
+                &["metric"],
+            ),
         ],
         dimensions: vec![("service".into(), cap)],
         overflow_value: "__overflow__".into(),
