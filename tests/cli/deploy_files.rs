@@ -339,7 +339,7 @@ fn every_deploy_file_parses_and_none_goes_unchecked() {
             // Checked by the_dockerfile_* below; the ignore file is a list of patterns.
             _ if name == "Dockerfile" || name == "Dockerfile.dockerignore" => {}
             _ => panic!(
-                "{}: no check knows this kind of file; add one to tests/deploy_files.rs",
+                "{}: no check knows this kind of file; add one to tests/cli/deploy_files.rs",
                 path.display()
             ),
         }
