@@ -611,7 +611,7 @@ impl JoinWindow {
             let waiting = front
                 .pending
                 .as_ref()
-                .is_some_and(|p| now.wrapping_sub(p.opened) <= self.max_wait);
+                .is_some_and(|p| age(now, p.opened) <= self.max_wait);
             if waiting {
                 break;
             }
@@ -620,6 +620,18 @@ impl JoinWindow {
             }
         }
     }
+}
+
+/// How long a key opened at `opened` has waited at `now` (both from
+/// [`JoinWindow::millis_since_origin`], modulo 2³²). Concurrent requests read the clock
+/// before they take a shard's lock, so a key may have been opened by a request that read it
+/// later than `now`: the difference wraps to just below 2³², and the key has waited
+/// nothing. A clock read up to 2³⁰ ms (12 days) late is told apart that way from a real wait,
+/// which `max_wait` (at most 2³¹ ms) ends long before 2³² − 2³⁰.
+fn age(now: u32, opened: u32) -> u32 {
+    const LATER: u32 = 1 << 30;
+    let age = now.wrapping_sub(opened);
+    if age > u32::MAX - LATER { 0 } else { age }
 }
 
 fn arrived(part: &Times) -> bool {

@@ -215,6 +215,28 @@ fn waits_are_timed_across_the_millisecond_wrap() {
     assert_eq!(evicted, vec![(0, Eviction::Timeout)]);
 }
 
+/// Concurrent requests read the clock before they take a shard's lock: a request whose clock
+/// is a little older than a key's opening time sees that key as just opened, not as one that
+/// waited 49 days (which evicted whole runs of keys as timed out under two ingest threads).
+#[test]
+fn a_key_opened_by_a_request_with_a_later_clock_is_not_timed_out() {
+    let w = window(Operation::Sum, 2, 100);
+    let earlier = Instant::now() + Duration::from_secs(1);
+    let later = earlier + Duration::from_millis(5);
+    offer(&w, "opened_later", 0, span(0, 1, 1), None, later);
+    w.sweep(earlier, &mut |d, why| panic!("evicted {d} for {why:?}"));
+    offer(&w, "opened_earlier", 0, span(0, 1, 2), None, earlier);
+    assert_eq!(w.pending(), vec![2]);
+    let mut evicted = Vec::new();
+    w.sweep(later + Duration::from_secs(61), &mut |d, why| {
+        evicted.push((d, why))
+    });
+    assert_eq!(
+        evicted,
+        vec![(0, Eviction::Timeout), (0, Eviction::Timeout)]
+    );
+}
+
 /// A `max_wait` past the bound waits as long as the bound, not for ever.
 #[test]
 fn the_longest_wait_is_the_bound() {
