@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The one test command for spanlens: installs what the tests need when it is missing, then
-# runs formatting, lints, the API docs (warnings are errors), every test target and the doc
-# tests, for every crate of the workspace (spanlens and benches/loadgen's spanlens-loadgen).
-# The criterion benches are among the targets: clippy lints them, and nextest builds them in
-# the test profile and runs each benchmark once as a test, so they keep compiling and running
-# without the release build with fat LTO that measuring them takes (BENCHMARKS.md). Works on a fresh Debian 12 machine (as
-# root, or with sudo) that has Rust, cargo, cargo-nextest (optional) and Python 3 with pip,
-# reaching only crates.io, PyPI and Debian's archive.
+# runs formatting, the API docs (warnings are errors), the doc tests and every target of the
+# workspace (spanlens and benches/loadgen's spanlens-loadgen) with clippy's lints, warnings
+# as errors.
+#
+# Clippy lints in the build itself: clippy-driver compiles the workspace's crates
+# (RUSTC_WORKSPACE_WRAPPER) with -D warnings, which is `cargo clippy --workspace
+# --all-targets -- -D warnings` without a second, check-only build of every dependency.
+# The criterion benches are among the targets: they are linted, and nextest builds them in the
+# test profile and runs each benchmark once as a test, so they keep compiling and running
+# without the release build with fat LTO that measuring them takes (BENCHMARKS.md).
+#
+# Works on a fresh Debian 12 machine (as root, or with sudo) that has Rust with clippy,
+# cargo, cargo-nextest (optional) and Python 3 with pip, reaching only crates.io, PyPI and
+# Debian's archive.
 #
 # What it installs, each only when missing:
 #   * Debian packages `prometheus` (promtool) and `prometheus-alertmanager`
@@ -136,9 +143,12 @@ section "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 elapsed fmt
 
-section "cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
-elapsed clippy
+# Every build below compiles the workspace's crates with clippy's lints, warnings as errors.
+CLIPPY_DRIVER="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)" \
+    || fail "clippy-driver is missing: rustup component add clippy"
+export RUSTC_WORKSPACE_WRAPPER="$CLIPPY_DRIVER"
+export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-D warnings"
+echo "lints: $RUSTC_WORKSPACE_WRAPPER with RUSTFLAGS=$RUSTFLAGS"
 
 section "cargo doc --no-deps --document-private-items --workspace (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --workspace
@@ -151,10 +161,10 @@ cargo test --workspace --doc
 elapsed doctests
 
 if [ "$have_nextest" -eq 1 ]; then
-    section "cargo nextest run --workspace --all-targets --no-fail-fast"
+    section "cargo nextest run --workspace --all-targets --no-fail-fast (with clippy's lints)"
     cargo nextest run --workspace --all-targets --no-fail-fast
 else
-    section "cargo test --workspace --all-targets --no-fail-fast"
+    section "cargo test --workspace --all-targets --no-fail-fast (with clippy's lints)"
     cargo test --workspace --all-targets --no-fail-fast
 fi
 elapsed tests
