@@ -92,7 +92,7 @@ impl SpanView<'_> {
             .saturating_sub(self.start_time_unix_nano)
     }
 
-    pub(crate) fn kind_name(&self) -> &'static str {
+    pub fn kind_name(&self) -> &'static str {
         usize::try_from(self.kind)
             .ok()
             .and_then(|k| span_kind::NAMES.get(k))
@@ -100,7 +100,7 @@ impl SpanView<'_> {
             .unwrap_or("SPAN_KIND_UNSPECIFIED")
     }
 
-    pub(crate) fn status_name(&self) -> &'static str {
+    pub fn status_name(&self) -> &'static str {
         usize::try_from(self.status_code)
             .ok()
             .and_then(|k| status_code::NAMES.get(k))
