@@ -124,24 +124,18 @@ mod tests {
             })
             .collect()
         };
+        let resource_spans = |service: &str, ids| ResourceSpans {
+            resource: Some(resource(service)),
+            scope_spans: vec![ScopeSpans {
+                spans: spans(ids),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         ExportTraceServiceRequest {
             resource_spans: vec![
-                ResourceSpans {
-                    resource: Some(resource("tasker-orchestration")),
-                    scope_spans: vec![ScopeSpans {
-                        spans: spans(1..=5),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-                ResourceSpans {
-                    resource: Some(resource("tasker-rust-worker")),
-                    scope_spans: vec![ScopeSpans {
-                        spans: spans(6..=12),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
+                resource_spans("tasker-orchestration", 1..=5),
+                resource_spans("tasker-rust-worker", 6..=12),
             ],
         }
         .encode_to_vec()

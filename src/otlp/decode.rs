@@ -10,7 +10,7 @@
 
 use crate::collections::text::same;
 use crate::otlp::wire::{
-    Fields, WireError, leading_bytes, leading_fixed64, leading_small_varint, string,
+    Fields, WireError, leading_bytes, leading_fixed64, leading_small_varint, occurrences, string,
 };
 use std::fmt;
 use std::ops::Range;
@@ -62,6 +62,14 @@ pub(crate) mod status_code {
         ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
 }
 
+/// The name of an OTLP enum value; an unknown value reads as the first (unspecified) name.
+fn enum_name(names: &[&'static str], value: i32) -> &'static str {
+    usize::try_from(value)
+        .ok()
+        .and_then(|i| names.get(i))
+        .unwrap_or(&names[0])
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceView<'a> {
     /// `service.name`, or None when the resource does not carry it as a string.
@@ -93,19 +101,11 @@ impl SpanView<'_> {
     }
 
     pub fn kind_name(&self) -> &'static str {
-        usize::try_from(self.kind)
-            .ok()
-            .and_then(|k| span_kind::NAMES.get(k))
-            .copied()
-            .unwrap_or("SPAN_KIND_UNSPECIFIED")
+        enum_name(&span_kind::NAMES, self.kind)
     }
 
     pub fn status_name(&self) -> &'static str {
-        usize::try_from(self.status_code)
-            .ok()
-            .and_then(|k| status_code::NAMES.get(k))
-            .copied()
-            .unwrap_or("STATUS_CODE_UNSET")
+        enum_name(&status_code::NAMES, self.status_code)
     }
 
     pub fn is_error(&self) -> bool {
@@ -305,14 +305,10 @@ impl<'a> Batch<'a> {
         path: &mut Path,
         keep: Option<&'a AttributeKeys>,
     ) -> Result<(), WireError> {
-        let mut rs_index = 0;
-        for field in Fields::new(buf) {
-            let (number, value) = field?;
-            if number == 1 {
-                path.set(Level::ResourceSpans, rs_index);
-                self.resource_spans(value.bytes(1)?, rs_index, path, keep)?;
-                rs_index += 1;
-            }
+        for occurrence in occurrences(buf, 1) {
+            let (rs_index, resource_spans) = occurrence?;
+            path.set(Level::ResourceSpans, rs_index);
+            self.resource_spans(resource_spans, rs_index, path, keep)?;
         }
         Ok(())
     }
@@ -330,23 +326,16 @@ impl<'a> Batch<'a> {
             service_name: None,
             attributes: self.attributes.len()..self.attributes.len(),
         };
-        for field in Fields::new(buf) {
-            let (number, value) = field?;
-            if number == 1 {
-                path.set(Level::Resource, 0);
-                self.resource(value.bytes(1)?, &mut resource, path)?;
-            }
+        for occurrence in occurrences(buf, 1) {
+            path.set(Level::Resource, 0);
+            self.resource(occurrence?.1, &mut resource, path)?;
         }
         self.resources.push(resource);
-        let mut ss_index = 0;
-        for field in Fields::new(buf) {
-            let (number, value) = field?;
-            if number == 2 {
-                path.set(Level::ScopeSpans, ss_index);
-                let position = (resource_index, rs_index, ss_index);
-                self.scope_spans(value.bytes(2)?, position, path, keep)?;
-                ss_index += 1;
-            }
+        for occurrence in occurrences(buf, 2) {
+            let (ss_index, scope_spans) = occurrence?;
+            path.set(Level::ScopeSpans, ss_index);
+            let position = (resource_index, rs_index, ss_index);
+            self.scope_spans(scope_spans, position, path, keep)?;
         }
         Ok(())
     }
@@ -359,20 +348,16 @@ impl<'a> Batch<'a> {
     ) -> Result<(), WireError> {
         // A repeated `resource` field merges; attributes accumulate.
         let start = self.attributes.len();
-        let mut attr_index = 0;
-        for field in Fields::new(buf) {
-            let (number, value) = field?;
-            if number == 1 {
-                path.set(Level::Attribute, attr_index);
-                let attribute = key_value(value.bytes(1)?)?;
-                if attribute.key == "service.name" {
-                    if let AnyValue::Str(name) = attribute.value {
-                        resource.service_name = Some(name);
-                    }
+        for occurrence in occurrences(buf, 1) {
+            let (attr_index, key_value_bytes) = occurrence?;
+            path.set(Level::Attribute, attr_index);
+            let attribute = key_value(key_value_bytes)?;
+            if attribute.key == "service.name" {
+                if let AnyValue::Str(name) = attribute.value {
+                    resource.service_name = Some(name);
                 }
-                self.attributes.push(attribute);
-                attr_index += 1;
             }
+            self.attributes.push(attribute);
         }
         if resource.attributes.is_empty() {
             resource.attributes = start..self.attributes.len();
@@ -603,13 +588,7 @@ fn kept_other_value<'a>(
 
 /// The key of an encoded KeyValue, unchecked (the last occurrence wins, as in a full decode).
 fn key_bytes(buf: &[u8]) -> Result<&[u8], WireError> {
-    let mut key: &[u8] = &[];
-    for field in Fields::new(buf) {
-        if let (1, value) = field? {
-            key = value.bytes(1)?;
-        }
-    }
-    Ok(key)
+    occurrences(buf, 1).try_fold(&[][..], |_, occurrence| occurrence.map(|(_, key)| key))
 }
 
 fn key_value(buf: &[u8]) -> Result<Attribute<'_>, WireError> {

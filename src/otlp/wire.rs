@@ -283,6 +283,22 @@ pub(crate) fn leading_small_varint(buf: &[u8], number: u8) -> Option<(u8, &[u8])
     }
 }
 
+/// Each occurrence of the length-delimited field `number` in a message, numbered from 0 in
+/// wire order. The other fields are read past, so a malformed one is still an error.
+pub(crate) fn occurrences(
+    buf: &[u8],
+    number: u32,
+) -> impl Iterator<Item = Result<(usize, &[u8]), WireError>> {
+    Fields::new(buf)
+        .filter_map(move |field| match field {
+            Ok((n, value)) if n == number => Some(value.bytes(number)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .enumerate()
+        .map(|(index, bytes)| bytes.map(|bytes| (index, bytes)))
+}
+
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, FieldValue<'a>), WireError>;
 

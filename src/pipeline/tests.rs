@@ -53,12 +53,14 @@ fn lines(pipeline: &Pipeline) -> Vec<String> {
         .collect()
 }
 
-fn has(lines: &[String], line: &str) {
-    assert!(
-        lines.iter().any(|l| l == line),
-        "missing {line}\n{}",
-        lines.join("\n")
-    );
+fn has(lines: &[String], expected: &[&str]) {
+    for line in expected {
+        assert!(
+            lines.iter().any(|l| l == line),
+            "missing {line}\n{}",
+            lines.join("\n")
+        );
+    }
 }
 
 #[test]
@@ -89,15 +91,11 @@ fn handler_language_chain_prefers_span_then_resource_then_service_name() {
     let lines = lines(&pipeline);
     has(
         &lines,
-        r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="rust"} 1"#,
-    );
-    has(
-        &lines,
-        r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="python"} 1"#,
-    );
-    has(
-        &lines,
-        r#"tasker_step_claim_calls_total{service="tasker-orchestration",handler_language="unknown"} 1"#,
+        &[
+            r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="rust"} 1"#,
+            r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="python"} 1"#,
+            r#"tasker_step_claim_calls_total{service="tasker-orchestration",handler_language="unknown"} 1"#,
+        ],
     );
 }
 
@@ -150,25 +148,24 @@ fn extra_labels_are_capped_and_overflow_is_counted() {
     let base = r#"service="tasker-ruby-worker",handler_language="ruby""#;
     has(
         &lines,
-        &format!(r#"tasker_handler_execution_calls_total{{{base},namespace="linear_workflow"}} 2"#),
-    );
-    has(
-        &lines,
-        &format!(
-            r#"tasker_handler_execution_calls_total{{{base},namespace="diamond_workflow"}} 1"#
-        ),
-    );
-    has(
-        &lines,
-        &format!(r#"tasker_handler_execution_calls_total{{{base},namespace="__overflow__"}} 1"#),
-    );
-    has(
-        &lines,
-        r#"spanlens_label_overflow_total{label="namespace"} 1"#,
+        &[
+            &format!(
+                r#"tasker_handler_execution_calls_total{{{base},namespace="linear_workflow"}} 2"#
+            ),
+            &format!(
+                r#"tasker_handler_execution_calls_total{{{base},namespace="diamond_workflow"}} 1"#
+            ),
+            &format!(
+                r#"tasker_handler_execution_calls_total{{{base},namespace="__overflow__"}} 1"#
+            ),
+            r#"spanlens_label_overflow_total{label="namespace"} 1"#,
+        ],
     );
     has(
         &self::lines(&with_claim),
-        &format!(r#"tasker_step_claim_calls_total{{{base},namespace="linear_workflow"}} 1"#),
+        &[&format!(
+            r#"tasker_step_claim_calls_total{{{base},namespace="linear_workflow"}} 1"#
+        )],
     );
 }
 
@@ -194,12 +191,14 @@ fn span_metrics_count_every_span_past_a_cap_within_one_request() {
             r#"traces_span_metrics_calls_total{{service_name="svc",span_name="{name}",span_kind="SPAN_KIND_INTERNAL",status_code="STATUS_CODE_UNSET"}} {n}"#
         )
     };
-    has(&lines, &calls("a", 2));
-    has(&lines, &calls("b", 2));
-    has(&lines, &calls("__overflow__", 4));
     has(
         &lines,
-        r#"spanlens_label_overflow_total{label="span_name"} 4"#,
+        &[
+            &calls("a", 2),
+            &calls("b", 2),
+            &calls("__overflow__", 4),
+            r#"spanlens_label_overflow_total{label="span_name"} 4"#,
+        ],
     );
 
     config.metrics.max_series_per_metric = 1;
@@ -208,21 +207,22 @@ fn span_metrics_count_every_span_past_a_cap_within_one_request() {
         .ingest(Protocol::Grpc, &request("svc", spans(&names[..4])))
         .unwrap();
     let lines = self::lines(&pipeline);
-    has(&lines, &calls("a", 2));
+    has(&lines, &[&calls("a", 2)]);
     let overflow = r#"{service_name="__overflow__",span_name="__overflow__",span_kind="__overflow__",status_code="__overflow__"}"#;
     has(
         &lines,
-        &format!("traces_span_metrics_calls_total{overflow} 2"),
-    );
-    has(
-        &lines,
-        &format!("traces_span_metrics_duration_seconds_count{overflow} 2"),
+        &[
+            &format!("traces_span_metrics_calls_total{overflow} 2"),
+            &format!("traces_span_metrics_duration_seconds_count{overflow} 2"),
+        ],
     );
     // The fold counter has one series too: the duration's folds are in its overflow.
     for metric in ["traces_span_metrics_calls_total", "__overflow__"] {
         has(
             &lines,
-            &format!(r#"spanlens_series_overflow_total{{metric="{metric}"}} 2"#),
+            &[&format!(
+                r#"spanlens_series_overflow_total{{metric="{metric}"}} 2"#
+            )],
         );
     }
 }
@@ -255,14 +255,14 @@ fn stage_metrics_count_every_span_past_a_cap_within_one_request() {
     for (language, n) in [("python", 2), ("7", 2), ("__overflow__", 3)] {
         has(
             &lines,
-            &format!(
+            &[&format!(
                 r#"tasker_step_claim_calls_total{{service="svc",handler_language="{language}"}} {n}"#
-            ),
+            )],
         );
     }
     has(
         &lines,
-        r#"spanlens_label_overflow_total{label="handler_language"} 3"#,
+        &[r#"spanlens_label_overflow_total{label="handler_language"} 3"#],
     );
 }
 
@@ -292,7 +292,7 @@ fn long_label_values_are_truncated_on_a_character_boundary() {
         .unwrap();
     has(
         &lines(&pipeline),
-        r#"tasker_step_claim_calls_total{service="ééééé",handler_language="unknown"} 1"#,
+        &[r#"tasker_step_claim_calls_total{service="ééééé",handler_language="unknown"} 1"#],
     );
 }
 
@@ -321,23 +321,13 @@ fn partial_rejection_counts_only_good_spans_and_explains_the_rest() {
     let lines = lines(&pipeline);
     has(
         &lines,
-        r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="rust"} 1"#,
-    );
-    has(
-        &lines,
-        r#"spanlens_spans_refused_total{protocol="http_json",reason="invalid_trace_id"} 1"#,
-    );
-    has(
-        &lines,
-        r#"spanlens_spans_refused_total{protocol="http_json",reason="missing_timestamp"} 1"#,
-    );
-    has(
-        &lines,
-        r#"spanlens_spans_accepted_total{protocol="http_json"} 1"#,
-    );
-    has(
-        &lines,
-        r#"spanlens_spans_received_total{protocol="http_json"} 3"#,
+        &[
+            r#"tasker_step_claim_calls_total{service="tasker-rust-worker",handler_language="rust"} 1"#,
+            r#"spanlens_spans_refused_total{protocol="http_json",reason="invalid_trace_id"} 1"#,
+            r#"spanlens_spans_refused_total{protocol="http_json",reason="missing_timestamp"} 1"#,
+            r#"spanlens_spans_accepted_total{protocol="http_json"} 1"#,
+            r#"spanlens_spans_received_total{protocol="http_json"} 3"#,
+        ],
     );
 }
 
@@ -400,33 +390,27 @@ fn derived_durations_join_across_requests_in_any_order_without_double_counting()
     let worker = r#"service="tasker-ruby-worker",handler_language="ruby""#;
     has(
         &lines,
-        &format!("tasker_worker_overhead_seconds_sum{{{worker}}} 0.038"),
-    );
-    has(
-        &lines,
-        &format!("tasker_worker_overhead_seconds_count{{{worker}}} 1"),
+        &[
+            &format!("tasker_worker_overhead_seconds_sum{{{worker}}} 0.038"),
+            &format!("tasker_worker_overhead_seconds_count{{{worker}}} 1"),
+        ],
     );
     // From the end of the submission (123 ms) to the start of processing (130 ms).
     has(
         &lines,
-        &format!("tasker_result_propagation_seconds_sum{{{worker}}} 0.007"),
+        &[&format!(
+            "tasker_result_propagation_seconds_sum{{{worker}}} 0.007"
+        )],
     );
     // From the start of creation (0) to the end of finalization (210 ms).
     has(
         &lines,
-        r#"tasker_task_e2e_duration_seconds_sum{task_name="mathematical_sequence"} 0.21"#,
-    );
-    has(
-        &lines,
-        &format!("tasker_step_claim_calls_total{{{worker}}} 1"),
-    );
-    has(
-        &lines,
-        r#"spanlens_spans_duplicate_total{protocol="grpc"} 1"#,
-    );
-    has(
-        &lines,
-        r#"spanlens_join_pending{derived="worker_overhead"} 0"#,
+        &[
+            r#"tasker_task_e2e_duration_seconds_sum{task_name="mathematical_sequence"} 0.21"#,
+            &format!("tasker_step_claim_calls_total{{{worker}}} 1"),
+            r#"spanlens_spans_duplicate_total{protocol="grpc"} 1"#,
+            r#"spanlens_join_pending{derived="worker_overhead"} 0"#,
+        ],
     );
 }
 
@@ -447,9 +431,9 @@ fn handler_execution_is_compared_by_normalised_step_across_languages() {
     for (language, sum) in [("rust", "0.01"), ("python", "0.03"), ("typescript", "0.02")] {
         has(
             &lines,
-            &format!(
+            &[&format!(
                 r#"tasker_handler_execution_by_step_seconds_sum{{step="linear_step_1",handler_language="{language}"}} {sum}"#
-            ),
+            )],
         );
     }
 }
@@ -476,11 +460,10 @@ fn a_request_with_no_usable_span_is_refused_whole() {
     let lines = lines(&pipeline);
     has(
         &lines,
-        r#"spanlens_requests_refused_total{protocol="grpc",reason="invalid_spans"} 1"#,
-    );
-    has(
-        &lines,
-        r#"spanlens_requests_refused_total{protocol="grpc",reason="malformed"} 1"#,
+        &[
+            r#"spanlens_requests_refused_total{protocol="grpc",reason="invalid_spans"} 1"#,
+            r#"spanlens_requests_refused_total{protocol="grpc",reason="malformed"} 1"#,
+        ],
     );
     assert!(!lines.iter().any(|l| l.starts_with("tasker_step_claim")));
 }

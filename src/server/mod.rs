@@ -119,32 +119,28 @@ impl Server {
             listeners.push((listener, router, tls, limits));
             Ok::<_, StartError>(local)
         };
-        let grpc_addr = match r.grpc.enabled {
-            true => Some(
-                bind(
-                    "OTLP/gRPC receiver",
-                    r.grpc.endpoint,
-                    grpc::router(ingest.clone()),
-                    tls(&r.grpc.tls, "receivers.grpc")?,
-                    limits(&r.grpc),
-                )
-                .await?,
+        let receivers: [(_, _, _, fn(Ingest) -> Router); 2] = [
+            (
+                "OTLP/gRPC receiver",
+                &r.grpc,
+                "receivers.grpc",
+                grpc::router,
             ),
-            false => None,
-        };
-        let http_addr = match r.http.enabled {
-            true => Some(
-                bind(
-                    "OTLP/HTTP receiver",
-                    r.http.endpoint,
-                    http::router(ingest.clone()),
-                    tls(&r.http.tls, "receivers.http")?,
-                    limits(&r.http),
-                )
-                .await?,
+            (
+                "OTLP/HTTP receiver",
+                &r.http,
+                "receivers.http",
+                http::router,
             ),
-            false => None,
-        };
+        ];
+        let mut receiver_addrs = [None, None];
+        for (slot, (what, l, section, router)) in receiver_addrs.iter_mut().zip(receivers) {
+            if l.enabled {
+                let tls = tls(&l.tls, section)?;
+                *slot = Some(bind(what, l.endpoint, router(ingest.clone()), tls, limits(l)).await?);
+            }
+        }
+        let [grpc_addr, http_addr] = receiver_addrs;
         let m = &config.metrics;
         let metrics_addr = bind(
             "metrics endpoint",

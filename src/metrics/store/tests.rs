@@ -162,19 +162,11 @@ fn label_values_past_the_cap_overflow_and_are_counted() {
 #[test]
 fn series_past_the_cap_fold_into_the_overflow_series() {
     let store = store(2, 100);
-    let mut w = store.writer();
-    for service in ["a", "b", "c", "d", "a"] {
-        w.add(MetricId(1), &[service], 1);
-    }
-    drop(w);
+    count_each(&store, &["a", "b", "c", "d", "a"]);
     let snap = store.snapshot();
     assert_eq!(
         by_service(&snap, 1),
-        vec![
-            ("__overflow__".to_string(), Values::Counter(2)),
-            ("a".to_string(), Values::Counter(2)),
-            ("b".to_string(), Values::Counter(1)),
-        ]
+        counters(&[("__overflow__", 2), ("a", 2), ("b", 1)])
     );
     assert_eq!(
         snap.get(MetricId(3), &["c_total"]).unwrap().values,
@@ -185,11 +177,7 @@ fn series_past_the_cap_fold_into_the_overflow_series() {
 #[test]
 fn snapshot_series_stay_sorted_and_values_set_at_snapshot_time_replace() {
     let store = store(100, 100);
-    let mut w = store.writer();
-    for service in ["d", "b"] {
-        w.add(MetricId(1), &[service], 1);
-    }
-    drop(w);
+    count_each(&store, &["d", "b"]);
     let mut snap = store.snapshot();
     snap.set_counter(MetricId(1), &["c"], 5);
     snap.set_counter(MetricId(1), &["a"], 7);
@@ -210,6 +198,21 @@ fn snapshot_series_stay_sorted_and_values_set_at_snapshot_time_replace() {
 }
 
 /// The series of one metric (labelled by service only) as (service, values), in order.
+/// Adds 1 to counter 1 for each service, as written (no admission).
+fn count_each(store: &Store, services: &[&str]) {
+    let mut w = store.writer();
+    for service in services {
+        w.add(MetricId(1), &[service], 1);
+    }
+}
+
+fn counters(expected: &[(&str, u64)]) -> Vec<(String, Values)> {
+    expected
+        .iter()
+        .map(|&(service, n)| (service.to_string(), Values::Counter(n)))
+        .collect()
+}
+
 fn by_service(snap: &Snapshot, metric: usize) -> Vec<(String, Values)> {
     snap.series(MetricId(metric))
         .map(|s| (s.labels[0].to_string(), s.values))
@@ -393,29 +396,17 @@ fn expired_label_values_free_their_place_under_the_cap() {
 #[test]
 fn expired_series_free_their_place_under_the_series_cap() {
     let store = store_expiring(2, 100, Some(TIMEOUT));
-    let mut w = store.writer();
-    for service in ["a", "b"] {
-        w.add(MetricId(1), &[service], 1);
-    }
-    drop(w);
+    count_each(&store, &["a", "b"]);
     let t0 = Instant::now();
     store.expire_idle(t0);
     assert_eq!(store.expire_idle(t0 + TIMEOUT), 2);
     assert!(lock(&store.admitted_series[1]).is_empty());
 
-    let mut w = store.writer();
-    for service in ["c", "d", "e"] {
-        w.add(MetricId(1), &[service], 1);
-    }
-    drop(w);
+    count_each(&store, &["c", "d", "e"]);
     let snap = store.snapshot();
     assert_eq!(
         by_service(&snap, 1),
-        vec![
-            ("__overflow__".to_string(), Values::Counter(1)),
-            ("c".to_string(), Values::Counter(1)),
-            ("d".to_string(), Values::Counter(1)),
-        ]
+        counters(&[("__overflow__", 1), ("c", 1), ("d", 1)])
     );
     assert_eq!(counter(&snap, 3, &["c_total"]), Some(1), "e only");
 }
