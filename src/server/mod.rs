@@ -119,7 +119,7 @@ impl Server {
             listeners.push((listener, router, tls, limits));
             Ok::<_, StartError>(local)
         };
-        let receivers: [(_, _, _, fn(Ingest) -> Router); 2] = [
+        let receivers = [
             (
                 "OTLP/gRPC receiver",
                 &r.grpc,
