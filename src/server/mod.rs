@@ -43,6 +43,9 @@ pub enum StartError {
 }
 
 /// A running spanlens. Dropping it does not stop it; call [`Server::shutdown`].
+/// How a receiver's routes are made from the shared ingest state.
+type RouterOf = fn(Ingest) -> Router;
+
 pub struct Server {
     grpc_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
@@ -119,7 +122,7 @@ impl Server {
             listeners.push((listener, router, tls, limits));
             Ok::<_, StartError>(local)
         };
-        let receivers = [
+        let receivers: [(_, _, _, RouterOf); 2] = [
             (
                 "OTLP/gRPC receiver",
                 &r.grpc,
