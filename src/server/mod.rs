@@ -42,10 +42,10 @@ pub enum StartError {
     },
 }
 
-/// A running spanlens. Dropping it does not stop it; call [`Server::shutdown`].
 /// How a receiver's routes are made from the shared ingest state.
 type RouterOf = fn(Ingest) -> Router;
 
+/// A running spanlens. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     grpc_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
