@@ -403,10 +403,40 @@ pub struct MetricsConfig {
     /// (a Prometheus duration; 0s keeps series forever). A series that comes back restarts
     /// from zero, which Prometheus reads as a counter reset.
     pub series_idle_timeout: PromDuration,
+    /// Native histograms kept beside every stage and derived histogram.
+    pub native_histograms: NativeHistogramsConfig,
     /// TLS on the metrics endpoint.
     pub tls: Option<security::TlsServerConfig>,
     /// A bearer token scrapes must carry (Prometheus: `authorization: { credentials_file }`).
     pub auth: Option<security::AuthConfig>,
+}
+
+/// Native (sparse exponential) histograms: served in the Prometheus protobuf exposition to a
+/// scraper that asks for it, beside the classic buckets, which every format keeps.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NativeHistogramsConfig {
+    /// Keep them; false saves their memory when no scraper reads them.
+    pub enabled: bool,
+    /// Resolution, -4 to 8: each power of two is cut into 2^schema buckets, each bucket's
+    /// upper bound 2^(2^-schema) times its lower one (schema 3: 8 buckets, 9% apart).
+    pub schema: i8,
+    /// Populated buckets a series may hold; one more halves its resolution (lowers its schema
+    /// by one) instead of growing.
+    pub max_buckets: usize,
+    /// Observations of at most this many seconds fall in the zero bucket.
+    pub zero_threshold: f64,
+}
+
+impl Default for NativeHistogramsConfig {
+    fn default() -> Self {
+        NativeHistogramsConfig {
+            enabled: true,
+            schema: 3,
+            max_buckets: 160,
+            zero_threshold: 1e-9,
+        }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -420,6 +450,7 @@ impl Default for MetricsConfig {
             max_label_value_length: 128,
             max_series_per_metric: 10_000,
             series_idle_timeout: PromDuration::hours(1),
+            native_histograms: NativeHistogramsConfig::default(),
             tls: None,
             auth: None,
         }

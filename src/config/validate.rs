@@ -379,6 +379,22 @@ fn check_metrics(m: &MetricsConfig, problems: &mut Problems) {
     if m.max_series_per_metric == 0 {
         problems.add("metrics.max_series_per_metric", "must be at least 1");
     }
+    let native = &m.native_histograms;
+    if !(-4..=8).contains(&native.schema) {
+        problems.add(
+            "metrics.native_histograms.schema",
+            format!("{} is out of range: -4 to 8", native.schema),
+        );
+    }
+    if native.max_buckets < 2 {
+        problems.add("metrics.native_histograms.max_buckets", "must be at least 2");
+    }
+    if !(native.zero_threshold.is_finite() && native.zero_threshold >= 0.0) {
+        problems.add(
+            "metrics.native_histograms.zero_threshold",
+            "must be a number of seconds, 0 or more",
+        );
+    }
 }
 
 fn check_span_metrics(s: &SpanMetricsConfig, problems: &mut Problems) {
