@@ -113,6 +113,7 @@ async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
             job: &config.alerting.job,
             target: server.metrics_addr(),
             prometheus_flags: &[],
+            paged: "page",
             alerts: &[ALERT],
             diagnostics: &["{__name__=~\"service_handler_language:tasker_handler_execution.*\"}"],
         },

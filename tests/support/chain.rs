@@ -1,7 +1,7 @@
 //! The real alerting chain for end-to-end tests: Debian's Prometheus (`/usr/bin/prometheus`)
 //! scraping a spanlens target every second and evaluating a rule file every second, sending
-//! to Debian's Alertmanager (`/usr/bin/prometheus-alertmanager`), which routes
-//! `severity="page"` to a [`Webhook`] served by the test and everything else nowhere.
+//! to Debian's Alertmanager (`/usr/bin/prometheus-alertmanager`), which routes one severity
+//! ([`ChainSpec::paged`]) to a [`Webhook`] served by the test and everything else nowhere.
 //!
 //! [`Chain::start`] writes both configs into a scratch directory and spawns the daemons
 //! (extra Prometheus flags, such as `--enable-feature=native-histograms`, are passed through);
@@ -51,6 +51,8 @@ pub struct ChainSpec<'a> {
     pub target: SocketAddr,
     /// Extra Prometheus command-line flags.
     pub prometheus_flags: &'a [&'a str],
+    /// The `severity` Alertmanager sends to the webhook.
+    pub paged: &'a str,
     /// Alerts whose rules are printed on failure.
     pub alerts: &'a [&'a str],
     /// Instant queries whose results are printed on failure.
@@ -87,16 +89,17 @@ impl Chain {
   group_interval: 1s
   repeat_interval: 1h
   routes:
-    - matchers: ['severity="page"']
+    - matchers: ['severity="{paged}"']
       receiver: webhook
 receivers:
   - name: blackhole
   - name: webhook
     webhook_configs:
-      - url: http://{}/alerts
+      - url: http://{addr}/alerts
         send_resolved: true
 "#,
-                webhook.addr
+                paged = spec.paged,
+                addr = webhook.addr
             ),
         );
         let alertmanager = Daemon::spawn(
