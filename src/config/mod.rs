@@ -192,7 +192,8 @@ pub struct DerivedAlert {
     pub matchers: BTreeMap<String, String>,
     #[serde(default = "default_quantile")]
     pub quantile: f64,
-    /// Fire above this many seconds; must be a bucket bound of the histogram.
+    /// Fire above this many seconds; with classic histograms (`alerting.histograms`), a
+    /// bucket bound of the histogram.
     pub above_seconds: f64,
     #[serde(default = "default_for", rename = "for")]
     pub for_duration: PromDuration,
@@ -281,8 +282,9 @@ pub struct StageAlert {
     /// The quantile watched, such as 0.95.
     #[serde(default = "default_quantile")]
     pub quantile: f64,
-    /// Fire when the quantile is above this many seconds. Must be one of the histogram's
-    /// bucket bounds, or the quantile would be interpolated around it.
+    /// Fire when the quantile is above this many seconds. With classic histograms
+    /// (`alerting.histograms`) it must be one of the histogram's bucket bounds, or the
+    /// quantile would be interpolated around it.
     pub above_seconds: f64,
     /// How long the condition must hold (a Prometheus duration).
     #[serde(default = "default_for", rename = "for")]
