@@ -508,21 +508,32 @@ fn comparison_rules(config: &Config, c: &ComparisonConfig) -> Vec<Rule> {
     let window = config.alerting.rate_window.text();
     let step = &c.step_label;
     let level = format!("{step}_handler_language");
-    let buckets = format!("{level}:{}_bucket:rate{window}", c.histogram);
     let q = quantile_name(c.quantile);
     let quantile = format!("{level}:{}:{q}_rate{window}", c.histogram);
     let baseline = &c.baseline;
-    vec![
-        Rule::Record {
-            record: buckets.clone(),
-            expr: format!(
-                "sum by ({step}, handler_language, le) (rate({}_bucket[{window}]))",
-                c.histogram
-            ),
-        },
+    let mut rules = Vec::new();
+    // What histogram_quantile reads, as for the stages.
+    let histogram = match config.alerting.histograms {
+        HistogramKind::Classic => {
+            let buckets = format!("{level}:{}_bucket:rate{window}", c.histogram);
+            rules.push(Rule::Record {
+                record: buckets.clone(),
+                expr: format!(
+                    "sum by ({step}, handler_language, le) (rate({}_bucket[{window}]))",
+                    c.histogram
+                ),
+            });
+            buckets
+        }
+        HistogramKind::Native => format!(
+            "sum by ({step}, handler_language) (rate({}[{window}]))",
+            c.histogram
+        ),
+    };
+    rules.extend([
         Rule::Record {
             record: quantile.clone(),
-            expr: format!("histogram_quantile({}, {buckets})", c.quantile),
+            expr: format!("histogram_quantile({}, {histogram})", c.quantile),
         },
         Rule::Record {
             record: format!(
@@ -533,7 +544,8 @@ fn comparison_rules(config: &Config, c: &ComparisonConfig) -> Vec<Rule> {
                 "{quantile}{{handler_language!=\"{baseline}\"}}\n/ on ({step}) group_left\n{quantile}{{handler_language=\"{baseline}\"}}"
             ),
         },
-    ]
+    ]);
+    rules
 }
 
 fn health_rules(config: &Config) -> Vec<Rule> {
@@ -690,14 +702,12 @@ mod tests {
         assert!(text.contains(
             "1 - histogram_fraction(0, 1, sum by (service, handler_language) (rate(tasker_handler_execution_duration_seconds[6h])))"
         ), "{text}");
-        // Only the comparisons, whose histograms have no native twin, keep reading buckets.
+        assert!(text.contains(
+            "histogram_quantile(0.95, sum by (step, handler_language) (rate(tasker_handler_execution_by_step_seconds[5m])))"
+        ), "{text}");
+        // Every histogram, the comparisons' too, has its native twin: nothing reads buckets.
         let buckets: Vec<&str> = text.lines().filter(|l| l.contains("_bucket")).collect();
-        assert!(
-            buckets
-                .iter()
-                .all(|l| l.contains("tasker_handler_execution_by_step_seconds")),
-            "{buckets:#?}"
-        );
+        assert!(buckets.is_empty(), "{buckets:#?}");
         assert!(text.contains("alert: HandlerExecutionSLOFastBurn"));
     }
 }

@@ -1051,12 +1051,18 @@ fn allowed_metrics() -> BTreeSet<String> {
     let config = spanlens_config();
     let mut allowed: BTreeSet<String> = OWN_METRICS.iter().map(|s| s.to_string()).collect();
     allowed.insert("up".to_string());
-    let histogram = |allowed: &mut BTreeSet<String>, name: &str| {
+    // A classic histogram's series; the stage, derived and span-metrics histograms also have
+    // their native twin under the bare name (scraped over protobuf).
+    let classic = |allowed: &mut BTreeSet<String>, name: &str| {
         for suffix in ["_bucket", "_sum", "_count"] {
             allowed.insert(format!("{name}{suffix}"));
         }
     };
-    histogram(&mut allowed, "spanlens_request_duration_seconds");
+    let histogram = |allowed: &mut BTreeSet<String>, name: &str| {
+        classic(allowed, name);
+        allowed.insert(name.to_string());
+    };
+    classic(&mut allowed, "spanlens_request_duration_seconds");
     let stages = config
         .get("stages")
         .and_then(Value::as_mapping)
