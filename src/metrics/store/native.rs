@@ -165,7 +165,7 @@ impl Native {
     pub(crate) fn observe(&mut self, spec: &NativeSpec, value: f64) {
         let magnitude = value.abs();
         // NaN, too, counts in the zero bucket: it has no other.
-        if !(magnitude > self.zero_threshold) {
+        if magnitude.is_nan() || magnitude <= self.zero_threshold {
             self.zero_count += 1;
             return;
         }
