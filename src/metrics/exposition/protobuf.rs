@@ -1,0 +1,170 @@
+//! Prometheus's protobuf exposition: one `io.prometheus.client.MetricFamily` message per
+//! family, each preceded by its length as a varint (`encoding=delimited`), encoded here by
+//! hand with the field numbers of client_model's `metrics.proto` (proto2).
+//!
+//! A histogram series is one `Histogram` message with its classic buckets (cumulative, +Inf
+//! included) and its exemplar on the bucket whose bound holds the exemplar's value: that is
+//! where Prometheus 2.42 reads exemplars (client_model 0.3 has no histogram-level exemplars).
+
+use super::{SPAN_ID, TRACE_ID, families, hex};
+use crate::metrics::store::{Cell, Exemplar, MetricKind, MetricSpec, Snapshot, bucket_of};
+
+/// `MetricType` values.
+const COUNTER: u64 = 0;
+const GAUGE: u64 = 1;
+const HISTOGRAM: u64 = 4;
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+
+pub(super) fn render_into(out: &mut Vec<u8>, snapshot: &Snapshot) {
+    out.clear();
+    for (spec, series) in families(snapshot) {
+        delimited(out, |out| {
+            // MetricFamily: name 1, help 2, type 3, metric 4.
+            bytes_field(out, 1, spec.name.as_bytes());
+            bytes_field(out, 2, spec.help.as_bytes());
+            varint_field(
+                out,
+                3,
+                match spec.kind {
+                    MetricKind::Counter => COUNTER,
+                    MetricKind::Gauge => GAUGE,
+                    MetricKind::Histogram { .. } => HISTOGRAM,
+                },
+            );
+            for (labels, cell) in series {
+                message(out, 4, |out| metric(out, spec, labels, cell));
+            }
+        });
+    }
+}
+
+/// A `Metric`: label 1, gauge 2, counter 3, histogram 7.
+fn metric(out: &mut Vec<u8>, spec: &MetricSpec, labels: &[Box<str>], cell: &Cell) {
+    for (name, value) in spec.label_names.iter().zip(labels) {
+        label(out, 1, name.as_bytes(), value.as_bytes());
+    }
+    match (cell, &spec.kind) {
+        // Gauge and Counter: value 1.
+        (Cell::Gauge(v), _) => message(out, 2, |out| double_field(out, 1, *v)),
+        (Cell::Counter(n), _) => message(out, 3, |out| double_field(out, 1, *n as f64)),
+        (
+            Cell::Histogram {
+                counts,
+                sum,
+                exemplar,
+                ..
+            },
+            MetricKind::Histogram { bounds },
+        ) => message(out, 7, |out| {
+            // Histogram: sample_count 1, sample_sum 2, bucket 3 (cumulative_count 1,
+            // upper_bound 2, exemplar 3).
+            varint_field(out, 1, counts.iter().sum());
+            double_field(out, 2, *sum);
+            let exemplar_bucket = exemplar.map(|e| bucket_of(bounds, e.value));
+            let upper_bounds = bounds.iter().copied().chain([f64::INFINITY]);
+            let mut cumulative = 0;
+            for (i, (count, bound)) in counts.iter().zip(upper_bounds).enumerate() {
+                cumulative += count;
+                message(out, 3, |out| {
+                    varint_field(out, 1, cumulative);
+                    double_field(out, 2, bound);
+                    if let Some(e) = exemplar.filter(|_| exemplar_bucket == Some(i)) {
+                        message(out, 3, |out| exemplar_message(out, &e));
+                    }
+                });
+            }
+        }),
+        (Cell::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
+            unreachable!("kinds agree")
+        }
+    }
+}
+
+/// An `Exemplar`: label 1 (trace_id, span_id in hex), value 2, timestamp 3
+/// (`google.protobuf.Timestamp`: seconds 1, nanos 2).
+fn exemplar_message(out: &mut Vec<u8>, e: &Exemplar) {
+    let mut digits = [0; 32];
+    for (name, id) in [(TRACE_ID, &e.trace_id[..]), (SPAN_ID, &e.span_id[..])] {
+        for (slot, digit) in digits.iter_mut().zip(hex(id)) {
+            *slot = digit;
+        }
+        label(out, 1, name.as_bytes(), &digits[..2 * id.len()]);
+    }
+    double_field(out, 2, e.value);
+    message(out, 3, |out| {
+        varint_field(out, 1, e.timestamp_unix_nano / 1_000_000_000);
+        varint_field(out, 2, e.timestamp_unix_nano % 1_000_000_000);
+    });
+}
+
+/// A `LabelPair` (name 1, value 2) as field `field`.
+fn label(out: &mut Vec<u8>, field: u32, name: &[u8], value: &[u8]) {
+    message(out, field, |out| {
+        bytes_field(out, 1, name);
+        bytes_field(out, 2, value);
+    });
+}
+
+fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+    varint(out, u64::from(field) << 3 | u64::from(wire_type));
+}
+
+fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
+    tag(out, field, VARINT);
+    varint(out, value);
+}
+
+fn double_field(out: &mut Vec<u8>, field: u32, value: f64) {
+    tag(out, field, FIXED64);
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    tag(out, field, LEN);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A nested message as field `field`: its body written by `body`.
+fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    tag(out, field, LEN);
+    delimited(out, body);
+}
+
+/// What `body` writes, preceded by its length as a varint. The body is written in place
+/// after one byte kept for the length, and moved up when the length takes more: most
+/// messages here are under 128 bytes.
+fn delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.push(0);
+    body(out);
+    let len = out.len() - at - 1;
+    let (prefix, prefix_len) = varint_bytes(len as u64);
+    if prefix_len > 1 {
+        out.resize(out.len() + prefix_len - 1, 0);
+        out.copy_within(at + 1..at + 1 + len, at + prefix_len);
+    }
+    out[at..at + prefix_len].copy_from_slice(&prefix[..prefix_len]);
+}
+
+fn varint(out: &mut Vec<u8>, value: u64) {
+    let (bytes, len) = varint_bytes(value);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// `value` as a varint: seven bits a byte, least significant first; the bytes and how many.
+fn varint_bytes(mut value: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0; 10];
+    let mut len = 0;
+    while value >= 0x80 {
+        bytes[len] = (value as u8) | 0x80;
+        value >>= 7;
+        len += 1;
+    }
+    bytes[len] = value as u8;
+    (bytes, len + 1)
+}
