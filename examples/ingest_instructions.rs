@@ -21,7 +21,7 @@
 //! ```
 //!
 //! The features are those of `benches/support/profiles.rs`: span_metrics, derived,
-//! comparisons, dedupe, breakdown.
+//! comparisons, dedupe, breakdown, native_histograms.
 
 #[path = "../benches/support/cpu_time.rs"]
 mod cpu_time;

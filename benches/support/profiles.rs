@@ -5,17 +5,18 @@
 use spanlens::config::Config;
 
 /// Features of the default profile that can be turned off one by one, by name.
-pub const FEATURES: [&str; 5] = [
+pub const FEATURES: [&str; 6] = [
     "span_metrics",
     "derived",
     "comparisons",
     "dedupe",
     "breakdown",
+    "native_histograms",
 ];
 
-/// What is left with all of [`FEATURES`] off: decode, classify and the stage metrics
-/// (histogram, calls and errors by service and handler language).
-pub const STAGES_ONLY: &[&str] = &FEATURES;
+/// What is left with all of [`FEATURES`] but the native histograms off: decode, classify and
+/// the stage metrics (histogram, calls and errors by service and handler language).
+pub const STAGES_ONLY: &[&str] = &FEATURES[..5];
 
 /// The stages of the flow the in-process target names (issue 3: "decode + classify +
 /// aggregate"): every histogram and counter a span is observed into on its own (stage
@@ -37,6 +38,7 @@ pub fn default_profile_without(features: &[&str]) -> Config {
             "comparisons" => config.comparisons.clear(),
             "dedupe" => config.join.dedupe_spans = 0,
             "breakdown" => config.breakdown.max_spans = 0,
+            "native_histograms" => config.metrics.native_histograms.enabled = false,
             other => panic!("no feature {other:?}; the features are {FEATURES:?}"),
         }
     }

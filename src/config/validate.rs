@@ -387,7 +387,10 @@ fn check_metrics(m: &MetricsConfig, problems: &mut Problems) {
         );
     }
     if native.max_buckets < 2 {
-        problems.add("metrics.native_histograms.max_buckets", "must be at least 2");
+        problems.add(
+            "metrics.native_histograms.max_buckets",
+            "must be at least 2",
+        );
     }
     if !(native.zero_threshold.is_finite() && native.zero_threshold >= 0.0) {
         problems.add(

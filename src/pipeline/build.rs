@@ -10,7 +10,9 @@ use crate::config::limits::MAX_EXTRA_LABELS;
 use crate::config::{ComparisonConfig, Config, DerivedConfig, StageConfig};
 use crate::join::breakdown::{DerivedRule, SpanLog};
 use crate::join::{JoinSpec, JoinWindow};
-use crate::metrics::store::{DimensionId, MetricId, MetricKind, MetricSpec, Store, StoreSpec};
+use crate::metrics::store::{
+    DimensionId, MetricId, MetricKind, MetricSpec, NativeSpec, Store, StoreSpec,
+};
 use crate::otlp::decode::AttributeKeys;
 use std::sync::Arc;
 use thiserror::Error;
@@ -112,8 +114,12 @@ impl Table {
         labels: &[&str],
     ) -> MetricId {
         let bounds = buckets.as_ref().unwrap_or(&config.metrics.default_buckets);
+        let native = &config.metrics.native_histograms;
         let kind = MetricKind::Histogram {
             bounds: Arc::from(bounds.as_slice()),
+            native: native
+                .enabled
+                .then(|| NativeSpec::new(native.schema, native.max_buckets, native.zero_threshold)),
         };
         self.add(name, help, kind, labels)
     }
@@ -323,6 +329,7 @@ fn own_metrics(table: &mut Table) -> OwnMetrics {
             "Time from an export request's headers to its answer, for requests whose spans were processed (accepted in whole or in part), by protocol: reading and decompressing the body, decoding, processing and queueing for forwarding.",
             MetricKind::Histogram {
                 bounds: Arc::from(REQUEST_DURATION_BUCKETS.as_slice()),
+                native: None,
             },
             &["protocol"],
         ),

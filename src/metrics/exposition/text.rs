@@ -64,7 +64,7 @@ pub(super) fn render_into(out: &mut String, snapshot: &Snapshot, format: Format)
                         exemplar,
                         ..
                     },
-                    MetricKind::Histogram { bounds },
+                    MetricKind::Histogram { bounds, .. },
                 ) => {
                     // The exemplar goes on the first bucket whose bound holds its value.
                     let exemplar_bucket = exemplar.map(|e| bucket_of(bounds, e.value));
@@ -115,7 +115,7 @@ fn estimated_len(snapshot: &Snapshot) -> usize {
     let mut len = 4096;
     for (index, spec) in snapshot.metrics.iter().enumerate() {
         let lines = match &spec.kind {
-            MetricKind::Histogram { bounds } => bounds.len() + 3,
+            MetricKind::Histogram { bounds, .. } => bounds.len() + 3,
             MetricKind::Counter | MetricKind::Gauge => 1,
         };
         let names: usize = spec.label_names.iter().map(|n| n.len() + 4).sum();
@@ -157,7 +157,7 @@ struct SampleNames {
 impl SampleNames {
     fn new(name: &str, kind: &MetricKind, format: Format) -> SampleNames {
         let le = match kind {
-            MetricKind::Histogram { bounds } => bounds
+            MetricKind::Histogram { bounds, .. } => bounds
                 .iter()
                 .map(|b| {
                     let mut le = String::new();
@@ -262,6 +262,7 @@ mod tests {
                     "Claim time.\nSecond line",
                     MetricKind::Histogram {
                         bounds: Arc::from(vec![0.01, 1.0]),
+                        native: None,
                     },
                     &["service"],
                 ),

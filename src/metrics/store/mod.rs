@@ -10,8 +10,10 @@
 //! least the timeout ago, with their slots under the series cap and the label values nothing
 //! admitted since. Writers read the tick once per batch and store it with each write.
 
+mod native;
 mod series;
 
+pub(crate) use native::{Native, NativeSpec};
 pub use series::Snapshot;
 pub(crate) use series::{
     Cell, Exemplar, LabelSet, MetricId, MetricKind, MetricSpec, Values, bucket_of,
@@ -679,11 +681,13 @@ impl<'s> Writer<'s> {
             lock(raw).entry(slot.key.clone()).or_default().push(seconds);
         }
         let spec = &store.metrics[series.metric()];
-        let MetricKind::Histogram { bounds } = &spec.kind else {
-            panic!("observe on {} which is not a histogram", spec.name);
-        };
+        assert!(
+            matches!(spec.kind, MetricKind::Histogram { .. }),
+            "observe on {} which is not a histogram",
+            spec.name
+        );
         slot.cell.observe(
-            bounds,
+            &spec.kind,
             seconds,
             exemplar.map(|e| Exemplar {
                 epoch,

@@ -1,6 +1,7 @@
 //! One series: its key (metric and label values) and its cell (histogram or counter), and
 //! the snapshot that merges cells from every shard.
 
+use super::native::{Native, NativeSpec};
 use crate::collections::text::same_str;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -13,9 +14,11 @@ pub(crate) enum MetricKind {
     Counter,
     /// A value set at snapshot time (see [`Snapshot::set_gauge`]), never by ingest.
     Gauge,
-    /// Upper bounds in seconds, increasing; +Inf is implied.
+    /// Upper bounds in seconds, increasing; +Inf is implied. With a native spec each series
+    /// keeps a native histogram too.
     Histogram {
         bounds: Arc<[f64]>,
+        native: Option<NativeSpec>,
     },
 }
 
@@ -149,6 +152,8 @@ pub(crate) enum Cell {
         counts: Box<[u64]>,
         sum: f64,
         exemplar: Option<Exemplar>,
+        /// The same observations in native buckets, when the metric keeps them.
+        native: Option<Box<Native>>,
     },
 }
 
@@ -157,22 +162,33 @@ impl Cell {
         match kind {
             MetricKind::Counter => Cell::Counter(0),
             MetricKind::Gauge => Cell::Gauge(0.0),
-            MetricKind::Histogram { bounds } => Cell::Histogram {
+            MetricKind::Histogram { bounds, native } => Cell::Histogram {
                 counts: vec![0; bounds.len() + 1].into_boxed_slice(),
                 sum: 0.0,
                 exemplar: None,
+                native: native.as_ref().map(|spec| Box::new(Native::new(spec))),
             },
         }
     }
 
-    pub(crate) fn observe(&mut self, bounds: &[f64], value: f64, candidate: Option<Exemplar>) {
-        if let Cell::Histogram {
-            counts,
-            sum,
-            exemplar,
-        } = self
+    pub(crate) fn observe(&mut self, kind: &MetricKind, value: f64, candidate: Option<Exemplar>) {
+        if let (
+            Cell::Histogram {
+                counts,
+                sum,
+                exemplar,
+                native,
+            },
+            MetricKind::Histogram {
+                bounds,
+                native: spec,
+            },
+        ) = (self, kind)
         {
             counts[bucket_of(bounds, value)] += 1;
+            if let (Some(native), Some(spec)) = (native, spec) {
+                native.observe(spec, value);
+            }
             *sum += value;
             if let Some(candidate) = candidate
                 && candidate.beats(exemplar)
@@ -199,13 +215,18 @@ impl Cell {
                     counts,
                     sum,
                     exemplar,
+                    native,
                 },
                 Cell::Histogram {
                     counts: more,
                     sum: more_sum,
                     exemplar: other,
+                    native: more_native,
                 },
             ) => {
+                if let (Some(native), Some(more)) = (native, more_native) {
+                    native.merge(more);
+                }
                 for (a, b) in counts.iter_mut().zip(more.iter()) {
                     *a += b;
                 }
@@ -297,6 +318,7 @@ impl Snapshot {
                     counts,
                     sum,
                     exemplar,
+                    ..
                 } => Values::Histogram {
                     cumulative: counts
                         .iter()

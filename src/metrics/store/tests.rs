@@ -22,6 +22,7 @@ fn store_keeping(
                 "h",
                 MetricKind::Histogram {
                     bounds: Arc::from(vec![0.01, 0.1, 1.0]),
+                    native: Some(native_spec()),
                 },
                 &["service"],
             ),
@@ -72,6 +73,50 @@ fn histograms_count_per_bucket_with_le_semantics() {
     };
     assert_eq!(cumulative, vec![2, 4, 4, 5]);
     assert!((sum - 2.165).abs() < 1e-12);
+}
+
+fn native_spec() -> NativeSpec {
+    NativeSpec::new(3, 12, 1e-9)
+}
+
+#[test]
+fn native_buckets_merge_over_shards_into_what_one_writer_would_hold() {
+    let store = Arc::new(store(100, 100));
+    let values =
+        |t: u32| (0..200).map(move |i| 0.0001 * 1.05f64.powi((i * 7 + t as i32 * 13) % 200));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut w = store.writer();
+                for v in values(t) {
+                    w.observe(MetricId(0), &["a"], v, None);
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let spec = native_spec();
+    let mut alone = Native::new(&spec);
+    (0..4)
+        .flat_map(values)
+        .for_each(|v| alone.observe(&spec, v));
+    let snap = store.snapshot();
+    let (_, cell) = snap.cells(MetricId(0)).next().unwrap();
+    let Cell::Histogram { native, counts, .. } = cell else {
+        panic!("{cell:?}")
+    };
+    let native = native.as_ref().expect("the metric keeps native buckets");
+    assert_eq!(native.count(), counts.iter().sum::<u64>());
+    assert_eq!(native.count(), 800);
+    // A shard's copy may have lowered its schema at a different moment; the merge meets the
+    // lowest, where every layout of the same values is the same.
+    assert!(native.positive().count() <= 12);
+    assert_eq!(native.schema(), alone.schema());
+    assert_eq!(
+        native.positive().collect::<Vec<_>>(),
+        alone.positive().collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -1,0 +1,375 @@
+//! Native histograms, as Prometheus defines them: sparse exponential buckets. At schema `s`
+//! bucket `i` holds the values in (base^(i-1), base^i], base = 2^(2^-s); values of at most
+//! the zero threshold (in magnitude) fall in one zero bucket; negative values mirror the
+//! positive buckets. A series keeps at most `max_buckets` populated buckets: one more lowers
+//! its schema by one (every two neighbouring buckets merge), so memory stays bounded and the
+//! resolution adapts to the spread of the values.
+//!
+//! A value's bucket is found at the configured schema from its binary exponent and a table of
+//! the bucket bounds within one power of two (exact comparisons, no logarithm), then shifted
+//! down to the series' current schema.
+
+use std::sync::Arc;
+
+/// Schemas Prometheus accepts.
+pub(crate) const SCHEMAS: std::ops::RangeInclusive<i8> = -4..=8;
+
+/// How every native histogram of a metric is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NativeSpec {
+    /// The schema a series starts at.
+    schema: i8,
+    max_buckets: usize,
+    zero_threshold: f64,
+    layout: Arc<Layout>,
+}
+
+/// The bounds within one power of two at a schema of 1 or more, and where to start looking
+/// for a mantissa among them.
+#[derive(Debug, PartialEq)]
+struct Layout {
+    /// 2^(j/2^schema) for j in 0..=2^schema.
+    bounds: Box<[f64]>,
+    /// By the top 8 bits of a mantissa: the number of bounds below the smallest mantissa
+    /// with those bits.
+    start: Box<[u16; 256]>,
+}
+
+impl NativeSpec {
+    /// `schema` within [`SCHEMAS`], `max_buckets` at least 2 (config checks both).
+    pub(crate) fn new(schema: i8, max_buckets: usize, zero_threshold: f64) -> NativeSpec {
+        assert!(SCHEMAS.contains(&schema) && max_buckets >= 2);
+        let per_octave = 1usize << schema.max(0);
+        let bounds: Box<[f64]> = (0..=per_octave)
+            .map(|j| (j as f64 / per_octave as f64).exp2())
+            .collect();
+        let mut start = Box::new([0u16; 256]);
+        for (k, s) in start.iter_mut().enumerate() {
+            let mantissa = 1.0 + k as f64 / 256.0;
+            *s = bounds.iter().filter(|&&b| b < mantissa).count() as u16;
+        }
+        NativeSpec {
+            schema,
+            max_buckets,
+            zero_threshold,
+            layout: Arc::new(Layout { bounds, start }),
+        }
+    }
+
+    /// The bucket of a value above the zero threshold, at the spec's schema.
+    fn index(&self, magnitude: f64) -> i32 {
+        let (exponent, mantissa) = split(magnitude);
+        if self.schema <= 0 {
+            // The bucket at schema 0 (powers of two as bounds), then merged down.
+            let at_zero = exponent + i32::from(mantissa > 1.0);
+            return lower(at_zero, -self.schema);
+        }
+        let bounds = &self.layout.bounds;
+        let top = ((mantissa.to_bits() >> 44) & 0xff) as usize;
+        let mut j = usize::from(self.layout.start[top]);
+        while bounds[j] < mantissa {
+            j += 1;
+        }
+        (exponent << self.schema) + j as i32
+    }
+}
+
+/// `value` (finite, positive) as 2^exponent × mantissa, mantissa in [1, 2).
+fn split(value: f64) -> (i32, f64) {
+    let value = value.min(f64::MAX);
+    let bits = value.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    if biased == 0 {
+        // Subnormal: scale into the normal range first.
+        let (exponent, mantissa) = split(value * 2f64.powi(64));
+        return (exponent - 64, mantissa);
+    }
+    let mantissa = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+    (biased - 1023, mantissa)
+}
+
+/// The index at `by` schemas lower of bucket `index`: ceil(index / 2^by).
+fn lower(index: i32, by: i8) -> i32 {
+    ((index - 1) >> by) + 1
+}
+
+/// A native histogram in a cell: a shard's, or a snapshot's merge of them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Native {
+    schema: i8,
+    zero_threshold: f64,
+    max_buckets: usize,
+    zero_count: u64,
+    positive: Buckets,
+    negative: Buckets,
+}
+
+/// Consecutive bucket counts from index `first` on, with how many are not zero.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Buckets {
+    first: i32,
+    counts: Vec<u64>,
+    populated: usize,
+}
+
+impl Buckets {
+    fn add(&mut self, index: i32, by: u64) {
+        if self.counts.is_empty() {
+            self.first = index;
+        } else if index < self.first {
+            let grow = (self.first - index) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.first = index;
+        }
+        let at = (index - self.first) as usize;
+        if at >= self.counts.len() {
+            self.counts.resize(at + 1, 0);
+        }
+        if self.counts[at] == 0 {
+            self.populated += 1;
+        }
+        self.counts[at] += by;
+    }
+
+    /// The populated buckets, by increasing index.
+    fn iter(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(at, c)| (self.first + at as i32, *c))
+    }
+
+    /// The same counts `by` schemas lower.
+    fn lowered(&self, by: i8) -> Buckets {
+        let mut lowered = Buckets::default();
+        for (index, count) in self.iter() {
+            lowered.add(lower(index, by), count);
+        }
+        lowered
+    }
+}
+
+impl Native {
+    pub(crate) fn new(spec: &NativeSpec) -> Native {
+        Native {
+            schema: spec.schema,
+            zero_threshold: spec.zero_threshold,
+            max_buckets: spec.max_buckets,
+            zero_count: 0,
+            positive: Buckets::default(),
+            negative: Buckets::default(),
+        }
+    }
+
+    pub(crate) fn observe(&mut self, spec: &NativeSpec, value: f64) {
+        let magnitude = value.abs();
+        // NaN, too, counts in the zero bucket: it has no other.
+        if !(magnitude > self.zero_threshold) {
+            self.zero_count += 1;
+            return;
+        }
+        let index = lower(spec.index(magnitude), spec.schema - self.schema);
+        match value > 0.0 {
+            true => self.positive.add(index, 1),
+            false => self.negative.add(index, 1),
+        }
+        self.fit();
+    }
+
+    /// Adds `other` (the same series from another shard) into `self`, at the lower of the
+    /// two schemas.
+    pub(crate) fn merge(&mut self, other: &Native) {
+        let (mut other, schema) = (other.clone(), self.schema.min(other.schema));
+        self.lower_to(schema);
+        other.lower_to(schema);
+        self.zero_count += other.zero_count;
+        for (mine, theirs) in [
+            (&mut self.positive, &other.positive),
+            (&mut self.negative, &other.negative),
+        ] {
+            for (index, count) in theirs.iter() {
+                mine.add(index, count);
+            }
+        }
+        self.fit();
+    }
+
+    /// Lowers the schema until at most `max_buckets` buckets are populated (or the schema is
+    /// the lowest there is).
+    fn fit(&mut self) {
+        while self.positive.populated + self.negative.populated > self.max_buckets
+            && self.schema > *SCHEMAS.start()
+        {
+            self.lower_to(self.schema - 1);
+        }
+    }
+
+    fn lower_to(&mut self, schema: i8) {
+        let by = self.schema - schema;
+        if by > 0 {
+            self.positive = self.positive.lowered(by);
+            self.negative = self.negative.lowered(by);
+            self.schema = schema;
+        }
+    }
+
+    pub(crate) fn schema(&self) -> i8 {
+        self.schema
+    }
+
+    pub(crate) fn zero_threshold(&self) -> f64 {
+        self.zero_threshold
+    }
+
+    pub(crate) fn zero_count(&self) -> u64 {
+        self.zero_count
+    }
+
+    /// The populated positive buckets (index, count), by increasing index.
+    pub(crate) fn positive(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.positive.iter()
+    }
+
+    /// The populated negative buckets (index, count) by increasing index: bucket i holds the
+    /// values in [-base^i, -base^(i-1)).
+    pub(crate) fn negative(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.negative.iter()
+    }
+
+    /// Observations counted, over every bucket.
+    pub(crate) fn count(&self) -> u64 {
+        self.zero_count
+            + self.positive.counts.iter().sum::<u64>()
+            + self.negative.counts.iter().sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bucket i at schema s holds (base^(i-1), base^i]: the reference, by logarithm.
+    fn reference_index(value: f64, schema: i8) -> i32 {
+        (value.log2() * 2f64.powi(i32::from(schema))).ceil() as i32
+    }
+
+    fn bound(index: i32, schema: i8) -> f64 {
+        (f64::from(index) * 2f64.powi(-i32::from(schema))).exp2()
+    }
+
+    #[test]
+    fn every_schema_puts_values_in_the_bucket_the_definition_gives() {
+        let values = [
+            1e-9, 3.7e-7, 0.001, 0.0123, 0.04, 0.1, 0.25, 0.5, 0.999, 1.0, 1.5, 2.0, 3.0, 17.3,
+            1e6, 5e-310,
+        ];
+        for schema in SCHEMAS {
+            let spec = NativeSpec::new(schema, 160, 0.0);
+            for value in values {
+                let got = spec.index(value);
+                // Exactly on a bound, and just above it: the bound belongs to the lower bucket.
+                assert!(
+                    value <= bound(got, schema) * (1.0 + 1e-12),
+                    "{value} s{schema} {got}"
+                );
+                assert!(
+                    value > bound(got - 1, schema) * (1.0 - 1e-12),
+                    "{value} s{schema}"
+                );
+                if (value.log2() * 2f64.powi(schema.into())).fract().abs() > 1e-9 {
+                    assert_eq!(
+                        got,
+                        reference_index(value, schema),
+                        "{value} at schema {schema}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_belong_to_the_bucket_below_them() {
+        for schema in SCHEMAS {
+            let spec = NativeSpec::new(schema, 160, 0.0);
+            for index in [-40, -9, -1, 0, 1, 2, 7, 8, 9, 33] {
+                let b = bound(index, schema);
+                // The table's bound is the one the comparison uses; powers of two are exact.
+                if schema <= 0 || index % (1 << schema) == 0 {
+                    assert_eq!(spec.index(b), index, "bound {b} at schema {schema}");
+                }
+                assert_eq!(
+                    spec.index(b * (1.0 + 1e-9)),
+                    index + 1,
+                    "above {b} (s{schema})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lowering_merges_pairs_of_buckets() {
+        for index in -20..20 {
+            for by in 1..4 {
+                let lowered = lower(index, by);
+                let width = 1 << by;
+                // Bucket `lowered` covers the buckets (lowered-1)*width+1 ..= lowered*width.
+                assert!((lowered - 1) * width < index && index <= lowered * width);
+            }
+        }
+    }
+
+    #[test]
+    fn too_many_buckets_lower_the_schema_instead_of_growing() {
+        let spec = NativeSpec::new(8, 10, 1e-9);
+        let mut native = Native::new(&spec);
+        let values: Vec<f64> = (0..1000).map(|i| 0.001 * 1.01f64.powi(i)).collect();
+        for &v in &values {
+            native.observe(&spec, v);
+        }
+        let populated = native.positive().count();
+        assert!(populated <= 10, "{populated} buckets");
+        assert!(native.schema() < 8);
+        assert_eq!(native.count(), 1000);
+        // Every value is still inside its (coarser) bucket.
+        let at = NativeSpec::new(native.schema().max(-4), 10, 0.0);
+        let buckets: Vec<(i32, u64)> = native.positive().collect();
+        let mut expected = Buckets::default();
+        for &v in &values {
+            expected.add(at.index(v), 1);
+        }
+        assert_eq!(buckets, expected.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn zero_and_negative_values() {
+        let spec = NativeSpec::new(3, 160, 0.001);
+        let mut native = Native::new(&spec);
+        for v in [0.0, 0.0005, -0.0005, f64::NAN, -0.5, -0.5, 0.5] {
+            native.observe(&spec, v);
+        }
+        assert_eq!(native.zero_count(), 4);
+        assert_eq!(native.negative().collect::<Vec<_>>(), vec![(-8, 2)]);
+        assert_eq!(native.positive().collect::<Vec<_>>(), vec![(-8, 1)]);
+        assert_eq!(native.count(), 7);
+    }
+
+    #[test]
+    fn merging_copies_at_different_schemas_meets_at_the_lower() {
+        let spec = NativeSpec::new(4, 6, 0.0);
+        let (mut wide, mut narrow) = (Native::new(&spec), Native::new(&spec));
+        for i in 0..40 {
+            wide.observe(&spec, 1.0 + f64::from(i) * 0.3);
+        }
+        narrow.observe(&spec, 1.01);
+        narrow.observe(&spec, 1.02);
+        assert!(wide.schema() < narrow.schema());
+        let mut merged = narrow.clone();
+        merged.merge(&wide);
+        assert_eq!(merged.schema(), wide.schema());
+        assert_eq!(merged.count(), 42);
+        let mut the_other_way = wide.clone();
+        the_other_way.merge(&narrow);
+        assert_eq!(merged, the_other_way);
+    }
+}
