@@ -3,11 +3,21 @@
 //! hand with the field numbers of client_model's `metrics.proto` (proto2).
 //!
 //! A histogram series is one `Histogram` message with its classic buckets (cumulative, +Inf
-//! included) and its exemplar on the bucket whose bound holds the exemplar's value: that is
-//! where Prometheus 2.42 reads exemplars (client_model 0.3 has no histogram-level exemplars).
+//! included), its exemplar on the bucket whose bound holds the exemplar's value (that is
+//! where Prometheus 2.42 reads exemplars, of classic and native histograms alike:
+//! client_model 0.3 has no histogram-level exemplars), and, when the series keeps one, its
+//! native histogram in the same message: schema, zero bucket, and the populated buckets as
+//! spans (offset from the end of the previous span, the first from index 0) and deltas (each
+//! count minus the one before it, the first minus 0).
+//!
+//! Prometheus 2.42 takes a histogram for native when its zero threshold or zero count is
+//! above 0 or it has bucket deltas, decides that by the family's first series for the whole
+//! family, and then ingests only the native histogram (the classic buckets serve for
+//! exemplars only). A native histogram with no observation is marked with an empty span, the
+//! mark later Prometheus versions look for.
 
 use super::{SPAN_ID, TRACE_ID, families, hex};
-use crate::metrics::store::{Cell, Exemplar, MetricKind, MetricSpec, Snapshot, bucket_of};
+use crate::metrics::store::{Cell, Exemplar, MetricKind, MetricSpec, Native, Snapshot, bucket_of};
 
 /// `MetricType` values.
 const COUNTER: u64 = 0;
@@ -56,9 +66,9 @@ fn metric(out: &mut Vec<u8>, spec: &MetricSpec, labels: &[Box<str>], cell: &Cell
                 counts,
                 sum,
                 exemplar,
-                ..
+                native,
             },
-            MetricKind::Histogram { bounds },
+            MetricKind::Histogram { bounds, .. },
         ) => message(out, 7, |out| {
             // Histogram: sample_count 1, sample_sum 2, bucket 3 (cumulative_count 1,
             // upper_bound 2, exemplar 3).
@@ -77,11 +87,71 @@ fn metric(out: &mut Vec<u8>, spec: &MetricSpec, labels: &[Box<str>], cell: &Cell
                     }
                 });
             }
+            if let Some(native) = native {
+                native_fields(out, native);
+            }
         }),
         (Cell::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
             unreachable!("kinds agree")
         }
     }
+}
+
+/// The native histogram's fields of `Histogram`: schema 5, zero_threshold 6, zero_count 7,
+/// negative_span 9 and negative_delta 10, positive_span 12 and positive_delta 13.
+fn native_fields(out: &mut Vec<u8>, native: &Native) {
+    sint_field(out, 5, i64::from(native.schema()));
+    double_field(out, 6, native.zero_threshold());
+    varint_field(out, 7, native.zero_count());
+    buckets(out, 9, 10, || native.negative());
+    buckets(out, 12, 13, || native.positive());
+    if native.count() == 0 {
+        message(out, 12, |out| {
+            sint_field(out, 1, 0);
+            varint_field(out, 2, 0);
+        });
+    }
+}
+
+/// Populated buckets (index, count; by increasing index) as `BucketSpan`s (offset 1, length
+/// 2) in field `spans`, then as deltas in field `deltas`.
+fn buckets<I: Iterator<Item = (i32, u64)>>(
+    out: &mut Vec<u8>,
+    spans: u32,
+    deltas: u32,
+    populated: impl Fn() -> I,
+) {
+    // A span: its offset, and its length so far.
+    let mut span: Option<(i32, u32)> = None;
+    // The index after the last bucket seen.
+    let mut next = 0;
+    for (index, _) in populated() {
+        span = match span {
+            Some((offset, length)) if index == next => Some((offset, length + 1)),
+            _ => {
+                if let Some((offset, length)) = span {
+                    bucket_span(out, spans, offset, length);
+                }
+                Some((index - next, 1))
+            }
+        };
+        next = index + 1;
+    }
+    if let Some((offset, length)) = span {
+        bucket_span(out, spans, offset, length);
+    }
+    let mut previous = 0;
+    for (_, count) in populated() {
+        sint_field(out, deltas, count as i64 - previous as i64);
+        previous = count;
+    }
+}
+
+fn bucket_span(out: &mut Vec<u8>, field: u32, offset: i32, length: u32) {
+    message(out, field, |out| {
+        sint_field(out, 1, i64::from(offset));
+        varint_field(out, 2, u64::from(length));
+    });
 }
 
 /// An `Exemplar`: label 1 (trace_id, span_id in hex), value 2, timestamp 3
@@ -116,6 +186,13 @@ fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
 fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     tag(out, field, VARINT);
     varint(out, value);
+}
+
+/// A `sint32` or `sint64` field (zigzag: small magnitudes take few bytes either side of 0;
+/// the two encode alike for values that fit 32 bits).
+fn sint_field(out: &mut Vec<u8>, field: u32, value: i64) {
+    tag(out, field, VARINT);
+    varint(out, ((value << 1) ^ (value >> 63)) as u64);
 }
 
 fn double_field(out: &mut Vec<u8>, field: u32, value: f64) {
