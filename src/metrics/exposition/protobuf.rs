@@ -245,3 +245,108 @@ fn varint_bytes(mut value: u64) -> ([u8; 10], usize) {
     bytes[len] = value as u8;
     (bytes, len + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::store::NativeSpec;
+
+    /// The native part of client_model's `Histogram` and its `BucketSpan`, decoded by prost.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NativeHistogram {
+        #[prost(sint32, optional, tag = "5")]
+        schema: Option<i32>,
+        #[prost(double, optional, tag = "6")]
+        zero_threshold: Option<f64>,
+        #[prost(uint64, optional, tag = "7")]
+        zero_count: Option<u64>,
+        #[prost(message, repeated, tag = "9")]
+        negative_span: Vec<BucketSpan>,
+        #[prost(sint64, repeated, packed = "false", tag = "10")]
+        negative_delta: Vec<i64>,
+        #[prost(message, repeated, tag = "12")]
+        positive_span: Vec<BucketSpan>,
+        #[prost(sint64, repeated, packed = "false", tag = "13")]
+        positive_delta: Vec<i64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct BucketSpan {
+        #[prost(sint32, optional, tag = "1")]
+        offset: Option<i32>,
+        #[prost(uint32, optional, tag = "2")]
+        length: Option<u32>,
+    }
+
+    fn span(offset: i32, length: u32) -> BucketSpan {
+        BucketSpan {
+            offset: Some(offset),
+            length: Some(length),
+        }
+    }
+
+    fn encoded(native: &Native) -> NativeHistogram {
+        let mut out = Vec::new();
+        native_fields(&mut out, native);
+        prost::Message::decode(&out[..]).expect("decodes")
+    }
+
+    #[test]
+    fn native_buckets_as_spans_and_deltas() {
+        // Schema 0: bucket i holds (2^(i-1), 2^i].
+        let spec = NativeSpec::new(0, 160, 0.001);
+        let mut native = Native::new(&spec);
+        for value in [
+            1.5, 1.9, 3.0, 100.0, 120.0, 110.0, 0.0, -0.3, -0.0001, -5.0, -6.0,
+        ] {
+            native.observe(&spec, value);
+        }
+        assert_eq!(
+            encoded(&native),
+            NativeHistogram {
+                schema: Some(0),
+                zero_threshold: Some(0.001),
+                zero_count: Some(2),
+                // -0.3 in bucket -1, -5 and -6 in bucket 3.
+                negative_span: vec![span(-1, 1), span(3, 1)],
+                negative_delta: vec![1, 1],
+                // 1.5 and 1.9 in bucket 1, 3 in 2, the three of 100-120 in 7.
+                positive_span: vec![span(1, 2), span(4, 1)],
+                positive_delta: vec![2, -1, 2],
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_native_histogram_has_an_empty_span() {
+        let native = Native::new(&NativeSpec::new(3, 160, 0.0));
+        let decoded = encoded(&native);
+        assert_eq!(decoded.positive_span, vec![span(0, 0)]);
+        assert!(decoded.positive_delta.is_empty() && decoded.negative_span.is_empty());
+        assert_eq!(decoded.schema, Some(3));
+    }
+
+    #[test]
+    fn lengths_of_any_size_prefix_their_message() {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 2_100_000] {
+            let mut out = vec![0xee];
+            delimited(&mut out, |out| out.extend((0..len).map(|i| i as u8)));
+            let mut rest = &out[1..];
+            let decoded = prost::decode_length_delimiter(&mut rest).expect("a length");
+            assert_eq!(decoded, len);
+            assert!(rest.iter().copied().eq((0..len).map(|i| i as u8)), "{len}");
+            assert_eq!(out[0], 0xee);
+        }
+    }
+
+    #[test]
+    fn zigzag_as_protobuf_defines_it() {
+        for (value, want) in [(0, 0), (-1, 1), (1, 2), (-2, 3), (i64::MAX, u64::MAX - 1)] {
+            let mut out = Vec::new();
+            sint_field(&mut out, 1, value);
+            let mut expected = vec![0x08];
+            varint(&mut expected, want);
+            assert_eq!(out, expected, "{value}");
+        }
+    }
+}
