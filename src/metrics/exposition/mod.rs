@@ -65,11 +65,17 @@ pub fn render_into(out: &mut Vec<u8>, snapshot: &Snapshot, encoding: Encoding) {
     }
 }
 
-/// The families that have series, in the snapshot's order, each with its series (label
-/// values in the order of the spec's label names, and cell) in label order.
+/// The families that have series, in the snapshot's order, each with its id and its series
+/// (label values in the order of the spec's label names, and cell) in label order.
 fn families(
     snapshot: &Snapshot,
-) -> impl Iterator<Item = (&MetricSpec, impl Iterator<Item = (&[Box<str>], &Cell)>)> {
+) -> impl Iterator<
+    Item = (
+        MetricId,
+        &MetricSpec,
+        impl Iterator<Item = (&[Box<str>], &Cell)>,
+    ),
+> {
     snapshot
         .metrics
         .iter()
@@ -77,7 +83,7 @@ fn families(
         .filter_map(|(index, spec)| {
             let mut series = snapshot.cells(MetricId(index)).peekable();
             series.peek()?;
-            Some((spec, series))
+            Some((MetricId(index), spec, series))
         })
 }
 

@@ -11,10 +11,12 @@
 //! count minus the one before it, the first minus 0).
 //!
 //! Prometheus 2.42 takes a histogram for native when its zero threshold or zero count is
-//! above 0 or it has bucket deltas, decides that by the family's first series for the whole
-//! family, and then ingests only the native histogram (the classic buckets serve for
-//! exemplars only). A native histogram with no observation is marked with an empty span, the
-//! mark later Prometheus versions look for.
+//! above 0 or it has bucket deltas (spans alone do not count), decides that by the family's
+//! first series for the whole family, and then ingests only the native histogram: the classic
+//! buckets serve for exemplars only (its source, and seen by experiment with crafted
+//! messages). A native histogram with no observation is marked with an empty span, the mark
+//! later Prometheus versions look for; 2.42 reads it as native only with a zero threshold
+//! above 0 (the default profile's is 1e-9).
 
 use super::{SPAN_ID, TRACE_ID, families, hex};
 use crate::metrics::store::{Cell, Exemplar, MetricKind, MetricSpec, Native, Snapshot, bucket_of};
@@ -31,22 +33,25 @@ const LEN: u8 = 2;
 
 pub(super) fn render_into(out: &mut Vec<u8>, snapshot: &Snapshot) {
     out.clear();
-    for (spec, series) in families(snapshot) {
-        delimited(out, |out| {
+    for (id, spec, series) in families(snapshot) {
+        // Per kind: the `MetricType`, and a size above most series' (bytes), from which the
+        // bytes of the family's length and of each series' are guessed, so that they are
+        // seldom moved (see `delimited`).
+        let (kind, typical) = match spec.kind {
+            MetricKind::Counter => (COUNTER, 100),
+            MetricKind::Gauge => (GAUGE, 100),
+            MetricKind::Histogram { .. } => (HISTOGRAM, 1024),
+        };
+        let family = snapshot.cells(id).count() * typical;
+        delimited(out, varint_len(family as u64), |out| {
             // MetricFamily: name 1, help 2, type 3, metric 4.
             bytes_field(out, 1, spec.name.as_bytes());
             bytes_field(out, 2, spec.help.as_bytes());
-            varint_field(
-                out,
-                3,
-                match spec.kind {
-                    MetricKind::Counter => COUNTER,
-                    MetricKind::Gauge => GAUGE,
-                    MetricKind::Histogram { .. } => HISTOGRAM,
-                },
-            );
+            varint_field(out, 3, kind);
             for (labels, cell) in series {
-                message(out, 4, |out| metric(out, spec, labels, cell));
+                sized_message(out, 4, varint_len(typical as u64), |out| {
+                    metric(out, spec, labels, cell)
+                });
             }
         });
     }
@@ -69,7 +74,7 @@ fn metric(out: &mut Vec<u8>, spec: &MetricSpec, labels: &[Box<str>], cell: &Cell
                 native,
             },
             MetricKind::Histogram { bounds, .. },
-        ) => message(out, 7, |out| {
+        ) => sized_message(out, 7, 2, |out| {
             // Histogram: sample_count 1, sample_sum 2, bucket 3 (cumulative_count 1,
             // upper_bound 2, exemplar 3).
             varint_field(out, 1, counts.iter().sum());
@@ -79,13 +84,14 @@ fn metric(out: &mut Vec<u8>, spec: &MetricSpec, labels: &[Box<str>], cell: &Cell
             let mut cumulative = 0;
             for (i, (count, bound)) in counts.iter().zip(upper_bounds).enumerate() {
                 cumulative += count;
-                message(out, 3, |out| {
-                    varint_field(out, 1, cumulative);
-                    double_field(out, 2, bound);
-                    if let Some(e) = exemplar.filter(|_| exemplar_bucket == Some(i)) {
+                match exemplar.filter(|_| exemplar_bucket == Some(i)) {
+                    None => bucket(out, cumulative, bound),
+                    Some(e) => message(out, 3, |out| {
+                        varint_field(out, 1, cumulative);
+                        double_field(out, 2, bound);
                         message(out, 3, |out| exemplar_message(out, &e));
-                    }
-                });
+                    }),
+                }
             }
             if let Some(native) = native {
                 native_fields(out, native);
@@ -95,6 +101,24 @@ fn metric(out: &mut Vec<u8>, spec: &MetricSpec, labels: &[Box<str>], cell: &Cell
             unreachable!("kinds agree")
         }
     }
+}
+
+/// A classic `Bucket` without exemplar as field 3 of `Histogram`. A histogram series writes
+/// one per bound, so this one is made in a fixed-size array and appended whole (a copy of
+/// fixed size is a few moves, one of variable size a call to `memmove`), then cut to size.
+fn bucket(out: &mut Vec<u8>, cumulative: u64, bound: f64) {
+    let (count, count_len) = varint_bytes(cumulative);
+    // Tag, length, then cumulative_count (tag, at most 10 bytes), upper_bound (tag, 8 bytes).
+    let mut message = [0; 2 + 11 + 9];
+    message[0] = 3 << 3 | LEN;
+    message[1] = (1 + count_len + 9) as u8;
+    message[2] = 1 << 3 | VARINT;
+    message[3..13].copy_from_slice(&count);
+    message[3 + count_len] = 2 << 3 | FIXED64;
+    message[4 + count_len..12 + count_len].copy_from_slice(&bound.to_le_bytes());
+    let end = out.len() + 12 + count_len;
+    out.extend_from_slice(&message);
+    out.truncate(end);
 }
 
 /// The native histogram's fields of `Histogram`: schema 5, zero_threshold 6, zero_count 7,
@@ -171,18 +195,22 @@ fn exemplar_message(out: &mut Vec<u8>, e: &Exemplar) {
     });
 }
 
-/// A `LabelPair` (name 1, value 2) as field `field`.
+/// A `LabelPair` (name 1, value 2) as field `field`. Its length is known before it is
+/// written (a series writes several), so it is written once, in place.
 fn label(out: &mut Vec<u8>, field: u32, name: &[u8], value: &[u8]) {
-    message(out, field, |out| {
-        bytes_field(out, 1, name);
-        bytes_field(out, 2, value);
-    });
+    let len = |bytes: &[u8]| 1 + varint_len(bytes.len() as u64) + bytes.len();
+    tag(out, field, LEN);
+    varint(out, (len(name) + len(value)) as u64);
+    bytes_field(out, 1, name);
+    bytes_field(out, 2, value);
 }
 
+#[inline(always)]
 fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, u64::from(field) << 3 | u64::from(wire_type));
 }
 
+#[inline]
 fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     tag(out, field, VARINT);
     varint(out, value);
@@ -190,47 +218,69 @@ fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
 
 /// A `sint32` or `sint64` field (zigzag: small magnitudes take few bytes either side of 0;
 /// the two encode alike for values that fit 32 bits).
+#[inline]
 fn sint_field(out: &mut Vec<u8>, field: u32, value: i64) {
     tag(out, field, VARINT);
     varint(out, ((value << 1) ^ (value >> 63)) as u64);
 }
 
+#[inline]
 fn double_field(out: &mut Vec<u8>, field: u32, value: f64) {
     tag(out, field, FIXED64);
     out.extend_from_slice(&value.to_le_bytes());
 }
 
+#[inline]
 fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     tag(out, field, LEN);
     varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
-/// A nested message as field `field`: its body written by `body`.
+/// A nested message as field `field`: its body written by `body`. Most are under 128 bytes.
 fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    sized_message(out, field, 1, body);
+}
+
+/// [`message`] for a message whose length usually takes `prefix` bytes as a varint (2 from
+/// 128 bytes to 16 KiB).
+fn sized_message(out: &mut Vec<u8>, field: u32, prefix: usize, body: impl FnOnce(&mut Vec<u8>)) {
     tag(out, field, LEN);
-    delimited(out, body);
+    delimited(out, prefix, body);
 }
 
 /// What `body` writes, preceded by its length as a varint. The body is written in place
-/// after one byte kept for the length, and moved up when the length takes more: most
-/// messages here are under 128 bytes.
-fn delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+/// after `reserved` bytes kept for the length, and moved when the length takes more or
+/// fewer: a good guess saves moving every byte of the message once more.
+fn delimited(out: &mut Vec<u8>, reserved: usize, body: impl FnOnce(&mut Vec<u8>)) {
     let at = out.len();
-    out.push(0);
+    out.resize(at + reserved, 0);
     body(out);
-    let len = out.len() - at - 1;
+    let len = out.len() - at - reserved;
     let (prefix, prefix_len) = varint_bytes(len as u64);
-    if prefix_len > 1 {
-        out.resize(out.len() + prefix_len - 1, 0);
-        out.copy_within(at + 1..at + 1 + len, at + prefix_len);
+    if prefix_len > reserved {
+        out.resize(out.len() + prefix_len - reserved, 0);
+    }
+    if prefix_len != reserved {
+        out.copy_within(at + reserved..at + reserved + len, at + prefix_len);
+        out.truncate(at + prefix_len + len);
     }
     out[at..at + prefix_len].copy_from_slice(&prefix[..prefix_len]);
 }
 
-fn varint(out: &mut Vec<u8>, value: u64) {
-    let (bytes, len) = varint_bytes(value);
-    out.extend_from_slice(&bytes[..len]);
+#[inline(always)]
+fn varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The bytes `value` takes as a varint.
+fn varint_len(value: u64) -> usize {
+    // One byte for each 7 bits up to the highest bit set, one for 0.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// `value` as a varint: seven bits a byte, least significant first; the bytes and how many.
@@ -329,13 +379,43 @@ mod tests {
     #[test]
     fn lengths_of_any_size_prefix_their_message() {
         for len in [0, 1, 127, 128, 300, 16_383, 16_384, 2_100_000] {
-            let mut out = vec![0xee];
-            delimited(&mut out, |out| out.extend((0..len).map(|i| i as u8)));
-            let mut rest = &out[1..];
-            let decoded = prost::decode_length_delimiter(&mut rest).expect("a length");
-            assert_eq!(decoded, len);
-            assert!(rest.iter().copied().eq((0..len).map(|i| i as u8)), "{len}");
-            assert_eq!(out[0], 0xee);
+            for reserved in 1..=3 {
+                let mut out = vec![0xee];
+                delimited(&mut out, reserved, |out| {
+                    out.extend((0..len).map(|i| i as u8))
+                });
+                let mut rest = &out[1..];
+                let decoded = prost::decode_length_delimiter(&mut rest).expect("a length");
+                assert_eq!(decoded, len);
+                assert!(rest.iter().copied().eq((0..len).map(|i| i as u8)), "{len}");
+                assert_eq!(out[0], 0xee);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bucket_as_the_general_encoder_writes_it() {
+        for cumulative in [0, 1, 127, 128, 1 << 40, u64::MAX] {
+            for bound in [0.25, f64::INFINITY] {
+                let mut fast = vec![7];
+                bucket(&mut fast, cumulative, bound);
+                let mut general = vec![7];
+                message(&mut general, 3, |out| {
+                    varint_field(out, 1, cumulative);
+                    double_field(out, 2, bound);
+                });
+                assert_eq!(fast, general, "{cumulative} {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX] {
+            let mut out = Vec::new();
+            varint(&mut out, value);
+            assert_eq!(varint_len(value), out.len(), "{value}");
+            assert_eq!(varint_bytes(value).1, out.len(), "{value}");
         }
     }
 

@@ -16,7 +16,7 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
 pub(super) fn render_into(out: &mut String, snapshot: &Snapshot, format: Format) {
     out.clear();
     out.reserve(estimated_len(snapshot));
-    for (spec, series) in families(snapshot) {
+    for (_, spec, series) in families(snapshot) {
         let family = match (format, &spec.kind) {
             (Format::OpenMetrics, MetricKind::Counter) => {
                 spec.name.strip_suffix("_total").unwrap_or(&spec.name)
