@@ -5,8 +5,8 @@
 //! in OpenMetrics and protobuf.
 //!
 //! Every format reads what it says about a family from the same place: the family's
-//! [`MetricSpec`](crate::metrics::store::MetricSpec) (name, help, label names, bucket
-//! bounds) and the snapshot's cells, listed by [`families`].
+//! [`MetricSpec`] (name, help, label names, bucket bounds) and the snapshot's cells, listed
+//! by [`families`].
 
 mod accept;
 mod protobuf;
