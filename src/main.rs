@@ -83,7 +83,7 @@ enum Command {
         metrics: bool,
     },
     /// Write the Prometheus rule file for the config (recording rules, p95 alerts guarded by
-    /// a minimum traffic rate, regression alerts, spanlens's own health).
+    /// a minimum traffic rate, regression alerts, SLO burn-rate alerts, spanlens's own health).
     Rules {
         /// Write here instead of standard output.
         #[arg(long, short)]

@@ -16,7 +16,7 @@ pub const FEATURES: [&str; 6] = [
 
 /// What is left with all of [`FEATURES`] but the native histograms off: decode, classify and
 /// the stage metrics (histogram, calls and errors by service and handler language).
-pub const STAGES_ONLY: &[&str] = &FEATURES[..5];
+pub const STAGES_ONLY: &[&str] = FEATURES.split_at(5).0;
 
 /// The stages of the flow the in-process target names (issue 3: "decode + classify +
 /// aggregate"): every histogram and counter a span is observed into on its own (stage

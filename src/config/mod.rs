@@ -158,6 +158,8 @@ pub struct DerivedConfig {
     /// Latency alerts, each optionally for a subset of the series (label regexes).
     #[serde(default)]
     pub alerts: Vec<DerivedAlert>,
+    /// A latency objective: recorded slow ratios and burn-rate alerts, by `labels`.
+    pub slo: Option<SloConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -190,7 +192,8 @@ pub struct DerivedAlert {
     pub matchers: BTreeMap<String, String>,
     #[serde(default = "default_quantile")]
     pub quantile: f64,
-    /// Fire above this many seconds; must be a bucket bound of the histogram.
+    /// Fire above this many seconds; with classic histograms (`alerting.histograms`), a
+    /// bucket bound of the histogram.
     pub above_seconds: f64,
     #[serde(default = "default_for", rename = "for")]
     pub for_duration: PromDuration,
@@ -238,6 +241,22 @@ pub struct AlertingConfig {
     pub runbook_url: String,
     /// Prometheus job that scrapes spanlens, for the scrape-failure alert.
     pub job: String,
+    /// Which series of each histogram the quantile rules, latency alerts and SLO rules read.
+    pub histograms: HistogramKind,
+}
+
+/// The series a rule reads a histogram from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistogramKind {
+    /// `<name>_bucket{le}` and `<name>_count`: every Prometheus has them from a text or
+    /// OpenMetrics scrape. Thresholds must be bucket bounds.
+    #[default]
+    Classic,
+    /// The native histogram `<name>`: Prometheus started with
+    /// `--enable-feature=native-histograms` (protobuf scrapes), and
+    /// `metrics.native_histograms.enabled`. Thresholds may be any value.
+    Native,
 }
 
 impl Default for AlertingConfig {
@@ -251,6 +270,7 @@ impl Default for AlertingConfig {
             runbook_url: "https://github.com/spanlens/spanlens/blob/main/docs/RUNBOOK.md"
                 .to_string(),
             job: "spanlens".to_string(),
+            histograms: HistogramKind::Classic,
         }
     }
 }
@@ -262,8 +282,9 @@ pub struct StageAlert {
     /// The quantile watched, such as 0.95.
     #[serde(default = "default_quantile")]
     pub quantile: f64,
-    /// Fire when the quantile is above this many seconds. Must be one of the histogram's
-    /// bucket bounds, or the quantile would be interpolated around it.
+    /// Fire when the quantile is above this many seconds. With classic histograms
+    /// (`alerting.histograms`) it must be one of the histogram's bucket bounds, or the
+    /// quantile would be interpolated around it.
     pub above_seconds: f64,
     /// How long the condition must hold (a Prometheus duration).
     #[serde(default = "default_for", rename = "for")]
@@ -559,6 +580,35 @@ pub struct StageConfig {
     pub buckets: Option<Vec<f64>>,
     /// The latency alert `spanlens rules` generates for this stage; none when unset.
     pub alert: Option<StageAlert>,
+    /// A latency objective: recorded slow ratios and burn-rate alerts, by service and
+    /// handler_language.
+    pub slo: Option<SloConfig>,
+}
+
+/// A latency service-level objective: `objective` of the spans take at most `threshold`.
+/// `spanlens rules` records the ratio of slower spans over 5m, 30m, 1h, 6h and 3d and alerts
+/// when the error budget (1 - objective) burns fast (1h and 5m above 14.4 times it) or slowly
+/// (6h and 30m above 6 times it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloConfig {
+    /// Share of spans that must be fast enough, strictly between 0 and 1, such as 0.99.
+    pub objective: f64,
+    /// A span slower than this is slow (a Prometheus duration). With classic histograms it
+    /// must be a bucket bound of the histogram.
+    pub threshold: PromDuration,
+}
+
+impl SloConfig {
+    /// The threshold in seconds, exactly as a bucket bound written in seconds would read.
+    pub fn threshold_seconds(&self) -> f64 {
+        self.threshold.get().as_millis() as f64 / 1000.0
+    }
+
+    /// The error budget: the share of spans allowed to be slow.
+    pub fn budget(&self) -> f64 {
+        1.0 - self.objective
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

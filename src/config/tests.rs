@@ -363,3 +363,179 @@ fn the_limits_the_pipeline_needs_are_checked() {
     let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(paths, vec!["stages.claim.extra_labels"], "{err}");
 }
+
+/// MINIMAL with `line` added to the claim stage (as its line 13).
+fn with_claim(line: &str) -> String {
+    MINIMAL.replace(
+        "    errors: claim_errors_total\n",
+        &format!("    errors: claim_errors_total\n    {line}\n"),
+    )
+}
+
+/// The (path, line) of every problem, sorted.
+fn problem_places(err: &ConfigError) -> Vec<(String, Option<usize>)> {
+    let mut found: Vec<(String, Option<usize>)> = err
+        .problems
+        .iter()
+        .map(|p| (p.path.clone(), p.line))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn slo_objectives_must_be_strictly_between_0_and_1() {
+    for objective in ["0", "1", "1.5", "-0.1"] {
+        let text = with_claim(&format!(
+            "slo: {{ objective: {objective}, threshold: 250ms }}"
+        ));
+        let err = parse(&text).expect_err(objective);
+        assert_eq!(
+            problem_places(&err),
+            vec![("stages.claim.slo.objective".to_string(), Some(13))],
+            "objective {objective}: {err}"
+        );
+        assert!(
+            err.problems[0].message.contains("strictly between 0 and 1"),
+            "{err}"
+        );
+    }
+    let config = parse(&with_claim("slo: { objective: 0.999, threshold: 250ms }")).unwrap();
+    let slo = config.stages["claim"].slo.as_ref().unwrap();
+    assert_eq!(slo.objective, 0.999);
+    assert_eq!(slo.threshold.text(), "250ms");
+    assert_eq!(slo.threshold_seconds(), 0.25);
+}
+
+#[test]
+fn classic_slo_thresholds_must_be_bucket_bounds_native_ones_need_not() {
+    let off_bound = with_claim("slo: { objective: 0.99, threshold: 300ms }");
+    let err = parse(&off_bound).unwrap_err();
+    assert_eq!(
+        problem_places(&err),
+        vec![("stages.claim.slo.threshold".to_string(), Some(13))],
+        "{err}"
+    );
+    assert!(
+        err.problems[0].message.contains("not a bucket bound"),
+        "{err}"
+    );
+    let zero = parse(&with_claim("slo: { objective: 0.99, threshold: 0s }")).unwrap_err();
+    assert_eq!(
+        problem_places(&zero),
+        vec![("stages.claim.slo.threshold".to_string(), Some(13))],
+        "{zero}"
+    );
+    assert!(
+        zero.problems[0].message.contains("not a positive"),
+        "{zero}"
+    );
+
+    // Native: neither SLO thresholds nor alert thresholds need be bucket bounds.
+    let native = "alerting:\n  histograms: native\n";
+    let config = parse(&format!("{off_bound}{native}")).unwrap();
+    assert_eq!(
+        config.alerting.histograms,
+        super::HistogramKind::Native,
+        "parsed as native"
+    );
+    let alert = with_claim("alert: { above_seconds: 0.3 }");
+    assert!(parse(&alert).is_err());
+    parse(&format!("{alert}{native}")).unwrap();
+    // ... but a zero threshold is still wrong.
+    let zero = with_claim("slo: { objective: 0.99, threshold: 0s }");
+    assert!(parse(&format!("{zero}{native}")).is_err());
+}
+
+#[test]
+fn derived_slos_are_checked_like_stage_slos() {
+    let derived = |slo: &str| {
+        format!(
+            "{MINIMAL}derived:
+  both:
+    help: h
+    histogram: both_seconds
+    key: k
+    operation: sum
+    parts: [ {{ stage: claim }}, {{ stage: claim }} ]
+    slo: {slo}
+"
+        )
+    };
+    let err = parse(&derived("{ objective: 1, threshold: 1s300ms }")).unwrap_err();
+    assert_eq!(
+        problem_places(&err),
+        vec![
+            ("derived.both.slo.objective".to_string(), Some(23)),
+            ("derived.both.slo.threshold".to_string(), Some(23)),
+        ],
+        "{err}"
+    );
+    parse(&derived("{ objective: 0.99, threshold: 2500ms }")).unwrap();
+    parse(&format!(
+        "{}alerting: {{ histograms: native }}\n",
+        derived("{ objective: 0.99, threshold: 1s300ms }")
+    ))
+    .unwrap();
+}
+
+#[test]
+fn native_rules_need_native_histograms() {
+    let text = format!(
+        "{MINIMAL}metrics:\n  native_histograms: {{ enabled: false }}\nalerting:\n  histograms: native\n"
+    );
+    let err = parse(&text).unwrap_err();
+    assert_eq!(
+        problem_places(&err),
+        vec![("alerting.histograms".to_string(), Some(19))],
+        "{err}"
+    );
+    assert!(
+        err.problems[0]
+            .message
+            .contains("metrics.native_histograms.enabled"),
+        "{err}"
+    );
+    parse(&text.replace("native\n", "classic\n")).unwrap();
+    let err = parse(&format!("{MINIMAL}alerting:\n  histograms: sparse\n")).unwrap_err();
+    assert_eq!(
+        problem_places(&err),
+        vec![("alerting.histograms".to_string(), Some(17))],
+        "an unknown kind: {err}"
+    );
+}
+
+#[test]
+fn native_histogram_settings_are_checked_with_their_lines() {
+    for (field, value, line) in [
+        ("schema", "9", 18),
+        ("schema", "-5", 18),
+        ("max_buckets", "1", 19),
+        ("zero_threshold", "-1.0e-9", 20),
+    ] {
+        let mut settings = vec![
+            "    schema: 3".to_string(),
+            "    max_buckets: 160".to_string(),
+            "    zero_threshold: 1.0e-9".to_string(),
+        ];
+        for s in &mut settings {
+            if s.trim_start().starts_with(&format!("{field}:")) {
+                *s = format!("    {field}: {value}");
+            }
+        }
+        let text = format!(
+            "{MINIMAL}metrics:\n  native_histograms:\n{}\n",
+            settings.join("\n")
+        );
+        let err = parse(&text).expect_err(field);
+        assert_eq!(
+            problem_places(&err),
+            vec![(format!("metrics.native_histograms.{field}"), Some(line))],
+            "{field}: {value}: {err}"
+        );
+    }
+    parse(&format!(
+        "{MINIMAL}metrics:\n  native_histograms: {{ schema: -4, max_buckets: 2, zero_threshold: 0 }}\n"
+    ))
+    .unwrap();
+}

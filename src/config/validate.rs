@@ -3,9 +3,9 @@
 use super::limits::{MAX_DERIVED_PARTS, MAX_EXTRA_LABELS, MAX_JOIN_WAIT, MAX_LABELS};
 use super::security;
 use super::{
-    AlertingConfig, ComparisonConfig, DerivedConfig, LabelConfig, LabelSourceKind, LabelsConfig,
-    MetricsConfig, Operation, ReceiversConfig, RuleConfig, Sections, SpanMetricsConfig, StageAlert,
-    StageConfig,
+    AlertingConfig, ComparisonConfig, DerivedConfig, HistogramKind, LabelConfig, LabelSourceKind,
+    LabelsConfig, MetricsConfig, Operation, ReceiversConfig, RuleConfig, Sections, SloConfig,
+    SpanMetricsConfig, StageAlert, StageConfig,
 };
 use super::{Problems, PromDuration};
 use regex::Regex;
@@ -61,13 +61,23 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
         check_rules(rules, s.stages.as_ref(), problems);
     }
     if let Some(alerting) = &s.alerting {
-        check_alerting(alerting, problems);
+        check_alerting(alerting, s.metrics.as_ref(), problems);
     }
+    // Thresholds must be bucket bounds only when rules read the classic buckets; unknown
+    // when the alerting section did not parse (that is reported already).
+    let classic = s
+        .alerting
+        .as_ref()
+        .is_some_and(|a| a.histograms == HistogramKind::Classic);
     if let (Some(stages), Some(metrics)) = (&s.stages, &s.metrics) {
         for (name, stage) in stages {
+            let buckets = stage.buckets.as_ref().unwrap_or(&metrics.default_buckets);
+            let bounds = classic.then_some(buckets.as_slice());
             if let Some(alert) = &stage.alert {
-                let buckets = stage.buckets.as_ref().unwrap_or(&metrics.default_buckets);
-                check_stage_alert(alert, buckets, &format!("stages.{name}.alert"), problems);
+                check_stage_alert(alert, bounds, &format!("stages.{name}.alert"), problems);
+            }
+            if let Some(slo) = &stage.slo {
+                check_slo(slo, bounds, &format!("stages.{name}.slo"), problems);
             }
         }
     }
@@ -126,7 +136,7 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
                 &format!("derived.{name}"),
                 stages,
                 labels,
-                &metrics.default_buckets,
+                (classic, &metrics.default_buckets),
                 problems,
             );
         }
@@ -138,7 +148,7 @@ fn check_derived(
     path: &str,
     stages: &BTreeMap<String, StageConfig>,
     labels: &LabelsConfig,
-    default_buckets: &[f64],
+    (classic, default_buckets): (bool, &[f64]),
     problems: &mut Problems,
 ) {
     check_histogram_name(&d.histogram, &format!("{path}.histogram"), problems);
@@ -191,6 +201,10 @@ fn check_derived(
     if let Some(own) = &d.buckets {
         check_buckets(own, &format!("{path}.buckets"), problems);
     }
+    let bounds = classic.then_some(buckets);
+    if let Some(slo) = &d.slo {
+        check_slo(slo, bounds, &format!("{path}.slo"), problems);
+    }
     for (i, alert) in d.alerts.iter().enumerate() {
         let apath = format!("{path}.alerts[{i}]");
         check_stage_alert(
@@ -200,7 +214,7 @@ fn check_derived(
                 for_duration: alert.for_duration.clone(),
                 severity: alert.severity.clone(),
             },
-            buckets,
+            bounds,
             &apath,
             problems,
         );
@@ -224,7 +238,15 @@ fn check_derived(
     }
 }
 
-fn check_alerting(a: &AlertingConfig, problems: &mut Problems) {
+fn check_alerting(a: &AlertingConfig, metrics: Option<&MetricsConfig>, problems: &mut Problems) {
+    if a.histograms == HistogramKind::Native
+        && metrics.is_some_and(|m| !m.native_histograms.enabled)
+    {
+        problems.add(
+            "alerting.histograms",
+            "native rules read the native histograms, but metrics.native_histograms.enabled is false: enable them, or use classic",
+        );
+    }
     if !(a.min_calls_per_second >= 0.0 && a.min_calls_per_second.is_finite()) {
         problems.add(
             "alerting.min_calls_per_second",
@@ -245,21 +267,27 @@ fn check_alerting(a: &AlertingConfig, problems: &mut Problems) {
     }
 }
 
-fn check_stage_alert(alert: &StageAlert, buckets: &[f64], path: &str, problems: &mut Problems) {
+/// `bounds` are the histogram's bucket bounds when rules read the classic buckets (thresholds
+/// must then be bounds), None when they read the native histogram.
+fn check_stage_alert(
+    alert: &StageAlert,
+    bounds: Option<&[f64]>,
+    path: &str,
+    problems: &mut Problems,
+) {
     if !(alert.quantile > 0.0 && alert.quantile < 1.0) {
         problems.add(
             format!("{path}.quantile"),
             "must be between 0 and 1, such as 0.95",
         );
     }
-    if !buckets.contains(&alert.above_seconds) {
-        let bounds: Vec<String> = buckets.iter().map(f64::to_string).collect();
+    if let Some(buckets) = bounds.filter(|b| !b.contains(&alert.above_seconds)) {
         problems.add(
             format!("{path}.above_seconds"),
             format!(
-                "{} is not a bucket bound of this histogram, so the quantile would be interpolated around it; use one of {} or add it to the buckets",
+                "{} is not a bucket bound of this histogram, so the quantile would be interpolated around it; use one of {} or add it to the buckets (or set alerting.histograms: native)",
                 alert.above_seconds,
-                bounds.join(", ")
+                list(buckets)
             ),
         );
     }
@@ -272,6 +300,35 @@ fn check_stage_alert(alert: &StageAlert, buckets: &[f64], path: &str, problems: 
         problems.add(
             format!("{path}.severity"),
             "must be a word such as warning, critical or page",
+        );
+    }
+}
+
+fn list(buckets: &[f64]) -> String {
+    let bounds: Vec<String> = buckets.iter().map(f64::to_string).collect();
+    bounds.join(", ")
+}
+
+fn check_slo(slo: &SloConfig, bounds: Option<&[f64]>, path: &str, problems: &mut Problems) {
+    if !(slo.objective > 0.0 && slo.objective < 1.0) {
+        problems.add(
+            format!("{path}.objective"),
+            format!(
+                "{} is not strictly between 0 and 1: write the share of spans that must be fast enough, such as 0.99",
+                slo.objective
+            ),
+        );
+    }
+    check_positive(&slo.threshold, &format!("{path}.threshold"), problems);
+    let seconds = slo.threshold_seconds();
+    if let Some(buckets) = bounds.filter(|b| !slo.threshold.is_zero() && !b.contains(&seconds)) {
+        problems.add(
+            format!("{path}.threshold"),
+            format!(
+                "{} ({seconds} s) is not a bucket bound of this histogram, so the classic buckets cannot count the spans above it; use one of {} (seconds) or add it to the buckets, or set alerting.histograms: native",
+                slo.threshold,
+                list(buckets)
+            ),
         );
     }
 }

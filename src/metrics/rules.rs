@@ -3,15 +3,60 @@
 //!
 //! Per stage: bucket rates and p50/p95/p99 recording rules (`level:metric:operations`), a
 //! latency alert guarded by a minimum traffic rate, and a regression alert against the same
-//! time yesterday. Then spanlens's own health.
+//! time yesterday; for a stage with an SLO, its slow-span ratios and multi-window burn-rate
+//! alerts. Then spanlens's own health.
+//!
+//! `alerting.histograms` picks the series: classic reads `<histogram>_bucket{le}` and
+//! `_count`, native reads the native histogram `<histogram>` (thresholds then need not be
+//! bucket bounds).
 
-use crate::config::{ComparisonConfig, Config, DerivedConfig, StageConfig};
+use crate::config::{
+    ComparisonConfig, Config, DerivedConfig, HistogramKind, SloConfig, StageConfig,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Labels every stage rule aggregates by.
 const LEVEL_LABELS: [&str; 2] = ["service", "handler_language"];
 const QUANTILES: [f64; 3] = [0.5, 0.95, 0.99];
+/// Windows of the recorded slow-span ratios (the SRE workbook's multi-window alerts).
+const SLO_WINDOWS: [&str; 5] = ["5m", "30m", "1h", "6h", "3d"];
+
+/// A multi-window burn-rate alert: the long and the short window's slow ratio both above
+/// `factor` times the error budget.
+struct Burn {
+    suffix: &'static str,
+    long: &'static str,
+    short: &'static str,
+    factor: f64,
+    severity: &'static str,
+    /// How the alert's summary says it.
+    pace: &'static str,
+    /// How long a 30-day error budget lasts at that burn rate.
+    budget_lasts: &'static str,
+}
+
+/// Fast burn pages (2% of a 30-day budget in an hour); slow burn is a ticket (5% in 6 hours).
+const BURNS: [Burn; 2] = [
+    Burn {
+        suffix: "FastBurn",
+        long: "1h",
+        short: "5m",
+        factor: 14.4,
+        severity: "critical",
+        pace: "fast",
+        budget_lasts: "about 2 days",
+    },
+    Burn {
+        suffix: "SlowBurn",
+        long: "6h",
+        short: "30m",
+        factor: 6.0,
+        severity: "warning",
+        pace: "steadily",
+        budget_lasts: "5 days",
+    },
+];
 
 #[derive(Serialize)]
 struct RuleFile {
@@ -34,8 +79,8 @@ enum Rule {
     Alert {
         alert: String,
         expr: String,
-        #[serde(rename = "for")]
-        for_duration: String,
+        #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
+        for_duration: Option<String>,
         labels: BTreeMap<String, String>,
         annotations: BTreeMap<String, String>,
     },
@@ -126,6 +171,7 @@ struct Family<'a> {
     /// histogram's `_count`).
     traffic: String,
     alerts: Vec<AlertSpec<'a>>,
+    slo: Option<&'a SloConfig>,
 }
 
 struct AlertSpec<'a> {
@@ -159,6 +205,7 @@ impl<'a> Family<'a> {
                     severity: &a.severity,
                 })
                 .collect(),
+            slo: stage.slo.as_ref(),
         }
     }
 
@@ -185,6 +232,7 @@ impl<'a> Family<'a> {
                     severity: &a.severity,
                 })
                 .collect(),
+            slo: d.slo.as_ref(),
         }
     }
 
@@ -207,6 +255,14 @@ impl<'a> Family<'a> {
     fn traffic_rate(&self, window: &str) -> String {
         let counter = self.traffic.strip_suffix("_total").unwrap_or(&self.traffic);
         format!("{}:{counter}:rate{window}", self.level_name())
+    }
+
+    fn slow_ratio(&self, window: &str) -> String {
+        format!(
+            "{}:{}:slow_ratio_rate{window}",
+            self.level_name(),
+            self.histogram
+        )
     }
 
     fn quantile(&self, q: f64, window: &str) -> String {
@@ -241,28 +297,36 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
     let a = &config.alerting;
     let window = a.rate_window.text();
     let by = family.level.join(", ");
-    let buckets = family.buckets(window);
     let traffic = family.traffic_rate(window);
-    let mut rules = vec![
-        Rule::Record {
-            record: buckets.clone(),
-            expr: format!(
-                "sum by ({}) (rate({}_bucket[{window}]))",
-                family
-                    .level
-                    .iter()
-                    .chain(&["le"])
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                family.histogram
-            ),
-        },
-        Rule::Record {
-            record: traffic.clone(),
-            expr: format!("sum by ({by}) (rate({}[{window}]))", family.traffic),
-        },
-    ];
+    let mut rules = Vec::new();
+    // What histogram_quantile reads: the recorded bucket rates, or the native histogram's rate.
+    let histogram = match a.histograms {
+        HistogramKind::Classic => {
+            let buckets = family.buckets(window);
+            rules.push(Rule::Record {
+                record: buckets.clone(),
+                expr: format!(
+                    "sum by ({}) (rate({}_bucket[{window}]))",
+                    family
+                        .level
+                        .iter()
+                        .chain(&["le"])
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    family.histogram
+                ),
+            });
+            buckets
+        }
+        HistogramKind::Native => {
+            format!("sum by ({by}) (rate({}[{window}]))", family.histogram)
+        }
+    };
+    rules.push(Rule::Record {
+        record: traffic.clone(),
+        expr: format!("sum by ({by}) (rate({}[{window}]))", family.traffic),
+    });
     let mut quantiles = QUANTILES.to_vec();
     for alert in &family.alerts {
         if !quantiles.contains(&alert.quantile) {
@@ -272,7 +336,7 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
     for q in quantiles {
         rules.push(Rule::Record {
             record: family.quantile(q, window),
-            expr: format!("histogram_quantile({q}, {buckets})"),
+            expr: format!("histogram_quantile({q}, {histogram})"),
         });
     }
     let (who, who_long) = family.who();
@@ -306,7 +370,7 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
         let threshold = human_seconds(alert.above_seconds);
         rules.push(Rule::Alert {
             expr: format!("{quantile} > {}\n{guard}", alert.above_seconds),
-            for_duration: alert.for_duration.to_string(),
+            for_duration: Some(alert.for_duration.to_string()),
             labels: labels(alert.severity),
             annotations: BTreeMap::from([
                 ("summary".to_string(), format!("{name} {q} latency above {threshold} for {who}")),
@@ -332,7 +396,7 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
                 "{quantile} > {} * ({quantile} offset {})\n{guard}",
                 a.regression_ratio, a.regression_offset
             ),
-            for_duration: a.regression_for.to_string(),
+            for_duration: Some(a.regression_for.to_string()),
             labels: labels("warning"),
             annotations: BTreeMap::from([
                 ("summary".to_string(), format!("{name} {q} latency regressed for {who}")),
@@ -348,6 +412,93 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
             alert: regression,
         });
     }
+    if let Some(slo) = family.slo {
+        rules.extend(slo_rules(config, family, slo, &traffic));
+    }
+    rules
+}
+
+/// A share as a percentage for messages: `0.999` → `99.9%`.
+fn percent(share: f64) -> String {
+    format!("{}%", trimmed(share * 100.0))
+}
+
+/// A number without the float noise of arithmetic on decimals: `1 - 0.999` → `0.001`.
+fn trimmed(value: f64) -> String {
+    let text = format!("{value:.12}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The slow-span ratios of one SLO over each window, and its burn-rate alerts.
+fn slo_rules(config: &Config, family: &Family, slo: &SloConfig, traffic: &str) -> Vec<Rule> {
+    let by = family.level.join(", ");
+    let seconds = slo.threshold_seconds();
+    let hist = family.histogram;
+    let mut rules: Vec<Rule> = SLO_WINDOWS
+        .iter()
+        .map(|w| Rule::Record {
+            record: family.slow_ratio(w),
+            expr: match config.alerting.histograms {
+                HistogramKind::Classic => {
+                    // Text scrapes write a whole bound as `1`, OpenMetrics as `1.0`.
+                    let bound = format!("{seconds}");
+                    let le = if bound.contains('.') {
+                        format!("le=\"{bound}\"")
+                    } else {
+                        format!("le=~\"{bound}|{bound}\\\\.0\"")
+                    };
+                    format!(
+                        "1 - sum by ({by}) (rate({hist}_bucket{{{le}}}[{w}])) / sum by ({by}) (rate({hist}_count[{w}]))"
+                    )
+                }
+                HistogramKind::Native => format!(
+                    "1 - histogram_fraction(0, {seconds}, sum by ({by}) (rate({hist}[{w}])))"
+                ),
+            },
+        })
+        .collect();
+    let (who, who_long) = family.who();
+    let name = family.name;
+    let budget = trimmed(slo.budget());
+    let threshold = slo.threshold.text();
+    for burn in &BURNS {
+        let alert = format!("{}SLO{}", camel(name), burn.suffix);
+        rules.push(Rule::Alert {
+            expr: format!(
+                "{long} > {factor} * {budget}\nand on ({by}) {short} > {factor} * {budget}\nand on ({by}) {traffic} >= {min}",
+                long = family.slow_ratio(burn.long),
+                short = family.slow_ratio(burn.short),
+                factor = burn.factor,
+                min = config.alerting.min_calls_per_second,
+            ),
+            for_duration: None,
+            labels: BTreeMap::from([
+                ("severity".to_string(), burn.severity.to_string()),
+                (family.kind.to_string(), name.to_string()),
+            ]),
+            annotations: BTreeMap::from([
+                (
+                    "summary".to_string(),
+                    format!("{name} latency SLO budget burning {} for {who}", burn.pace),
+                ),
+                (
+                    "description".to_string(),
+                    format!(
+                        "{{{{ $value | humanizePercentage }}}} of {hist} {} for {who_long} took longer than {threshold} over the last {}, and over the last {} too: more than {}x the error budget of {} (objective {} within {threshold}). At this rate a 30-day budget lasts {}.",
+                        if family.kind == "stage" { "spans" } else { "observations" },
+                        burn.long,
+                        burn.short,
+                        burn.factor,
+                        percent(slo.budget()),
+                        percent(slo.objective),
+                        burn.budget_lasts
+                    ),
+                ),
+                ("runbook_url".to_string(), runbook(config, &alert)),
+            ]),
+            alert,
+        });
+    }
     rules
 }
 
@@ -357,21 +508,32 @@ fn comparison_rules(config: &Config, c: &ComparisonConfig) -> Vec<Rule> {
     let window = config.alerting.rate_window.text();
     let step = &c.step_label;
     let level = format!("{step}_handler_language");
-    let buckets = format!("{level}:{}_bucket:rate{window}", c.histogram);
     let q = quantile_name(c.quantile);
     let quantile = format!("{level}:{}:{q}_rate{window}", c.histogram);
     let baseline = &c.baseline;
-    vec![
-        Rule::Record {
-            record: buckets.clone(),
-            expr: format!(
-                "sum by ({step}, handler_language, le) (rate({}_bucket[{window}]))",
-                c.histogram
-            ),
-        },
+    let mut rules = Vec::new();
+    // What histogram_quantile reads, as for the stages.
+    let histogram = match config.alerting.histograms {
+        HistogramKind::Classic => {
+            let buckets = format!("{level}:{}_bucket:rate{window}", c.histogram);
+            rules.push(Rule::Record {
+                record: buckets.clone(),
+                expr: format!(
+                    "sum by ({step}, handler_language, le) (rate({}_bucket[{window}]))",
+                    c.histogram
+                ),
+            });
+            buckets
+        }
+        HistogramKind::Native => format!(
+            "sum by ({step}, handler_language) (rate({}[{window}]))",
+            c.histogram
+        ),
+    };
+    rules.extend([
         Rule::Record {
             record: quantile.clone(),
-            expr: format!("histogram_quantile({}, {buckets})", c.quantile),
+            expr: format!("histogram_quantile({}, {histogram})", c.quantile),
         },
         Rule::Record {
             record: format!(
@@ -382,7 +544,8 @@ fn comparison_rules(config: &Config, c: &ComparisonConfig) -> Vec<Rule> {
                 "{quantile}{{handler_language!=\"{baseline}\"}}\n/ on ({step}) group_left\n{quantile}{{handler_language=\"{baseline}\"}}"
             ),
         },
-    ]
+    ]);
+    rules
 }
 
 fn health_rules(config: &Config) -> Vec<Rule> {
@@ -395,7 +558,7 @@ fn health_rules(config: &Config) -> Vec<Rule> {
                  description: &str| Rule::Alert {
         alert: name.to_string(),
         expr,
-        for_duration: for_duration.to_string(),
+        for_duration: Some(for_duration.to_string()),
         labels: BTreeMap::from([("severity".to_string(), severity.to_string())]),
         annotations: BTreeMap::from([
             ("summary".to_string(), summary.to_string()),
@@ -483,6 +646,8 @@ mod tests {
         assert_eq!(camel("step_claim"), "StepClaim");
         assert_eq!(human_seconds(0.1), "100ms");
         assert_eq!(human_seconds(2.5), "2.5s");
+        assert_eq!(trimmed(1.0 - 0.999), "0.001");
+        assert_eq!(percent(0.999), "99.9%");
     }
 
     #[test]
@@ -497,5 +662,52 @@ mod tests {
             "service_handler_language:tasker_step_claim_duration_seconds:p95_rate5m > 0.1"
         ));
         assert!(text.contains("offset 1d"));
+    }
+
+    #[test]
+    fn slo_ratios_read_the_threshold_bucket_of_classic_histograms() {
+        let text = render(&Config::default_profile());
+        // 1 s is written `1` by text scrapes and `1.0` by OpenMetrics ones.
+        assert!(text.contains(
+            "1 - sum by (service, handler_language) (rate(tasker_handler_execution_duration_seconds_bucket{le=~\"1|1\\\\.0\"}[1h])) / sum by (service, handler_language) (rate(tasker_handler_execution_duration_seconds_count[1h]))"
+        ), "{text}");
+        assert!(
+            text.contains("record: task_name:tasker_task_e2e_duration_seconds:slow_ratio_rate3d")
+        );
+        assert!(
+            text.contains("sum by (task_name) (rate(tasker_task_e2e_duration_seconds_count[3d]))")
+        );
+        assert!(text.contains(
+            "service_handler_language:tasker_handler_execution_duration_seconds:slow_ratio_rate1h > 14.4 * 0.001\n      and on (service, handler_language) service_handler_language:tasker_handler_execution_duration_seconds:slow_ratio_rate5m > 14.4 * 0.001"
+        ), "{text}");
+        assert!(text.contains("alert: TaskE2eSLOSlowBurn"));
+        let mut config = Config::default_profile();
+        config.stages.get_mut("step_claim").unwrap().slo = Some(SloConfig {
+            objective: 0.95,
+            threshold: crate::config::PromDuration::millis(250),
+        });
+        assert!(
+            render(&config).contains("tasker_step_claim_duration_seconds_bucket{le=\"0.25\"}[30m]")
+        );
+    }
+
+    #[test]
+    fn native_rules_read_the_native_histograms() {
+        let mut config = Config::default_profile();
+        config.alerting.histograms = HistogramKind::Native;
+        let text = render(&config);
+        assert!(text.contains(
+            "histogram_quantile(0.95, sum by (service, handler_language) (rate(tasker_step_claim_duration_seconds[5m])))"
+        ), "{text}");
+        assert!(text.contains(
+            "1 - histogram_fraction(0, 1, sum by (service, handler_language) (rate(tasker_handler_execution_duration_seconds[6h])))"
+        ), "{text}");
+        assert!(text.contains(
+            "histogram_quantile(0.95, sum by (step, handler_language) (rate(tasker_handler_execution_by_step_seconds[5m])))"
+        ), "{text}");
+        // Every histogram, the comparisons' too, has its native twin: nothing reads buckets.
+        let buckets: Vec<&str> = text.lines().filter(|l| l.contains("_bucket")).collect();
+        assert!(buckets.is_empty(), "{buckets:#?}");
+        assert!(text.contains("alert: HandlerExecutionSLOFastBurn"));
     }
 }

@@ -2,10 +2,9 @@
 //!
 //! spanlens runs in-process on loopback with a `handler_execution` p95 alert at a test
 //! threshold (250 ms, for 5 s, severity page) and a 15 s rate window. `spanlens::metrics::rules::render`
-//! writes the rule file; Debian's Prometheus (`/usr/bin/prometheus`) scrapes spanlens every
-//! second, evaluates those rules every second and sends to Debian's Alertmanager
-//! (`/usr/bin/prometheus-alertmanager`), which routes `severity=page` to a webhook served by
-//! this test. Nothing else is mocked.
+//! writes the rule file; `support::chain` runs Debian's Prometheus, which scrapes spanlens
+//! every second, evaluates those rules every second and sends to Debian's Alertmanager, which
+//! routes `severity=page` to a webhook served by this test. Nothing else is mocked.
 //!
 //! The real `opentelemetry-otlp` exporter (gRPC) sends `worker.step_execution` spans of
 //! `tasker-ruby-worker` with explicit start and end times: 400 ms spans until the webhook
@@ -21,29 +20,20 @@
 
 use crate::support;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use serde_json::Value;
 use spanlens::config::{PromDuration, StageAlert};
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use support::chain::{Chain, ChainSpec};
 use support::process::TempDir;
 use support::sdk::{Transport, exporter};
 use support::{scrape, start, test_config};
-
-const PROMETHEUS: &str = "/usr/bin/prometheus";
-const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
 
 const STAGE: &str = "handler_execution";
 const ALERT: &str = "HandlerExecutionLatencyP95High";
@@ -78,18 +68,9 @@ const QUIET_SLOW_SPANS: usize = 2;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const FIRE_TIMEOUT: Duration = Duration::from_secs(60);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(100);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
-    for binary in [PROMETHEUS, ALERTMANAGER] {
-        assert!(
-            Path::new(binary).is_file(),
-            "{binary} is missing: this test runs the real Prometheus and Alertmanager from \
-             Debian's `prometheus` and `prometheus-alertmanager` packages (scripts/test.sh \
-             installs them)"
-        );
-    }
     let began = Instant::now();
     let scratch = TempDir::new("alert_chain");
 
@@ -119,104 +100,25 @@ async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
     let server = start(config.clone()).await;
     let grpc = server.grpc_addr().expect("gRPC receiver enabled");
 
-    // The webhook Alertmanager notifies.
-    let webhook = Webhook::start().await;
-
-    // The rule file, as `spanlens rules` writes it for this config.
+    // The rule file, as `spanlens rules` writes it for this config, evaluated by Prometheus.
     let rules_text = spanlens::metrics::rules::render(&config);
     assert!(
         rules_text.contains(&format!("alert: {ALERT}")),
         "the generated rules have no {ALERT}:\n{rules_text}"
     );
-    let rules_path = scratch.write("spanlens.rules.yml", &rules_text);
-
-    // Alertmanager, then Prometheus.
-    let am_port = free_port();
-    let prom_port = free_port();
-    let am_config = scratch.write(
-        "alertmanager.yml",
-        format!(
-            r#"route:
-  receiver: blackhole
-  group_by: [alertname, service, handler_language]
-  group_wait: 1s
-  group_interval: 1s
-  repeat_interval: 1h
-  routes:
-    - matchers: ['severity="page"']
-      receiver: webhook
-receivers:
-  - name: blackhole
-  - name: webhook
-    webhook_configs:
-      - url: http://{}/alerts
-        send_resolved: true
-"#,
-            webhook.addr
-        ),
-    );
-    let alertmanager = Daemon::spawn(
-        "alertmanager",
-        ALERTMANAGER,
-        &[
-            format!("--config.file={}", am_config.display()),
-            format!(
-                "--storage.path={}",
-                scratch.dir("alertmanager-data").display()
-            ),
-            format!("--web.listen-address=127.0.0.1:{am_port}"),
-            "--cluster.listen-address=".to_string(),
-        ],
-        &scratch.path().join("alertmanager.log"),
-    );
-    let prom_config = scratch.write(
-        "prometheus.yml",
-        format!(
-            r#"global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {rules}
-alerting:
-  alertmanagers:
-    - static_configs:
-        - targets: ["127.0.0.1:{am_port}"]
-scrape_configs:
-  - job_name: {job}
-    static_configs:
-      - targets: ["{metrics}"]
-"#,
-            rules = rules_path.display(),
-            job = config.alerting.job,
-            metrics = server.metrics_addr(),
-        ),
-    );
-    let prometheus = Daemon::spawn(
-        "prometheus",
-        PROMETHEUS,
-        &[
-            format!("--config.file={}", prom_config.display()),
-            format!(
-                "--storage.tsdb.path={}",
-                scratch.dir("prometheus-data").display()
-            ),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-            "--rules.alert.resend-delay=1s".to_string(),
-        ],
-        &scratch.path().join("prometheus.log"),
-    );
-    let chain = Chain {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-        prometheus: format!("http://127.0.0.1:{prom_port}"),
-        alertmanager: format!("http://127.0.0.1:{am_port}"),
-        daemons: vec![alertmanager, prometheus],
-        webhook: webhook.clone(),
-        rules: rules_text,
-    };
+    let chain = Chain::start(
+        &scratch,
+        ChainSpec {
+            rules: rules_text,
+            job: &config.alerting.job,
+            target: server.metrics_addr(),
+            prometheus_flags: &[],
+            paged: "page",
+            alerts: &[ALERT],
+            diagnostics: &["{__name__=~\"service_handler_language:tasker_handler_execution.*\"}"],
+        },
+    )
+    .await;
 
     // The senders start now: the quiet service's first (fast) span creates its series, so that
     // Prometheus has earlier samples when its slow spans come.
@@ -231,50 +133,8 @@ scrape_configs:
     // the test's rule loaded.
     let setup_deadline = Instant::now() + SETUP_TIMEOUT;
     let setup_left = || setup_deadline.saturating_duration_since(Instant::now());
-    chain
-        .until("Alertmanager /-/ready", setup_left(), async || {
-            chain
-                .get_ok(&format!("{}/-/ready", chain.alertmanager))
-                .await
-        })
-        .await;
-    chain
-        .until("Prometheus /-/ready", setup_left(), async || {
-            chain.get_ok(&format!("{}/-/ready", chain.prometheus)).await
-        })
-        .await;
-    let job = config.alerting.job.clone();
-    chain
-        .until("Prometheus to scrape spanlens", setup_left(), async || {
-            let up = chain.query(&format!("up{{job=\"{job}\"}} == 1")).await?;
-            (!up.is_empty()).then_some(())
-        })
-        .await;
-    chain
-        .until(
-            "Prometheus to discover Alertmanager",
-            setup_left(),
-            async || {
-                let v = chain.api("/api/v1/alertmanagers").await?;
-                let active = v["data"]["activeAlertmanagers"].as_array()?;
-                (!active.is_empty()).then_some(())
-            },
-        )
-        .await;
-    let rule = chain
-        .until(
-            "Prometheus to load the generated alert",
-            setup_left(),
-            async || {
-                let v = chain.api("/api/v1/rules?type=alert").await?;
-                v["data"]["groups"]
-                    .as_array()?
-                    .iter()
-                    .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-                    .find(|r| r["name"] == ALERT)
-            },
-        )
-        .await;
+    chain.wait_up(setup_left()).await;
+    let rule = chain.wait_for_rule(ALERT, setup_left()).await;
     assert_eq!(rule["duration"], FOR_SECONDS as f64, "{rule}");
     assert!(
         rule["query"]
@@ -490,24 +350,7 @@ scrape_configs:
         .await;
 
     // Every generated rule evaluated without error all along.
-    let unhealthy: Vec<Value> = chain
-        .api("/api/v1/rules")
-        .await
-        .expect("Prometheus answers")["data"]["groups"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-        .filter(|r| r["health"] != "ok")
-        .collect();
-    chain
-        .check(
-            unhealthy.is_empty(),
-            "every generated rule evaluates without error",
-            &Value::Array(unhealthy),
-        )
-        .await;
+    chain.check_rules_healthy().await;
 
     // spanlens counted every span the exporter flushed.
     let exposition = scrape(&server).await;
@@ -673,250 +516,4 @@ fn send_spans(grpc: SocketAddr, control: &Control) -> Sent {
         }
     }
     sent
-}
-
-// ----------------------------------------------------------------------------------------------
-// The webhook receiver
-// ----------------------------------------------------------------------------------------------
-
-/// Every JSON payload Alertmanager POSTed to /alerts, with when it arrived.
-#[derive(Clone)]
-struct Webhook {
-    addr: SocketAddr,
-    payloads: Arc<Mutex<Vec<(Instant, Value)>>>,
-}
-
-impl Webhook {
-    async fn start() -> Webhook {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the webhook");
-        let hook = Webhook {
-            addr: listener.local_addr().unwrap(),
-            payloads: Arc::default(),
-        };
-        let app = Router::new()
-            .route("/alerts", post(receive))
-            .with_state(hook.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        hook
-    }
-
-    /// Every alert of every payload, with the payload's arrival time.
-    fn alerts(&self) -> Vec<(Instant, Value)> {
-        self.payloads
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|(at, p)| {
-                p["alerts"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|a| (*at, a))
-            })
-            .collect()
-    }
-
-    /// The first alert named `alert` for `service` received with `status`.
-    fn find(&self, alert: &str, service: &str, status: &str) -> Option<(Instant, Value)> {
-        self.alerts().into_iter().find(|(_, a)| {
-            a["status"] == status
-                && a["labels"]["alertname"] == alert
-                && a["labels"]["service"] == service
-        })
-    }
-}
-
-async fn receive(State(hook): State<Webhook>, body: String) -> StatusCode {
-    let payload = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    hook.payloads
-        .lock()
-        .unwrap()
-        .push((Instant::now(), payload));
-    StatusCode::OK
-}
-
-// ----------------------------------------------------------------------------------------------
-// Prometheus, Alertmanager and their scratch space
-// ----------------------------------------------------------------------------------------------
-
-struct Chain {
-    http: reqwest::Client,
-    prometheus: String,
-    alertmanager: String,
-    daemons: Vec<Daemon>,
-    webhook: Webhook,
-    rules: String,
-}
-
-impl Chain {
-    /// Polls `probe` until it yields, failing with diagnostics when `timeout` passes or a
-    /// daemon exits.
-    async fn until<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut probe: impl AsyncFnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            for daemon in &self.daemons {
-                if let Some(status) = daemon.exited() {
-                    self.fail(&format!(
-                        "{} exited ({status}) while waiting for {what}",
-                        daemon.name
-                    ))
-                    .await;
-                }
-            }
-            if Instant::now() >= deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for {what}"))
-                    .await;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn check(&self, ok: bool, what: &str, evidence: &Value) {
-        if !ok {
-            self.fail(&format!("check failed: {what}\nevidence: {evidence:#}"))
-                .await;
-        }
-    }
-
-    /// Panics with what Prometheus and the webhook saw (the daemons' logs follow, printed
-    /// when they are dropped).
-    async fn fail(&self, message: &str) -> ! {
-        let alerts = self.api("/api/v1/alerts").await;
-        let rules = self.api("/api/v1/rules?type=alert").await.map(|v| {
-            let groups = v["data"]["groups"].as_array().cloned().unwrap_or_default();
-            let rules: Vec<Value> = groups
-                .iter()
-                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-                .filter(|r| r["name"] == ALERT)
-                .collect();
-            Value::Array(rules)
-        });
-        let mut series = String::new();
-        for q in [
-            "{__name__=~\"service_handler_language:tasker_handler_execution.*\"}",
-            "up",
-        ] {
-            series.push_str(&format!("{q} = {:?}\n", self.query(q).await));
-        }
-        let payloads: Vec<Value> = self
-            .webhook
-            .payloads
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, p)| p.clone())
-            .collect();
-        panic!(
-            "{message}\n\n--- Prometheus /api/v1/alerts ---\n{alerts:#?}\n\n--- the alert rule \
-             ---\n{rules:#?}\n\n--- recorded series ---\n{series}\n--- webhook payloads ---\n{}\n\n\
-             --- generated rules ---\n{}",
-            serde_json::to_string_pretty(&payloads).unwrap(),
-            self.rules
-        );
-    }
-
-    async fn get_ok(&self, url: &str) -> Option<()> {
-        let response = self.http.get(url).send().await.ok()?;
-        response.status().is_success().then_some(())
-    }
-
-    async fn api(&self, path: &str) -> Option<Value> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.prometheus))
-            .send()
-            .await
-            .ok()?;
-        response.json().await.ok()
-    }
-
-    /// An instant query's result vector; None when Prometheus does not answer.
-    async fn query(&self, query: &str) -> Option<Vec<Value>> {
-        let response = self
-            .http
-            .get(format!("{}/api/v1/query", self.prometheus))
-            .query(&[("query", query)])
-            .send()
-            .await
-            .ok()?;
-        let v: Value = response.json().await.ok()?;
-        assert_eq!(v["status"], "success", "query {query}: {v}");
-        v["data"]["result"].as_array().cloned()
-    }
-
-    /// The value of a query that yields one series; None when it yields none.
-    async fn scalar(&self, query: &str) -> Option<f64> {
-        let result = self.query(query).await.expect("Prometheus answers");
-        assert!(
-            result.len() <= 1,
-            "{query} yields several series: {result:?}"
-        );
-        result.first()?["value"][1].as_str()?.parse().ok()
-    }
-}
-
-/// A child process killed (and reaped) on drop; its stdout and stderr go to a log file that
-/// is printed when the test is failing.
-struct Daemon {
-    name: &'static str,
-    child: Mutex<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(name: &'static str, program: &str, args: &[String], log: &Path) -> Daemon {
-        let file = File::create(log).expect("create log file");
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        Daemon {
-            name,
-            child: Mutex::new(child),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn exited(&self) -> Option<std::process::ExitStatus> {
-        self.child.lock().unwrap().try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!(
-                "\n----- {} log ({}) -----\n{log}----- end of {} log -----",
-                self.name,
-                self.log.display(),
-                self.name
-            );
-        }
-    }
-}
-
-/// A free loopback port: bind port 0, read it, release it.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }

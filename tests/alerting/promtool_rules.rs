@@ -203,3 +203,33 @@ fn promtool_unit_tests_fail_on_a_changed_rule() {
         out.status
     );
 }
+
+/// The SLO cases are not vacuous either: without the short window of each burn-rate alert
+/// (so that only the 1h or 6h ratio decides), the recovered and steady-tail cases of
+/// slo_burn.yml fail.
+#[test]
+fn promtool_slo_tests_fail_without_the_short_windows() {
+    let rules = std::fs::read_to_string(root().join(RULES)).unwrap();
+    let short_window =
+        regex::Regex::new(r"\n      and on \([^)]*\) \S+:slow_ratio_rate(5m|30m) > [^\n]*")
+            .unwrap();
+    let mutated = short_window.replace_all(&rules, "");
+    let dropped = short_window.find_iter(&rules).count();
+    assert!(
+        dropped >= 4,
+        "{RULES} has {dropped} short-window conditions for this test to drop"
+    );
+    let work = TempDir::new("promtool_slo_mutation");
+    let tests = work.dir("tests");
+    work.write("spanlens.rules.yml", mutated.as_ref());
+    let file = "slo_burn.yml";
+    std::fs::copy(root().join(TESTS).join(file), tests.join(file)).unwrap();
+    let out = run_promtool(&tests, &["test", "rules", file]);
+    let text = output_text(&out);
+    assert!(
+        !out.status.success() && text.contains("FAILED"),
+        "promtool accepted {file} against burn-rate alerts without their short windows \
+         ({}):\n{text}",
+        out.status
+    );
+}

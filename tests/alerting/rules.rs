@@ -2,7 +2,7 @@
 //! passes `promtool check rules`, and every runbook link lands on a section of the runbook.
 
 use crate::support;
-use crate::support::process::output_text;
+use crate::support::process::{TempDir, output_text};
 use crate::support::tools::promtool;
 use std::process::Command;
 
@@ -53,4 +53,45 @@ fn every_runbook_link_has_a_section() {
             "docs/RUNBOOK.md has no section for #{anchor}"
         );
     }
+}
+
+/// `alerting.histograms: native` rules (quantiles and SLO ratios from the native histograms,
+/// with thresholds off the bucket bounds) pass `promtool check rules` too.
+#[test]
+fn promtool_accepts_the_native_rules() {
+    let scratch = TempDir::new("native_rules");
+    let profile = std::fs::read_to_string("config/spanlens.yaml").unwrap();
+    let native = profile
+        .replace("  histograms: classic\n", "  histograms: native\n")
+        .replace(
+            "slo: { objective: 0.999, threshold: 1s }",
+            "slo: { objective: 0.999, threshold: 300ms }",
+        );
+    assert_ne!(
+        native, profile,
+        "the profile no longer has the lines this test edits"
+    );
+    let config = scratch.write("native.yaml", native);
+    let rules = scratch.path().join("native.rules.yml");
+    support::run_spanlens(&[
+        "rules",
+        "--config",
+        &config.display().to_string(),
+        "--output",
+        &rules.display().to_string(),
+    ]);
+    let text = std::fs::read_to_string(&rules).unwrap();
+    assert!(
+        text.contains(
+            "1 - histogram_fraction(0, 0.3, sum by (service, handler_language) (rate(tasker_handler_execution_duration_seconds[5m])))"
+        ),
+        "{text}"
+    );
+    let out = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap_or_else(|e| panic!("promtool is needed (scripts/test.sh installs it): {e}"));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
 }

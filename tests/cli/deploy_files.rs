@@ -1051,12 +1051,18 @@ fn allowed_metrics() -> BTreeSet<String> {
     let config = spanlens_config();
     let mut allowed: BTreeSet<String> = OWN_METRICS.iter().map(|s| s.to_string()).collect();
     allowed.insert("up".to_string());
-    let histogram = |allowed: &mut BTreeSet<String>, name: &str| {
+    // A classic histogram's series; the stage, derived and span-metrics histograms also have
+    // their native twin under the bare name (scraped over protobuf).
+    let classic = |allowed: &mut BTreeSet<String>, name: &str| {
         for suffix in ["_bucket", "_sum", "_count"] {
             allowed.insert(format!("{name}{suffix}"));
         }
     };
-    histogram(&mut allowed, "spanlens_request_duration_seconds");
+    let histogram = |allowed: &mut BTreeSet<String>, name: &str| {
+        classic(allowed, name);
+        allowed.insert(name.to_string());
+    };
+    classic(&mut allowed, "spanlens_request_duration_seconds");
     let stages = config
         .get("stages")
         .and_then(Value::as_mapping)
@@ -1591,4 +1597,64 @@ fn the_dashboard_has_every_stage_with_exemplars_and_the_variables() {
         d.get("name").and_then(Value::as_str) == Some("trace_id")
             && d.get("datasourceUid").and_then(Value::as_str) == Some(jaeger_uid)
     }));
+}
+
+/// Every `slo` of the shipped config has a panel with its recorded slow ratios (the windows
+/// of both burn-rate alerts' long sides and the 3d one) and one with the error budget left,
+/// computed with the configured objective.
+#[test]
+fn the_dashboard_shows_every_slo_with_its_budget() {
+    let dashboard = json(DASHBOARD);
+    let config = spanlens_config();
+    let queries: Vec<String> = dashboard_queries(&dashboard)
+        .unwrap()
+        .into_iter()
+        .map(|(_, expr)| expr)
+        .collect();
+    let mut slos = Vec::new();
+    for (section, level) in [("stages", None), ("derived", Some("labels"))] {
+        for (name, spec) in config
+            .get(section)
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+        {
+            let Some(slo) = spec.get("slo") else { continue };
+            let level = match level {
+                None => "service_handler_language".to_string(),
+                Some(key) => {
+                    let labels = strings(spec.get(key));
+                    if labels.is_empty() {
+                        "all".to_string()
+                    } else {
+                        labels.join("_")
+                    }
+                }
+            };
+            let objective = slo
+                .get("objective")
+                .and_then(Value::as_f64)
+                .unwrap_or_else(|| panic!("{CONFIG}: {section}.{name:?}.slo has no objective"));
+            let histogram = string_at(spec, &["histogram"], CONFIG);
+            slos.push((format!("{level}:{histogram}"), objective));
+        }
+    }
+    assert!(slos.len() >= 2, "{CONFIG} has {} SLOs", slos.len());
+    for (recorded, objective) in &slos {
+        for window in ["5m", "1h", "6h", "3d"] {
+            let series = format!("{recorded}:slow_ratio_rate{window}");
+            assert!(
+                queries.iter().any(|q| q.contains(&format!("{series}{{"))),
+                "{DASHBOARD}: no panel shows {series}"
+            );
+        }
+        let budget = format!("1 - {recorded}:slow_ratio_rate3d");
+        let per = format!("/ (1 - {objective})");
+        assert!(
+            queries
+                .iter()
+                .any(|q| q.starts_with(&budget) && q.ends_with(&per)),
+            "{DASHBOARD}: no error-budget panel `{budget}{{...}} {per}`"
+        );
+    }
 }

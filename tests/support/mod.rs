@@ -10,6 +10,7 @@
 //! (and only for it).
 #![allow(dead_code)]
 
+pub mod chain;
 pub mod downstream;
 pub mod histogram;
 pub mod otlp;
