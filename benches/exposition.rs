@@ -1,6 +1,7 @@
 //! Rendering a scrape of 5,000 histogram series (50 services × 100 span names in the
 //! span-metrics histogram, plus their 5,000 call counters and spanlens's own series), as
-//! Prometheus text and as OpenMetrics, and the snapshot a scrape takes first.
+//! Prometheus text, as OpenMetrics and as Prometheus's protobuf format, and the snapshot a
+//! scrape takes first.
 //!
 //! Each renders as `/metrics` does: into a buffer from [`ScrapeBuffers`], which the body
 //! gives back when dropped, so that the ~14 MB of text go into memory a scrape touched
@@ -14,7 +15,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 use spanlens::config::Config;
-use spanlens::metrics::exposition::{Format, render, render_into};
+use spanlens::metrics::exposition::{Encoding, Format, render, render_into};
 use spanlens::metrics::store::Snapshot;
 use spanlens::otlp::Protocol;
 use spanlens::pipeline::Pipeline;
@@ -45,26 +46,30 @@ fn exposition(c: &mut Criterion) {
 
     let buffers = Arc::new(ScrapeBuffers::default());
     // A scrape's rendering, as /metrics makes it: its length, once the body is dropped.
-    let scrape = |snapshot: &Snapshot, format| {
-        let mut text = buffers.take();
-        render_into(&mut text, black_box(snapshot), format);
-        buffers.body(text).len()
+    let scrape = |snapshot: &Snapshot, encoding| {
+        let mut out = buffers.take();
+        render_into(&mut out, black_box(snapshot), encoding);
+        buffers.body(out).len()
     };
+    let text = Encoding::Text(Format::Text);
     let mut group = c.benchmark_group("exposition_5000_histograms");
     group.bench_function("render_text", |b| {
-        b.iter_custom(|iters| cpu_time(iters, || (), |()| scrape(&snapshot, Format::Text)))
+        b.iter_custom(|iters| cpu_time(iters, || (), |()| scrape(&snapshot, text)))
     });
     group.bench_function("render_openmetrics", |b| {
-        b.iter_custom(|iters| cpu_time(iters, || (), |()| scrape(&snapshot, Format::OpenMetrics)))
-    });
-    group.bench_function("snapshot_and_render_text", |b| {
         b.iter_custom(|iters| {
             cpu_time(
                 iters,
                 || (),
-                |()| scrape(&pipeline.snapshot(), Format::Text),
+                |()| scrape(&snapshot, Encoding::Text(Format::OpenMetrics)),
             )
         })
+    });
+    group.bench_function("render_protobuf", |b| {
+        b.iter_custom(|iters| cpu_time(iters, || (), |()| scrape(&snapshot, Encoding::Protobuf)))
+    });
+    group.bench_function("snapshot_and_render_text", |b| {
+        b.iter_custom(|iters| cpu_time(iters, || (), |()| scrape(&pipeline.snapshot(), text)))
     });
     group.bench_function("render_text_fresh_buffer", |b| {
         b.iter_custom(|iters| {

@@ -18,8 +18,12 @@
 # What it installs, each only when missing:
 #   * Debian packages `prometheus` (promtool) and `prometheus-alertmanager`
 #     (prometheus-alertmanager, amtool), for the exposition, rules and alerting tests;
+#   * Debian package `golang-github-prometheus-client-model-dev`, for client_model's
+#     metrics.proto (the protobuf exposition's schema);
 #   * Python `prometheus_client` in a venv at target/pyenv, the independent OpenMetrics parser
-#     used by tests/tools/check_openmetrics.py.
+#     used by tests/tools/check_openmetrics.py, and `grpcio-tools` (protoc, with Google's
+#     `protobuf` runtime), which tests/tools/decode_protobuf.py decodes the protobuf
+#     exposition with.
 # It exports SPANLENS_PYTHON (that venv's python) and SPANLENS_PROMTOOL, and puts promtool on
 # PATH. Tests that need these tools fail, never skip, when they are absent.
 set -euo pipefail
@@ -87,6 +91,12 @@ if [ "${#missing_debs[@]}" -gt 0 ]; then
 else
     echo "already installed"
 fi
+METRICS_PROTO=/usr/share/gocode/src/github.com/prometheus/client_model/io/prometheus/client/metrics.proto
+if [ ! -f "$METRICS_PROTO" ]; then
+    echo "installing: golang-github-prometheus-client-model-dev"
+    apt_install golang-github-prometheus-client-model-dev
+fi
+[ -f "$METRICS_PROTO" ] || fail "$METRICS_PROTO is still missing after installing its Debian package"
 for tool in promtool prometheus-alertmanager amtool; do
     path="$(command -v "$tool" 2>/dev/null)" || fail "$tool is still missing after installing its Debian package"
     printf '%-24s %s\n' "$tool" "$path"
@@ -96,10 +106,11 @@ SPANLENS_PROMTOOL="$(command -v promtool)"
 export SPANLENS_PROMTOOL
 
 # ---------------------------------------------------------------------------------------------
-section "tools: Python prometheus_client (target/pyenv)"
+section "tools: Python prometheus_client, grpcio-tools (target/pyenv)"
 PYENV="$ROOT/target/pyenv"
 PY="$PYENV/bin/python"
-if [ -x "$PY" ] && "$PY" -c 'import prometheus_client' >/dev/null 2>&1; then
+PY_IMPORTS='import prometheus_client.openmetrics.parser, grpc_tools.protoc, google.protobuf'
+if [ -x "$PY" ] && "$PY" -c "$PY_IMPORTS" >/dev/null 2>&1; then
     echo "already installed"
 else
     command -v python3 >/dev/null 2>&1 || apt_install python3
@@ -113,12 +124,14 @@ else
             python3 -m venv "$PYENV"
         fi
     fi
-    "$PY" -m pip install --disable-pip-version-check --quiet 'prometheus_client>=0.20,<1'
+    "$PY" -m pip install --disable-pip-version-check --quiet 'prometheus_client>=0.20,<1' \
+        'grpcio-tools>=1.60,<2'
 fi
-"$PY" -c 'import prometheus_client.openmetrics.parser' \
-    || fail "prometheus_client is not importable by $PY"
-printf 'SPANLENS_PYTHON=%s (prometheus_client %s)\n' "$PY" \
-    "$("$PY" -c 'from importlib.metadata import version; print(version("prometheus_client"))')"
+"$PY" -c "$PY_IMPORTS" || fail "prometheus_client or grpcio-tools is not importable by $PY"
+printf 'SPANLENS_PYTHON=%s (prometheus_client %s, grpcio-tools %s, protobuf %s)\n' "$PY" \
+    "$("$PY" -c 'from importlib.metadata import version; print(version("prometheus_client"))')" \
+    "$("$PY" -c 'from importlib.metadata import version; print(version("grpcio-tools"))')" \
+    "$("$PY" -c 'from importlib.metadata import version; print(version("protobuf"))')"
 SPANLENS_PYTHON="$PY"
 export SPANLENS_PYTHON
 

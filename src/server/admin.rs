@@ -1,9 +1,10 @@
-//! The scrape endpoint: `/metrics` (text 0.0.4, or OpenMetrics 1.0 when asked), `/healthz`,
+//! The scrape endpoint: `/metrics` (text 0.0.4, or OpenMetrics 1.0 or Prometheus's protobuf
+//! format when the Accept header prefers them), `/healthz`,
 //! `/readyz`, and `/api/v1/breakdown/{correlation_id or task_uuid}` (JSON).
 
 use crate::forward::Forwarder;
 use crate::ingest::access::BearerToken;
-use crate::metrics::exposition::{self, Format};
+use crate::metrics::exposition::{self, Encoding};
 use crate::pipeline::Pipeline;
 use crate::server::scrape_buffers::ScrapeBuffers;
 use axum::Json;
@@ -84,19 +85,19 @@ async fn breakdown(State(sources): State<Sources>, Path(id): Path<String>) -> Re
 }
 
 async fn metrics(State(sources): State<Sources>, headers: HeaderMap) -> Response {
-    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let encoding = Encoding::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let body = tokio::task::spawn_blocking(move || {
         let mut snapshot = sources.pipeline.snapshot();
         if let Some(forward) = &sources.forward {
             forward.contribute(&mut snapshot);
         }
-        let mut text = sources.buffers.take();
-        exposition::render_into(&mut text, &snapshot, format);
-        sources.buffers.body(text)
+        let mut out = sources.buffers.take();
+        exposition::render_into(&mut out, &snapshot, encoding);
+        sources.buffers.body(out)
     })
     .await;
     match body {
-        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Ok(body) => ([(header::CONTENT_TYPE, encoding.content_type())], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("rendering failed: {e}\n"),

@@ -1,42 +1,11 @@
-//! Renders a [`Snapshot`] for scrapers: Prometheus text 0.0.4, or OpenMetrics 1.0 text with
-//! the slowest span of each histogram series as exemplar (`trace_id`, `span_id`).
+//! The text formats: Prometheus text 0.0.4, and OpenMetrics 1.0 with the slowest span of
+//! each histogram series as exemplar on the bucket that holds it.
 
+use super::{Format, SPAN_ID, TRACE_ID, families, hex};
 use crate::metrics::store::{Cell, Exemplar, MetricId, MetricKind, Snapshot, bucket_of};
 use std::fmt::Write;
 
-pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    OpenMetrics,
-}
-
-impl Format {
-    /// OpenMetrics when the Accept header offers it, text otherwise.
-    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
-        match accept {
-            Some(accept)
-                if accept
-                    .split(',')
-                    .any(|part| part.trim().starts_with("application/openmetrics-text")) =>
-            {
-                Format::OpenMetrics
-            }
-            _ => Format::Text,
-        }
-    }
-
-    pub(crate) fn content_type(self) -> &'static str {
-        match self {
-            Format::Text => TEXT_CONTENT_TYPE,
-            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
-        }
-    }
-}
-
+/// A text rendering of `snapshot`.
 pub fn render(snapshot: &Snapshot, format: Format) -> String {
     let mut out = String::new();
     render_into(&mut out, snapshot, format);
@@ -44,14 +13,10 @@ pub fn render(snapshot: &Snapshot, format: Format) -> String {
 }
 
 /// [`render`] into `out`, cleared first; its memory is reused.
-pub fn render_into(out: &mut String, snapshot: &Snapshot, format: Format) {
+pub(super) fn render_into(out: &mut String, snapshot: &Snapshot, format: Format) {
     out.clear();
     out.reserve(estimated_len(snapshot));
-    for (index, spec) in snapshot.metrics.iter().enumerate() {
-        let mut series = snapshot.cells(MetricId(index)).peekable();
-        if series.peek().is_none() {
-            continue;
-        }
+    for (_, spec, series) in families(snapshot) {
         let family = match (format, &spec.kind) {
             (Format::OpenMetrics, MetricKind::Counter) => {
                 spec.name.strip_suffix("_total").unwrap_or(&spec.name)
@@ -224,11 +189,11 @@ fn line_start(out: &mut String, name: &str, prefix: &str) {
 }
 
 fn write_exemplar(out: &mut String, e: &Exemplar, format: Format) {
-    out.push_str(" # {trace_id=\"");
-    hex(out, &e.trace_id);
-    out.push_str("\",span_id=\"");
-    hex(out, &e.span_id);
-    out.push_str("\"} ");
+    out.push_str(" # {");
+    id_label(out, TRACE_ID, &e.trace_id);
+    out.push(',');
+    id_label(out, SPAN_ID, &e.span_id);
+    out.push_str("} ");
     write_float(out, e.value, format);
     out.push(' ');
     push_u64(out, e.timestamp_unix_nano / 1_000_000_000);
@@ -239,12 +204,12 @@ fn write_exemplar(out: &mut String, e: &Exemplar, format: Format) {
     }
 }
 
-fn hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
+/// `name="<id in hex>"`.
+fn id_label(out: &mut String, name: &str, id: &[u8]) {
+    out.push_str(name);
+    out.push_str("=\"");
+    out.extend(hex(id).map(char::from));
+    out.push('"');
 }
 
 /// Shortest round-trip decimal; OpenMetrics wants integral floats written as `1.0`.
@@ -387,20 +352,7 @@ claim_calls_total{{service=\"a\\\"b\"}} 2
             push_u64(&mut out, n);
             assert_eq!(out, n.to_string());
         }
-        let mut out = String::new();
-        hex(&mut out, &[0x00, 0x0f, 0xa0, 0xff]);
-        assert_eq!(out, "000fa0ff");
-    }
-
-    #[test]
-    fn negotiation() {
-        assert_eq!(Format::negotiate(None), Format::Text);
-        assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
-        assert_eq!(
-            Format::negotiate(Some(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-            )),
-            Format::OpenMetrics
-        );
+        let digits: Vec<u8> = hex(&[0x00, 0x0f, 0xa0, 0xff]).collect();
+        assert_eq!(digits, b"000fa0ff");
     }
 }
