@@ -21,18 +21,17 @@
 use crate::support;
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
-use opentelemetry_sdk::Resource;
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use serde_json::Value;
 use spanlens::config::{PromDuration, StageAlert};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use support::chain::{Chain, ChainSpec};
 use support::process::TempDir;
-use support::sdk::{Transport, exporter};
+use support::sdk::{batching_provider, ended_now};
 use support::{scrape, start, test_config};
 
 const STAGE: &str = "handler_execution";
@@ -111,7 +110,7 @@ async fn p95_alert_fires_and_resolves_through_prometheus_and_alertmanager() {
         ChainSpec {
             rules: rules_text,
             job: &config.alerting.job,
-            target: server.metrics_addr(),
+            targets: vec![server.metrics_addr().to_string()],
             prometheus_flags: &[],
             paged: "page",
             alerts: &[ALERT],
@@ -436,37 +435,13 @@ struct Sent {
     last_error: Option<String>,
 }
 
-fn provider(grpc: SocketAddr, service: &str) -> SdkTracerProvider {
-    let exporter = exporter(
-        Transport::Grpc(None),
-        Some(grpc),
-        None,
-        Duration::from_secs(5),
-    );
-    SdkTracerProvider::builder()
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .with_attributes([KeyValue::new("deployment.environment", "test")])
-                .build(),
-        )
-        .with_batch_exporter(exporter)
-        .build()
-}
-
 /// One handler span that ended now and lasted `duration`.
 fn emit(tracer: &SdkTracer, duration: Duration, n: usize) {
-    let end = SystemTime::now();
-    tracer
-        .span_builder(SPAN_NAME)
-        .with_kind(SpanKind::Internal)
-        .with_start_time(end - duration)
-        .with_attributes([
-            KeyValue::new("namespace", "alert_chain"),
-            KeyValue::new("step_name", format!("step_{}", n % 7)),
-        ])
-        .start(tracer)
-        .end_with_timestamp(end);
+    let attributes = vec![
+        KeyValue::new("namespace", "alert_chain"),
+        KeyValue::new("step_name", format!("step_{}", n % 7)),
+    ];
+    ended_now(tracer, SPAN_NAME, duration, attributes);
 }
 
 fn flush(provider: &SdkTracerProvider, sent: &mut Sent) {
@@ -479,8 +454,8 @@ fn flush(provider: &SdkTracerProvider, sent: &mut Sent) {
 /// Runs on a blocking thread of the runtime (tonic needs its context) until the mode is STOP.
 fn send_spans(grpc: SocketAddr, control: &Control) -> Sent {
     let mut sent = Sent::default();
-    let loud = provider(grpc, LOUD.0);
-    let quiet = provider(grpc, QUIET.0);
+    let loud = batching_provider(grpc, LOUD.0);
+    let quiet = batching_provider(grpc, QUIET.0);
     let (loud_tracer, quiet_tracer) = (loud.tracer("tasker-worker"), quiet.tracer("tasker-worker"));
     emit(&quiet_tracer, FAST_SPAN, 0);
     flush(&quiet, &mut sent);

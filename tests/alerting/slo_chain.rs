@@ -21,27 +21,24 @@
 //! With classic histograms, Prometheus scrapes text/OpenMetrics and the rules read
 //! `_bucket{le="0.25"}` and `_count`. The native variant starts Prometheus with
 //! `--enable-feature=native-histograms` and generates `alerting.histograms: native` rules
-//! (`histogram_fraction` of the native histogram); it needs spanlens to serve the protobuf
-//! exposition, which is not on this branch yet: it is `#[ignore]`d until then. (With branch
-//! `proto` merged into a scratch copy of this branch it passed: page 3.9 s after the first
-//! spans, 30.4 s in all.) Both variants also check what Prometheus stored: classic series
-//! only from text scrapes, the native histogram only with the flag.
+//! (`histogram_fraction` of the native histogram), which Prometheus scrapes over the protobuf
+//! exposition. Both variants also check what Prometheus stored: classic series only from
+//! text scrapes, the native histogram only with the flag.
 
 use crate::support;
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracer;
 use serde_json::Value;
 use spanlens::config::{HistogramKind, PromDuration, SloConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use support::chain::{Chain, ChainSpec};
 use support::process::TempDir;
-use support::sdk::{Transport, exporter};
+use support::sdk::{batching_provider, ended_now};
 use support::{scrape, start, test_config};
 
 const STAGE: &str = "handler_execution";
@@ -80,10 +77,7 @@ async fn fast_burn_pages_at_5_percent_slow_and_half_a_percent_stays_silent_class
     burn_rate_chain(HistogramKind::Classic, &[]).await;
 }
 
-/// Enable once spanlens serves the Prometheus protobuf exposition with native histograms
-/// (branch `proto`): remove the `ignore` and run `cargo nextest run --test alerting slo_chain`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the protobuf exposition of native histograms (branch proto)"]
 async fn fast_burn_pages_at_5_percent_slow_and_half_a_percent_stays_silent_native() {
     burn_rate_chain(
         HistogramKind::Native,
@@ -132,7 +126,7 @@ async fn burn_rate_chain(histograms: HistogramKind, prometheus_flags: &[&str]) {
         ChainSpec {
             rules,
             job: &config.alerting.job,
-            target: server.metrics_addr(),
+            targets: vec![server.metrics_addr().to_string()],
             prometheus_flags,
             paged: "critical",
             alerts: &[FAST_BURN, SLOW_BURN],
@@ -385,40 +379,17 @@ struct Sent {
     last_error: Option<String>,
 }
 
-fn provider(grpc: SocketAddr, service: &str) -> SdkTracerProvider {
-    let exporter = exporter(
-        Transport::Grpc(None),
-        Some(grpc),
-        None,
-        Duration::from_secs(5),
-    );
-    SdkTracerProvider::builder()
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .build(),
-        )
-        .with_batch_exporter(exporter)
-        .build()
-}
-
 /// One handler span that ended now and lasted `duration`.
 fn emit(tracer: &SdkTracer, duration: Duration) {
-    let end = SystemTime::now();
-    tracer
-        .span_builder(SPAN_NAME)
-        .with_kind(SpanKind::Internal)
-        .with_start_time(end - duration)
-        .with_attributes([KeyValue::new("namespace", "slo_chain")])
-        .start(tracer)
-        .end_with_timestamp(end);
+    let attributes = vec![KeyValue::new("namespace", "slo_chain")];
+    ended_now(tracer, SPAN_NAME, duration, attributes);
 }
 
 /// Runs on a blocking thread of the runtime (tonic needs its context) until `stop`.
 fn send_spans(grpc: SocketAddr, stop: &AtomicBool) -> Sent {
     let mut sent = Sent::default();
-    let burning = provider(grpc, BURNING.0);
-    let steady = provider(grpc, STEADY.0);
+    let burning = batching_provider(grpc, BURNING.0);
+    let steady = batching_provider(grpc, STEADY.0);
     let (burning_tracer, steady_tracer) = (
         burning.tracer("tasker-worker"),
         steady.tracer("tasker-worker"),

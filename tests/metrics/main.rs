@@ -9,4 +9,5 @@ mod support;
 
 mod e2e_workflows;
 mod exposition_formats;
+mod native_quantiles;
 mod protobuf_exposition;

@@ -31,16 +31,14 @@ use crate::support;
 use serde_json::Value;
 use spanlens::server::Server;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::chain::{Chain, ChainSpec};
 use support::otlp::hex;
 use support::process::TempDir;
 use support::tools::{python, run_with_stdin};
-use support::{Exposition, Rng, eventually, parse_le, post_protobuf, request, start, test_config};
+use support::{Exposition, Rng, parse_le, post_protobuf, request, start, test_config};
 
 /// What Prometheus 2.42 sends with `--enable-feature=native-histograms` (the test against
 /// the real Prometheus checks it still does).
@@ -53,7 +51,8 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// installs it.
 const METRICS_PROTO: &str =
     "/usr/share/gocode/src/github.com/prometheus/client_model/io/prometheus/client/metrics.proto";
-const PROMETHEUS: &str = "/usr/bin/prometheus";
+/// How long Prometheus may take to show what spanlens serves.
+const WAIT: Duration = Duration::from_secs(30);
 
 const SPAN_METRICS: &str = "traces_span_metrics_duration_seconds";
 const SERVICES: &[&str] = &[
@@ -517,30 +516,6 @@ async fn accept_is_negotiated_by_weight() {
 // ------------------------------------------------------------------------------------------
 // The real Prometheus 2.42
 
-/// A child process killed (and reaped) on drop; its log is printed if the test is failing.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("----- prometheus log -----\n{log}----- end of prometheus log -----");
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
 /// A scrape target that records the Accept header of every request and answers a text
 /// exposition with one gauge.
 async fn accept_recorder() -> (String, Arc<Mutex<Vec<String>>>) {
@@ -581,82 +556,25 @@ async fn accept_recorder() -> (String, Arc<Mutex<Vec<String>>>) {
     (addr, seen)
 }
 
-async fn query(
-    http: &reqwest::Client,
-    prometheus: &str,
-    path: &str,
-    params: &[(&str, String)],
-) -> Result<Value, String> {
-    let response = http
-        .get(format!("{prometheus}{path}"))
-        .query(params)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let v: Value = response.json().await.map_err(|e| e.to_string())?;
-    (v["status"] == "success")
-        .then(|| v["data"].clone())
-        .ok_or_else(|| v.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_2_42_ingests_native_histograms_and_exemplars() {
-    assert!(
-        Path::new(PROMETHEUS).is_file(),
-        "{PROMETHEUS} is missing: install Debian's `prometheus` package (scripts/test.sh does)"
-    );
     let server = start(test_config(|_| {})).await;
     let (recorder, accepts) = accept_recorder().await;
     let scratch = TempDir::new("protobuf_prometheus");
-    let port = free_port();
-    let config = scratch.write(
-        "prometheus.yml",
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: spanlens\n    static_configs:\n      - targets: [\"{}\"]\n  - job_name: recorder\n    static_configs:\n      - targets: [\"{recorder}\"]\n",
-            server.metrics_addr()
-        ),
-    );
-    let log = scratch.path().join("prometheus.log");
-    let file = File::create(&log).unwrap();
-    let _prometheus = Daemon {
-        child: Command::new(PROMETHEUS)
-            .args([
-                format!("--config.file={}", config.display()),
-                format!("--storage.tsdb.path={}", scratch.dir("data").display()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-                "--enable-feature=native-histograms,exemplar-storage".to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start prometheus"),
-        log,
-    };
-    let prometheus = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-
-    // One series of known spans, sent after Prometheus scrapes spanlens.
-    eventually(
-        "Prometheus scrapes spanlens",
-        Duration::from_secs(30),
-        async || {
-            let up = query(
-                &http,
-                &prometheus,
-                "/api/v1/query",
-                &[("query", "up{job=\"spanlens\"} == 1".into())],
-            )
-            .await?;
-            (!up["result"].as_array().unwrap().is_empty())
-                .then_some(())
-                .ok_or(up.to_string())
+    let chain = Chain::start(
+        &scratch,
+        ChainSpec {
+            rules: "groups: []\n".to_string(),
+            job: "spanlens",
+            targets: vec![server.metrics_addr().to_string(), recorder],
+            prometheus_flags: &["--enable-feature=native-histograms,exemplar-storage"],
+            paged: "page",
+            alerts: &[],
+            diagnostics: &[],
         },
     )
     .await;
+    chain.wait_up(Duration::from_secs(30)).await;
     let sent: Vec<Sent> = spans(&mut Rng::new(42), 37)
         .into_iter()
         .map(|s| Sent {
@@ -675,57 +593,35 @@ async fn prometheus_2_42_ingests_native_histograms_and_exemplars() {
         "{SPAN_METRICS}{{service_name=\"tasker-ruby-worker\",span_name=\"execute_handler\"}}"
     );
 
-    let count = eventually(
-        "histogram_count of the native series",
-        Duration::from_secs(30),
-        async || {
-            let v = query(
-                &http,
-                &prometheus,
-                "/api/v1/query",
-                &[("query", format!("histogram_count({selector})"))],
-            )
-            .await?;
-            let result = v["result"].as_array().unwrap();
-            let value = result
-                .first()
-                .and_then(|r| r["value"][1].as_str())
-                .map(str::to_string);
-            match value {
-                Some(n) if n == sent.len().to_string() => Ok(n),
-                _ => Err(v.to_string()),
-            }
-        },
-    )
-    .await;
-    assert_eq!(count, "37");
+    chain
+        .until("histogram_count of the native series", WAIT, async || {
+            let n = chain
+                .scalar(&format!("histogram_count({selector})"))
+                .await?;
+            (n == sent.len() as f64).then_some(())
+        })
+        .await;
 
-    let exemplar = eventually(
-        "the slowest span in query_exemplars",
-        Duration::from_secs(30),
-        async || {
-            let v = query(
-                &http,
-                &prometheus,
-                "/api/v1/query_exemplars",
-                &[
-                    ("query", selector.clone()),
-                    ("start", format!("{}", started - 120.0)),
-                    ("end", format!("{}", started + 600.0)),
-                ],
-            )
-            .await?;
-            v.as_array()
-                .and_then(|series| {
-                    series
-                        .iter()
-                        .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
-                        .next()
-                })
-                .ok_or(v.to_string())
-        },
+    let exemplars = reqwest::Url::parse_with_params(
+        "http://prometheus/api/v1/query_exemplars",
+        &[
+            ("query", selector.clone()),
+            ("start", format!("{}", started - 120.0)),
+            ("end", format!("{}", started + 600.0)),
+        ],
     )
-    .await;
+    .unwrap();
+    let exemplars = format!("{}?{}", exemplars.path(), exemplars.query().unwrap());
+    let exemplar = chain
+        .until("the slowest span in query_exemplars", WAIT, async || {
+            let v = chain.api(&exemplars).await?;
+            v["data"]
+                .as_array()?
+                .iter()
+                .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+                .next()
+        })
+        .await;
     assert_eq!(exemplar["labels"]["trace_id"], hex(&slowest.trace_id));
     assert_eq!(exemplar["labels"]["span_id"], hex(&slowest.span_id));
     assert_eq!(
@@ -735,18 +631,13 @@ async fn prometheus_2_42_ingests_native_histograms_and_exemplars() {
 
     // Prometheus 2.42 ingests a histogram that has both kinds as native only: no classic
     // series of it (a fact of that version, which rules over `_bucket` depend on).
-    let classic = query(
-        &http,
-        &prometheus,
-        "/api/v1/query",
-        &[("query", format!("{SPAN_METRICS}_bucket"))],
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        classic["result"],
-        Value::Array(vec![]),
-        "classic buckets ingested too"
+    let classic = chain
+        .query(&format!("{SPAN_METRICS}_bucket"))
+        .await
+        .expect("Prometheus answers");
+    assert!(
+        classic.is_empty(),
+        "classic buckets ingested too: {classic:?}"
     );
 
     let seen = accepts.lock().unwrap().clone();

@@ -47,8 +47,8 @@ pub struct ChainSpec<'a> {
     pub rules: String,
     /// The scrape job's name (`alerting.job`).
     pub job: &'a str,
-    /// spanlens's metrics endpoint.
-    pub target: SocketAddr,
+    /// The job's targets (`host:port`): spanlens's metrics endpoint, and any other.
+    pub targets: Vec<String>,
     /// Extra Prometheus command-line flags.
     pub prometheus_flags: &'a [&'a str],
     /// The `severity` Alertmanager sends to the webhook.
@@ -132,11 +132,11 @@ alerting:
 scrape_configs:
   - job_name: {job}
     static_configs:
-      - targets: ["{target}"]
+      - targets: {targets:?}
 "#,
                 rules = rules_path.display(),
                 job = spec.job,
-                target = spec.target,
+                targets = spec.targets,
             ),
         );
         let mut args = vec![

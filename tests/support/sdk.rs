@@ -4,7 +4,7 @@
 //! chooses to the exporter, in the order it chooses.
 
 use super::tasker::Svc;
-use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Compression, Protocol, WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
@@ -72,6 +72,39 @@ pub fn exporter(
                 .expect("HTTP exporter")
         }
     }
+}
+
+/// A provider for `service` (its [`resource`]) whose spans the real exporter batches to
+/// spanlens's gRPC receiver at `grpc` (10 s per export). Flush it at least every 2,048
+/// spans (the batch processor's queue), or it drops some.
+pub fn batching_provider(grpc: SocketAddr, service: &'static str) -> SdkTracerProvider {
+    let exporter = exporter(
+        Transport::Grpc(None),
+        Some(grpc),
+        None,
+        Duration::from_secs(10),
+    );
+    SdkTracerProvider::builder()
+        .with_resource(resource(service))
+        .with_batch_exporter(exporter)
+        .build()
+}
+
+/// Span `name` of `tracer` that ended now and lasted `duration`, with `attributes`.
+pub fn ended_now(
+    tracer: &SdkTracer,
+    name: &'static str,
+    duration: Duration,
+    attributes: Vec<KeyValue>,
+) {
+    let end = SystemTime::now();
+    tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Internal)
+        .with_start_time(end - duration)
+        .with_attributes(attributes)
+        .start(tracer)
+        .end_with_timestamp(end);
 }
 
 /// The real exporter for `transport` to `server`, sending `resource` (5 s per export).
