@@ -178,43 +178,15 @@ async fn burn_rate_chain(histograms: HistogramKind, prometheus_flags: &[&str]) {
             &firing,
         )
         .await;
-    let text = |key: &str| {
-        firing["annotations"][key]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
-    for key in ["summary", "description", "runbook_url"] {
-        let value = text(key);
-        chain
-            .check(
-                !value.is_empty()
-                    && !value.contains("{{")
-                    && !value.contains("<no value>")
-                    && !value.contains("%!"),
-                &format!("annotation {key} present and fully rendered"),
-                &firing,
-            )
-            .await;
-    }
-    chain
-        .check(
-            text("summary").contains(BURNING.0)
-                && text("description").contains(BURNING.1)
-                && text("description").contains(THRESHOLD),
-            "summary and description name the service, language and threshold",
-            &firing,
-        )
+    let (summary, description) = chain
+        .check_annotations(&firing, &config.alerting.runbook_url, FAST_BURN)
         .await;
     chain
         .check(
-            text("runbook_url")
-                == format!(
-                    "{}#{}",
-                    config.alerting.runbook_url,
-                    FAST_BURN.to_ascii_lowercase()
-                ),
-            "runbook_url points at the alert's runbook section",
+            summary.contains(BURNING.0)
+                && description.contains(BURNING.1)
+                && description.contains(THRESHOLD),
+            "summary and description name the service, language and threshold",
             &firing,
         )
         .await;

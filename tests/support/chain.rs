@@ -279,6 +279,43 @@ scrape_configs:
         }
     }
 
+    /// Checks a delivered alert's annotations: summary, description and runbook_url each
+    /// present and fully rendered (no template left, no missing value), runbook_url at
+    /// `alert`'s section of the runbook at `runbook_base`. Returns the summary and description.
+    pub async fn check_annotations(
+        &self,
+        alert: &Value,
+        runbook_base: &str,
+        name: &str,
+    ) -> (String, String) {
+        let text = |key: &str| {
+            alert["annotations"][key]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        for key in ["summary", "description", "runbook_url"] {
+            let value = text(key);
+            self.check(
+                !value.is_empty()
+                    && !value.contains("{{")
+                    && !value.contains("<no value>")
+                    && !value.contains("%!"),
+                &format!("annotation {key} present and fully rendered"),
+                alert,
+            )
+            .await;
+        }
+        let runbook = format!("{runbook_base}#{}", name.to_ascii_lowercase());
+        self.check(
+            text("runbook_url") == runbook,
+            "runbook_url points at the alert's runbook section",
+            alert,
+        )
+        .await;
+        (text("summary"), text("description"))
+    }
+
     /// Panics with what Prometheus and the webhook saw (the daemons' logs follow, printed
     /// when they are dropped).
     pub async fn fail(&self, message: &str) -> ! {

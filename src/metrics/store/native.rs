@@ -28,11 +28,12 @@ pub(crate) struct NativeSpec {
 /// for a mantissa among them.
 #[derive(Debug, PartialEq)]
 struct Layout {
-    /// 2^(j/2^schema) for j in 0..=2^schema.
-    bounds: Box<[f64]>,
+    /// 2^(j/2^schema) for j in 0..=2^schema (the rest unused), inline: one pointer from the
+    /// spec to every table a value's bucket reads.
+    bounds: [f64; 257],
     /// By the top 8 bits of a mantissa: the number of bounds below the smallest mantissa
     /// with those bits.
-    start: Box<[u16; 256]>,
+    start: [u16; 256],
 }
 
 impl NativeSpec {
@@ -40,10 +41,11 @@ impl NativeSpec {
     pub(crate) fn new(schema: i8, max_buckets: usize, zero_threshold: f64) -> NativeSpec {
         assert!(SCHEMAS.contains(&schema) && max_buckets >= 2);
         let per_octave = 1usize << schema.max(0);
-        let bounds: Box<[f64]> = (0..=per_octave)
-            .map(|j| (j as f64 / per_octave as f64).exp2())
-            .collect();
-        let mut start = Box::new([0u16; 256]);
+        let mut bounds = [f64::INFINITY; 257];
+        for (j, bound) in bounds.iter_mut().enumerate().take(per_octave + 1) {
+            *bound = (j as f64 / per_octave as f64).exp2();
+        }
+        let mut start = [0u16; 256];
         for (k, s) in start.iter_mut().enumerate() {
             let mantissa = 1.0 + k as f64 / 256.0;
             *s = bounds.iter().filter(|&&b| b < mantissa).count() as u16;
