@@ -115,7 +115,23 @@ struct Buckets {
 }
 
 impl Buckets {
+    /// Most observations land in a bucket already counted: that case stays inline.
+    #[inline]
     fn add(&mut self, index: i32, by: u64) {
+        // An index below `first` wraps to beyond the end.
+        let at = index.wrapping_sub(self.first) as u32 as usize;
+        if let Some(count) = self.counts.get_mut(at)
+            && *count > 0
+        {
+            *count += by;
+            return;
+        }
+        self.add_to_new(index, by);
+    }
+
+    /// A bucket not counted yet: grows the run of counts to hold it when needed.
+    #[inline(never)]
+    fn add_to_new(&mut self, index: i32, by: u64) {
         if self.counts.is_empty() {
             self.first = index;
         } else if index < self.first {
