@@ -1,6 +1,9 @@
 //! Checks that need more than types: names, references, regexes, buckets, addresses.
 
-use super::limits::{MAX_DERIVED_PARTS, MAX_EXTRA_LABELS, MAX_JOIN_WAIT, MAX_LABELS};
+use super::limits::{
+    MAX_DERIVED_PARTS, MAX_EXTRA_LABELS, MAX_JOIN_WAIT, MAX_LABELS, MIN_NATIVE_BUCKETS,
+    NATIVE_SCHEMAS,
+};
 use super::security;
 use super::{
     AlertingConfig, ComparisonConfig, DerivedConfig, HistogramKind, LabelConfig, LabelSourceKind,
@@ -437,16 +440,21 @@ fn check_metrics(m: &MetricsConfig, problems: &mut Problems) {
         problems.add("metrics.max_series_per_metric", "must be at least 1");
     }
     let native = &m.native_histograms;
-    if !(-4..=8).contains(&native.schema) {
+    if !NATIVE_SCHEMAS.contains(&native.schema) {
         problems.add(
             "metrics.native_histograms.schema",
-            format!("{} is out of range: -4 to 8", native.schema),
+            format!(
+                "{} is out of range: {} to {}",
+                native.schema,
+                NATIVE_SCHEMAS.start(),
+                NATIVE_SCHEMAS.end()
+            ),
         );
     }
-    if native.max_buckets < 2 {
+    if native.max_buckets < MIN_NATIVE_BUCKETS {
         problems.add(
             "metrics.native_histograms.max_buckets",
-            "must be at least 2",
+            format!("must be at least {MIN_NATIVE_BUCKETS}"),
         );
     }
     if !(native.zero_threshold.is_finite() && native.zero_threshold >= 0.0) {

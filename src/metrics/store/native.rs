@@ -9,10 +9,8 @@
 //! the bucket bounds within one power of two (exact comparisons, no logarithm), then shifted
 //! down to the series' current schema.
 
+use crate::config::limits::{MIN_NATIVE_BUCKETS, NATIVE_SCHEMAS as SCHEMAS};
 use std::sync::Arc;
-
-/// Schemas Prometheus accepts.
-pub(crate) const SCHEMAS: std::ops::RangeInclusive<i8> = -4..=8;
 
 /// How every native histogram of a metric is kept.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,9 +35,10 @@ struct Layout {
 }
 
 impl NativeSpec {
-    /// `schema` within [`SCHEMAS`], `max_buckets` at least 2 (config checks both).
+    /// `schema` within [`SCHEMAS`], `max_buckets` at least [`MIN_NATIVE_BUCKETS`] (config
+    /// checks both).
     pub(crate) fn new(schema: i8, max_buckets: usize, zero_threshold: f64) -> NativeSpec {
-        assert!(SCHEMAS.contains(&schema) && max_buckets >= 2);
+        assert!(SCHEMAS.contains(&schema) && max_buckets >= MIN_NATIVE_BUCKETS);
         let per_octave = 1usize << schema.max(0);
         let mut bounds = [f64::INFINITY; 257];
         for (j, bound) in bounds.iter_mut().enumerate().take(per_octave + 1) {
