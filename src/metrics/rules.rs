@@ -299,30 +299,13 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
     let by = family.level.join(", ");
     let traffic = family.traffic_rate(window);
     let mut rules = Vec::new();
-    // What histogram_quantile reads: the recorded bucket rates, or the native histogram's rate.
-    let histogram = match a.histograms {
-        HistogramKind::Classic => {
-            let buckets = family.buckets(window);
-            rules.push(Rule::Record {
-                record: buckets.clone(),
-                expr: format!(
-                    "sum by ({}) (rate({}_bucket[{window}]))",
-                    family
-                        .level
-                        .iter()
-                        .chain(&["le"])
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    family.histogram
-                ),
-            });
-            buckets
-        }
-        HistogramKind::Native => {
-            format!("sum by ({by}) (rate({}[{window}]))", family.histogram)
-        }
-    };
+    let histogram = quantile_source(
+        config,
+        family.histogram,
+        &family.level,
+        family.buckets(window),
+        &mut rules,
+    );
     rules.push(Rule::Record {
         record: traffic.clone(),
         expr: format!("sum by ({by}) (rate({}[{window}]))", family.traffic),
@@ -416,6 +399,36 @@ fn family_rules(config: &Config, family: &Family) -> Vec<Rule> {
         rules.extend(slo_rules(config, family, slo, &traffic));
     }
     rules
+}
+
+/// What `histogram_quantile` reads for `histogram` summed by `level` over the rate window:
+/// with classic histograms the bucket rates, recorded as `buckets` (that rule is added to
+/// `rules`); with native ones the native histogram's rate, inline.
+fn quantile_source(
+    config: &Config,
+    histogram: &str,
+    level: &[&str],
+    buckets: String,
+    rules: &mut Vec<Rule>,
+) -> String {
+    let window = config.alerting.rate_window.text();
+    match config.alerting.histograms {
+        HistogramKind::Classic => {
+            let by = level.iter().chain(&["le"]).copied().collect::<Vec<_>>();
+            rules.push(Rule::Record {
+                record: buckets.clone(),
+                expr: format!(
+                    "sum by ({}) (rate({histogram}_bucket[{window}]))",
+                    by.join(", ")
+                ),
+            });
+            buckets
+        }
+        HistogramKind::Native => format!(
+            "sum by ({}) (rate({histogram}[{window}]))",
+            level.join(", ")
+        ),
+    }
 }
 
 /// A share as a percentage for messages: `0.999` → `99.9%`.
@@ -512,24 +525,13 @@ fn comparison_rules(config: &Config, c: &ComparisonConfig) -> Vec<Rule> {
     let quantile = format!("{level}:{}:{q}_rate{window}", c.histogram);
     let baseline = &c.baseline;
     let mut rules = Vec::new();
-    // What histogram_quantile reads, as for the stages.
-    let histogram = match config.alerting.histograms {
-        HistogramKind::Classic => {
-            let buckets = format!("{level}:{}_bucket:rate{window}", c.histogram);
-            rules.push(Rule::Record {
-                record: buckets.clone(),
-                expr: format!(
-                    "sum by ({step}, handler_language, le) (rate({}_bucket[{window}]))",
-                    c.histogram
-                ),
-            });
-            buckets
-        }
-        HistogramKind::Native => format!(
-            "sum by ({step}, handler_language) (rate({}[{window}]))",
-            c.histogram
-        ),
-    };
+    let histogram = quantile_source(
+        config,
+        &c.histogram,
+        &[step, "handler_language"],
+        format!("{level}:{}_bucket:rate{window}", c.histogram),
+        &mut rules,
+    );
     rules.extend([
         Rule::Record {
             record: quantile.clone(),
