@@ -268,13 +268,15 @@ fn delimited(out: &mut Vec<u8>, reserved: usize, body: impl FnOnce(&mut Vec<u8>)
     out[at..at + prefix_len].copy_from_slice(&prefix[..prefix_len]);
 }
 
+/// `value` as a varint; most (tags, short lengths) are one byte, pushed inline.
 #[inline(always)]
-fn varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
+fn varint(out: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        out.push(value as u8);
+    } else {
+        let (bytes, len) = varint_bytes(value);
+        out.extend_from_slice(&bytes[..len]);
     }
-    out.push(value as u8);
 }
 
 /// The bytes `value` takes as a varint.
