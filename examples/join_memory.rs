@@ -59,6 +59,7 @@ fn main() {
                 key,
                 part: usize::from(i % 3 == 0),
                 span,
+                count: 1.0,
                 labels: &labels,
             })
             .collect();

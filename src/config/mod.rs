@@ -61,6 +61,32 @@ pub struct Config {
     /// Downstream OTLP endpoints that receive every accepted request (off when none).
     #[serde(default)]
     pub forward: forward::ForwardConfig,
+    /// How many operations a span stands for when services sample traces at the head.
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+}
+
+/// Where a span's adjusted count comes from: every counter and histogram observation of a
+/// span is weighted by it, so that sampled traffic is counted as the traffic it stands for.
+/// A span with no sampling information counts 1.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// Read OpenTelemetry probability sampling from the span's W3C tracestate: `ot=th:<hex>`
+    /// (rejection threshold T: 2^56 / (2^56 - T) operations) or the older `ot=p:<n>` (2^n).
+    pub tracestate: bool,
+    /// A span attribute (else resource attribute) holding the adjusted count as a number,
+    /// as Tempo's `span_multiplier_key`; it wins over the tracestate where present.
+    pub multiplier_attribute: Option<String>,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            tracestate: true,
+            multiplier_attribute: None,
+        }
+    }
 }
 
 /// What is kept for per-task breakdowns, and the attributes that tie a task together.
@@ -818,6 +844,7 @@ pub(crate) struct Sections {
     pub(crate) breakdown: Option<BreakdownConfig>,
     pub(crate) comparisons: Option<BTreeMap<String, ComparisonConfig>>,
     pub(crate) forward: Option<forward::ForwardConfig>,
+    pub(crate) sampling: Option<SamplingConfig>,
 }
 
 impl Sections {
@@ -835,6 +862,7 @@ impl Sections {
             breakdown: self.breakdown?,
             comparisons: self.comparisons?,
             forward: self.forward?,
+            sampling: self.sampling?,
         })
     }
 }
@@ -854,12 +882,13 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         };
         match key.as_str() {
             "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics"
-            | "alerting" | "derived" | "comparisons" | "join" | "breakdown" | "forward" => {
+            | "alerting" | "derived" | "comparisons" | "join" | "breakdown" | "forward"
+            | "sampling" => {
                 sections.insert(key, value);
             }
             other => problems.add(
                 other,
-                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, comparisons, join, breakdown, forward",
+                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, comparisons, join, breakdown, forward, sampling",
             ),
         }
     }
@@ -880,6 +909,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
     };
     let breakdown = optional(section("breakdown"), "breakdown", problems);
     let forward = optional(section("forward"), "forward", problems);
+    let sampling = optional(section("sampling"), "sampling", problems);
     let derived = match section("derived") {
         None => Some(BTreeMap::new()),
         value => named_items(
@@ -936,6 +966,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         breakdown,
         comparisons,
         forward,
+        sampling,
     }
 }
 

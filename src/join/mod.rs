@@ -30,19 +30,28 @@ pub struct PartSpan {
 }
 
 impl PartSpan {
-    pub(crate) fn times(&self) -> Times {
+    /// The span's times, as standing for `count` operations (its adjusted count).
+    pub(crate) fn times(&self, count: f64) -> Times {
+        let (trace, _) = self.trace_id.split_at(8);
         Times {
             start_unix_nano: self.start_unix_nano,
             end_unix_nano: self.end_unix_nano,
+            count,
+            trace: u64::from_le_bytes(trace.try_into().expect("8 bytes")),
         }
     }
 }
 
-/// When a part started and ended: all a derived value needs of it.
+/// When a part started and ended, and how many operations it stands for: all a derived
+/// value needs of it.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(crate) struct Times {
     pub(crate) start_unix_nano: u64,
     pub(crate) end_unix_nano: u64,
+    /// The span's adjusted count (1 when it was not sampled).
+    pub(crate) count: f64,
+    /// The first 8 bytes of its trace id: parts of one trace share one sampling decision.
+    pub(crate) trace: u64,
 }
 
 /// One span offered to a join: which derived metric, which key, which part, and its
@@ -53,6 +62,8 @@ pub struct Arrival<'a> {
     pub key: &'a str,
     pub part: usize,
     pub span: PartSpan,
+    /// The span's adjusted count.
+    pub count: f64,
     pub labels: &'a [Option<&'a str>],
 }
 
@@ -68,6 +79,8 @@ pub struct JoinSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completed {
     pub(crate) seconds: f64,
+    /// How many operations the value stands for: see [`adjusted_count`].
+    pub(crate) count: f64,
     /// Label values, each from the first part (in part order) that had one.
     pub(crate) labels: Box<[Option<Box<str>>]>,
     /// The part that ended last.
@@ -105,7 +118,7 @@ impl Eviction {
     }
 }
 
-/// A waiting key: 80 bytes, 88 with its slot's hash (a part's ids are kept only while it
+/// A waiting key: 112 bytes, 120 with its slot's hash (a part's ids are kept only while it
 /// is the one that ended last, the completed value's exemplar).
 struct Pending {
     /// By part, its times (a start of 0 while it has not arrived); per label, its value and
@@ -157,8 +170,8 @@ impl Pending {
 /// A key's parts and labels: up to two of each in place, more in allocations of their own.
 /// Every derived metric of the default profile has two parts and at most two labels, so an
 /// offer reads its key's slot and nothing behind a pointer: in a full window each of those
-/// was a cache miss, and each key an allocation and a free. One enum for both, 48 bytes:
-/// one of its own for each would take 64.
+/// was a cache miss, and each key an allocation and a free. One enum for both, 80 bytes:
+/// one of its own for each would take 96.
 enum Values {
     Inline {
         parts: [Times; 2],
@@ -471,6 +484,7 @@ impl JoinWindow {
             key: _,
             part,
             span,
+            count,
             labels,
         } = arrival;
         let spec = &self.specs[derived];
@@ -491,7 +505,7 @@ impl JoinWindow {
         let part_index = u8::try_from(part).expect("fewer than 255 parts");
         let extended = match (&mut pending.values.get_mut().0[part], spec.operation) {
             (seen, _) if !arrived(seen) => {
-                *seen = span.times();
+                *seen = span.times(count);
                 true
             }
             (seen, Operation::Envelope) => {
@@ -534,6 +548,7 @@ impl JoinWindow {
         let last = parts[usize::from(pending.exemplar_part)];
         Offer::Complete(Completed {
             seconds: seconds(value_nanos(spec.operation, parts)),
+            count: adjusted_count(parts),
             labels,
             exemplar: PartSpan {
                 start_unix_nano: last.start_unix_nano,
@@ -644,6 +659,22 @@ fn seconds(nanos: u64) -> f64 {
 
 fn duration(p: &Times) -> u64 {
     p.end_unix_nano.saturating_sub(p.start_unix_nano)
+}
+
+/// The adjusted count of a derived value: the product of the adjusted counts of its parts'
+/// traces, each trace once. Services sample whole traces, each on its own, so parts of one
+/// trace were kept together (with the probability of one of them) while parts of different
+/// traces were each kept with their own probability: a value is seen with the product of
+/// its traces' probabilities, and stands for the inverse of it.
+pub(crate) fn adjusted_count(parts: &[Times]) -> f64 {
+    let first_of_its_trace =
+        |(i, p): &(usize, &Times)| parts[..*i].iter().all(|q| q.trace != p.trace);
+    parts
+        .iter()
+        .enumerate()
+        .filter(first_of_its_trace)
+        .map(|(_, p)| p.count)
+        .product()
 }
 
 /// The derived value in nanoseconds; differences and gaps below zero (clock skew between

@@ -48,6 +48,7 @@ fn offer_evicting(
         key,
         part,
         span,
+        count: 1.0,
         labels: &[label],
     };
     let answers = w.offer_all(&[arrival], now, evicted);
@@ -111,6 +112,7 @@ fn keys_of_more_parts_and_labels_than_kept_in_place_join_alike() {
             key: "task-1",
             part,
             span,
+            count: 1.0,
             labels,
         };
         w.offer_all(&[arrival], now, &mut |_, _| panic!("no eviction expected"))
@@ -395,8 +397,44 @@ fn slot_positions_wrap_around_without_losing_keys() {
 
 /// The window's memory is its slots': see the sizes in `Pending`'s comment.
 #[test]
-fn a_waiting_key_takes_88_bytes() {
-    assert_eq!(std::mem::size_of::<Values>(), 48);
-    assert_eq!(std::mem::size_of::<Pending>(), 80);
-    assert_eq!(std::mem::size_of::<Slot>(), 88);
+fn a_waiting_key_takes_120_bytes() {
+    assert_eq!(std::mem::size_of::<Values>(), 80);
+    assert_eq!(std::mem::size_of::<Pending>(), 112);
+    assert_eq!(std::mem::size_of::<Slot>(), 120);
+}
+
+#[test]
+fn a_value_counts_each_of_its_traces_adjusted_count_once() {
+    let now = Instant::now();
+    let w = JoinWindow::new(
+        vec![JoinSpec {
+            operation: Operation::Envelope,
+            parts: 3,
+            labels: 0,
+        }],
+        100,
+        Duration::from_secs(60),
+    );
+    // Parts 0 and 2 from one trace kept at 1 in 4, part 1 from another kept at 1 in 10.
+    let parts = [
+        (span(0, 10, 1), 4.0),
+        (span(20, 30, 2), 10.0),
+        (span(40, 50, 1), 4.0),
+    ];
+    let mut answers = Vec::new();
+    for (part, (span, count)) in parts.into_iter().enumerate() {
+        let arrival = Arrival {
+            derived: 0,
+            key: "task-1",
+            part,
+            span,
+            count,
+            labels: &[],
+        };
+        answers = w.offer_all(&[arrival], now, &mut |_, _| panic!("no eviction"));
+    }
+    let [(0, done)] = <[_; 1]>::try_from(answers).expect("one answer") else {
+        panic!("answered for another arrival")
+    };
+    assert_eq!(complete(done).count, 40.0);
 }

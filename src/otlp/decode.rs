@@ -3,7 +3,7 @@
 //! This is the projection documented in `proto/spanlens_projection.proto`: only the fields
 //! spanlens reads, with OTLP's field numbers. A request becomes three flat vectors (resources,
 //! spans, attributes) of slices into the buffer: no per-span allocation. Fields the projection
-//! does not read (scope, events, links, trace_state, flags) are skipped over, not decoded.
+//! does not read (scope, events, links, flags) are skipped over, not decoded.
 //! [`Batch::decode_keeping`] goes one step further, as the pipeline does: span attributes
 //! whose keys no rule, label, join or breakdown reads are skipped like unknown fields (their
 //! value is neither parsed nor checked as UTF-8); only the message framing around them is.
@@ -81,6 +81,9 @@ pub struct ResourceView<'a> {
 pub struct SpanView<'a> {
     pub trace_id: &'a [u8],
     pub span_id: &'a [u8],
+    /// The W3C tracestate, as sent: read for its sampling threshold (see
+    /// [`crate::otlp::sampling`]), never checked as UTF-8.
+    pub trace_state: &'a [u8],
     pub parent_span_id: &'a [u8],
     pub name: &'a str,
     pub kind: i32,
@@ -404,6 +407,7 @@ impl<'a> Batch<'a> {
         let mut span = SpanView {
             trace_id: &[],
             span_id: &[],
+            trace_state: &[],
             parent_span_id: &[],
             name: "",
             kind: 0,
@@ -421,6 +425,7 @@ impl<'a> Batch<'a> {
             match number {
                 1 => span.trace_id = value.bytes(1)?,
                 2 => span.span_id = value.bytes(2)?,
+                3 => span.trace_state = value.bytes(3)?,
                 4 => span.parent_span_id = value.bytes(4)?,
                 5 => span.name = value.string(5)?,
                 6 => span.kind = value.varint(6)? as i32,
@@ -438,7 +443,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Reads the leading fields of a span that come as exporters write them, in field order
-    /// (ids, name, kind, times, then attributes), each compared with its expected key
+    /// (ids, tracestate, name, kind, times, then attributes), each compared with its expected key
     /// instead of going through the general field loop and its jump on the field number;
     /// returns the bytes from the first field that is not the next expected one (status,
     /// say), which the loop reads. Any field it does not read as expected, malformed ones
@@ -456,6 +461,7 @@ impl<'a> Batch<'a> {
         for (number, id) in [
             (1, &mut span.trace_id),
             (2, &mut span.span_id),
+            (3, &mut span.trace_state),
             (4, &mut span.parent_span_id),
         ] {
             if let Some((value, rest)) = leading_bytes(buf, number) {

@@ -7,6 +7,7 @@ pub mod decode;
 pub(crate) mod grpc;
 pub mod json;
 pub mod refusal;
+pub(crate) mod sampling;
 pub mod status;
 pub(crate) mod utf8;
 pub(crate) mod wire;

@@ -3,6 +3,7 @@
 //! [`BuildError`] means a config that validation let through by mistake; it names the field.
 
 use super::Pipeline;
+use super::adjusted::AdjustedCounts;
 use super::classify::{Classifier, StageId};
 use super::dedupe::RecentSpans;
 use super::labels::LabelResolver;
@@ -44,6 +45,8 @@ pub(super) struct SpanMetrics {
 pub(super) struct OwnMetrics {
     pub(super) received: MetricId,
     pub(super) accepted: MetricId,
+    pub(super) adjusted: MetricId,
+    pub(super) sampling_ignored: MetricId,
     pub(super) refused_spans: MetricId,
     pub(super) refused_requests: MetricId,
     pub(super) request_duration: MetricId,
@@ -224,6 +227,7 @@ impl Pipeline {
                 ),
             }
         });
+        let adjusted = AdjustedCounts::new(&config.sampling);
         let classifier = Classifier::compile(&config.rules, |name, path| {
             names.stage(name, path).map(StageId)
         })?;
@@ -235,6 +239,7 @@ impl Pipeline {
                 .chain(handler_language.span_keys())
                 .chain(extras.iter().flat_map(|(r, _)| r.span_keys()))
                 .chain(derived.metrics.iter().map(|d| d.key.as_str()))
+                .chain(adjusted.span_key())
                 // Read only for the breakdown log: with it off, decode skips them too.
                 .chain(
                     span_log
@@ -246,6 +251,7 @@ impl Pipeline {
         );
         Ok(Pipeline {
             attribute_keys,
+            adjusted,
             span_log,
             breakdown_keys: config.breakdown.clone(),
             recent: RecentSpans::new(config.join.dedupe_spans),
@@ -271,6 +277,8 @@ impl Pipeline {
                 never_expire: vec![
                     own.received,
                     own.accepted,
+                    own.adjusted,
+                    own.sampling_ignored,
                     own.refused_spans,
                     own.refused_requests,
                     own.request_duration,
@@ -311,6 +319,18 @@ fn own_metrics(table: &mut Table) -> OwnMetrics {
             "Spans accepted, by protocol (resent duplicates included; they are not observed again, see spanlens_spans_duplicate_total).",
             MetricKind::Counter,
             &["protocol"],
+        ),
+        adjusted: table.add(
+            "spanlens_spans_adjusted_total",
+            "Operations the spans observed stand for, by protocol: the sum of their adjusted counts (sampling: config `sampling`). Divided by spanlens_spans_accepted_total, the sampling ratio.",
+            MetricKind::Counter,
+            &["protocol"],
+        ),
+        sampling_ignored: table.add(
+            "spanlens_sampling_ignored_total",
+            "Spans whose sampling value (tracestate ot=th or ot=p, or the multiplier attribute) was malformed and which counted 1, by protocol and reason.",
+            MetricKind::Counter,
+            &["protocol", "reason"],
         ),
         refused_spans: table.add(
             "spanlens_spans_refused_total",

@@ -61,6 +61,7 @@ impl Pipeline {
             part: join.part,
             key,
             span: part_span(found.span),
+            count: found.count,
             labels: first..texts.values.len(),
         })
     }
@@ -85,6 +86,7 @@ impl Pipeline {
                 key: o.key,
                 part: o.part,
                 span: o.span,
+                count: o.count,
                 labels: &values[o.labels.clone()],
             })
             .collect();
@@ -124,6 +126,7 @@ impl Pipeline {
             d.histogram,
             &values[..d.labels.len()],
             done.seconds,
+            done.count,
             Some(exemplar),
         );
     }
@@ -150,6 +153,8 @@ pub(super) struct Offering<'a> {
     part: usize,
     key: &'a str,
     span: PartSpan,
+    /// The span's adjusted count.
+    count: f64,
     /// Its label values in the request's [`LabelTexts`].
     labels: Range<usize>,
 }
@@ -203,6 +208,8 @@ pub(super) struct JoinedSpan<'a, 'b> {
     pub(super) batch: &'b Batch<'a>,
     pub(super) span: &'b SpanView<'a>,
     pub(super) service: &'b str,
+    /// The span's adjusted count.
+    pub(super) count: f64,
     pub(super) language: Option<&'b str>,
     pub(super) extra_values: &'b [ResourceValues<'a>],
 }

@@ -12,6 +12,7 @@ use crate::metrics::store::{Admission, Exemplar, Series, Writer};
 use crate::otlp::Protocol;
 use crate::otlp::decode::{AnyValue, Batch, SpanProblem, SpanView};
 use crate::otlp::refusal::Refusal;
+use crate::otlp::sampling::UNSAMPLED;
 use crate::pipeline::classify::{SpanFacts, StageId};
 use crate::pipeline::labels::{Found, ResourceValues, truncate};
 use std::fmt::Write;
@@ -41,6 +42,9 @@ type SpanSeries<'a> = RequestSeries<'a, [Series; 2]>;
 /// A request's stage series (histogram, calls, errors), known by resource and stage, and
 /// handler language as its spans carry it (if they do), for stages with no extra labels.
 type StageSeries<'a> = RequestSeries<'a, [Series; 3]>;
+
+/// A span being observed, its adjusted count, and its exemplar (its duration the value).
+type Observed<'a, 'b> = (&'b SpanView<'a>, f64, Exemplar);
 
 impl Pipeline {
     /// [`Pipeline::ingest`], where `admit` (given the indexes of rejected spans and the
@@ -162,6 +166,7 @@ impl Pipeline {
         // Room for the few series a request's spans share, without regrowing.
         let mut span_series = SpanSeries::with_capacity(64);
         let mut stage_series = StageSeries::with_capacity(16);
+        let mut adjusted_total = 0.0;
         for (index, span) in batch.spans.iter().enumerate() {
             if rejected.next_if_eq(&index).is_some() {
                 continue;
@@ -170,6 +175,11 @@ impl Pipeline {
                 w.add(self.join_metrics.duplicates, &[p], 1);
                 continue;
             }
+            let count = self.adjusted.of(batch, span).unwrap_or_else(|ignored| {
+                w.add(self.own.sampling_ignored, &[p, ignored.reason()], 1);
+                UNSAMPLED
+            });
+            adjusted_total += count;
             let raw_service = batch.resources[span.resource]
                 .service_name
                 .unwrap_or("unknown_service");
@@ -189,7 +199,8 @@ impl Pipeline {
                 epoch: 0,
             };
             if let Some(m) = &self.span_metrics {
-                self.observe_span_metrics(&mut w, m, &mut span_series, span, service, exemplar);
+                let observed = (span, count, exemplar);
+                self.observe_span_metrics(&mut w, m, &mut span_series, service, observed);
             }
             let facts = SpanFacts {
                 name: span.name,
@@ -207,10 +218,11 @@ impl Pipeline {
                 (stage, service),
                 &mut bufs,
             );
-            w.observe_in(histogram, seconds, Some(exemplar));
-            w.add_to(calls, 1);
-            w.add_to(errors, u64::from(span.is_error()));
-            self.observe_comparisons(&mut w, &request, span, stage, labelled.admitted, exemplar);
+            w.observe_in(histogram, seconds, count, Some(exemplar));
+            w.add_to(calls, count);
+            w.add_to(errors, if span.is_error() { count } else { 0.0 });
+            let observed = (span, count, exemplar);
+            self.observe_comparisons(&mut w, &request, observed, stage, labelled.admitted);
             if self.span_log.enabled()
                 && let Some(record) = self.record(batch, span, stage, service)
             {
@@ -226,12 +238,16 @@ impl Pipeline {
                     batch,
                     span,
                     service,
+                    count,
                     language: labelled.language,
                     extra_values: &request.extras,
                 };
                 offerings.extend(self.offering(join, &found, &mut texts));
             }
         }
+        let protocol = [p];
+        let adjusted = w.series(self.own.adjusted, w.label_set(&protocol));
+        w.add_to(adjusted, adjusted_total);
         self.offer(&mut w, &offerings, &texts, now, &mut evicted);
         self.count_evictions(&mut w, &evicted);
         drop(w);
@@ -300,21 +316,27 @@ impl Pipeline {
         &self,
         w: &mut Writer,
         request: &RequestValues<'a, '_>,
-        span: &SpanView<'a>,
+        (span, count, exemplar): Observed<'a, '_>,
         stage: usize,
         language: &str,
-        exemplar: Exemplar,
     ) {
         for &(histogram, step) in &self.comparisons_by_stage[stage] {
             let (resolver, dimension) = &self.extras[step];
             let mut buf = String::new();
             let value = resolver.resolve(request.batch, span, &request.extras[step], &mut buf);
             let step = w.admitted(*dimension, truncate(value, self.max_label_len));
-            w.observe(histogram, &[step, language], exemplar.value, Some(exemplar));
+            w.observe(
+                histogram,
+                &[step, language],
+                exemplar.value,
+                count,
+                Some(exemplar),
+            );
         }
     }
 
-    /// Counts a span and observes its duration (the exemplar's value) in the span metrics.
+    /// Counts a span (by its adjusted count) and observes its duration (the exemplar's
+    /// value) in the span metrics.
     /// The series of a (resource, name, kind, status) seen before in the request are written
     /// by slot: no admission of the name, hash of the label values or lookup for that span.
     fn observe_span_metrics<'a>(
@@ -322,9 +344,8 @@ impl Pipeline {
         w: &mut Writer,
         m: &SpanMetrics,
         known: &mut SpanSeries<'a>,
-        span: &SpanView<'a>,
         service: &str,
-        exemplar: Exemplar,
+        (span, count, exemplar): Observed<'a, '_>,
     ) {
         let key = Key {
             numbers: [
@@ -345,8 +366,8 @@ impl Pipeline {
                 series
             }
         };
-        w.add_to(calls, 1);
-        w.observe_in(duration, exemplar.value, Some(exemplar));
+        w.add_to(calls, count);
+        w.observe_in(duration, exemplar.value, count, Some(exemplar));
     }
 
     /// The span as kept for breakdowns, if it carries a key that ties it to a task; its

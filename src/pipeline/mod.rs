@@ -6,6 +6,7 @@ pub(crate) mod dedupe;
 pub(crate) mod labels;
 pub(crate) mod request_series;
 
+mod adjusted;
 mod build;
 mod derived;
 mod ingest;
@@ -19,6 +20,7 @@ use crate::metrics::store::{DimensionId, MetricId, Snapshot, Store, Values};
 use crate::otlp::Protocol;
 use crate::otlp::decode::{AttributeKeys, Batch, DecodeError};
 use crate::otlp::refusal::Refusal;
+use adjusted::AdjustedCounts;
 use build::{
     DerivedMetric, Dimensions, JoinMetrics, JoinPart, OwnMetrics, SpanMetrics, StageMetrics,
 };
@@ -43,6 +45,8 @@ pub struct Pipeline {
     store: Store,
     /// The span attributes something here reads; decode skips the others.
     attribute_keys: AttributeKeys,
+    /// Where a span's adjusted count comes from.
+    adjusted: AdjustedCounts,
     span_log: SpanLog,
     breakdown_keys: BreakdownConfig,
     recent: RecentSpans,
@@ -116,7 +120,7 @@ impl Pipeline {
             .snapshot()
             .series(self.own.accepted)
             .map(|s| match s.values {
-                Values::Counter(n) => n,
+                Values::Counter(n) => n as u64,
                 Values::Gauge(_) | Values::Histogram { .. } => 0,
             })
             .sum()
@@ -129,6 +133,7 @@ impl Pipeline {
             self.own.request_duration,
             &[protocol.as_str()],
             took.as_secs_f64(),
+            1.0,
             None,
         );
     }

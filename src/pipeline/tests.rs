@@ -467,3 +467,97 @@ fn a_request_with_no_usable_span_is_refused_whole() {
     );
     assert!(!lines.iter().any(|l| l.starts_with("tasker_step_claim")));
 }
+
+/// `span` sampled as `trace_state` says, in a trace of its own (`trace`).
+fn sampled(mut span: Span, trace: u8, trace_state: &str) -> Span {
+    span.trace_id = vec![trace; 16];
+    span.trace_state = trace_state.into();
+    span
+}
+
+#[test]
+fn spans_count_as_the_operations_their_sampling_says() {
+    let pipeline = Pipeline::new(&Config::default_profile()).unwrap();
+    let claim = |id, trace_state| sampled(span(id, "step_claim", 15, vec![]), id, trace_state);
+    let spans = vec![
+        claim(1, "ot=th:c"),                 // kept 1 in 4
+        claim(2, "rojo=1,ot=rv:abcdef;p:3"), // 1 in 8
+        claim(3, ""),                        // 1
+        claim(4, "ot=p:63"),                 // not by probability: 0
+        claim(5, "ot=th:0123456789abcdef"),  // malformed: 1
+        claim(6, "ot=p:64"),                 // malformed: 1
+    ];
+    let outcome = pipeline
+        .ingest(Protocol::Grpc, &request("tasker-rust-worker", spans))
+        .unwrap();
+    assert_eq!(outcome.accepted, 6);
+    let worker = r#"service="tasker-rust-worker",handler_language="rust""#;
+    has(
+        &lines(&pipeline),
+        &[
+            &format!("tasker_step_claim_calls_total{{{worker}}} 15"),
+            &format!(r#"tasker_step_claim_duration_seconds_bucket{{{worker},le="0.025"}} 15"#),
+            &format!("tasker_step_claim_duration_seconds_count{{{worker}}} 15"),
+            r#"traces_span_metrics_calls_total{service_name="tasker-rust-worker",span_name="step_claim",span_kind="SPAN_KIND_INTERNAL",status_code="STATUS_CODE_UNSET"} 15"#,
+            r#"spanlens_spans_accepted_total{protocol="grpc"} 6"#,
+            r#"spanlens_spans_adjusted_total{protocol="grpc"} 15"#,
+            r#"spanlens_sampling_ignored_total{protocol="grpc",reason="th_too_long"} 1"#,
+            r#"spanlens_sampling_ignored_total{protocol="grpc",reason="p_out_of_range"} 1"#,
+        ],
+    );
+}
+
+#[test]
+fn a_multiplier_attribute_wins_and_fractions_are_written_as_they_are() {
+    let mut config = Config::default_profile();
+    config.sampling.multiplier_attribute = Some("sample.weight".into());
+    let pipeline = Pipeline::new(&config).unwrap();
+    let weight = |w: f64| KeyValue {
+        key: "sample.weight".into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::DoubleValue(w)),
+        }),
+        ..Default::default()
+    };
+    let spans = vec![
+        sampled(span(1, "step_claim", 15, vec![weight(2.5)]), 1, "ot=th:8"),
+        sampled(span(2, "step_claim", 15, vec![weight(-3.0)]), 2, ""),
+        sampled(span(3, "step_claim", 15, vec![]), 3, "ot=th:8"),
+    ];
+    pipeline
+        .ingest(Protocol::Grpc, &request("tasker-rust-worker", spans))
+        .unwrap();
+    let worker = r#"service="tasker-rust-worker",handler_language="rust""#;
+    has(
+        &lines(&pipeline),
+        &[
+            // 2.5 (the attribute over th:8), 1 (a negative multiplier is ignored), 2 (th:8).
+            &format!("tasker_step_claim_calls_total{{{worker}}} 5.5"),
+            &format!("tasker_step_claim_duration_seconds_count{{{worker}}} 5.5"),
+            r#"spanlens_sampling_ignored_total{protocol="grpc",reason="multiplier_invalid"} 1"#,
+        ],
+    );
+}
+
+#[test]
+fn a_derived_value_counts_the_product_of_its_traces_counts() {
+    let pipeline = Pipeline::new(&Config::default_profile()).unwrap();
+    let step = |id, name, ms| span(id, name, ms, vec![kv("step_uuid", "s-1")]);
+    // Claim and submission in two traces, kept at 1 in 2 and 1 in 4.
+    let claim = sampled(at(step(1, "step_claim", 15), 0), 1, "ot=th:8");
+    let submit = sampled(at(step(2, "submit_result", 23), 100), 2, "ot=th:c");
+    pipeline
+        .ingest(
+            Protocol::Grpc,
+            &request("tasker-ruby-worker", vec![claim, submit]),
+        )
+        .unwrap();
+    let worker = r#"service="tasker-ruby-worker",handler_language="ruby""#;
+    has(
+        &lines(&pipeline),
+        &[
+            &format!("tasker_worker_overhead_seconds_count{{{worker}}} 8"),
+            &format!("tasker_worker_overhead_seconds_sum{{{worker}}} 0.304"),
+        ],
+    );
+}

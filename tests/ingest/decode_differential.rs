@@ -153,6 +153,7 @@ fn assert_same(batch: &Batch, full: &ExportTraceServiceRequest) {
         assert_eq!(view.position, (r, s, i));
         assert_eq!(view.trace_id, &span.trace_id[..]);
         assert_eq!(view.span_id, &span.span_id[..]);
+        assert_eq!(view.trace_state, span.trace_state.as_bytes());
         assert_eq!(view.parent_span_id, &span.parent_span_id[..]);
         assert_eq!(view.name, span.name);
         assert_eq!(view.kind, span.kind);

@@ -559,7 +559,7 @@ fn keep(name: &str, body: &str) -> PathBuf {
     path
 }
 
-async fn check_with_promtool(body: String) {
+pub(crate) async fn check_with_promtool(body: String) {
     let kept = keep("exposition_formats.prom", &body);
     let promtool = promtool();
     let output = tokio::task::spawn_blocking({
@@ -580,7 +580,7 @@ async fn check_with_promtool(body: String) {
     );
 }
 
-async fn check_with_python(body: String) -> Value {
+pub(crate) async fn check_with_python(body: String) -> Value {
     let kept = keep("exposition_formats.openmetrics", &body);
     let python = python();
     let checker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/check_openmetrics.py");

@@ -91,6 +91,12 @@ fn families(
 const TRACE_ID: &str = "trace_id";
 const SPAN_ID: &str = "span_id";
 
+/// Whether a count (an adjusted count may be a fraction) is a whole number that an integer
+/// (`u64`) holds: written as one.
+fn is_whole(count: f64) -> bool {
+    count.fract() == 0.0 && count < u64::MAX as f64
+}
+
 /// `bytes` in lowercase hex, two digits a byte.
 fn hex(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

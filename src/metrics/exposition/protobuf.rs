@@ -17,8 +17,13 @@
 //! messages). A native histogram with no observation is marked with an empty span, the mark
 //! later Prometheus versions look for; 2.42 reads it as native only with a zero threshold
 //! above 0 (the default profile's is 1e-9).
+//!
+//! Counts are written as integers while every count of the series is one, and as client
+//! model's float fields once any is not (adjusted counts of sampled spans): the classic
+//! `sample_count_float` and `cumulative_count_float`, the native `zero_count_float` and
+//! absolute `positive_count` / `negative_count` instead of deltas.
 
-use super::{SPAN_ID, TRACE_ID, families, hex};
+use super::{SPAN_ID, TRACE_ID, families, hex, is_whole};
 use crate::metrics::store::{Cell, Exemplar, MetricKind, MetricSpec, Native, Snapshot, bucket_of};
 
 /// `MetricType` values.
@@ -65,7 +70,7 @@ fn metric(out: &mut Vec<u8>, spec: &MetricSpec, labels: &[Box<str>], cell: &Cell
     match (cell, &spec.kind) {
         // Gauge and Counter: value 1.
         (Cell::Gauge(v), _) => message(out, 2, |out| double_field(out, 1, *v)),
-        (Cell::Counter(n), _) => message(out, 3, |out| double_field(out, 1, *n as f64)),
+        (Cell::Counter(n), _) => message(out, 3, |out| double_field(out, 1, *n)),
         (
             Cell::Histogram {
                 counts,
@@ -75,26 +80,30 @@ fn metric(out: &mut Vec<u8>, spec: &MetricSpec, labels: &[Box<str>], cell: &Cell
             },
             MetricKind::Histogram { bounds, .. },
         ) => sized_message(out, 7, 2, |out| {
-            // Histogram: sample_count 1, sample_sum 2, bucket 3 (cumulative_count 1,
-            // upper_bound 2, exemplar 3).
-            varint_field(out, 1, counts.iter().sum());
+            // Histogram: sample_count 1 (or sample_count_float 4), sample_sum 2, bucket 3
+            // (cumulative_count 1 or cumulative_count_float 4, upper_bound 2, exemplar 3).
+            let whole = counts.iter().all(|c| is_whole(*c))
+                && native.as_ref().is_none_or(|n| n.counts().all(is_whole));
+            count_field(out, whole, (1, 4), counts.iter().sum());
             double_field(out, 2, *sum);
             let exemplar_bucket = exemplar.map(|e| bucket_of(bounds, e.value));
             let upper_bounds = bounds.iter().copied().chain([f64::INFINITY]);
-            let mut cumulative = 0;
+            let mut cumulative = 0.0;
             for (i, (count, bound)) in counts.iter().zip(upper_bounds).enumerate() {
                 cumulative += count;
                 match exemplar.filter(|_| exemplar_bucket == Some(i)) {
-                    None => bucket(out, cumulative, bound),
-                    Some(e) => message(out, 3, |out| {
-                        varint_field(out, 1, cumulative);
+                    None if whole => bucket(out, cumulative as u64, bound),
+                    found => message(out, 3, |out| {
+                        count_field(out, whole, (1, 4), cumulative);
                         double_field(out, 2, bound);
-                        message(out, 3, |out| exemplar_message(out, &e));
+                        if let Some(e) = found {
+                            message(out, 3, |out| exemplar_message(out, &e));
+                        }
                     }),
                 }
             }
             if let Some(native) = native {
-                native_fields(out, native);
+                native_fields(out, native, whole);
             }
         }),
         (Cell::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
@@ -121,15 +130,25 @@ fn bucket(out: &mut Vec<u8>, cumulative: u64, bound: f64) {
     out.truncate(end);
 }
 
-/// The native histogram's fields of `Histogram`: schema 5, zero_threshold 6, zero_count 7,
-/// negative_span 9 and negative_delta 10, positive_span 12 and positive_delta 13.
-fn native_fields(out: &mut Vec<u8>, native: &Native) {
+/// A count as its integer field (`whole`) or its float field: the field numbers in that
+/// order.
+fn count_field(out: &mut Vec<u8>, whole: bool, (integer, float): (u32, u32), count: f64) {
+    match whole {
+        true => varint_field(out, integer, count as u64),
+        false => double_field(out, float, count),
+    }
+}
+
+/// The native histogram's fields of `Histogram`: schema 5, zero_threshold 6, zero_count 7
+/// (or zero_count_float 8), negative_span 9 and negative_delta 10 (or negative_count 11),
+/// positive_span 12 and positive_delta 13 (or positive_count 14).
+fn native_fields(out: &mut Vec<u8>, native: &Native, whole: bool) {
     sint_field(out, 5, i64::from(native.schema()));
     double_field(out, 6, native.zero_threshold());
-    varint_field(out, 7, native.zero_count());
-    buckets(out, 9, 10, || native.negative());
-    buckets(out, 12, 13, || native.positive());
-    if native.count() == 0 {
+    count_field(out, whole, (7, 8), native.zero_count());
+    buckets(out, 9, (10, 11), whole, || native.negative());
+    buckets(out, 12, (13, 14), whole, || native.positive());
+    if native.count() == 0.0 {
         message(out, 12, |out| {
             sint_field(out, 1, 0);
             varint_field(out, 2, 0);
@@ -138,11 +157,13 @@ fn native_fields(out: &mut Vec<u8>, native: &Native) {
 }
 
 /// Populated buckets (index, count; by increasing index) as `BucketSpan`s (offset 1, length
-/// 2) in field `spans`, then as deltas in field `deltas`.
-fn buckets<I: Iterator<Item = (i32, u64)>>(
+/// 2) in field `spans`, then their counts: as deltas in field `deltas` when `whole`, else as
+/// they are in field `floats`.
+fn buckets<I: Iterator<Item = (i32, f64)>>(
     out: &mut Vec<u8>,
     spans: u32,
-    deltas: u32,
+    (deltas, floats): (u32, u32),
+    whole: bool,
     populated: impl Fn() -> I,
 ) {
     // A span: its offset, and its length so far.
@@ -166,8 +187,13 @@ fn buckets<I: Iterator<Item = (i32, u64)>>(
     }
     let mut previous = 0;
     for (_, count) in populated() {
-        sint_field(out, deltas, count as i64 - previous as i64);
-        previous = count;
+        match whole {
+            true => {
+                sint_field(out, deltas, count as i64 - previous);
+                previous = count as i64;
+            }
+            false => double_field(out, floats, count),
+        }
     }
 }
 
@@ -312,14 +338,20 @@ mod tests {
         zero_threshold: Option<f64>,
         #[prost(uint64, optional, tag = "7")]
         zero_count: Option<u64>,
+        #[prost(double, optional, tag = "8")]
+        zero_count_float: Option<f64>,
         #[prost(message, repeated, tag = "9")]
         negative_span: Vec<BucketSpan>,
         #[prost(sint64, repeated, packed = "false", tag = "10")]
         negative_delta: Vec<i64>,
+        #[prost(double, repeated, packed = "false", tag = "11")]
+        negative_count: Vec<f64>,
         #[prost(message, repeated, tag = "12")]
         positive_span: Vec<BucketSpan>,
         #[prost(sint64, repeated, packed = "false", tag = "13")]
         positive_delta: Vec<i64>,
+        #[prost(double, repeated, packed = "false", tag = "14")]
+        positive_count: Vec<f64>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -338,8 +370,9 @@ mod tests {
     }
 
     fn encoded(native: &Native) -> NativeHistogram {
+        let whole = native.counts().all(is_whole);
         let mut out = Vec::new();
-        native_fields(&mut out, native);
+        native_fields(&mut out, native, whole);
         prost::Message::decode(&out[..]).expect("decodes")
     }
 
@@ -351,7 +384,7 @@ mod tests {
         for value in [
             1.5, 1.9, 3.0, 100.0, 120.0, 110.0, 0.0, -0.3, -0.0001, -5.0, -6.0,
         ] {
-            native.observe(&spec, value);
+            native.observe(&spec, value, 1.0);
         }
         assert_eq!(
             encoded(&native),
@@ -365,6 +398,27 @@ mod tests {
                 // 1.5 and 1.9 in bucket 1, 3 in 2, the three of 100-120 in 7.
                 positive_span: vec![span(1, 2), span(4, 1)],
                 positive_delta: vec![2, -1, 2],
+                ..NativeHistogram::default()
+            }
+        );
+    }
+
+    #[test]
+    fn adjusted_counts_that_are_not_whole_take_the_float_fields() {
+        let spec = NativeSpec::new(0, 160, 0.001);
+        let mut native = Native::new(&spec);
+        native.observe(&spec, 1.5, 2.5);
+        native.observe(&spec, 3.0, 4.0);
+        native.observe(&spec, 0.0, 1.0);
+        assert_eq!(
+            encoded(&native),
+            NativeHistogram {
+                schema: Some(0),
+                zero_threshold: Some(0.001),
+                zero_count_float: Some(1.0),
+                positive_span: vec![span(1, 2)],
+                positive_count: vec![2.5, 4.0],
+                ..NativeHistogram::default()
             }
         );
     }

@@ -1,7 +1,7 @@
 //! The text formats: Prometheus text 0.0.4, and OpenMetrics 1.0 with the slowest span of
 //! each histogram series as exemplar on the bucket that holds it.
 
-use super::{Format, SPAN_ID, TRACE_ID, families, hex};
+use super::{Format, SPAN_ID, TRACE_ID, families, hex, is_whole};
 use crate::metrics::store::{Cell, Exemplar, MetricId, MetricKind, Snapshot, bucket_of};
 use std::fmt::Write;
 
@@ -49,7 +49,7 @@ pub(super) fn render_into(out: &mut String, snapshot: &Snapshot, format: Format)
             match (cell, &spec.kind) {
                 (Cell::Counter(n), _) => {
                     line_start(out, &spec.name, &prefix);
-                    push_u64(out, *n);
+                    push_count(out, *n, format);
                     out.push('\n');
                 }
                 (Cell::Gauge(v), _) => {
@@ -68,7 +68,7 @@ pub(super) fn render_into(out: &mut String, snapshot: &Snapshot, format: Format)
                 ) => {
                     // The exemplar goes on the first bucket whose bound holds its value.
                     let exemplar_bucket = exemplar.map(|e| bucket_of(bounds, e.value));
-                    let mut cumulative = 0;
+                    let mut cumulative = 0.0;
                     for (i, (count, le)) in counts.iter().zip(&names.le).enumerate() {
                         cumulative += count;
                         out.push_str(&names.bucket);
@@ -79,7 +79,7 @@ pub(super) fn render_into(out: &mut String, snapshot: &Snapshot, format: Format)
                         out.push_str("le=\"");
                         out.push_str(le);
                         out.push_str("\"} ");
-                        push_u64(out, cumulative);
+                        push_histogram_count(out, cumulative, format);
                         match (format, exemplar) {
                             (Format::OpenMetrics, Some(e)) if exemplar_bucket == Some(i) => {
                                 write_exemplar(out, e, format)
@@ -92,7 +92,7 @@ pub(super) fn render_into(out: &mut String, snapshot: &Snapshot, format: Format)
                     write_float(out, *sum, format);
                     out.push('\n');
                     line_start(out, &names.count, &prefix);
-                    push_u64(out, cumulative);
+                    push_histogram_count(out, cumulative, format);
                     out.push('\n');
                 }
                 (Cell::Histogram { .. }, MetricKind::Counter | MetricKind::Gauge) => {
@@ -129,6 +129,26 @@ fn estimated_len(snapshot: &Snapshot) -> usize {
 }
 
 /// `n` in decimal, without the formatting machinery (a scrape writes one per bucket line).
+/// A counter's value: as an integer while it is a whole number (most are), as a float when
+/// adjusted counts (sampled spans) made it a fraction.
+fn push_count(out: &mut String, count: f64, format: Format) {
+    match is_whole(count) {
+        true => push_u64(out, count as u64),
+        false => write_float(out, count, format),
+    }
+}
+
+/// A histogram's bucket or count value: as [`push_count`], except in OpenMetrics, whose
+/// histogram values must be integers (1.0): a fraction is rounded to the nearest, which
+/// keeps the buckets cumulative and every value non-decreasing from scrape to scrape. The
+/// text format and the protobuf one carry the fraction.
+fn push_histogram_count(out: &mut String, count: f64, format: Format) {
+    match format {
+        Format::OpenMetrics => push_count(out, count.round(), format),
+        Format::Text => push_count(out, count, format),
+    }
+}
+
 fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
@@ -255,6 +275,11 @@ mod tests {
     use std::sync::Arc;
 
     fn snapshot() -> Snapshot {
+        snapshot_counting(1.0)
+    }
+
+    /// The test snapshot, each span standing for `count` operations.
+    fn snapshot_counting(count: f64) -> Snapshot {
         let store = Store::new(StoreSpec {
             metrics: vec![
                 MetricSpec::new(
@@ -290,9 +315,10 @@ mod tests {
             timestamp_unix_nano: 1_700_000_000_250_000_000,
             epoch: 0,
         };
-        w.observe(MetricId(0), &["a\"b"], 0.005, Some(e));
-        w.observe(MetricId(0), &["a\"b"], 0.5, Some(e));
-        w.add(MetricId(1), &["a\"b"], 2);
+        w.observe(MetricId(0), &["a\"b"], 0.005, count, Some(e));
+        w.observe(MetricId(0), &["a\"b"], 0.5, count, Some(e));
+        let calls = w.series(MetricId(1), w.label_set(&["a\"b"]));
+        w.add_to(calls, 2.0 * count);
         drop(w);
         store.snapshot()
     }
@@ -354,5 +380,28 @@ claim_calls_total{{service=\"a\\\"b\"}} 2
         }
         let digits: Vec<u8> = hex(&[0x00, 0x0f, 0xa0, 0xff]).collect();
         assert_eq!(digits, b"000fa0ff");
+    }
+
+    #[test]
+    fn fractional_adjusted_counts_are_written_exactly_except_openmetrics_histograms() {
+        let snapshot = snapshot_counting(1.25);
+        let text = render(&snapshot, Format::Text);
+        for line in [
+            "claim_duration_seconds_bucket{service=\"a\\\"b\",le=\"0.01\"} 1.25",
+            "claim_duration_seconds_bucket{service=\"a\\\"b\",le=\"+Inf\"} 2.5",
+            "claim_duration_seconds_count{service=\"a\\\"b\"} 2.5",
+            "claim_calls_total{service=\"a\\\"b\"} 2.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        let om = render(&snapshot, Format::OpenMetrics);
+        for line in [
+            "claim_duration_seconds_bucket{service=\"a\\\"b\",le=\"0.01\"} 1",
+            "claim_duration_seconds_bucket{service=\"a\\\"b\",le=\"+Inf\"} 3",
+            "claim_duration_seconds_count{service=\"a\\\"b\"} 3",
+            "claim_calls_total{service=\"a\\\"b\"} 2.5",
+        ] {
+            assert!(om.lines().any(|l| l.starts_with(line)), "{line} in\n{om}");
+        }
     }
 }

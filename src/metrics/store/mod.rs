@@ -649,15 +649,17 @@ impl<'s> Writer<'s> {
         Err(overflow)
     }
 
-    /// Observes one duration, in seconds, with the span (if any) as exemplar candidate.
+    /// Observes one duration, in seconds, as `count` observations (a span's adjusted count),
+    /// with the span (if any) as exemplar candidate.
     pub(crate) fn observe(
         &mut self,
         metric: MetricId,
         labels: &[&str],
         seconds: f64,
+        count: f64,
         exemplar: Option<Exemplar>,
     ) {
-        self.observe_set(metric, self.label_set(labels), seconds, exemplar);
+        self.observe_set(metric, self.label_set(labels), seconds, count, exemplar);
     }
 
     /// [`Writer::observe`] with values hashed by [`Writer::label_set`].
@@ -666,14 +668,21 @@ impl<'s> Writer<'s> {
         metric: MetricId,
         labels: LabelSet,
         seconds: f64,
+        count: f64,
         exemplar: Option<Exemplar>,
     ) {
         let series = self.series(metric, labels);
-        self.observe_in(series, seconds, exemplar);
+        self.observe_in(series, seconds, count, exemplar);
     }
 
     /// [`Writer::observe`] in a series this writer found or made.
-    pub(crate) fn observe_in(&mut self, series: Series, seconds: f64, exemplar: Option<Exemplar>) {
+    pub(crate) fn observe_in(
+        &mut self,
+        series: Series,
+        seconds: f64,
+        count: f64,
+        exemplar: Option<Exemplar>,
+    ) {
         let epoch = self.epoch;
         let store: &'s Store = self.store;
         let slot = &mut self.shard.slots[series.slot()];
@@ -689,6 +698,7 @@ impl<'s> Writer<'s> {
         slot.cell.observe(
             &spec.kind,
             seconds,
+            count,
             exemplar.map(|e| Exemplar {
                 epoch,
                 value: seconds,
@@ -705,11 +715,11 @@ impl<'s> Writer<'s> {
     /// [`Writer::add`] with values hashed by [`Writer::label_set`].
     pub(crate) fn add_set(&mut self, metric: MetricId, labels: LabelSet, by: u64) {
         let series = self.series(metric, labels);
-        self.add_to(series, by);
+        self.add_to(series, by as f64);
     }
 
-    /// [`Writer::add`] to a series this writer found or made.
-    pub(crate) fn add_to(&mut self, series: Series, by: u64) {
+    /// Adds an adjusted count to a counter series this writer found or made.
+    pub(crate) fn add_to(&mut self, series: Series, by: f64) {
         self.shard.slots[series.slot()].cell.add(by);
     }
 }

@@ -100,7 +100,7 @@ pub(crate) struct Native {
     schema: i8,
     zero_threshold: f64,
     max_buckets: usize,
-    zero_count: u64,
+    zero_count: f64,
     positive: Buckets,
     negative: Buckets,
 }
@@ -109,18 +109,18 @@ pub(crate) struct Native {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Buckets {
     first: i32,
-    counts: Vec<u64>,
+    counts: Vec<f64>,
     populated: usize,
 }
 
 impl Buckets {
     /// Most observations land in a bucket already counted: that case stays inline.
     #[inline]
-    fn add(&mut self, index: i32, by: u64) {
+    fn add(&mut self, index: i32, by: f64) {
         // An index below `first` wraps to beyond the end.
         let at = index.wrapping_sub(self.first) as u32 as usize;
         if let Some(count) = self.counts.get_mut(at)
-            && *count > 0
+            && *count > 0.0
         {
             *count += by;
             return;
@@ -130,30 +130,30 @@ impl Buckets {
 
     /// A bucket not counted yet: grows the run of counts to hold it when needed.
     #[inline(never)]
-    fn add_to_new(&mut self, index: i32, by: u64) {
+    fn add_to_new(&mut self, index: i32, by: f64) {
         if self.counts.is_empty() {
             self.first = index;
         } else if index < self.first {
             let grow = (self.first - index) as usize;
-            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.counts.splice(0..0, std::iter::repeat_n(0.0, grow));
             self.first = index;
         }
         let at = (index - self.first) as usize;
         if at >= self.counts.len() {
-            self.counts.resize(at + 1, 0);
+            self.counts.resize(at + 1, 0.0);
         }
-        if self.counts[at] == 0 {
+        if self.counts[at] == 0.0 {
             self.populated += 1;
         }
         self.counts[at] += by;
     }
 
     /// The populated buckets, by increasing index.
-    fn iter(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (i32, f64)> + '_ {
         self.counts
             .iter()
             .enumerate()
-            .filter(|(_, c)| **c > 0)
+            .filter(|(_, c)| **c > 0.0)
             .map(|(at, c)| (self.first + at as i32, *c))
     }
 
@@ -173,23 +173,24 @@ impl Native {
             schema: spec.schema,
             zero_threshold: spec.zero_threshold,
             max_buckets: spec.max_buckets,
-            zero_count: 0,
+            zero_count: 0.0,
             positive: Buckets::default(),
             negative: Buckets::default(),
         }
     }
 
-    pub(crate) fn observe(&mut self, spec: &NativeSpec, value: f64) {
+    /// Observes `value` as `count` (> 0) observations.
+    pub(crate) fn observe(&mut self, spec: &NativeSpec, value: f64, count: f64) {
         let magnitude = value.abs();
         // NaN, too, counts in the zero bucket: it has no other.
         if magnitude.is_nan() || magnitude <= self.zero_threshold {
-            self.zero_count += 1;
+            self.zero_count += count;
             return;
         }
         let index = lower(spec.index(magnitude), spec.schema - self.schema);
         match value > 0.0 {
-            true => self.positive.add(index, 1),
-            false => self.negative.add(index, 1),
+            true => self.positive.add(index, count),
+            false => self.negative.add(index, count),
         }
         self.fit();
     }
@@ -239,26 +240,30 @@ impl Native {
         self.zero_threshold
     }
 
-    pub(crate) fn zero_count(&self) -> u64 {
+    pub(crate) fn zero_count(&self) -> f64 {
         self.zero_count
     }
 
     /// The populated positive buckets (index, count), by increasing index.
-    pub(crate) fn positive(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+    pub(crate) fn positive(&self) -> impl Iterator<Item = (i32, f64)> + '_ {
         self.positive.iter()
     }
 
     /// The populated negative buckets (index, count) by increasing index: bucket i holds the
     /// values in [-base^i, -base^(i-1)).
-    pub(crate) fn negative(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+    pub(crate) fn negative(&self) -> impl Iterator<Item = (i32, f64)> + '_ {
         self.negative.iter()
     }
 
+    /// Every bucket's count, the zero bucket's first.
+    pub(crate) fn counts(&self) -> impl Iterator<Item = f64> + '_ {
+        let buckets = self.negative.counts.iter().chain(&self.positive.counts);
+        std::iter::once(self.zero_count).chain(buckets.copied())
+    }
+
     /// Observations counted, over every bucket.
-    pub(crate) fn count(&self) -> u64 {
-        self.zero_count
-            + self.positive.counts.iter().sum::<u64>()
-            + self.negative.counts.iter().sum::<u64>()
+    pub(crate) fn count(&self) -> f64 {
+        self.counts().sum()
     }
 }
 
@@ -342,18 +347,18 @@ mod tests {
         let mut native = Native::new(&spec);
         let values: Vec<f64> = (0..1000).map(|i| 0.001 * 1.01f64.powi(i)).collect();
         for &v in &values {
-            native.observe(&spec, v);
+            native.observe(&spec, v, 1.0);
         }
         let populated = native.positive().count();
         assert!(populated <= 10, "{populated} buckets");
         assert!(native.schema() < 8);
-        assert_eq!(native.count(), 1000);
+        assert_eq!(native.count(), 1000.0);
         // Every value is still inside its (coarser) bucket.
         let at = NativeSpec::new(native.schema().max(-4), 10, 0.0);
-        let buckets: Vec<(i32, u64)> = native.positive().collect();
+        let buckets: Vec<(i32, f64)> = native.positive().collect();
         let mut expected = Buckets::default();
         for &v in &values {
-            expected.add(at.index(v), 1);
+            expected.add(at.index(v), 1.0);
         }
         assert_eq!(buckets, expected.iter().collect::<Vec<_>>());
     }
@@ -363,12 +368,12 @@ mod tests {
         let spec = NativeSpec::new(3, 160, 0.001);
         let mut native = Native::new(&spec);
         for v in [0.0, 0.0005, -0.0005, f64::NAN, -0.5, -0.5, 0.5] {
-            native.observe(&spec, v);
+            native.observe(&spec, v, 1.0);
         }
-        assert_eq!(native.zero_count(), 4);
-        assert_eq!(native.negative().collect::<Vec<_>>(), vec![(-8, 2)]);
-        assert_eq!(native.positive().collect::<Vec<_>>(), vec![(-8, 1)]);
-        assert_eq!(native.count(), 7);
+        assert_eq!(native.zero_count(), 4.0);
+        assert_eq!(native.negative().collect::<Vec<_>>(), vec![(-8, 2.0)]);
+        assert_eq!(native.positive().collect::<Vec<_>>(), vec![(-8, 1.0)]);
+        assert_eq!(native.count(), 7.0);
     }
 
     #[test]
@@ -376,15 +381,15 @@ mod tests {
         let spec = NativeSpec::new(4, 6, 0.0);
         let (mut wide, mut narrow) = (Native::new(&spec), Native::new(&spec));
         for i in 0..40 {
-            wide.observe(&spec, 1.0 + f64::from(i) * 0.3);
+            wide.observe(&spec, 1.0 + f64::from(i) * 0.3, 1.0);
         }
-        narrow.observe(&spec, 1.01);
-        narrow.observe(&spec, 1.02);
+        narrow.observe(&spec, 1.01, 1.0);
+        narrow.observe(&spec, 1.02, 1.0);
         assert!(wide.schema() < narrow.schema());
         let mut merged = narrow.clone();
         merged.merge(&wide);
         assert_eq!(merged.schema(), wide.schema());
-        assert_eq!(merged.count(), 42);
+        assert_eq!(merged.count(), 42.0);
         let mut the_other_way = wide.clone();
         the_other_way.merge(&narrow);
         assert_eq!(merged, the_other_way);

@@ -145,11 +145,13 @@ impl Exemplar {
 /// One series' values: in a shard as written, in a [`Snapshot`] merged over shards.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Cell {
-    Counter(u64),
+    /// Adjusted counts (see [`crate::otlp::sampling`]) add up to non-integers.
+    Counter(f64),
     Gauge(f64),
     Histogram {
-        /// Per bucket (not cumulative); the last one is +Inf.
-        counts: Box<[u64]>,
+        /// Per bucket (not cumulative); the last one is +Inf. Adjusted counts, as a
+        /// counter's.
+        counts: Box<[f64]>,
         sum: f64,
         exemplar: Option<Exemplar>,
         /// The same observations in native buckets, when the metric keeps them.
@@ -160,10 +162,10 @@ pub(crate) enum Cell {
 impl Cell {
     pub(crate) fn new(kind: &MetricKind) -> Cell {
         match kind {
-            MetricKind::Counter => Cell::Counter(0),
+            MetricKind::Counter => Cell::Counter(0.0),
             MetricKind::Gauge => Cell::Gauge(0.0),
             MetricKind::Histogram { bounds, native } => Cell::Histogram {
-                counts: vec![0; bounds.len() + 1].into_boxed_slice(),
+                counts: vec![0.0; bounds.len() + 1].into_boxed_slice(),
                 sum: 0.0,
                 exemplar: None,
                 native: native.as_ref().map(|spec| Box::new(Native::new(spec))),
@@ -171,7 +173,18 @@ impl Cell {
         }
     }
 
-    pub(crate) fn observe(&mut self, kind: &MetricKind, value: f64, candidate: Option<Exemplar>) {
+    /// Observes `value` as `count` observations (a span's adjusted count); a count of zero
+    /// observes nothing, the exemplar included.
+    pub(crate) fn observe(
+        &mut self,
+        kind: &MetricKind,
+        value: f64,
+        count: f64,
+        candidate: Option<Exemplar>,
+    ) {
+        if count == 0.0 {
+            return;
+        }
         if let (
             Cell::Histogram {
                 counts,
@@ -185,11 +198,11 @@ impl Cell {
             },
         ) = (self, kind)
         {
-            counts[bucket_of(bounds, value)] += 1;
+            counts[bucket_of(bounds, value)] += count;
             if let (Some(native), Some(spec)) = (native, spec) {
-                native.observe(spec, value);
+                native.observe(spec, value, count);
             }
-            *sum += value;
+            *sum += value * count;
             if let Some(candidate) = candidate
                 && candidate.beats(exemplar)
             {
@@ -198,7 +211,7 @@ impl Cell {
         }
     }
 
-    pub(crate) fn add(&mut self, by: u64) {
+    pub(crate) fn add(&mut self, by: f64) {
         if let Cell::Counter(n) = self {
             *n += by;
         }
@@ -253,11 +266,11 @@ pub(crate) fn bucket_of(bounds: &[f64], value: f64) -> usize {
 /// Values of one series, merged over shards.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Values {
-    Counter(u64),
+    Counter(f64),
     Gauge(f64),
     Histogram {
         /// Cumulative counts per bound, then +Inf.
-        cumulative: Vec<u64>,
+        cumulative: Vec<f64>,
         sum: f64,
         exemplar: Option<Exemplar>,
     },
@@ -322,7 +335,7 @@ impl Snapshot {
                 } => Values::Histogram {
                     cumulative: counts
                         .iter()
-                        .scan(0, |acc, c| {
+                        .scan(0.0, |acc, c| {
                             *acc += c;
                             Some(*acc)
                         })
@@ -347,7 +360,10 @@ impl Snapshot {
 
     /// Sets a counter series read at snapshot time.
     pub(crate) fn set_counter(&mut self, metric: MetricId, labels: &[&str], value: u64) {
-        self.set(SeriesKey::new(metric.0, labels), Cell::Counter(value));
+        self.set(
+            SeriesKey::new(metric.0, labels),
+            Cell::Counter(value as f64),
+        );
     }
 
     fn set(&mut self, key: SeriesKey, cell: Cell) {

@@ -61,7 +61,7 @@ fn histograms_count_per_bucket_with_le_semantics() {
     let store = store(100, 100);
     let mut w = store.writer();
     for v in [0.005, 0.01, 0.05, 0.1, 2.0] {
-        w.observe(MetricId(0), &["a"], v, Some(exemplar(v, 1)));
+        w.observe(MetricId(0), &["a"], v, 1.0, Some(exemplar(v, 1)));
     }
     drop(w);
     let s = store.snapshot().get(MetricId(0), &["a"]).unwrap();
@@ -71,7 +71,7 @@ fn histograms_count_per_bucket_with_le_semantics() {
     else {
         panic!()
     };
-    assert_eq!(cumulative, vec![2, 4, 4, 5]);
+    assert_eq!(cumulative, vec![2.0, 4.0, 4.0, 5.0]);
     assert!((sum - 2.165).abs() < 1e-12);
 }
 
@@ -90,7 +90,7 @@ fn native_buckets_merge_over_shards_into_what_one_writer_would_hold() {
             std::thread::spawn(move || {
                 let mut w = store.writer();
                 for v in values(t) {
-                    w.observe(MetricId(0), &["a"], v, None);
+                    w.observe(MetricId(0), &["a"], v, 1.0, None);
                 }
             })
         })
@@ -100,15 +100,15 @@ fn native_buckets_merge_over_shards_into_what_one_writer_would_hold() {
     let mut alone = Native::new(&spec);
     (0..4)
         .flat_map(values)
-        .for_each(|v| alone.observe(&spec, v));
+        .for_each(|v| alone.observe(&spec, v, 1.0));
     let snap = store.snapshot();
     let (_, cell) = snap.cells(MetricId(0)).next().unwrap();
     let Cell::Histogram { native, counts, .. } = cell else {
         panic!("{cell:?}")
     };
     let native = native.as_ref().expect("the metric keeps native buckets");
-    assert_eq!(native.count(), counts.iter().sum::<u64>());
-    assert_eq!(native.count(), 800);
+    assert_eq!(native.count(), counts.iter().sum::<f64>());
+    assert_eq!(native.count(), 800.0);
     // A shard's copy may have lowered its schema at a different moment; the merge meets the
     // lowest, where every layout of the same values is the same.
     assert!(native.positive().count() <= 12);
@@ -155,6 +155,7 @@ fn shards_merge_and_keep_the_slowest_exemplar_of_the_interval() {
                     MetricId(0),
                     &["a"],
                     0.02 * f64::from(t + 1),
+                    1.0,
                     Some(exemplar(0.0, t as u8)),
                 );
                 w.add(MetricId(1), &["a"], 3);
@@ -170,12 +171,12 @@ fn shards_merge_and_keep_the_slowest_exemplar_of_the_interval() {
     assert_eq!(kept.unwrap().value, 0.08);
     assert_eq!(
         snap.get(MetricId(1), &["a"]).unwrap().values,
-        Values::Counter(12)
+        Values::Counter(12.0)
     );
     // A new interval: the next observation replaces the exemplar even though it is faster.
     store
         .writer()
-        .observe(MetricId(0), &["a"], 0.001, Some(exemplar(0.001, 9)));
+        .observe(MetricId(0), &["a"], 0.001, 1.0, Some(exemplar(0.001, 9)));
     let Values::Histogram { exemplar: kept, .. } =
         store.snapshot().get(MetricId(0), &["a"]).unwrap().values
     else {
@@ -200,7 +201,7 @@ fn label_values_past_the_cap_overflow_and_are_counted() {
             .get(MetricId(2), &["service"])
             .unwrap()
             .values,
-        Values::Counter(2)
+        Values::Counter(2.0)
     );
 }
 
@@ -215,7 +216,7 @@ fn series_past_the_cap_fold_into_the_overflow_series() {
     );
     assert_eq!(
         snap.get(MetricId(3), &["c_total"]).unwrap().values,
-        Values::Counter(2)
+        Values::Counter(2.0)
     );
 }
 
@@ -231,10 +232,10 @@ fn snapshot_series_stay_sorted_and_values_set_at_snapshot_time_replace() {
     assert_eq!(
         by_service(&snap, 1),
         vec![
-            ("a".to_string(), Values::Counter(7)),
-            ("b".to_string(), Values::Counter(9)),
-            ("c".to_string(), Values::Counter(5)),
-            ("d".to_string(), Values::Counter(1)),
+            ("a".to_string(), Values::Counter(7.0)),
+            ("b".to_string(), Values::Counter(9.0)),
+            ("c".to_string(), Values::Counter(5.0)),
+            ("d".to_string(), Values::Counter(1.0)),
             ("e".to_string(), Values::Gauge(1.0)),
         ]
     );
@@ -254,7 +255,7 @@ fn count_each(store: &Store, services: &[&str]) {
 fn counters(expected: &[(&str, u64)]) -> Vec<(String, Values)> {
     expected
         .iter()
-        .map(|&(service, n)| (service.to_string(), Values::Counter(n)))
+        .map(|&(service, n)| (service.to_string(), Values::Counter(n as f64)))
         .collect()
 }
 
@@ -268,14 +269,14 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn counter(snap: &Snapshot, metric: usize, labels: &[&str]) -> Option<u64> {
     snap.get(MetricId(metric), labels).map(|s| match s.values {
-        Values::Counter(n) => n,
+        Values::Counter(n) => n as u64,
         other => panic!("not a counter: {other:?}"),
     })
 }
 
 fn observations(snap: &Snapshot, labels: &[&str]) -> Option<u64> {
     snap.get(MetricId(0), labels).map(|s| match s.values {
-        Values::Histogram { cumulative, .. } => *cumulative.last().unwrap(),
+        Values::Histogram { cumulative, .. } => *cumulative.last().unwrap() as u64,
         other => panic!("not a histogram: {other:?}"),
     })
 }
@@ -286,7 +287,7 @@ fn write(store: &Store, services: &[&str]) {
     for service in services {
         let service = w.admitted(DimensionId(0), service);
         w.add(MetricId(1), &[service], 1);
-        w.observe(MetricId(0), &[service], 0.05, Some(exemplar(0.05, 1)));
+        w.observe(MetricId(0), &[service], 0.05, 1.0, Some(exemplar(0.05, 1)));
     }
 }
 
@@ -521,7 +522,7 @@ fn a_sets_series_share_its_values_and_stay_exact() {
         let set = w.label_set(&values);
         for &m in metrics {
             match m {
-                0 => w.observe_set(MetricId(0), set, 0.05, None),
+                0 => w.observe_set(MetricId(0), set, 0.05, 1.0, None),
                 _ => w.add_set(MetricId(m), set, 1),
             }
         }
@@ -541,7 +542,7 @@ fn a_sets_series_share_its_values_and_stay_exact() {
     let counted = [("__overflow__", 2), ("a", 2), ("b", 2)];
     assert_eq!(
         by_service(&snap, 1),
-        counted.map(|(s, n)| (s.to_string(), Values::Counter(n)))
+        counted.map(|(s, n)| (s.to_string(), Values::Counter(f64::from(n))))
     );
     let keys: Vec<SeriesKey> = store
         .shards
