@@ -35,6 +35,7 @@ use spanlens::server::Server;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 use support::chain::{Chain, ChainSpec};
+use support::deploy::gateway_routing;
 use support::fleet::{
     compare_sums, instance, instances, pinned_config, summed_metrics, wait_scraped,
 };
@@ -56,9 +57,6 @@ const ORCHESTRATION_REPLICAS: usize = 2;
 const STEPS: usize = 3;
 /// One time unit of the fixtures: 1/512 s.
 const UNIT_NS: u64 = 1_953_125;
-/// The join key the gateway routes by: a step's spans by step_uuid, a task's other spans by
-/// correlation_id (deploy/kubernetes/spanlens-gateway.yaml sets the same).
-const JOIN_KEYS: &[&str] = &["step_uuid", "correlation_id"];
 
 const SETUP: Duration = Duration::from_secs(30);
 const SCRAPED: Duration = Duration::from_secs(20);
@@ -560,7 +558,14 @@ async fn a_key_affine_gateway_completes_every_join_across_replicas_and_random_ro
             .map(|s| s.grpc_addr().expect("gRPC on"))
             .collect()
     };
-    let key_affine = Gateway::start(&grpc(&keyed), Routing::Keys(JOIN_KEYS)).await;
+    // Routed as the gateway manifest's Collector routes: by step_uuid, else correlation_id,
+    // else the trace id.
+    let deployed = gateway_routing();
+    let routing = Routing::Keys {
+        keys: deployed.keys,
+        trace_id_fallback: deployed.trace_id_fallback,
+    };
+    let key_affine = Gateway::start(&grpc(&keyed), routing).await;
     let key_blind = Gateway::start(&grpc(&random), Routing::Random(23)).await;
     let all: Vec<&Server> = keyed.iter().chain(&random).chain([&single]).collect();
     let chain = prometheus(&scratch, &all).await;

@@ -11,7 +11,10 @@
 //!
 //! [`Routing::Keys`] chooses a replica by a hash of the first of the listed attributes a span
 //! carries (span attributes first, then its resource's), or of its trace id when it has none:
-//! the same key always reaches the same replica, which is all a join needs. (The Collector's
+//! the same key always reaches the same replica, which is all a join needs. (The Collector of
+//! the manifest gets there in two steps: a transform processor copies that first key, or the
+//! trace id, into one attribute, and the exporter hashes that attribute;
+//! `support::deploy::gateway_routing` reads the keys from the manifest.) (The Collector's
 //! exporter places backends on a consistent-hash ring rather than taking the hash modulo N;
 //! that only changes which replica a key lands on, and how many keys move when the set of
 //! replicas changes.) [`Routing::Random`] sends each span to a replica chosen at random: what
@@ -36,11 +39,14 @@ use std::sync::{Arc, Mutex};
 use tonic::transport::Channel;
 
 /// How the gateway picks a span's replica.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Routing {
-    /// By the first of these attributes the span (or its resource) carries; by trace id when
-    /// none.
-    Keys(&'static [&'static str]),
+    /// By the first of `keys` the span (or its resource) carries; when none, by its trace id
+    /// (`trace_id_fallback`) or else all such spans alike.
+    Keys {
+        keys: Vec<String>,
+        trace_id_fallback: bool,
+    },
     /// At random, from this seed.
     Random(u64),
 }
@@ -68,7 +74,7 @@ impl Gateway {
         }
         let seed = match routing {
             Routing::Random(seed) => seed,
-            Routing::Keys(_) => 0,
+            Routing::Keys { .. } => 0,
         };
         let shared = Shared {
             replicas: clients,
@@ -148,9 +154,12 @@ async fn export(State(shared): State<Shared>, body: Bytes) -> Response {
 impl Shared {
     fn replica_of(&self, span: &Span, resource_attributes: &[KeyValue]) -> usize {
         let n = self.replicas.len() as u64;
-        match self.routing {
+        match &self.routing {
             Routing::Random(_) => (self.rng.lock().unwrap().next() % n) as usize,
-            Routing::Keys(keys) => {
+            Routing::Keys {
+                keys,
+                trace_id_fallback,
+            } => {
                 let key = keys
                     .iter()
                     .find_map(|key| {
@@ -158,7 +167,13 @@ impl Shared {
                             .or_else(|| value_of(resource_attributes, key))
                     })
                     .map(String::into_bytes)
-                    .unwrap_or_else(|| span.trace_id.clone());
+                    .unwrap_or_else(|| {
+                        if *trace_id_fallback {
+                            span.trace_id.clone()
+                        } else {
+                            Vec::new()
+                        }
+                    });
                 (fnv1a(&key) % n) as usize
             }
         }
