@@ -17,6 +17,12 @@
 //!   derived histogram counts fewer, every bucket at most what the one instance has (nothing
 //!   wrong is emitted), and spanlens_join_evicted_total shows at least the loss.
 //!
+//! The workflows mix the design note's span names and tasker-core's real ones, and each
+//! worker.step_execution carries a correlation id of its own (as tasker-core's sometimes do),
+//! so only routing by step_uuid before correlation_id, as the manifest's Collector does
+//! (the gateway reads the keys from the manifest), keeps every join whole: with the keys the
+//! other way round the FFI overhead joins split and the sums differ.
+//!
 //! Spans come from the OpenTelemetry SDK (one provider per pod, explicit times) and go out
 //! through the real `opentelemetry-otlp` exporter. Every duration is a whole number of 1/512 s
 //! (1,953,125 ns), so the seconds spanlens computes, their sums and the derived sums and
@@ -41,7 +47,8 @@ use support::fleet::{
 };
 use support::gateway::{Gateway, Routing};
 use support::process::TempDir;
-use support::sdk::{Transport, exporter_at, recording, start_span};
+use support::sdk::{Transport, attr, exporter_at, recording, start_span};
+use support::tasker::{Vocab, stage_of};
 use support::{Rng, scrape, start, test_config};
 
 const JOB: &str = "spanlens";
@@ -89,16 +96,31 @@ struct Row {
     attrs: Vec<KeyValue>,
 }
 
-/// Tasks `tasks` of the design note's vocabulary, plus worker.step_execution around each
-/// handler (so that ffi_overhead joins): task i is created by orchestration replica i % 2 and
+/// The vocabulary of task `task`: two nominal tasks, then two of tasker-core's real spans.
+fn vocab(task: usize) -> Vocab {
+    if (task / 2) % 2 == 0 {
+        Vocab::Nominal
+    } else {
+        Vocab::Real
+    }
+}
+
+/// Tasks `tasks` (see [`vocab`]): task i is created by orchestration replica i % 2 and
 /// finalized by the other one, runs its steps on worker i % 3, and has each step result
-/// processed by replica (i + step) % 2.
+/// processed by replica (i + step) % 2. In both vocabularies worker.step_execution carries a
+/// correlation id of its own, as tasker-core's workers sometimes do: only its step_uuid ties
+/// it to the step. Nominal steps also trace execute_handler inside it (ffi_overhead joins)
+/// and claim with step_claim (worker_overhead joins); real steps claim with read_messages,
+/// which has no step_uuid, so those two never complete for them, alike everywhere.
 fn fixture(tasks: std::ops::Range<usize>) -> Vec<Row> {
     let mut rng = Rng::new(23);
     let mut rows = Vec::new();
     for task in tasks {
         let worker = Pod::Worker(task % WORKERS.len());
+        let vocab = vocab(task);
         let correlation = format!("corr-{task:04}");
+        let task_uuid = format!("task-{task:04}");
+        let namespace = "rust_e2e_linear";
         let task_name = ["mathematical_sequence", "diamond_pattern"][task % 2];
         let mut at = task as u64 * 1024;
         let mut add = |pod, name, units: u64, attrs: Vec<KeyValue>, at: &mut u64| {
@@ -111,63 +133,102 @@ fn fixture(tasks: std::ops::Range<usize>) -> Vec<Row> {
             });
             *at += units + 1;
         };
+        let by_correlation = || KeyValue::new("correlation_id", correlation.clone());
+        let by_task = || KeyValue::new("task_uuid", task_uuid.clone());
         let creator = task % ORCHESTRATION_REPLICAS;
-        add(
-            Pod::Orchestration(creator),
-            "create_task",
-            4 + rng.next() % 12,
-            vec![
-                KeyValue::new("correlation_id", correlation.clone()),
-                KeyValue::new("task_name", task_name),
-            ],
-            &mut at,
-        );
+        let (create, enqueue) = match vocab {
+            Vocab::Nominal => (("create_task", vec![by_correlation()]), "enqueue_steps"),
+            Vocab::Real => (
+                ("create_task_from_request", vec![by_correlation()]),
+                "enqueue_ready_steps",
+            ),
+        };
+        let mut created = create.1;
+        created.push(KeyValue::new("task_name", task_name));
+        let o = Pod::Orchestration(creator);
+        add(o, create.0, 4 + rng.next() % 12, created, &mut at);
+        let enqueued = match vocab {
+            Vocab::Nominal => by_correlation(),
+            Vocab::Real => by_task(),
+        };
+        add(o, enqueue, 2 + rng.next() % 8, vec![enqueued], &mut at);
         for step in 0..STEPS {
             let step_uuid = format!("step-{task:04}-{step}");
-            let keys = || {
-                vec![
-                    KeyValue::new("step_uuid", step_uuid.clone()),
-                    KeyValue::new("correlation_id", correlation.clone()),
-                ]
-            };
-            add(worker, "step_claim", 2 + rng.next() % 20, keys(), &mut at);
+            let by_step = || KeyValue::new("step_uuid", step_uuid.clone());
+            let claim = 2 + rng.next() % 20;
+            match vocab {
+                Vocab::Nominal => {
+                    let attrs = vec![by_step(), by_correlation()];
+                    add(worker, "step_claim", claim, attrs, &mut at);
+                }
+                Vocab::Real => {
+                    let queue = KeyValue::new("queue", format!("worker_{namespace}_queue"));
+                    add(worker, "read_messages", claim, vec![queue], &mut at);
+                    let callable = KeyValue::new(
+                        "callable",
+                        "tasker_example_rs::step_handlers::linear_workflow::LinearStep1Handler",
+                    );
+                    add(
+                        worker,
+                        "resolve",
+                        1 + rng.next() % 4,
+                        vec![callable],
+                        &mut at,
+                    );
+                }
+            }
             let handler = 3 + rng.next() % 60;
-            let mut execution = keys();
-            execution.push(KeyValue::new(
-                "step_name",
-                format!("linear_step_{}", step + 1),
-            ));
+            let execution = vec![
+                by_step(),
+                KeyValue::new("correlation_id", format!("worker-{task:04}-{step}")),
+                by_task(),
+                KeyValue::new("step_name", format!("linear_step_{}", step + 1)),
+                KeyValue::new("namespace", namespace),
+            ];
             let exec_at = at;
-            add(
-                worker,
-                "worker.step_execution",
-                handler + 1 + rng.next() % 8,
-                execution,
-                &mut at,
-            );
-            let mut inner = exec_at + 1;
-            add(worker, "execute_handler", handler, keys(), &mut inner);
-            add(
-                worker,
-                "submit_result",
-                2 + rng.next() % 20,
-                keys(),
-                &mut at,
-            );
+            let exec = handler + 1 + rng.next() % 8;
+            add(worker, "worker.step_execution", exec, execution, &mut at);
+            let submit = 2 + rng.next() % 20;
+            match vocab {
+                Vocab::Nominal => {
+                    let mut inner = exec_at + 1;
+                    let attrs = vec![by_step(), by_correlation()];
+                    add(worker, "execute_handler", handler, attrs, &mut inner);
+                    let attrs = vec![by_step(), by_correlation()];
+                    add(worker, "submit_result", submit, attrs, &mut at);
+                }
+                Vocab::Real => {
+                    let attrs = vec![
+                        by_task(),
+                        by_step(),
+                        KeyValue::new("success", true),
+                        KeyValue::new("trace_id", correlation.clone()),
+                        KeyValue::new("span_id", format!("span-{step_uuid}")),
+                    ];
+                    add(
+                        worker,
+                        "worker.step_completion_received",
+                        submit,
+                        attrs,
+                        &mut at,
+                    );
+                }
+            }
             at += rng.next() % 10;
-            add(
-                Pod::Orchestration((task + step) % ORCHESTRATION_REPLICAS),
-                "process_result",
-                1 + rng.next() % 8,
-                keys(),
-                &mut at,
-            );
+            let (name, attrs) = match vocab {
+                Vocab::Nominal => ("process_result", vec![by_step(), by_correlation()]),
+                Vocab::Real => ("handle_step_execution_result", vec![by_step()]),
+            };
+            let processor = Pod::Orchestration((task + step) % ORCHESTRATION_REPLICAS);
+            add(processor, name, 1 + rng.next() % 8, attrs, &mut at);
         }
+        let finalizer = Pod::Orchestration((creator + 1) % ORCHESTRATION_REPLICAS);
+        let attrs = vec![by_task(), by_correlation()];
         add(
-            Pod::Orchestration((creator + 1) % ORCHESTRATION_REPLICAS),
+            finalizer,
             "finalize_task",
             2 + rng.next() % 10,
-            vec![KeyValue::new("correlation_id", correlation.clone())],
+            attrs,
             &mut at,
         );
     }
@@ -235,12 +296,28 @@ fn grpc_to(server: &Server, resource: &Resource) -> opentelemetry_otlp::SpanExpo
     exporter_at(Transport::Grpc(None), server.grpc_addr(), None, resource)
 }
 
-/// How many rows of `service` (all services when None) the fixture has named `name`.
-fn count(rows: &[Row], service: Option<&str>, name: &str) -> f64 {
+/// How many rows of `service` (all services when None) the fixture has named one of `names`.
+fn count(rows: &[Row], service: Option<&str>, names: &[&str]) -> f64 {
     rows.iter()
-        .filter(|r| r.name == name && service.is_none_or(|s| r.pod.service() == s))
+        .filter(|r| names.contains(&r.name) && service.is_none_or(|s| r.pod.service() == s))
         .count() as f64
 }
+
+/// Spans of `service` by the stage the default profile's rules give them.
+fn stage_calls(rows: &[Row], service: &str) -> BTreeMap<&'static str, f64> {
+    let mut calls = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.pod.service() == service) {
+        if let Some(stage) = stage_of(row.name, attr(&row.attrs, "queue").as_deref()) {
+            *calls.entry(stage).or_insert(0.0) += 1.0;
+        }
+    }
+    calls
+}
+
+/// One of these spans per step (submission, in either vocabulary); one per step whose
+/// worker_overhead and ffi_overhead join (the nominal claim).
+const STEP_SUBMISSIONS: [&str; 2] = ["submit_result", "worker.step_completion_received"];
+const NOMINAL_CLAIMS: [&str; 1] = ["step_claim"];
 
 // ----------------------------------------------------------------------------------------------
 // Prometheus
@@ -339,34 +416,36 @@ async fn three_sidecars_summed_by_prometheus_equal_one_instance_and_a_restart_is
     )
     .await;
     // The one instance holds the fixture, span for span and join for join.
+    let config = &configs[0];
     for service in WORKERS {
         let labels = [("service", service)];
-        let steps = count(&before, Some(service), "step_claim");
-        assert_eq!(steps, 8.0 * STEPS as f64, "{service}");
-        for (metric, want) in [
-            ("tasker_step_claim_calls_total", steps),
-            ("tasker_handler_execution_calls_total", 2.0 * steps),
-            ("tasker_result_submission_calls_total", steps),
-            ("tasker_worker_overhead_seconds_count", steps),
-            ("tasker_ffi_overhead_seconds_count", steps),
-        ] {
-            assert_eq!(
-                direct(&single, metric, &labels).await,
-                want,
-                "{metric} {labels:?}"
-            );
+        let stages = stage_calls(&before, service);
+        assert_eq!(stages.len(), 4, "{service}: {stages:?}");
+        for (stage, want) in stages {
+            let calls = &config.stages[stage].calls;
+            let got = direct(&single, calls, &labels).await;
+            assert_eq!(got, want, "{calls} {labels:?}");
+        }
+        let joined = count(&before, Some(service), &NOMINAL_CLAIMS);
+        assert!(joined > 0.0, "{service} has nominal steps");
+        for derived in ["worker_overhead", "ffi_overhead"] {
+            let metric = format!("{}_count", config.derived[derived].histogram);
+            let got = direct(&single, &metric, &labels).await;
+            assert_eq!(got, joined, "{metric} {labels:?}");
         }
     }
 
     // The Ruby sidecar restarts on the same addresses (the same Prometheus target).
     let ruby = sidecars.remove(RUBY);
     let ruby_instance = instance(&ruby);
+    let ruby_before = scrape(&ruby).await;
     ruby.shutdown().await;
     sidecars.insert(RUBY, start(configs[RUBY].clone()).await);
     assert_eq!(instance(&sidecars[RUBY]), ruby_instance);
 
-    // After it: 6 more tasks, 2 per worker, fewer than before the restart in every series,
-    // so that each restarted counter comes back below its last value.
+    // After it: 6 more tasks, 2 per worker (the Ruby worker's both nominal), fewer than
+    // before the restart in every series, so that each restarted counter comes back below
+    // its last value.
     let after = fixture(24..30);
     let emitted = emit(&after);
     export(&emitted, is_worker, |pod, resource| match pod {
@@ -379,15 +458,11 @@ async fn three_sidecars_summed_by_prometheus_equal_one_instance_and_a_restart_is
 
     // The restarted sidecar counts from zero: only what came after the restart.
     let ruby_labels = [("service", WORKERS[RUBY])];
-    let ruby_after = count(&after, Some(WORKERS[RUBY]), "step_claim");
+    let ruby_after = scrape(&sidecars[RUBY]).await;
+    let claims_after = stage_calls(&after, WORKERS[RUBY])["step_claim"];
     assert_eq!(
-        direct(
-            &sidecars[RUBY],
-            "tasker_step_claim_calls_total",
-            &ruby_labels
-        )
-        .await,
-        ruby_after
+        ruby_after.sum("tasker_step_claim_calls_total", &ruby_labels),
+        claims_after
     );
 
     // Prometheus saw one reset of each restarted counter, none elsewhere, and the counters'
@@ -409,9 +484,16 @@ async fn three_sidecars_summed_by_prometheus_equal_one_instance_and_a_restart_is
             .expect("Prometheus answers");
         for series in &resets {
             let n: f64 = series["value"][1].as_str().unwrap().parse().unwrap();
-            // A counter still at 0 when its sidecar restarted shows no reset, rightly.
+            // A series of the restarted sidecar that counted something before the restart
+            // and is back after it (a counter still at 0, or not seen again, shows no reset).
+            let labels = own_labels(&series["metric"]);
+            let labels: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             let restarted = series["metric"]["instance"] == ruby_instance.as_str()
-                && counted_something(&chain, name, &series["metric"]).await;
+                && ruby_before.value(name, &labels).is_some_and(|v| v > 0.0)
+                && ruby_after.value(name, &labels).is_some();
             let want = if restarted { 1.0 } else { 0.0 };
             reset_series += usize::from(restarted);
             chain
@@ -449,11 +531,11 @@ async fn three_sidecars_summed_by_prometheus_equal_one_instance_and_a_restart_is
         reset_series > 10,
         "{reset_series} series of the restarted sidecar reset"
     );
-    // Every worker's calls over both phases, through the reset.
-    let step_claims = count(&before, Some(WORKERS[RUBY]), "step_claim") + ruby_after;
+    // The single instance counted both phases.
+    let claims = stage_calls(&before, WORKERS[RUBY])["step_claim"] + claims_after;
     assert_eq!(
         direct(&single, "tasker_step_claim_calls_total", &ruby_labels).await,
-        step_claims
+        claims
     );
 
     println!(
@@ -468,25 +550,15 @@ async fn three_sidecars_summed_by_prometheus_equal_one_instance_and_a_restart_is
     single.shutdown().await;
 }
 
-/// Whether the series `labels` of `name` ever had a value above 0.
-async fn counted_something(chain: &Chain, name: &str, labels: &Value) -> bool {
-    let selector = selector(labels);
-    let max = chain
-        .scalar(&format!("max_over_time({name}{{{selector}}}[10m])"))
-        .await
-        .unwrap_or(0.0);
-    max > 0.0
-}
-
-fn selector(labels: &Value) -> String {
-    labels
+/// The labels of a Prometheus series but its name, job and instance: those spanlens serves.
+fn own_labels(metric: &Value) -> Vec<(String, String)> {
+    metric
         .as_object()
         .expect("labels")
         .iter()
-        .filter(|(k, _)| *k != "__name__")
-        .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap()))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "job" | "instance"))
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
 }
 
 /// For every series of `name` in the job: its (instance, other labels) and its total with
@@ -570,7 +642,8 @@ async fn a_key_affine_gateway_completes_every_join_across_replicas_and_random_ro
     let all: Vec<&Server> = keyed.iter().chain(&random).chain([&single]).collect();
     let chain = prometheus(&scratch, &all).await;
 
-    // 30 tasks, each created on one orchestration replica and finalized on the other.
+    // 30 tasks in both vocabularies, each created on one orchestration replica and
+    // finalized on the other.
     let rows = fixture(0..30);
     for task in 0..30 {
         let correlation = format!("corr-{task:04}");
@@ -586,11 +659,11 @@ async fn a_key_affine_gateway_completes_every_join_across_replicas_and_random_ro
                 .map(|r| r.pod)
                 .expect("a row")
         };
-        assert_ne!(
-            pod_of("create_task"),
-            pod_of("finalize_task"),
-            "{correlation}"
-        );
+        let created = match vocab(task) {
+            Vocab::Nominal => pod_of("create_task"),
+            Vocab::Real => pod_of("create_task_from_request"),
+        };
+        assert_ne!(created, pod_of("finalize_task"), "{correlation}");
     }
     let emitted = emit(&rows);
     let through = |gateway: &Gateway| {
@@ -634,13 +707,15 @@ async fn a_key_affine_gateway_completes_every_join_across_replicas_and_random_ro
         .await;
 
     // The one instance completed every join of the fixture.
-    let tasks = count(&rows, None, "create_task");
-    let steps = count(&rows, None, "step_claim");
+    let tasks = count(&rows, None, &["finalize_task"]);
+    let steps = count(&rows, None, &STEP_SUBMISSIONS);
+    let nominal = count(&rows, None, &NOMINAL_CLAIMS);
+    assert!(nominal > 0.0 && nominal < steps, "both vocabularies");
     let derived: BTreeMap<&str, f64> = [
         ("tasker_task_e2e_duration_seconds", tasks),
         ("tasker_result_propagation_seconds", steps),
-        ("tasker_worker_overhead_seconds", steps),
-        ("tasker_ffi_overhead_seconds", steps),
+        ("tasker_worker_overhead_seconds", nominal),
+        ("tasker_ffi_overhead_seconds", nominal),
     ]
     .into();
     assert_eq!(derived.len(), config.derived.len());
