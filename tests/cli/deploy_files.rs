@@ -10,6 +10,13 @@
 //! * the Kubernetes ConfigMap's spanlens config passes `spanlens check-config`, differs from
 //!   config/spanlens.yaml only in listener addresses, and the pod, Service and PodMonitor are
 //!   wired to it;
+//! * the gateway manifest's Collector config has the shape its components need: a
+//!   load-balancing exporter routing by one attribute that a transform processor fills with
+//!   the join keys of config/spanlens.yaml's derived metrics, resolving the replicas through the
+//!   headless Service that manifest defines, on the port the replicas' container profile
+//!   receives OTLP/gRPC on; the Collector may read what the resolver watches, and the
+//!   replicas are scraped under the alerting job (no Collector runs here: shape, not behaviour;
+//!   tests/derived/scale_out.rs routes as it does);
 //! * the Dockerfile's container profile (its `sed` applied to `spanlens default-config`)
 //!   passes `spanlens check-config`;
 //! * every metric name in the Grafana dashboard's PromQL is one spanlens emits or the rule
@@ -19,9 +26,12 @@
 //! (scripts/test.sh installs them); SPANLENS_PROMTOOL / SPANLENS_AMTOOL may point elsewhere.
 //! The tests fail, never skip, when a tool is missing.
 
+use crate::support::deploy::{
+    GATEWAY, gateway_collector, gateway_document, gateway_routing, load_balancing_exporters, read,
+    yaml_documents,
+};
 use crate::support::process::{TempDir, check_config, output_text, run, run_ok};
 use crate::support::tools::{amtool, promtool};
-use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,37 +66,6 @@ const OWN_METRICS: [&str; 11] = [
 
 // ---------------------------------------------------------------------------------------------
 // Reading files
-
-fn read(path: impl AsRef<Path>) -> String {
-    let path = path.as_ref();
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// Every document of a YAML file, with merge keys (`<<: *anchor`) applied.
-fn yaml_documents(path: impl AsRef<Path>) -> Vec<Value> {
-    let path = path.as_ref();
-    let text = read(path);
-    yaml_serde::Deserializer::from_str(&text)
-        .enumerate()
-        .map(|(index, document)| {
-            let mut value = Value::deserialize(document).unwrap_or_else(|e| {
-                panic!(
-                    "{}: document {} is not valid YAML: {e}",
-                    path.display(),
-                    index + 1
-                )
-            });
-            value.apply_merge().unwrap_or_else(|e| {
-                panic!(
-                    "{}: document {}: merge keys: {e}",
-                    path.display(),
-                    index + 1
-                )
-            });
-            value
-        })
-        .collect()
-}
 
 fn yaml(path: impl AsRef<Path>) -> Value {
     let path = path.as_ref();
@@ -349,6 +328,7 @@ fn every_deploy_file_parses_and_none_goes_unchecked() {
         ALERTMANAGER,
         COMPOSE,
         SIDECAR,
+        GATEWAY,
         DOCKERFILE,
         DASHBOARD,
         GRAFANA_DATASOURCES,
@@ -359,6 +339,9 @@ fn every_deploy_file_parses_and_none_goes_unchecked() {
     assert!(json_files >= 1, "{json_files} JSON files");
     // The ConfigMap, Deployment, Service and PodMonitor are separate documents.
     assert_eq!(yaml_documents(SIDECAR).len(), 4);
+    // The Collector's ConfigMap, ServiceAccount, Role, RoleBinding, Deployment and Service;
+    // the replicas' Deployment, headless Service and PodMonitor.
+    assert_eq!(yaml_documents(GATEWAY).len(), 9);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -871,6 +854,295 @@ fn the_sidecar_pod_service_and_podmonitor_are_wired_together() {
         }),
         "{SIDECAR}: the PodMonitor must set job={job} (alerting.job in {CONFIG})"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes gateway
+
+/// The Collector release whose load-balancing exporter the gateway config was checked against
+/// (contrib v0.154.0 source: `routing_key: attributes` and `routing_attributes` for traces,
+/// the `k8s` resolver's `service` and `ports`).
+const COLLECTOR_CHECKED: (u64, u64, u64) = (0, 154, 0);
+
+fn mapping_keys(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_mapping)
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pod template's labels and its first container of a Deployment.
+fn pod_of(deployment: &Value) -> (BTreeMap<String, String>, &Value) {
+    let template = deployment
+        .get("spec")
+        .and_then(|s| s.get("template"))
+        .unwrap_or_else(|| panic!("{GATEWAY}: a Deployment without spec.template"));
+    let labels = labels(template.get("metadata").and_then(|m| m.get("labels")));
+    let container = &sequence(template.get("spec").unwrap(), "containers", GATEWAY)[0];
+    (labels, container)
+}
+
+fn container_port(container: &Value, name: &str) -> u64 {
+    sequence(container, "ports", GATEWAY)
+        .iter()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
+        .unwrap_or_else(|| panic!("{GATEWAY}: no container port named {name}"))
+}
+
+/// The Service's port named `name`: (port, targetPort).
+fn service_port<'v>(service: &'v Value, name: &str) -> (u64, &'v str) {
+    let port = sequence(service.get("spec").unwrap(), "ports", GATEWAY)
+        .iter()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("{GATEWAY}: the Service has no port named {name}"));
+    (
+        port.get("port").and_then(Value::as_u64).unwrap(),
+        string_at(port, &["targetPort"], GATEWAY),
+    )
+}
+
+#[test]
+fn the_gateway_collector_routes_by_the_join_keys_to_the_headless_spanlens_service() {
+    let collector = gateway_collector();
+
+    // Receivers: OTLP/gRPC on the port the services export to.
+    let grpc = string_at(
+        &collector,
+        &["receivers", "otlp", "protocols", "grpc", "endpoint"],
+        GATEWAY,
+    );
+    assert!(
+        grpc.ends_with(":4317"),
+        "{GATEWAY}: the otlp receiver listens on {grpc}"
+    );
+
+    // One load-balancing exporter, by attributes, to the replicas behind the headless
+    // Service, over plain OTLP/gRPC.
+    let exporters = load_balancing_exporters(&collector);
+    let [(exporter_id, exporter)] = exporters.as_slice() else {
+        panic!("{GATEWAY}: one loadbalancing exporter expected: {exporters:?}");
+    };
+    assert_eq!(string_at(exporter, &["routing_key"], GATEWAY), "attributes");
+    let resolver = exporter.get("resolver").expect("resolver");
+    assert_eq!(
+        mapping_keys(Some(resolver)),
+        ["k8s"],
+        "{GATEWAY}: exactly one resolver, the k8s one"
+    );
+    let headless = gateway_document("Service", "spanlens-replicas");
+    let headless_name = string_at(&headless, &["metadata", "name"], GATEWAY);
+    let resolved = string_at(resolver, &["k8s", "service"], GATEWAY);
+    assert_eq!(
+        resolved.split('.').next(),
+        Some(headless_name),
+        "{GATEWAY}: the resolver watches {resolved}"
+    );
+    assert_eq!(
+        headless
+            .get("spec")
+            .and_then(|s| s.get("clusterIP"))
+            .and_then(Value::as_str),
+        Some("None"),
+        "{GATEWAY}: {headless_name} must be headless (one address per replica)"
+    );
+    let ports: Vec<u64> = sequence(resolver.get("k8s").unwrap(), "ports", GATEWAY)
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let (otlp_port, otlp_target) = service_port(&headless, "otlp-grpc");
+    assert_eq!(ports, [otlp_port], "{GATEWAY}: resolver ports");
+    let otlp = exporter
+        .get("protocol")
+        .and_then(|p| p.get("otlp"))
+        .expect("protocol.otlp");
+    assert!(
+        otlp.get("endpoint").is_none(),
+        "{GATEWAY}: protocol.otlp.endpoint is set per replica by the exporter"
+    );
+    assert_eq!(
+        otlp.get("tls")
+            .and_then(|t| t.get("insecure"))
+            .and_then(Value::as_bool),
+        Some(true),
+        "{GATEWAY}: the replicas receive plain OTLP/gRPC"
+    );
+
+    // The routing attribute holds the join key of every derived metric of the shipped
+    // profile: step_uuid before correlation_id, the trace id for spans with neither.
+    let routing = gateway_routing();
+    assert_eq!(routing.attribute, "spanlens.join_key");
+    assert_eq!(routing.keys, ["step_uuid", "correlation_id"]);
+    assert!(
+        routing.trace_id_fallback,
+        "{GATEWAY}: spans without a key spread by trace id"
+    );
+    let derived_keys: BTreeSet<String> = spanlens_config()
+        .get("derived")
+        .and_then(Value::as_mapping)
+        .expect("derived metrics")
+        .values()
+        .map(|d| string_at(d, &["key"], CONFIG).to_string())
+        .collect();
+    assert_eq!(
+        derived_keys,
+        routing.keys.iter().cloned().collect::<BTreeSet<_>>(),
+        "{GATEWAY}: route by every join key of {CONFIG}, and only those"
+    );
+
+    // Pipelines: the transform feeds only the load-balancing exporter (the trace backend gets
+    // the spans unchanged), and every pipeline reads the otlp receiver.
+    let pipelines = collector
+        .get("service")
+        .and_then(|s| s.get("pipelines"))
+        .and_then(Value::as_mapping)
+        .expect("service.pipelines");
+    let mut balanced = 0;
+    for (id, pipeline) in pipelines {
+        let id = id.as_str().unwrap();
+        assert!(id.starts_with("traces"), "{GATEWAY}: pipeline {id}");
+        assert_eq!(strings(pipeline.get("receivers")), ["otlp"], "{id}");
+        let processors = strings(pipeline.get("processors"));
+        let exporters = strings(pipeline.get("exporters"));
+        for name in processors.iter().chain(&exporters) {
+            let section = if processors.contains(name) {
+                "processors"
+            } else {
+                "exporters"
+            };
+            assert!(
+                collector
+                    .get(section)
+                    .and_then(|s| s.get(name.as_str()))
+                    .is_some(),
+                "{GATEWAY}: {id} uses {name}, which {section} does not define"
+            );
+        }
+        let transforms = processors.iter().any(|p| p.starts_with("transform"));
+        let balances = exporters.contains(exporter_id);
+        assert_eq!(
+            transforms, balances,
+            "{GATEWAY}: {id}: the transform and the load-balancing exporter go together"
+        );
+        if balances {
+            assert_eq!(exporters, std::slice::from_ref(exporter_id), "{id}");
+            balanced += 1;
+        }
+    }
+    assert_eq!(balanced, 1);
+
+    // The replicas: the spanlens image on its container profile, which receives OTLP/gRPC on
+    // 0.0.0.0:4317 (the Dockerfile's substitution), behind the headless Service.
+    let replicas = gateway_document("Deployment", "spanlens");
+    let (replica_labels, spanlens) = pod_of(&replicas);
+    assert!(string_at(spanlens, &["image"], GATEWAY).contains("spanlens"));
+    assert!(
+        spanlens.get("args").is_none(),
+        "{GATEWAY}: the replicas run the image's container profile"
+    );
+    assert!(
+        dockerfile_substitutions(&read(DOCKERFILE))
+            .iter()
+            .any(|(_, to)| to.ends_with(&format!(":-0.0.0.0:{otlp_port}}}"))),
+        "{DOCKERFILE}: the container profile receives OTLP/gRPC on 0.0.0.0:{otlp_port}"
+    );
+    assert_eq!(container_port(spanlens, otlp_target), otlp_port);
+    assert!(selects(
+        &labels(headless.get("spec").and_then(|s| s.get("selector"))),
+        &replica_labels
+    ));
+
+    // Every replica scraped under the job the generated alerts select.
+    let monitor = gateway_document("PodMonitor", "spanlens-replicas");
+    let spec = monitor.get("spec").expect("PodMonitor spec");
+    assert!(selects(
+        &labels(spec.get("selector").and_then(|s| s.get("matchLabels"))),
+        &replica_labels
+    ));
+    let endpoint = &sequence(spec, "podMetricsEndpoints", GATEWAY)[0];
+    assert_eq!(
+        container_port(spanlens, string_at(endpoint, &["port"], GATEWAY)),
+        9464
+    );
+    let job = scrape_job(&spanlens_config());
+    assert!(
+        sequence(endpoint, "relabelings", GATEWAY).iter().any(|r| {
+            r.get("targetLabel").and_then(Value::as_str) == Some("job")
+                && r.get("replacement").and_then(Value::as_str) == Some(job.as_str())
+        }),
+        "{GATEWAY}: the PodMonitor must set job={job}"
+    );
+
+    // The Collector: the contrib image, at least the release checked, reading the ConfigMap,
+    // as a ServiceAccount allowed to watch the EndpointSlices the resolver reads.
+    let gateway = gateway_document("Deployment", "spanlens-gateway");
+    let (gateway_labels, otelcol) = pod_of(&gateway);
+    let image = string_at(otelcol, &["image"], GATEWAY);
+    let (repository, tag) = image.rsplit_once(':').expect("a tagged image");
+    assert_eq!(repository, "otel/opentelemetry-collector-contrib");
+    let version: Vec<u64> = tag.split('.').map(|n| n.parse().unwrap()).collect();
+    assert!(
+        (version[0], version[1], version[2]) >= COLLECTOR_CHECKED,
+        "{GATEWAY}: {image} is older than the release the config was checked against"
+    );
+    let mount = &sequence(otelcol, "volumeMounts", GATEWAY)[0];
+    let config_arg = format!(
+        "--config={}/collector.yaml",
+        string_at(mount, &["mountPath"], GATEWAY)
+    );
+    assert_eq!(strings(otelcol.get("args")), [config_arg]);
+    let volume = &sequence(
+        gateway
+            .get("spec")
+            .unwrap()
+            .get("template")
+            .unwrap()
+            .get("spec")
+            .unwrap(),
+        "volumes",
+        GATEWAY,
+    )[0];
+    assert_eq!(
+        string_at(volume, &["configMap", "name"], GATEWAY),
+        "spanlens-gateway-collector"
+    );
+    let account = string_at(
+        &gateway,
+        &["spec", "template", "spec", "serviceAccountName"],
+        GATEWAY,
+    );
+    gateway_document("ServiceAccount", account);
+    let binding = gateway_document("RoleBinding", account);
+    let role_name = string_at(&binding, &["roleRef", "name"], GATEWAY);
+    assert!(
+        sequence(&binding, "subjects", GATEWAY)
+            .iter()
+            .any(|s| s.get("name").and_then(Value::as_str) == Some(account))
+    );
+    let role = gateway_document("Role", role_name);
+    assert!(
+        sequence(&role, "rules", GATEWAY).iter().any(|rule| {
+            strings(rule.get("resources")).contains(&"endpointslices".to_string())
+                && ["list", "watch"]
+                    .iter()
+                    .all(|v| strings(rule.get("verbs")).contains(&v.to_string()))
+        }),
+        "{GATEWAY}: the Collector must list and watch EndpointSlices"
+    );
+
+    // The Service the services export to reaches the Collector's OTLP/gRPC port.
+    let service = gateway_document("Service", "spanlens-gateway");
+    assert!(selects(
+        &labels(service.get("spec").and_then(|s| s.get("selector"))),
+        &gateway_labels
+    ));
+    let (port, target) = service_port(&service, "otlp-grpc");
+    assert_eq!(port, 4317);
+    assert_eq!(container_port(otelcol, target), 4317);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,14 +4,19 @@
 //! hold the rest, each written once: the binary as a child process and scratch directories
 //! (`process`), OTLP on the wire (`otlp`), the OpenTelemetry SDK side (`sdk`, `tasker`),
 //! histogram assertions (`histogram`), promtool, amtool and Python (`tools`), a fake OTLP
-//! backend (`downstream`) and TLS material (`pki`).
+//! backend (`downstream`), TLS material (`pki`), several instances behind one Prometheus
+//! (`fleet`), a key-affine gateway in front of replicas (`gateway`) and the shipped deploy/
+//! files as data (`deploy`).
 //!
 //! Not every binary uses every helper, so dead-code warnings are off for this module tree
 //! (and only for it).
 #![allow(dead_code)]
 
 pub mod chain;
+pub mod deploy;
 pub mod downstream;
+pub mod fleet;
+pub mod gateway;
 pub mod histogram;
 pub mod otlp;
 pub mod pki;

@@ -113,12 +113,18 @@ pub fn exporter_to(
     transport: Transport,
     resource: &Resource,
 ) -> opentelemetry_otlp::SpanExporter {
-    let mut exporter = exporter(
-        transport,
-        server.grpc_addr(),
-        server.http_addr(),
-        Duration::from_secs(5),
-    );
+    exporter_at(transport, server.grpc_addr(), server.http_addr(), resource)
+}
+
+/// The real exporter for `transport` to the gRPC or HTTP address given (spanlens's own, or
+/// anything else that speaks OTLP), sending `resource` (5 s per export).
+pub fn exporter_at(
+    transport: Transport,
+    grpc: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    resource: &Resource,
+) -> opentelemetry_otlp::SpanExporter {
+    let mut exporter = exporter(transport, grpc, http, Duration::from_secs(5));
     exporter.set_resource(resource);
     exporter
 }

@@ -116,6 +116,7 @@ pub fn stage_of(name: &str, queue: Option<&str>) -> Option<&'static str> {
             "step_claim"
         }
         "execute_handler" | "worker.step_execution" => "handler_execution",
+        "resolve" => "handler_resolution",
         "submit_result" | "worker.step_completion_received" => "result_submission",
         "create_task" | "create_task_from_request" => "task_creation",
         "enqueue_steps" | "enqueue_ready_steps" => "step_enqueueing",
