@@ -40,7 +40,7 @@ use spanlens::config::{Config, PromDuration};
 use spanlens::server::Server;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
-use support::chain::{Chain, ChainSpec};
+use support::chain::Chain;
 use support::deploy::gateway_routing;
 use support::fleet::{
     compare_sums, instance, instances, pinned_config, summed_metrics, wait_scraped,
@@ -65,7 +65,6 @@ const STEPS: usize = 3;
 /// One time unit of the fixtures: 1/512 s.
 const UNIT_NS: u64 = 1_953_125;
 
-const SETUP: Duration = Duration::from_secs(30);
 const SCRAPED: Duration = Duration::from_secs(20);
 
 // ----------------------------------------------------------------------------------------------
@@ -324,21 +323,8 @@ const NOMINAL_CLAIMS: [&str; 1] = ["step_claim"];
 // ----------------------------------------------------------------------------------------------
 
 async fn prometheus(scratch: &TempDir, targets: &[&Server]) -> Chain {
-    let chain = Chain::start(
-        scratch,
-        ChainSpec {
-            rules: "groups: []\n".to_string(),
-            job: JOB,
-            targets: targets.iter().map(|s| instance(s)).collect(),
-            prometheus_flags: &[],
-            paged: "critical",
-            alerts: &[],
-            diagnostics: &[],
-        },
-    )
-    .await;
-    chain.wait_up(SETUP).await;
-    chain
+    let targets = targets.iter().map(|s| instance(s)).collect();
+    Chain::scraping(scratch, JOB, targets, &[]).await
 }
 
 /// Fails with every differing series unless the sums over `group` equal `one` series by

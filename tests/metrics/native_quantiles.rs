@@ -16,7 +16,7 @@ use opentelemetry::trace::TracerProvider as _;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::chain::{Chain, ChainSpec};
+use support::chain::Chain;
 use support::process::TempDir;
 use support::sdk::{batching_provider, ended_now};
 use support::{Rng, start, test_config};
@@ -85,21 +85,7 @@ fn send(grpc: SocketAddr, service: &'static str, durations: &[u64]) {
 }
 
 async fn prometheus(scratch: &TempDir, target: SocketAddr, flags: &[&str]) -> Chain {
-    let chain = Chain::start(
-        scratch,
-        ChainSpec {
-            rules: "groups: []\n".to_string(),
-            job: "spanlens",
-            targets: vec![target.to_string()],
-            prometheus_flags: flags,
-            paged: "page",
-            alerts: &[],
-            diagnostics: &[],
-        },
-    )
-    .await;
-    chain.wait_up(Duration::from_secs(30)).await;
-    chain
+    Chain::scraping(scratch, "spanlens", vec![target.to_string()], flags).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

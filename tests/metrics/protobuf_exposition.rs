@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::chain::{Chain, ChainSpec};
+use support::chain::Chain;
 use support::otlp::hex;
 use support::process::TempDir;
 use support::tools::{python, run_with_stdin};
@@ -561,20 +561,9 @@ async fn prometheus_2_42_ingests_native_histograms_and_exemplars() {
     let server = start(test_config(|_| {})).await;
     let (recorder, accepts) = accept_recorder().await;
     let scratch = TempDir::new("protobuf_prometheus");
-    let chain = Chain::start(
-        &scratch,
-        ChainSpec {
-            rules: "groups: []\n".to_string(),
-            job: "spanlens",
-            targets: vec![server.metrics_addr().to_string(), recorder],
-            prometheus_flags: &["--enable-feature=native-histograms,exemplar-storage"],
-            paged: "page",
-            alerts: &[],
-            diagnostics: &[],
-        },
-    )
-    .await;
-    chain.wait_up(Duration::from_secs(30)).await;
+    let targets = vec![server.metrics_addr().to_string(), recorder];
+    let flags = ["--enable-feature=native-histograms,exemplar-storage"];
+    let chain = Chain::scraping(&scratch, "spanlens", targets, &flags).await;
     let sent: Vec<Sent> = spans(&mut Rng::new(42), 37)
         .into_iter()
         .map(|s| Sent {

@@ -23,7 +23,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
-use support::chain::{Chain, ChainSpec};
+use support::chain::Chain;
 use support::process::TempDir;
 use support::sdk::{Transport, exporter, resource};
 use support::{Exposition, parse_le, scrape, scrape_as, start, test_config};
@@ -300,20 +300,8 @@ async fn sampled_spans_count_as_the_operations_they_stand_for() {
         ),
     ] {
         let scratch = TempDir::new("sampled_counts_prometheus");
-        let chain = Chain::start(
-            &scratch,
-            ChainSpec {
-                rules: "groups: []\n".to_string(),
-                job: "spanlens",
-                targets: vec![server.metrics_addr().to_string()],
-                prometheus_flags: flags,
-                paged: "page",
-                alerts: &[],
-                diagnostics: &[],
-            },
-        )
-        .await;
-        chain.wait_up(Duration::from_secs(30)).await;
+        let target = vec![server.metrics_addr().to_string()];
+        let chain = Chain::scraping(&scratch, "spanlens", target, flags).await;
         let got = chain
             .until(&query, Duration::from_secs(30), async || {
                 chain.scalar(&query).await

@@ -72,6 +72,31 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// A chain with no rules whose Prometheus scrapes `targets` as job `job` (with `flags`),
+    /// up and scraping when it returns (30 s at most).
+    pub async fn scraping(
+        scratch: &TempDir,
+        job: &str,
+        targets: Vec<String>,
+        flags: &[&str],
+    ) -> Chain {
+        let chain = Chain::start(
+            scratch,
+            ChainSpec {
+                rules: "groups: []\n".to_string(),
+                job,
+                targets,
+                prometheus_flags: flags,
+                paged: "page",
+                alerts: &[],
+                diagnostics: &[],
+            },
+        )
+        .await;
+        chain.wait_up(Duration::from_secs(30)).await;
+        chain
+    }
+
     /// Starts the webhook, Alertmanager and Prometheus; does not wait for them.
     pub async fn start(scratch: &TempDir, spec: ChainSpec<'_>) -> Chain {
         require_daemons();
