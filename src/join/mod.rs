@@ -30,28 +30,37 @@ pub struct PartSpan {
 }
 
 impl PartSpan {
-    /// The span's times, as standing for `count` operations (its adjusted count).
-    pub(crate) fn times(&self, count: f64) -> Times {
-        let (trace, _) = self.trace_id.split_at(8);
+    pub(crate) fn times(&self) -> Times {
         Times {
             start_unix_nano: self.start_unix_nano,
             end_unix_nano: self.end_unix_nano,
+        }
+    }
+
+    /// The span as a sampled part, standing for `count` operations.
+    fn sample(&self, count: f64) -> Sample {
+        let (_, random) = self.trace_id.split_at(8);
+        Sample {
             count,
-            trace: u64::from_le_bytes(trace.try_into().expect("8 bytes")),
+            trace: u64::from_le_bytes(random.try_into().expect("8 bytes")),
         }
     }
 }
 
-/// When a part started and ended, and how many operations it stands for: all a derived
-/// value needs of it.
+/// When a part started and ended: all a derived value needs of it, but for sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(crate) struct Times {
     pub(crate) start_unix_nano: u64,
     pub(crate) end_unix_nano: u64,
-    /// The span's adjusted count (1 when it was not sampled).
-    pub(crate) count: f64,
-    /// The first 8 bytes of its trace id: parts of one trace share one sampling decision.
-    pub(crate) trace: u64,
+}
+
+/// A part whose span stands for other than one operation (its adjusted count), and its
+/// trace: the last 8 bytes of the trace id (the random ones), as parts of one trace share
+/// one sampling decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sample {
+    count: f64,
+    trace: u64,
 }
 
 /// One span offered to a join: which derived metric, which key, which part, and its
@@ -118,7 +127,7 @@ impl Eviction {
     }
 }
 
-/// A waiting key: 112 bytes, 120 with its slot's hash (a part's ids are kept only while it
+/// A waiting key: 88 bytes, 96 with its slot's hash (a part's ids are kept only while it
 /// is the one that ended last, the completed value's exemplar).
 struct Pending {
     /// By part, its times (a start of 0 while it has not arrived); per label, its value and
@@ -133,7 +142,13 @@ struct Pending {
     /// Milliseconds from the window's origin to the key's first part, modulo 2³² (see
     /// [`JoinWindow::millis_since_origin`]); it fills what was padding.
     opened: u32,
+    /// By part, the [`Sample`] of a part whose span was sampled: allocated when the first
+    /// such part arrives, so that unsampled traffic pays a (thin) pointer a key and no more.
+    samples: Option<Box<Samples>>,
 }
+
+/// The samples of a key's parts, by part, behind one thin pointer.
+struct Samples(Box<[Option<Sample>]>);
 
 /// No part: of a label not given yet, or the exemplar before any part arrived. Every part
 /// is below it, so the first part to give a label always takes it.
@@ -146,6 +161,17 @@ struct SpanIds {
 }
 
 impl Pending {
+    /// Keeps part `part`'s sample, unless its span stands for one operation.
+    fn sampled(&mut self, part: usize, sample: Sample) {
+        if sample.count != 1.0 {
+            let parts = self.values.parts().len();
+            let samples = self
+                .samples
+                .get_or_insert_with(|| Box::new(Samples(vec![None; parts].into_boxed_slice())));
+            samples.0[part] = Some(sample);
+        }
+    }
+
     /// Keeps `span`'s ids if its part, which it has just given or extended to `span`'s end,
     /// now ends last.
     fn mark_exemplar(&mut self, part: u8, span: &PartSpan) {
@@ -170,8 +196,8 @@ impl Pending {
 /// A key's parts and labels: up to two of each in place, more in allocations of their own.
 /// Every derived metric of the default profile has two parts and at most two labels, so an
 /// offer reads its key's slot and nothing behind a pointer: in a full window each of those
-/// was a cache miss, and each key an allocation and a free. One enum for both, 80 bytes:
-/// one of its own for each would take 96.
+/// was a cache miss, and each key an allocation and a free. One enum for both, 48 bytes:
+/// one of its own for each would take 64.
 enum Values {
     Inline {
         parts: [Times; 2],
@@ -505,7 +531,8 @@ impl JoinWindow {
         let part_index = u8::try_from(part).expect("fewer than 255 parts");
         let extended = match (&mut pending.values.get_mut().0[part], spec.operation) {
             (seen, _) if !arrived(seen) => {
-                *seen = span.times(count);
+                *seen = span.times();
+                pending.sampled(part, span.sample(count));
                 true
             }
             (seen, Operation::Envelope) => {
@@ -548,7 +575,10 @@ impl JoinWindow {
         let last = parts[usize::from(pending.exemplar_part)];
         Offer::Complete(Completed {
             seconds: seconds(value_nanos(spec.operation, parts)),
-            count: adjusted_count(parts),
+            count: pending
+                .samples
+                .as_ref()
+                .map_or(1.0, |s| adjusted_count(&s.0)),
             labels,
             exemplar: PartSpan {
                 start_unix_nano: last.start_unix_nano,
@@ -588,6 +618,7 @@ impl JoinWindow {
                 exemplar_part: NO_PART,
                 derived: u16::try_from(derived).expect("at most 65,536 derived metrics"),
                 opened: now,
+                samples: None,
             }),
         });
         shard.waiting += 1;
@@ -666,14 +697,16 @@ fn duration(p: &Times) -> u64 {
 /// trace were kept together (with the probability of one of them) while parts of different
 /// traces were each kept with their own probability: a value is seen with the product of
 /// its traces' probabilities, and stands for the inverse of it.
-pub(crate) fn adjusted_count(parts: &[Times]) -> f64 {
+/// Parts that stand for one operation (not in `samples`) multiply by 1.
+fn adjusted_count(samples: &[Option<Sample>]) -> f64 {
+    let sampled: Vec<Sample> = samples.iter().flatten().copied().collect();
     let first_of_its_trace =
-        |(i, p): &(usize, &Times)| parts[..*i].iter().all(|q| q.trace != p.trace);
-    parts
+        |(i, s): &(usize, &Sample)| sampled[..*i].iter().all(|t| t.trace != s.trace);
+    sampled
         .iter()
         .enumerate()
         .filter(first_of_its_trace)
-        .map(|(_, p)| p.count)
+        .map(|(_, s)| s.count)
         .product()
 }
 

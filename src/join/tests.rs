@@ -397,10 +397,10 @@ fn slot_positions_wrap_around_without_losing_keys() {
 
 /// The window's memory is its slots': see the sizes in `Pending`'s comment.
 #[test]
-fn a_waiting_key_takes_120_bytes() {
-    assert_eq!(std::mem::size_of::<Values>(), 80);
-    assert_eq!(std::mem::size_of::<Pending>(), 112);
-    assert_eq!(std::mem::size_of::<Slot>(), 120);
+fn a_waiting_key_takes_96_bytes() {
+    assert_eq!(std::mem::size_of::<Values>(), 48);
+    assert_eq!(std::mem::size_of::<Pending>(), 88);
+    assert_eq!(std::mem::size_of::<Slot>(), 96);
 }
 
 #[test]

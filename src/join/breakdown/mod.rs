@@ -245,13 +245,12 @@ impl SpanLog {
                     let mut matching = spans.iter().filter(|r| {
                         r.stage == *stage && name.as_deref().is_none_or(|n| n == r.span_name)
                     });
-                    let first = matching.next()?.span.times(1.0);
+                    let first = matching.next()?.span.times();
                     // An envelope spans every span of the part; other operations use the first.
                     Some(match rule.operation {
                         Operation::Envelope => matching.fold(first, |acc, r| Times {
                             start_unix_nano: acc.start_unix_nano.min(r.span.start_unix_nano),
                             end_unix_nano: acc.end_unix_nano.max(r.span.end_unix_nano),
-                            ..acc
                         }),
                         _ => first,
                     })
