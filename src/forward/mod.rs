@@ -2,6 +2,7 @@
 //! bounded queue per endpoint (optionally persistent), with several senders, retries with
 //! backoff, and a drain at shutdown. What cannot be delivered is counted, never silently lost.
 
+mod lock;
 mod payload;
 mod queue;
 mod retry;
@@ -53,6 +54,8 @@ pub(crate) struct Forwarder {
     timings: Arc<Timings>,
     senders: Mutex<JoinSet<()>>,
     abandon: CancellationToken,
+    /// Held while the forwarder lives: no other process uses the persistent queue.
+    _lock: Option<lock::DirectoryLock>,
 }
 
 /// The section's durations, as the senders and the drain use them.
@@ -91,6 +94,12 @@ impl Forwarder {
             return Ok(None);
         }
         let q = &config.queue;
+        let lock = config
+            .persistent
+            .as_ref()
+            .map(|p| lock::DirectoryLock::acquire(&p.directory))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let mut endpoints = Vec::new();
         for endpoint in &config.endpoints {
             let label = endpoint.label().to_string();
@@ -136,6 +145,7 @@ impl Forwarder {
             timings: Arc::new(Timings::of(config)),
             senders: Mutex::new(JoinSet::new()),
             abandon: CancellationToken::new(),
+            _lock: lock,
         });
         let mut senders = forwarder.senders.lock().unwrap_or_else(|e| e.into_inner());
         let clock = std::time::SystemTime::now()

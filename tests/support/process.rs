@@ -399,6 +399,30 @@ impl Spanlens {
         running
     }
 
+    /// Starts `command` expecting it to exit before it serves: its exit status and stderr,
+    /// and how long it ran. Panics when it is still running after `timeout`.
+    pub fn start_refused(
+        command: &mut Command,
+        timeout: Duration,
+    ) -> (ExitStatus, String, Duration) {
+        let started = Instant::now();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the spanlens binary starts");
+        let lines = Lines::collect(&mut child);
+        let ended = lines.wait_end(started + timeout);
+        if !ended {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("wait");
+        let text = lines.all().join("\n");
+        assert!(ended, "still running after {timeout:?}; it said:\n{text}");
+        (status, text, started.elapsed())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
