@@ -13,6 +13,7 @@ pub(crate) mod wal;
 use crate::config::forward::{ForwardConfig, WhenFull, directory_name};
 use crate::metrics::store::Snapshot;
 use crate::otlp::body::Arrived;
+use crate::otlp::deadline::Deadline;
 use crate::otlp::refusal::{Busy, Refusal};
 use bytes::Bytes;
 use payload::Bodies;
@@ -168,13 +169,15 @@ impl Forwarder {
     }
 
     /// Queues an accepted request for every endpoint, or for none: `request` is the decoded
-    /// protobuf, `rejected` the indexes of spans spanlens rejected, `spans` those accepted.
+    /// protobuf, `rejected` the indexes of spans spanlens rejected, `spans` those accepted;
+    /// refused when the caller's `deadline` passed while the request waited for the queues.
     pub(crate) fn admit(
         &self,
         request: &[u8],
         arrived: &Arrived,
         rejected: &[usize],
         spans: u64,
+        deadline: Deadline,
     ) -> Result<(), Refusal> {
         let busy = |reason: &'static str, message: String| {
             Refusal::Busy(Busy {
@@ -197,6 +200,7 @@ impl Forwarder {
             })?;
         let mut states: Vec<std::sync::MutexGuard<queue::State>> =
             self.endpoints.iter().map(|e| e.queue.lock()).collect();
+        deadline.check()?;
         if states.iter().any(|s| s.is_closed()) {
             return Err(busy(
                 "shutting_down",
@@ -412,4 +416,36 @@ async fn deliver(
 /// written must never hold most of the cap.
 fn segment_bytes(max_bytes: u64) -> u64 {
     (max_bytes / 16).clamp(1 << 20, 64 << 20).min(max_bytes / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::body::Encoding;
+
+    #[tokio::test]
+    async fn a_request_whose_deadline_passed_while_it_waited_for_the_queues_is_not_queued() {
+        let config: ForwardConfig =
+            yaml_serde::from_str("endpoints: [{ name: backend, url: 'http://127.0.0.1:9' }]")
+                .expect("a forward section");
+        let forwarder = Forwarder::start(&config)
+            .expect("starts")
+            .expect("forwarding is on");
+        let request = b"\x0a\x00".to_vec();
+        let arrived = Arrived {
+            raw: request.clone().into(),
+            encoding: Encoding::Identity,
+            json: false,
+        };
+        let queued = || forwarder.endpoints[0].queue.sizes().0;
+        let passed = Deadline::from_grpc_timeout(Some(b"0n"), Instant::now());
+        assert_eq!(
+            forwarder.admit(&request, &arrived, &[], 1, passed),
+            Err(Refusal::DeadlineExceeded)
+        );
+        assert_eq!(queued(), 0);
+        let ahead = Deadline::from_grpc_timeout(Some(b"1H"), Instant::now());
+        assert_eq!(forwarder.admit(&request, &arrived, &[], 1, ahead), Ok(()));
+        assert_eq!(queued(), 1);
+    }
 }

@@ -82,8 +82,8 @@ impl Server {
             onward: forward.clone().map(|forward| {
                 Arc::new(Onward {
                     writes_to_disk: forward.persistent(),
-                    admit: Box::new(move |request, arrived, rejected, spans| {
-                        forward.admit(request, arrived, rejected, spans)
+                    admit: Box::new(move |request, arrived, rejected, spans, deadline| {
+                        forward.admit(request, arrived, rejected, spans, deadline)
                     }),
                 })
             }),
