@@ -15,6 +15,7 @@ use crate::ingest::gate::Gate;
 use crate::ingest::{Ingest, Onward, grpc, http};
 use crate::pipeline::{BuildError, Pipeline};
 use listener::Limits;
+use listener::connections::{Connections, Listener};
 
 use axum::Router;
 use std::collections::HashMap;
@@ -104,8 +105,11 @@ impl Server {
             keepalive_timeout: l.keepalive_timeout.get(),
         };
         let stop = CancellationToken::new();
+        // After forwarding opened its files: what the file limit leaves for connections.
+        let connections = Arc::new(Connections::new(r.max_connections));
         let mut listeners = Vec::new();
         let mut bind = async |what: &'static str,
+                              which: Listener,
                               addr: SocketAddr,
                               router: Router,
                               tls: Option<TlsAcceptor>,
@@ -119,38 +123,43 @@ impl Server {
                     .map_err(|source| StartError::Bind { what, addr, source })?;
             let scheme = if tls.is_some() { "TLS" } else { "plain text" };
             tracing::info!(%local, "{what} listening ({scheme})");
-            listeners.push((listener, router, tls, limits));
+            listeners.push((listener, which, router, tls, limits));
             Ok::<_, StartError>(local)
         };
-        let receivers: [(_, _, _, RouterOf); 2] = [
+        let receivers: [(_, _, _, _, RouterOf); 2] = [
             (
                 "OTLP/gRPC receiver",
+                Listener::Grpc,
                 &r.grpc,
                 "receivers.grpc",
                 grpc::router,
             ),
             (
                 "OTLP/HTTP receiver",
+                Listener::Http,
                 &r.http,
                 "receivers.http",
                 http::router,
             ),
         ];
         let mut receiver_addrs = [None, None];
-        for (slot, (what, l, section, router)) in receiver_addrs.iter_mut().zip(receivers) {
+        for (slot, (what, which, l, section, router)) in receiver_addrs.iter_mut().zip(receivers) {
             if l.enabled {
                 let tls = tls(&l.tls, section)?;
-                *slot = Some(bind(what, l.endpoint, router(ingest.clone()), tls, limits(l)).await?);
+                let router = router(ingest.clone());
+                *slot = Some(bind(what, which, l.endpoint, router, tls, limits(l)).await?);
             }
         }
         let [grpc_addr, http_addr] = receiver_addrs;
         let m = &config.metrics;
         let metrics_addr = bind(
             "metrics endpoint",
+            Listener::Metrics,
             m.endpoint,
             admin::router(
                 pipeline.clone(),
                 forward.clone(),
+                connections.clone(),
                 token(&m.auth, "metrics.auth")?,
             ),
             tls(&m.tls, "metrics")?,
@@ -159,8 +168,16 @@ impl Server {
         .await?;
         let tasks = listeners
             .into_iter()
-            .map(|(listener, router, tls, limits)| {
-                tokio::spawn(listener::serve(listener, router, tls, limits, stop.clone()))
+            .map(|(listener, which, router, tls, limits)| {
+                let open = (connections.clone(), which);
+                tokio::spawn(listener::serve(
+                    listener,
+                    router,
+                    tls,
+                    limits,
+                    open,
+                    stop.clone(),
+                ))
             })
             .collect();
         Ok(Server {
