@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,24 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Connections the kernel may hold for a listener before they are accepted (it caps this at
+/// net.core.somaxconn). The usual 128 overflows when the accept loop is off the CPU for a
+/// few milliseconds while clients connect fast (a flood of idle connections, exporters
+/// reconnecting together): the SYNs past it are dropped and their clients wait a second
+/// for the retransmission.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` (SO_REUSEADDR, as tokio's bind), with [`BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// How a receiver's routes are made from the shared ingest state.
@@ -114,9 +132,8 @@ impl Server {
                               router: Router,
                               tls: Option<TlsAcceptor>,
                               limits: Limits| {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { what, addr, source })?;
+            let listener =
+                listen(addr).map_err(|source| StartError::Bind { what, addr, source })?;
             let local =
                 listener
                     .local_addr()

@@ -141,7 +141,7 @@ async fn ten_thousand_idle_connections_at_a_1024_file_limit_do_not_starve_reques
     let flood = tokio::spawn(idle_connections(app.http(), FLOOD, 200));
 
     // Meanwhile, requests over fresh connections (a new client each), gRPC and HTTP, every
-    // 50 ms until the flood is over.
+    // 10 ms until the flood is over.
     let mut sent = 0;
     let mut requests = 0;
     while !flood.is_finished() || requests < 20 {
@@ -151,7 +151,7 @@ async fn ten_thousand_idle_connections_at_a_1024_file_limit_do_not_starve_reques
                 .await;
             requests += 1;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let held = flood.await.expect("the flood");
     let flooded = started.elapsed();
