@@ -114,10 +114,10 @@ pub(crate) struct InFlight(Arc<Slot>);
 impl Connections {
     pub(crate) fn new(max_receiver_connections: usize) -> Connections {
         let room = file_room();
-        tracing::debug!(
-            max_receiver_connections,
-            room,
-            "connections bounded by receivers.max_connections and the file limit"
+        tracing::info!(
+            max_connections = max_receiver_connections,
+            file_limit_room = room,
+            "connections: at most max_connections over the receivers; past file_limit_room (what the open-files limit leaves), idle ones are closed for new ones"
         );
         Connections {
             max_receiver_connections,
