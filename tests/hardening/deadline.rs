@@ -21,14 +21,16 @@ async fn a_grpc_request_waiting_at_its_deadline_is_refused_and_not_counted() {
     // A request admitted (it holds its place) with half of its message sent, waiting for the
     // rest past its deadline.
     let mut client = h2_connect(app.grpc()).await;
+    let message = framed(&Proto::Grpc.body(&request(SERVICE, claims(10))));
+    // Before the headers leave: the server's deadline starts later, so no answer comes
+    // sooner than `deadline` after this.
+    let sent = Instant::now();
     let (response, mut stream) = client
         .send_request(h2_head(app.grpc(), &[("grpc-timeout", "300m")]), false)
         .unwrap();
-    let message = framed(&Proto::Grpc.body(&request(SERVICE, claims(10))));
     stream
         .send_data(message.slice(..message.len() / 2), false)
         .unwrap();
-    let sent = Instant::now();
     let code = h2_status(response).await;
     let waited = sent.elapsed();
     eprintln!("grpc-timeout 300m, half a message: {code:?} after {waited:?}");
