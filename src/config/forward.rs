@@ -140,7 +140,8 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersistentConfig {
-    /// One subdirectory per endpoint is kept here.
+    /// One subdirectory per endpoint is kept here, and the lock file (`spanlens.lock`, with
+    /// the holder's pid) that keeps a second process out.
     pub directory: PathBuf,
     /// Disk used per endpoint; when reached, new data is refused (503 / UNAVAILABLE).
     #[serde(default = "default_persistent_bytes")]

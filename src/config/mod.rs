@@ -344,6 +344,10 @@ pub struct ReceiversConfig {
     /// Requests being read or processed at once over both receivers; more are answered
     /// 503 / UNAVAILABLE with Retry-After.
     pub max_pending_requests: usize,
+    /// Connections open at once over both receivers; further ones are closed as they arrive
+    /// (spanlens_connections_refused_total). Near the process's file limit, idle
+    /// connections are closed first, the longest idle first.
+    pub max_connections: usize,
     /// Refuse requests (503 / UNAVAILABLE) when resident memory plus what they may take
     /// would pass this many bytes; 0 turns the check off.
     pub memory_limit_bytes: u64,
@@ -365,6 +369,7 @@ impl Default for ReceiversConfig {
             http: ListenerConfig::http(),
             max_request_bytes: 8 * 1024 * 1024,
             max_pending_requests: 64,
+            max_connections: 4096,
             memory_limit_bytes: 0,
             retry_after: PromDuration::secs(1),
             header_read_timeout: PromDuration::secs(10),

@@ -539,3 +539,21 @@ fn native_histogram_settings_are_checked_with_their_lines() {
     ))
     .unwrap();
 }
+
+#[test]
+fn receivers_need_room_for_a_connection() {
+    let text = format!("{MINIMAL}receivers:\n  max_connections: 0\n");
+    let err = parse(&text).unwrap_err();
+    let found: Vec<(&str, &str)> = err
+        .problems
+        .iter()
+        .map(|p| (p.path.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![("receivers.max_connections", "must be at least 1")],
+        "{err}"
+    );
+    let text = format!("{MINIMAL}receivers:\n  max_connections: 100\n");
+    assert_eq!(parse(&text).expect("valid").receivers.max_connections, 100);
+}

@@ -365,6 +365,9 @@ fn check_listeners(receivers: &ReceiversConfig, metrics: &MetricsConfig, problem
     if receivers.max_pending_requests == 0 {
         problems.add("receivers.max_pending_requests", "must be at least 1");
     }
+    if receivers.max_connections == 0 {
+        problems.add("receivers.max_connections", "must be at least 1");
+    }
     if receivers.memory_limit_bytes != 0
         && receivers.memory_limit_bytes < 4 * receivers.max_request_bytes as u64
     {

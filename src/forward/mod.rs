@@ -2,6 +2,7 @@
 //! bounded queue per endpoint (optionally persistent), with several senders, retries with
 //! backoff, and a drain at shutdown. What cannot be delivered is counted, never silently lost.
 
+mod lock;
 mod payload;
 mod queue;
 mod retry;
@@ -12,6 +13,7 @@ pub(crate) mod wal;
 use crate::config::forward::{ForwardConfig, WhenFull, directory_name};
 use crate::metrics::store::Snapshot;
 use crate::otlp::body::Arrived;
+use crate::otlp::deadline::Deadline;
 use crate::otlp::refusal::{Busy, Refusal};
 use bytes::Bytes;
 use payload::Bodies;
@@ -53,6 +55,8 @@ pub(crate) struct Forwarder {
     timings: Arc<Timings>,
     senders: Mutex<JoinSet<()>>,
     abandon: CancellationToken,
+    /// Held while the forwarder lives: no other process uses the persistent queue.
+    _lock: Option<lock::DirectoryLock>,
 }
 
 /// The section's durations, as the senders and the drain use them.
@@ -91,6 +95,12 @@ impl Forwarder {
             return Ok(None);
         }
         let q = &config.queue;
+        let lock = config
+            .persistent
+            .as_ref()
+            .map(|p| lock::DirectoryLock::acquire(&p.directory))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let mut endpoints = Vec::new();
         for endpoint in &config.endpoints {
             let label = endpoint.label().to_string();
@@ -136,6 +146,7 @@ impl Forwarder {
             timings: Arc::new(Timings::of(config)),
             senders: Mutex::new(JoinSet::new()),
             abandon: CancellationToken::new(),
+            _lock: lock,
         });
         let mut senders = forwarder.senders.lock().unwrap_or_else(|e| e.into_inner());
         let clock = std::time::SystemTime::now()
@@ -158,13 +169,15 @@ impl Forwarder {
     }
 
     /// Queues an accepted request for every endpoint, or for none: `request` is the decoded
-    /// protobuf, `rejected` the indexes of spans spanlens rejected, `spans` those accepted.
+    /// protobuf, `rejected` the indexes of spans spanlens rejected, `spans` those accepted;
+    /// refused when the caller's `deadline` passed while the request waited for the queues.
     pub(crate) fn admit(
         &self,
         request: &[u8],
         arrived: &Arrived,
         rejected: &[usize],
         spans: u64,
+        deadline: Deadline,
     ) -> Result<(), Refusal> {
         let busy = |reason: &'static str, message: String| {
             Refusal::Busy(Busy {
@@ -187,6 +200,7 @@ impl Forwarder {
             })?;
         let mut states: Vec<std::sync::MutexGuard<queue::State>> =
             self.endpoints.iter().map(|e| e.queue.lock()).collect();
+        deadline.check()?;
         if states.iter().any(|s| s.is_closed()) {
             return Err(busy(
                 "shutting_down",
@@ -402,4 +416,36 @@ async fn deliver(
 /// written must never hold most of the cap.
 fn segment_bytes(max_bytes: u64) -> u64 {
     (max_bytes / 16).clamp(1 << 20, 64 << 20).min(max_bytes / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::body::Encoding;
+
+    #[tokio::test]
+    async fn a_request_whose_deadline_passed_while_it_waited_for_the_queues_is_not_queued() {
+        let config: ForwardConfig =
+            yaml_serde::from_str("endpoints: [{ name: backend, url: 'http://127.0.0.1:9' }]")
+                .expect("a forward section");
+        let forwarder = Forwarder::start(&config)
+            .expect("starts")
+            .expect("forwarding is on");
+        let request = b"\x0a\x00".to_vec();
+        let arrived = Arrived {
+            raw: request.clone().into(),
+            encoding: Encoding::Identity,
+            json: false,
+        };
+        let queued = || forwarder.endpoints[0].queue.sizes().0;
+        let passed = Deadline::from_grpc_timeout(Some(b"0n"), Instant::now());
+        assert_eq!(
+            forwarder.admit(&request, &arrived, &[], 1, passed),
+            Err(Refusal::DeadlineExceeded)
+        );
+        assert_eq!(queued(), 0);
+        let ahead = Deadline::from_grpc_timeout(Some(b"1H"), Instant::now());
+        assert_eq!(forwarder.admit(&request, &arrived, &[], 1, ahead), Ok(()));
+        assert_eq!(queued(), 1);
+    }
 }

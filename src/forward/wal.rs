@@ -25,7 +25,8 @@
 //! without its segment is deleted at open), so that a crash in between cannot bring
 //! acknowledged records back.
 //!
-//! Only one `Wal` may use a directory at a time; nothing here enforces it.
+//! Only one `Wal` may use a directory at a time; nothing here enforces it (the forwarder
+//! locks the directory above, `super::lock`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;

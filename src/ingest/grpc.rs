@@ -6,6 +6,7 @@
 use super::{Ingest, decompress, export_response};
 use crate::otlp::Protocol;
 use crate::otlp::body::{Arrived, Encoding};
+use crate::otlp::deadline::Deadline;
 use crate::otlp::grpc::{EXPORT_PATH, declared_len, frame, unframe};
 use crate::otlp::refusal::Refusal;
 use crate::otlp::status::{Code, RpcStatus};
@@ -106,14 +107,28 @@ fn refuse(refusal: &Refusal) -> Response {
 async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let protocol = Protocol::Grpc;
-    let (_pass, request, arrived) = match receive(&ingest, &headers, body).await {
+    let deadline = Deadline::from_grpc_timeout(
+        headers.get("grpc-timeout").map(HeaderValue::as_bytes),
+        started,
+    );
+    let receiving = receive(&ingest, &headers, body);
+    let received = match deadline.instant() {
+        None => receiving.await,
+        Some(at) => tokio::time::timeout_at(at.into(), receiving)
+            .await
+            .unwrap_or(Err(Refusal::DeadlineExceeded)),
+    };
+    let (_pass, request, arrived) = match received {
         Ok(received) => received,
         Err(refusal) => {
             ingest.count_refused(protocol, &refusal);
             return refuse(&refusal);
         }
     };
-    match ingest.run(protocol, request, arrived, started).await {
+    match ingest
+        .run(protocol, request, arrived, started, deadline)
+        .await
+    {
         Ok(outcome) => ok_response(&export_response(&outcome).encode_to_vec()),
         Err(refusal) => refuse(&refusal),
     }

@@ -4,6 +4,7 @@
 use super::{Ingest, decompress, export_response, off_the_workers};
 use crate::otlp::Protocol;
 use crate::otlp::body::{Arrived, Encoding};
+use crate::otlp::deadline::Deadline;
 use crate::otlp::json;
 use crate::otlp::refusal::Refusal;
 use crate::otlp::status::RpcStatus;
@@ -117,7 +118,11 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
             return refuse(answer_kind, &refusal);
         }
     };
-    match ingest.run(protocol, request, arrived, started).await {
+    // OTLP/HTTP has no deadline header.
+    match ingest
+        .run(protocol, request, arrived, started, Deadline::NONE)
+        .await
+    {
         Ok(outcome) => {
             let response = export_response(&outcome);
             let body = match answer_kind {

@@ -8,6 +8,7 @@ pub(crate) mod http;
 
 use crate::otlp::Protocol;
 use crate::otlp::body::{Arrived, BodyError, Encoding};
+use crate::otlp::deadline::Deadline;
 use crate::otlp::refusal::Refusal;
 use crate::pipeline::{Outcome, Pipeline};
 use axum::body::Body;
@@ -57,14 +58,15 @@ async fn decompress(
 /// The server sets it up, so that receivers know nothing of forwarding.
 pub(crate) struct Onward {
     /// Takes a request spanlens accepted (the request, what arrived, the indexes of the spans
-    /// it rejected, how many it accepted), or refuses it as a whole before anything of it is
-    /// observed.
+    /// it rejected, how many it accepted, its caller's deadline), or refuses it as a whole
+    /// before anything of it is observed.
     pub(crate) admit: Box<Admit>,
     /// Admitting writes to a file: then it never runs on an async worker.
     pub(crate) writes_to_disk: bool,
 }
 
-pub(crate) type Admit = dyn Fn(&[u8], &Arrived, &[usize], u64) -> Result<(), Refusal> + Send + Sync;
+pub(crate) type Admit =
+    dyn Fn(&[u8], &Arrived, &[usize], u64, Deadline) -> Result<(), Refusal> + Send + Sync;
 
 /// What every receiver shares.
 #[derive(Clone)]
@@ -83,21 +85,33 @@ impl Ingest {
     /// critical path for large requests. `request` is the decoded protobuf request;
     /// `started`, when its headers were handed to the receiver (the time to here and the
     /// run, for a request whose spans were processed, is spanlens_request_duration_seconds).
+    /// A request still waiting (for a worker, for the forwarding queue) when its `deadline`
+    /// passes is refused before anything of it is observed or forwarded.
     pub(crate) async fn run(
         &self,
         protocol: Protocol,
         request: bytes::Bytes,
         arrived: Arrived,
         started: Instant,
+        deadline: Deadline,
     ) -> Result<Outcome, Refusal> {
         let pipeline = self.pipeline.clone();
         let onward = self.onward.clone();
         let heavy = request.len() > SMALL || onward.as_ref().is_some_and(|o| o.writes_to_disk);
-        let work = move || match &onward {
-            None => pipeline.ingest(protocol, &request),
-            Some(onward) => pipeline.ingest_admitting(protocol, &request, |rejected, accepted| {
-                (onward.admit)(&request, &arrived, rejected, accepted as u64)
-            }),
+        let this = self.clone();
+        let work = move || {
+            if let Err(refusal) = deadline.check() {
+                this.count_refused(protocol, &refusal);
+                return Err(refusal);
+            }
+            match &onward {
+                None => pipeline.ingest(protocol, &request),
+                Some(onward) => {
+                    pipeline.ingest_admitting(protocol, &request, |rejected, accepted| {
+                        (onward.admit)(&request, &arrived, rejected, accepted as u64, deadline)
+                    })
+                }
+            }
         };
         let outcome = off_the_workers(heavy, work).await;
         if outcome.is_ok() {
@@ -214,4 +228,62 @@ async fn gather(
         Some(only) => only,
         None => gathered.freeze(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn ingest() -> Ingest {
+        let config = Config::default_profile();
+        Ingest {
+            pipeline: Arc::new(Pipeline::new(&config).expect("the default profile builds")),
+            max_request_bytes: 1 << 20,
+            onward: None,
+            gate: Arc::new(gate::Gate::new(
+                None,
+                1,
+                0,
+                std::time::Duration::from_secs(1),
+                1 << 20,
+            )),
+            body_read_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_deadline_passed_while_it_waited_is_not_observed() {
+        let ingest = ingest();
+        let request: bytes::Bytes = spanlens_loadgen::fixtures::Fixtures::new(7)
+            .encoded_requests(1, 20)
+            .remove(0)
+            .into();
+        let raw = request.clone();
+        let arrived = || Arrived {
+            raw: raw.clone(),
+            encoding: Encoding::Identity,
+            json: false,
+        };
+        let passed = Deadline::from_grpc_timeout(Some(b"1n"), Instant::now());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let refused = ingest
+            .run(
+                Protocol::Grpc,
+                request.clone(),
+                arrived(),
+                Instant::now(),
+                passed,
+            )
+            .await;
+        assert_eq!(refused.map(|o| o.accepted), Err(Refusal::DeadlineExceeded));
+        assert_eq!(ingest.pipeline.accepted_total(), 0);
+        let ahead = Deadline::from_grpc_timeout(Some(b"1H"), Instant::now());
+        let outcome = ingest
+            .run(Protocol::Grpc, request, arrived(), Instant::now(), ahead)
+            .await
+            .expect("processed within its deadline");
+        assert_eq!(outcome.accepted, 20);
+        assert_eq!(ingest.pipeline.accepted_total(), 20);
+    }
 }

@@ -3,6 +3,7 @@
 //! and status, and the refusals both receivers answer with.
 
 pub mod body;
+pub(crate) mod deadline;
 pub mod decode;
 pub(crate) mod grpc;
 pub mod json;

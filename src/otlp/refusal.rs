@@ -23,6 +23,11 @@ pub enum Refusal {
     Body(#[from] BodyError),
     #[error("the request body did not arrive within receivers.body_read_timeout")]
     BodyTimeout,
+    /// The caller's deadline (gRPC's grpc-timeout) passed before the request was processed.
+    #[error(
+        "the deadline the caller set (grpc-timeout) passed before spanlens processed the request; it was not processed"
+    )]
+    DeadlineExceeded,
     #[error("cannot read the request body: {0}")]
     ReadFailed(String),
     #[error("malformed request: {0}")]
@@ -49,6 +54,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(_) => "unsupported_media_type",
             Refusal::Body(error) => error.reason(),
             Refusal::BodyTimeout => "body_timeout",
+            Refusal::DeadlineExceeded => "deadline_exceeded",
             Refusal::ReadFailed(_) => "read_error",
             Refusal::Malformed(_) => "malformed",
             Refusal::AllSpansInvalid(_) => "invalid_spans",
@@ -78,6 +84,8 @@ impl Refusal {
                 (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted)
             }
             Refusal::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, Code::DeadlineExceeded),
+            // google.rpc.Code's HTTP mapping; only gRPC requests carry a deadline.
+            Refusal::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
             Refusal::Body(BodyError::Corrupt { .. })
             | Refusal::ReadFailed(_)
             | Refusal::Malformed(_)
@@ -136,6 +144,12 @@ mod tests {
                 408,
                 Code::DeadlineExceeded,
                 "body_timeout",
+            ),
+            (
+                Refusal::DeadlineExceeded,
+                504,
+                Code::DeadlineExceeded,
+                "deadline_exceeded",
             ),
             (
                 Refusal::Malformed("x".into()),

@@ -6,6 +6,7 @@ use crate::forward::Forwarder;
 use crate::ingest::access::BearerToken;
 use crate::metrics::exposition::{self, Encoding};
 use crate::pipeline::Pipeline;
+use crate::server::listener::connections::Connections;
 use crate::server::scrape_buffers::ScrapeBuffers;
 use axum::Json;
 use axum::Router;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 struct Sources {
     pipeline: Arc<Pipeline>,
     forward: Option<Arc<Forwarder>>,
+    connections: Arc<Connections>,
     buffers: Arc<ScrapeBuffers>,
 }
 
@@ -28,6 +30,7 @@ struct Sources {
 pub(crate) fn router(
     pipeline: Arc<Pipeline>,
     forward: Option<Arc<Forwarder>>,
+    connections: Arc<Connections>,
     token: Option<BearerToken>,
 ) -> Router {
     let data = Router::new()
@@ -66,6 +69,7 @@ pub(crate) fn router(
         .with_state(Sources {
             pipeline,
             forward,
+            connections,
             buffers: Arc::default(),
         })
 }
@@ -91,6 +95,7 @@ async fn metrics(State(sources): State<Sources>, headers: HeaderMap) -> Response
         if let Some(forward) = &sources.forward {
             forward.contribute(&mut snapshot);
         }
+        sources.connections.contribute(&mut snapshot);
         let mut out = sources.buffers.take();
         exposition::render_into(&mut out, &snapshot, encoding);
         sources.buffers.body(out)

@@ -15,13 +15,14 @@ use crate::ingest::gate::Gate;
 use crate::ingest::{Ingest, Onward, grpc, http};
 use crate::pipeline::{BuildError, Pipeline};
 use listener::Limits;
+use listener::connections::{Connections, Listener};
 
 use axum::Router;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,24 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Connections the kernel may hold for a listener before they are accepted (it caps this at
+/// net.core.somaxconn). The usual 128 overflows when the accept loop is off the CPU for a
+/// few milliseconds while clients connect fast (a flood of idle connections, exporters
+/// reconnecting together): the SYNs past it are dropped and their clients wait a second
+/// for the retransmission.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` (SO_REUSEADDR, as tokio's bind), with [`BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// How a receiver's routes are made from the shared ingest state.
@@ -82,8 +101,8 @@ impl Server {
             onward: forward.clone().map(|forward| {
                 Arc::new(Onward {
                     writes_to_disk: forward.persistent(),
-                    admit: Box::new(move |request, arrived, rejected, spans| {
-                        forward.admit(request, arrived, rejected, spans)
+                    admit: Box::new(move |request, arrived, rejected, spans, deadline| {
+                        forward.admit(request, arrived, rejected, spans, deadline)
                     }),
                 })
             }),
@@ -104,53 +123,60 @@ impl Server {
             keepalive_timeout: l.keepalive_timeout.get(),
         };
         let stop = CancellationToken::new();
+        // After forwarding opened its files: what the file limit leaves for connections.
+        let connections = Arc::new(Connections::new(r.max_connections));
         let mut listeners = Vec::new();
         let mut bind = async |what: &'static str,
+                              which: Listener,
                               addr: SocketAddr,
                               router: Router,
                               tls: Option<TlsAcceptor>,
                               limits: Limits| {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { what, addr, source })?;
+            let listener =
+                listen(addr).map_err(|source| StartError::Bind { what, addr, source })?;
             let local =
                 listener
                     .local_addr()
                     .map_err(|source| StartError::Bind { what, addr, source })?;
             let scheme = if tls.is_some() { "TLS" } else { "plain text" };
             tracing::info!(%local, "{what} listening ({scheme})");
-            listeners.push((listener, router, tls, limits));
+            listeners.push((listener, which, router, tls, limits));
             Ok::<_, StartError>(local)
         };
-        let receivers: [(_, _, _, RouterOf); 2] = [
+        let receivers: [(_, _, _, _, RouterOf); 2] = [
             (
                 "OTLP/gRPC receiver",
+                Listener::Grpc,
                 &r.grpc,
                 "receivers.grpc",
                 grpc::router,
             ),
             (
                 "OTLP/HTTP receiver",
+                Listener::Http,
                 &r.http,
                 "receivers.http",
                 http::router,
             ),
         ];
         let mut receiver_addrs = [None, None];
-        for (slot, (what, l, section, router)) in receiver_addrs.iter_mut().zip(receivers) {
+        for (slot, (what, which, l, section, router)) in receiver_addrs.iter_mut().zip(receivers) {
             if l.enabled {
                 let tls = tls(&l.tls, section)?;
-                *slot = Some(bind(what, l.endpoint, router(ingest.clone()), tls, limits(l)).await?);
+                let router = router(ingest.clone());
+                *slot = Some(bind(what, which, l.endpoint, router, tls, limits(l)).await?);
             }
         }
         let [grpc_addr, http_addr] = receiver_addrs;
         let m = &config.metrics;
         let metrics_addr = bind(
             "metrics endpoint",
+            Listener::Metrics,
             m.endpoint,
             admin::router(
                 pipeline.clone(),
                 forward.clone(),
+                connections.clone(),
                 token(&m.auth, "metrics.auth")?,
             ),
             tls(&m.tls, "metrics")?,
@@ -159,8 +185,16 @@ impl Server {
         .await?;
         let tasks = listeners
             .into_iter()
-            .map(|(listener, router, tls, limits)| {
-                tokio::spawn(listener::serve(listener, router, tls, limits, stop.clone()))
+            .map(|(listener, which, router, tls, limits)| {
+                let open = (connections.clone(), which);
+                tokio::spawn(listener::serve(
+                    listener,
+                    router,
+                    tls,
+                    limits,
+                    open,
+                    stop.clone(),
+                ))
             })
             .collect();
         Ok(Server {

@@ -16,7 +16,7 @@ use crate::support::otlp::{
     EXPORT, grpc_client, grpc_request, gzip, h2c_client, read_grpc, resource_spans,
     status_retry_delay,
 };
-use crate::support::process::{Spanlens, TempDir, on_ephemeral_ports};
+use crate::support::process::{Spanlens, TempDir, on_ephemeral_ports, spanlens_command};
 use crate::support::sdk::{Transport, exporter, resource};
 use crate::support::{CALL_TIMEOUT, bounded, eventually, minute_ago_ns};
 use bytes::Bytes;
@@ -1376,6 +1376,56 @@ fn corrupt_one_record(wal: &Path, lengths: &BTreeMap<PathBuf, u64>, target: &Bat
         "flipped 16 bytes at {at} of {} (middle of the new data {from}..{to})",
         path.display()
     )
+}
+
+/// Two processes on one persistent queue directory: the second exits at once with an error
+/// naming the directory and the first one's pid, and writes nothing there; the first goes on
+/// queueing. Once the first has stopped, a process starts on the directory again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_on_the_persistent_queue_directory_exits_at_once() {
+    let dir = TempDir::new("wal-lock");
+    let wal = dir.path().join("wal");
+    let downstream = Downstream::down(Policy::healthy());
+    let mut forward = Forward::to(vec![Endpoint::grpc("backend", downstream.url())]);
+    forward.persistent = Some(wal.clone());
+    forward.drain_timeout = "200ms";
+    let config = forward.write(dir.path());
+    let client = reqwest::Client::new();
+    let mut first = Spanlens::start(&config);
+    let batch = Batch::new(WORKER, 10);
+    post_accepted(&client, first.http(), &batch).await;
+    let before = segments(&wal);
+
+    let mut second = spanlens_command();
+    second.arg("--config").arg(&config);
+    let (status, said, ran) = Spanlens::start_refused(&mut second, PATIENCE);
+    eprintln!("the second process exited after {ran:?}: {said}");
+    assert!(!status.success(), "exit status {status}: {said}");
+    let expected = format!(
+        "spanlens: cannot start forwarding: the persistent queue directory {} is in use by \
+         another spanlens process (pid {}); give each process its own \
+         forward.persistent.directory",
+        wal.display(),
+        first.pid()
+    );
+    assert!(
+        said.contains(&expected),
+        "expected `{expected}` in:\n{said}"
+    );
+    assert_eq!(
+        segments(&wal),
+        before,
+        "the second process wrote to the queue"
+    );
+
+    post_accepted(&client, first.http(), &Batch::new(WORKER, 5)).await;
+    wait_metrics(first.metrics, "both requests queued by the first", |m| {
+        m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]) == 2.0
+    })
+    .await;
+    assert!(first.terminate().success(), "{}", first.stderr_text());
+    let mut again = Spanlens::start(&config);
+    assert!(again.terminate().success(), "{}", again.stderr_text());
 }
 
 // ---------------------------------------------------------------------------------------------

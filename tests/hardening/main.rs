@@ -14,6 +14,8 @@
 //! | `overload` | max_pending_requests (503 + Retry-After / UNAVAILABLE + RetryInfo, retries) and memory_limit_bytes |
 //! | `cardinality` | a million distinct values: caps, overflow, RSS, /metrics size; idle series expiry |
 //! | `slow` | slowloris (header_read_timeout), HTTP/2 max_concurrent_streams, body_read_timeout |
+//! | `connections` | receivers.max_connections; 10,000 idle connections at a 1,024 file limit while requests are served |
+//! | `deadline` | gRPC grpc-timeout: DEADLINE_EXCEEDED at the deadline and nothing counted; malformed values ignored |
 //! | `access` | loopback defaults, bearer auth (file, env), no token in logs or check-config, TLS, mTLS |
 //! | `shutdown` | SIGTERM under load: exit 0 and `stopped spans_accepted=N` exact |
 //! | `props` | property tests of json::to_protobuf, body::decode, decode::Batch, Pipeline::ingest |
@@ -31,6 +33,8 @@ mod tls;
 mod access;
 mod bombs;
 mod cardinality;
+mod connections;
+mod deadline;
 mod flood;
 mod overload;
 mod props;

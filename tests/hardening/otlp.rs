@@ -337,3 +337,57 @@ impl Default for Retried {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/2 streams (h2): requests held part-way
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP/2 connection (prior knowledge) to `addr`, ready for a request.
+pub async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client.ready().await.expect("h2 ready")
+}
+
+/// A gRPC Export request head for the h2 client, with `headers` besides the usual.
+pub fn h2_head(addr: SocketAddr, headers: &[(&str, &str)]) -> http::Request<()> {
+    let mut head = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{EXPORT}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        head = head.header(*name, *value);
+    }
+    head.body(()).unwrap()
+}
+
+/// One uncompressed gRPC message, for the h2 client.
+pub fn framed(payload: &[u8]) -> Bytes {
+    Bytes::from(grpc_frame(false, payload))
+}
+
+/// The grpc-status of an h2 response, from its headers or trailers.
+pub async fn h2_status(response: h2::client::ResponseFuture) -> Result<u32, String> {
+    let response = tokio::time::timeout(CALL_TIMEOUT, response)
+        .await
+        .map_err(|_| "no response headers".to_string())?
+        .map_err(|e| format!("stream failed: {e}"))?;
+    if let Some(code) = grpc_status(response.headers()) {
+        return Ok(code);
+    }
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        let data = data.map_err(|e| format!("body: {e}"))?;
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .map_err(|e| format!("trailers: {e}"))?
+        .ok_or("no trailers")?;
+    grpc_status(&trailers).ok_or_else(|| "no grpc-status".to_string())
+}

@@ -119,43 +119,6 @@ async fn slowloris_connections_are_closed_and_others_are_served() {
     assert!(status.success(), "exit status {status}");
 }
 
-/// A gRPC Export request head for the h2 client.
-fn h2_head(addr: std::net::SocketAddr) -> http::Request<()> {
-    http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}{EXPORT}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap()
-}
-
-fn framed(payload: &[u8]) -> Bytes {
-    Bytes::from(grpc_frame(false, payload))
-}
-
-/// The grpc-status of an h2 response, from its headers or trailers.
-async fn h2_status(response: h2::client::ResponseFuture) -> Result<u32, String> {
-    let response = tokio::time::timeout(CALL_TIMEOUT, response)
-        .await
-        .map_err(|_| "no response headers".to_string())?
-        .map_err(|e| format!("stream failed: {e}"))?;
-    if let Some(code) = grpc_status(response.headers()) {
-        return Ok(code);
-    }
-    let mut body = response.into_body();
-    while let Some(data) = body.data().await {
-        let data = data.map_err(|e| format!("body: {e}"))?;
-        let _ = body.flow_control().release_capacity(data.len());
-    }
-    let trailers = body
-        .trailers()
-        .await
-        .map_err(|e| format!("trailers: {e}"))?
-        .ok_or("no trailers")?;
-    grpc_status(&trailers).ok_or_else(|| "no grpc-status".to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_are_held_to_max_concurrent_streams() {
     let mut app = Setup::new()
@@ -188,7 +151,7 @@ async fn http2_streams_are_held_to_max_concurrent_streams() {
     for _ in 0..50 {
         let (response, mut body) = client
             .clone()
-            .send_request(h2_head(addr), false)
+            .send_request(h2_head(addr, &[]), false)
             .expect("send_request");
         body.reserve_capacity(1);
         streams.push((response, body));
@@ -448,13 +411,10 @@ async fn a_stalled_body_is_answered_408_or_deadline_exceeded() {
     );
 
     // OTLP/gRPC: the same over HTTP/2.
-    let tcp = TcpStream::connect(app.grpc()).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut client = client.ready().await.unwrap();
-    let (response, mut stream) = client.send_request(h2_head(app.grpc()), false).unwrap();
+    let mut client = h2_connect(app.grpc()).await;
+    let (response, mut stream) = client
+        .send_request(h2_head(app.grpc(), &[]), false)
+        .unwrap();
     let frame = framed(&body);
     stream
         .send_data(frame.slice(..frame.len() / 2), false)
@@ -536,7 +496,7 @@ async fn unanswered_http2_pings_close_the_connection() {
         .ready()
         .await
         .expect("the polite connection is still usable");
-    let (response, mut body) = client.send_request(h2_head(addr), false).unwrap();
+    let (response, mut body) = client.send_request(h2_head(addr, &[]), false).unwrap();
     let payload = prost::Message::encode_to_vec(&request(SERVICE, claims(2)));
     body.send_data(framed(&payload), true).unwrap();
     assert_eq!(h2_status(response).await, Ok(OK));

@@ -19,7 +19,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The spanlens binary, with no SPANLENS_* variable of the caller's environment that would
 /// change which config it reads or where it listens.
 pub fn spanlens_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spanlens"));
+    without_spanlens_env(Command::new(env!("CARGO_BIN_EXE_spanlens")))
+}
+
+/// `command` without the SPANLENS_* variables that would change which config the binary
+/// reads or where it listens.
+fn without_spanlens_env(mut command: Command) -> Command {
     for name in [
         "SPANLENS_CONFIG",
         "SPANLENS_GRPC_ENDPOINT",
@@ -188,9 +193,23 @@ impl Setup {
 
     /// Writes the config into `dir` and starts the binary on it.
     pub fn start_in(self, dir: TempDir) -> Spanlens {
+        self.start_as(dir, |config| {
+            let mut command = spanlens_command();
+            command.arg("--config").arg(config);
+            command
+        })
+    }
+
+    /// Starts the binary on this config under bash's `ulimit` with `limit` (`-n 1024`: at
+    /// most 1,024 open files).
+    pub fn start_under_ulimit(self, limit: &str) -> Spanlens {
+        self.start_as(TempDir::new("run"), |config| under_ulimit(config, limit))
+    }
+
+    /// Writes the config into `dir` and starts the command `command` makes of its path.
+    fn start_as(self, dir: TempDir, command: impl FnOnce(&Path) -> Command) -> Spanlens {
         let path = dir.write("spanlens.yaml", self.yaml());
-        let mut command = spanlens_command();
-        command.arg("--config").arg(&path);
+        let mut command = command(&path);
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut running = Spanlens::spawn(&mut command);
         running.dir = Some(dir);
@@ -200,6 +219,20 @@ impl Setup {
     pub fn start(self) -> Spanlens {
         self.start_in(TempDir::new("run"))
     }
+}
+
+/// The binary on `config` under bash's `ulimit` with `limit` (SIGXFSZ ignored, which exec
+/// keeps, so that `-f` makes writes fail rather than kill).
+fn under_ulimit(config: &Path, limit: &str) -> Command {
+    let mut command = without_spanlens_env(Command::new("bash"));
+    command
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit {limit}; exec \"$0\" --config \"$1\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_spanlens"))
+        .arg(config);
+    command
 }
 
 /// The default profile text with its three listeners on 127.0.0.1:0 (for a config file that
@@ -341,16 +374,7 @@ impl Spanlens {
     /// The binary with files capped at `kib` KiB (RLIMIT_FSIZE, through bash's ulimit):
     /// writes past it fail as on a full disk (EFBIG; SIGXFSZ is ignored, which exec keeps).
     pub fn start_with_file_limit(config: &Path, kib: u64) -> Spanlens {
-        let mut command = Command::new("bash");
-        command
-            .arg("-c")
-            .arg(format!(
-                "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" --config \"$1\""
-            ))
-            .arg(env!("CARGO_BIN_EXE_spanlens"))
-            .arg(config)
-            .env_remove("SPANLENS_CONFIG");
-        Spanlens::spawn(&mut command)
+        Spanlens::spawn(&mut under_ulimit(config, &format!("-f {kib}")))
     }
 
     /// Starts `command` (the binary, its arguments and environment; RUST_LOG=info unless
@@ -397,6 +421,30 @@ impl Spanlens {
             )
         });
         running
+    }
+
+    /// Starts `command` expecting it to exit before it serves: its exit status and stderr,
+    /// and how long it ran. Panics when it is still running after `timeout`.
+    pub fn start_refused(
+        command: &mut Command,
+        timeout: Duration,
+    ) -> (ExitStatus, String, Duration) {
+        let started = Instant::now();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the spanlens binary starts");
+        let lines = Lines::collect(&mut child);
+        let ended = lines.wait_end(started + timeout);
+        if !ended {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("wait");
+        let text = lines.all().join("\n");
+        assert!(ended, "still running after {timeout:?}; it said:\n{text}");
+        (status, text, started.elapsed())
     }
 
     pub fn pid(&self) -> u32 {

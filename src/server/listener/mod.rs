@@ -1,8 +1,13 @@
 //! Serving one listener: accept connections, optionally TLS, HTTP/1.1 and HTTP/2 with the
-//! limits that keep slow or abusive clients from holding the server (request head timeout,
-//! HTTP/2 stream limit and keepalive), and a graceful stop that finishes in-flight requests.
+//! limits that keep slow or abusive clients from holding the server (how many connections,
+//! request head timeout, HTTP/2 stream limit and keepalive), and a graceful stop that
+//! finishes in-flight requests.
 
+pub(crate) mod connections;
 mod first_bytes;
+
+use connections::{Connections, Listener, Tracked};
+use std::sync::Arc;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,12 +35,17 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Largest HTTP/2 frame a client may send.
 const FRAME_BYTES: u32 = 256 * 1024;
 
-/// Serves `router` on `listener` until `stop`, then lets in-flight requests finish.
+/// accept(2) errors for want of a file descriptor (Linux): EMFILE, ENFILE.
+const OUT_OF_FILES: [i32; 2] = [24, 23];
+
+/// Serves `router` on `listener` (the `which` of `open`'s connections) until `stop`, then
+/// lets in-flight requests finish.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<TlsAcceptor>,
     limits: Limits,
+    (open, which): (Arc<Connections>, Listener),
     stop: CancellationToken,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -62,7 +72,14 @@ pub(crate) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(e) => {
-                    // Out of file descriptors and the like: wait rather than spin.
+                    // Out of file descriptors (something besides connections took them):
+                    // close the connection idle the longest and accept at once; with none
+                    // idle, or another error, wait rather than spin.
+                    if e.raw_os_error().is_some_and(|code| OUT_OF_FILES.contains(&code))
+                        && open.close_idle()
+                    {
+                        continue;
+                    }
                     tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -70,15 +87,24 @@ pub(crate) async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        let Some(slot) = open.open(which) else {
+            tracing::debug!(
+                "connection closed as it arrived: receivers.max_connections reached, or the file limit with no idle connection"
+            );
+            continue;
+        };
         // gRPC answers in several small frames (headers, data, trailers): with Nagle on, the
         // last one waits for the client's delayed ACK (~40 ms).
         let _ = tcp.set_nodelay(true);
         let builder = builder.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let service = Tracked {
+            inner: TowerToHyperService::new(router.clone()),
+            slot: slot.clone(),
+        };
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let handshake = limits.header_read_timeout;
-        connections.spawn(async move {
+        let task = connections.spawn(async move {
             let served = match tls {
                 None => {
                     let Some(tcp) = first_bytes::read(tcp, handshake).await else {
@@ -115,6 +141,7 @@ pub(crate) async fn serve(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+        slot.attach(task);
     }
     drop(listener);
     if tokio::time::timeout(STOP_GRACE, graceful.shutdown())
