@@ -6,7 +6,7 @@
 //! ```sh
 //! cargo build --release --example ingest_instructions
 //! valgrind --tool=callgrind --cache-sim=yes --LL=33554432,16,64 \
-//!   --toggle-collect='*Pipeline*ingest*' target/release/examples/ingest_instructions 1536 512
+//!   --toggle-collect='ingest_instructions::main::{{closure}}' target/release/examples/ingest_instructions 1536 512
 //! ```
 //!
 //! It runs on the system allocator (callgrind reads its instructions too); the binary uses
