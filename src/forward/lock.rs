@@ -50,10 +50,6 @@ impl DirectoryLock {
             .truncate(false)
             .open(directory.join(LOCK_FILE))
             .map_err(io)?;
-        // File::try_lock is Rust 1.89, past the declared rust-version (1.85); that is stale
-        // already (let chains, used throughout, are 1.88), and raising it is left to its own
-        // change since clippy then asks for let chains in code of other parts.
-        #[allow(clippy::incompatible_msrv)]
         let locked = file.try_lock();
         match locked {
             Ok(()) => {}

@@ -339,11 +339,11 @@ impl Wal {
     /// Also the segments closed since the last sync, and the directory (file creations and
     /// deletions) on Unix.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        if let Some(active) = self.active.as_mut() {
-            if active.dirty {
-                active.file.sync_data()?;
-                active.dirty = false;
-            }
+        if let Some(active) = self.active.as_mut()
+            && active.dirty
+        {
+            active.file.sync_data()?;
+            active.dirty = false;
         }
         while let Some(seq) = self.unsynced_segments.first().copied() {
             if self.segments.contains_key(&seq) {
@@ -408,10 +408,10 @@ impl Wal {
 
     /// Stops writing the active segment (it stays on disk while it has live records).
     fn retire_active(&mut self) {
-        if let Some(active) = self.active.take() {
-            if active.dirty {
-                self.unsynced_segments.insert(active.seq);
-            }
+        if let Some(active) = self.active.take()
+            && active.dirty
+        {
+            self.unsynced_segments.insert(active.seq);
         }
     }
 
@@ -811,7 +811,7 @@ mod tests {
         assert_eq!(wal.disk_bytes(), dir_bytes(dir));
 
         // Ack the first 400 records (whole segments) and every third record after them.
-        let is_acked = |i: usize| i < 400 || i % 3 == 0;
+        let is_acked = |i: usize| i < 400 || i.is_multiple_of(3);
         for (i, (id, _)) in written.iter().enumerate() {
             if is_acked(i) {
                 wal.ack(*id).unwrap();

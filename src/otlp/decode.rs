@@ -355,10 +355,10 @@ impl<'a> Batch<'a> {
             let (attr_index, key_value_bytes) = occurrence?;
             path.set(Level::Attribute, attr_index);
             let attribute = key_value(key_value_bytes)?;
-            if attribute.key == "service.name" {
-                if let AnyValue::Str(name) = attribute.value {
-                    resource.service_name = Some(name);
-                }
+            if attribute.key == "service.name"
+                && let AnyValue::Str(name) = attribute.value
+            {
+                resource.service_name = Some(name);
             }
             self.attributes.push(attribute);
         }

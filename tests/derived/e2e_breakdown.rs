@@ -383,7 +383,7 @@ impl Fixture {
                 if x.handler > 0 {
                     // The Ruby handler's business logic, traced inside the FFI dispatch:
                     // joined to its step by step_uuid alone.
-                    assert!(x.handler < x.exec && (x.exec - x.handler) % 200 == 0);
+                    assert!(x.handler < x.exec && (x.exec - x.handler).is_multiple_of(200));
                     let handler = self.add(
                         Some(t),
                         w,

@@ -231,7 +231,7 @@ impl Fixture {
                 KeyValue::new("namespace", task.namespace),
             ],
         );
-        assert!(t.handler <= t.exec && (t.exec - t.handler) % 2 == 0);
+        assert!(t.handler <= t.exec && (t.exec - t.handler).is_multiple_of(2));
         let handler = self.add(
             w,
             "execute_handler",

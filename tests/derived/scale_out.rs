@@ -97,7 +97,7 @@ struct Row {
 
 /// The vocabulary of task `task`: two nominal tasks, then two of tasker-core's real spans.
 fn vocab(task: usize) -> Vocab {
-    if (task / 2) % 2 == 0 {
+    if (task / 2).is_multiple_of(2) {
         Vocab::Nominal
     } else {
         Vocab::Real

@@ -120,7 +120,10 @@ pub fn proto_of_size(size: usize, spans: usize) -> Vec<u8> {
 pub fn gzip_bomb(size: usize) -> Vec<u8> {
     use flate2::{Compress, Compression, Crc, FlushCompress, Status};
     const CHUNK: usize = 8 << 20;
-    assert!(size % CHUNK == 0 && size >= 3 * CHUNK, "gzip_bomb({size})");
+    assert!(
+        size.is_multiple_of(CHUNK) && size >= 3 * CHUNK,
+        "gzip_bomb({size})"
+    );
     let zeros = vec![0u8; CHUNK];
     let mut deflate = Compress::new(Compression::best(), false);
     let mut run = |input: &[u8], flush: FlushCompress| -> Vec<u8> {

@@ -850,13 +850,13 @@ fn check_exemplars(om: &[OmSample], model: &Model, earliest_unix_s: f64) -> usiz
                 }
             }
         }
-        if let Some(ts) = exemplar.timestamp {
-            if !(ts >= earliest_unix_s - 1.0 && ts <= now_unix_s + 5.0) {
-                problems.push(format!(
+        if let Some(ts) = exemplar.timestamp
+            && !(ts >= earliest_unix_s - 1.0 && ts <= now_unix_s + 5.0)
+        {
+            problems.push(format!(
                     "{where_}: exemplar timestamp {ts} is not a Unix time in seconds between the first span \
                      ({earliest_unix_s}) and now ({now_unix_s})"
                 ));
-            }
         }
         if STAGE_HISTOGRAMS.contains(&sample.family.as_str()) {
             stage_series_with_exemplar.insert(key);

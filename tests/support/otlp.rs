@@ -424,10 +424,10 @@ pub async fn read_grpc(response: http::Response<Incoming>) -> Result<Reply, Stri
         .map_err(|e| format!("reading the body: {e}"))?;
     let trailers = collected.trailers().cloned();
     let data = collected.to_bytes();
-    if reply.grpc.is_none() {
-        if let Some(trailers) = &trailers {
-            fill(trailers, &mut reply);
-        }
+    if reply.grpc.is_none()
+        && let Some(trailers) = &trailers
+    {
+        fill(trailers, &mut reply);
     }
     if reply.http == 200 && reply.grpc.is_none() {
         return Err(format!("a gRPC answer without grpc-status: {parts:?}"));
