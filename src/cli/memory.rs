@@ -176,7 +176,7 @@ pub fn estimate(config: &Config) -> Result<Estimate, BuildError> {
         "breakdown log",
         bound.breakdown,
         format!(
-            "breakdown.max_spans {} records + up to 7 distinct texts of {max_label} bytes each",
+            "breakdown.max_spans {} records + up to 7 distinct texts of {max_label} bytes each, + a lookup finding every record (its texts copied)",
             config.breakdown.max_spans
         ),
     );
@@ -198,7 +198,7 @@ pub fn estimate(config: &Config) -> Result<Estimate, BuildError> {
         r.max_connections * per_connection
             + connection_bytes_bound(1, config.metrics.tls.is_some()),
         format!(
-            "max_connections {} over {listeners} × {} (state, HTTP/2 window, a frame, header lists of max_concurrent_streams, TLS), + one scraper's",
+            "max_connections {} over {listeners} × {} (state, HTTP/2 window, a frame, header lists of max_concurrent_streams, TLS buffers where on), + one scraper's",
             r.max_connections,
             human(per_connection as u64)
         ),

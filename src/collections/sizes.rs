@@ -3,14 +3,24 @@
 //! documented allocation pattern, so that a structure's bound is its element sizes
 //! (`std::mem::size_of` of the real types) put through these.
 
-/// Bytes jemalloc may reserve for a request of `bytes`: its size classes are spaced at most a
-/// quarter of their power of two apart (16 bytes apart below 128), and large ones are whole
-/// pages, which that quarter covers from 16 KiB on.
+/// Bytes jemalloc reserves for a request of `bytes`: its size class. Classes are 8, then
+/// multiples of 16 up to 128, then four per power of two (a request in (2^k, 2^(k+1)] is
+/// rounded up to a multiple of 2^(k-2)); from 16 KiB on those are whole pages, and so are the
+/// large allocations mapped on their own.
 pub(crate) const fn allocation(bytes: usize) -> usize {
     if bytes == 0 {
         return 0;
     }
-    bytes + bytes / 4 + 16
+    if bytes <= 8 {
+        return 8;
+    }
+    let spacing = if bytes <= 128 {
+        16
+    } else {
+        let k = usize::BITS - 1 - (bytes - 1).leading_zeros();
+        1 << (k - 2)
+    };
+    bytes.div_ceil(spacing) * spacing
 }
 
 /// A `Vec` (or `VecDeque`, `BytesMut`) grown one push or `resize` at a time to `len`
@@ -77,11 +87,20 @@ mod tests {
     }
 
     #[test]
-    fn allocations_cover_jemalloc_size_classes() {
-        // Size classes: 8, 16, 32, 48, ... 128, 160, 192, 224, 256, 320 ...: at most a
-        // quarter of the power of two below apart.
-        for (request, class) in [(1, 8), (17, 32), (129, 160), (257, 320), (20_000, 20_480)] {
-            assert!(allocation(request) >= class, "{request}");
+    fn allocations_are_jemalloc_size_classes() {
+        // Size classes: 8, 16, 32, 48, ... 128, 160, 192, 224, 256, 320 ...
+        for (request, class) in [
+            (1, 8),
+            (9, 16),
+            (17, 32),
+            (128, 128),
+            (129, 160),
+            (257, 320),
+            (1025, 1280),
+            (20_000, 20_480),
+            (3 << 20, 3 << 20),
+        ] {
+            assert_eq!(allocation(request), class, "{request}");
         }
     }
 }

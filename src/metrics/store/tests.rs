@@ -587,7 +587,7 @@ fn a_store_filled_to_its_caps_holds_less_than_its_bound() {
         bound.label_bytes
     );
     // Not absurdly loose either: the bound assumes every slot's own key, runs grown to twice
-    // what they hold and the allocator's size classes (2.5 times the counts alone).
+    // what they hold and the allocator's size classes (up to 2.5 times the counts alone).
     assert!(
         bound.series_bytes + bound.label_bytes <= 5 * held,
         "{bound:?} against {held}"
