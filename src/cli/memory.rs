@@ -8,7 +8,7 @@
 //! buffer of its own), and one breakdown lookup at a time.
 
 use crate::config::Config;
-use crate::config::forward::ForwardConfig;
+use crate::forward::endpoint_bytes_bound;
 use crate::ingest::gate::largest_request_bytes;
 use crate::ingest::processed_off_the_workers;
 use crate::otlp::decode::Batch;
@@ -203,16 +203,20 @@ pub fn estimate(config: &Config) -> Result<Estimate, BuildError> {
             human(per_connection as u64)
         ),
     );
-    let forward = forward_bound(&config.forward);
+    let f = &config.forward;
+    let forward: usize = (f.endpoints.iter())
+        .map(|e| endpoint_bytes_bound(e, &f.queue, READ_BUFFER_BYTES))
+        .sum();
     if forward > 0 {
         line(
             "forwarding queues",
             forward,
             format!(
-                "{} endpoints × (2 × queue.max_bytes {} (buffers up to twice what they hold) + queue.max_requests {} × a read buffer a body may keep, {})",
-                config.forward.endpoints.len(),
-                config.forward.queue.max_bytes,
-                config.forward.queue.max_requests,
+                "{} endpoints × (2 × queue.max_bytes {} (buffers up to twice what they hold), + as much again framed for gRPC, + queue.senders {} answers of up to 1 MiB, + queue.max_requests {} × a read buffer a body may keep, {})",
+                f.endpoints.len(),
+                f.queue.max_bytes,
+                f.queue.senders,
+                f.queue.max_requests,
                 human(READ_BUFFER_BYTES as u64)
             ),
         );
@@ -246,13 +250,6 @@ fn connection_bound(config: &Config) -> (usize, &'static str) {
         _ => "gRPC and HTTP",
     };
     (bytes, names)
-}
-
-/// Every endpoint's queue: bodies of at most `max_bytes` in buffers grown to up to twice
-/// what they hold, and each request's body possibly the HTTP/2 read buffer it arrived in.
-fn forward_bound(forward: &ForwardConfig) -> usize {
-    let q = &forward.queue;
-    forward.endpoints.len() * (2 * q.max_bytes + q.max_requests * READ_BUFFER_BYTES)
 }
 
 /// The bytes of every file-backed mapping of this process (the binary's code and data,
