@@ -30,21 +30,21 @@ const SCRAPES_AND_LOOKUPS: usize = 2;
 
 /// One part of the estimate.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Line {
-    pub component: String,
-    pub bytes: u64,
+struct Line {
+    component: String,
+    bytes: u64,
     /// How the bound was computed, from the config's caps.
-    pub how: String,
+    how: String,
 }
 
 /// The estimate of one config: its lines and their total.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Estimate {
-    pub lines: Vec<Line>,
+    lines: Vec<Line>,
 }
 
 impl Estimate {
-    pub fn total(&self) -> u64 {
+    fn total(&self) -> u64 {
         self.lines.iter().map(|l| l.bytes).sum()
     }
 
