@@ -53,9 +53,16 @@ enum Command {
     Run,
     /// Validate config files: report every problem with file, line and field; exit 1 if any.
     CheckConfig {
-        /// Files to check.
-        #[arg(required = true)]
+        /// Files to check (with --memory, none means --config or the embedded default profile).
+        #[arg(required_unless_present = "memory")]
         files: Vec<PathBuf>,
+        /// Also print the most resident memory each config allows: a table of its parts
+        /// (series store, label values, join window, dedupe table, breakdown log, request
+        /// buffers, connections, forwarding queues, scrape; each with how it was computed
+        /// from the caps) and the total, with every cap reached at once. Served by this
+        /// binary on a machine with as many CPUs as this one.
+        #[arg(long)]
+        memory: bool,
     },
     /// Print the embedded default profile, a documented starting point for your own.
     DefaultConfig,
@@ -98,7 +105,7 @@ fn main() -> ExitCode {
             print!("{DEFAULT_PROFILE}");
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { files } => check_config(&files),
+        Command::CheckConfig { files, memory } => check_config(cli.config, &files, memory),
         Command::Rules { output } => rules(cli.config, output),
         Command::Replay { files, metrics } => replay(cli.config, &files, metrics),
         Command::Breakdown { id, from, json } => {
@@ -204,16 +211,25 @@ fn replay(config: Option<PathBuf>, files: &[PathBuf], metrics: bool) -> ExitCode
     }
 }
 
-fn check_config(files: &[PathBuf]) -> ExitCode {
+fn check_config(config: Option<PathBuf>, files: &[PathBuf], memory: bool) -> ExitCode {
+    if files.is_empty() {
+        return match load(config.as_ref()) {
+            Ok(config) => print_memory(&config),
+            Err(code) => code,
+        };
+    }
     let mut ok = true;
     for file in files {
         match Config::load(file) {
-            Ok(config) => println!(
-                "{}: ok ({} stages, {} rules)",
-                file.display(),
-                config.stages.len(),
-                config.rules.len()
-            ),
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} stages, {} rules)",
+                    file.display(),
+                    config.stages.len(),
+                    config.rules.len()
+                );
+                ok &= !memory || print_memory(&config) == ExitCode::SUCCESS;
+            }
             Err(e) => {
                 ok = false;
                 eprint!("{e}");
@@ -224,6 +240,20 @@ fn check_config(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `check-config --memory`: the worst-case memory table of `config`.
+fn print_memory(config: &Config) -> ExitCode {
+    match spanlens::cli::memory::estimate(config) {
+        Ok(estimate) => {
+            print!("{}", estimate.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("spanlens check-config --memory: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -108,6 +108,18 @@ impl Interner {
     pub(crate) fn get(&self, id: u32) -> &str {
         &self.entries[id as usize].text
     }
+
+    /// The most an interner holds with at most `texts` texts in use at once, each at most
+    /// `text_len` bytes: its places stay at the most ever in use (entries, free numbers and
+    /// the index grow by doubling).
+    pub(crate) fn bytes_bound(texts: usize, text_len: usize) -> usize {
+        use crate::collections::sizes::{grown, hash_table, text};
+        use std::mem::size_of;
+        grown(texts, size_of::<Interned>())
+            + grown(texts, size_of::<u32>())
+            + hash_table(texts, size_of::<u32>())
+            + texts * text(text_len)
+    }
 }
 
 #[cfg(test)]

@@ -3,4 +3,5 @@
 pub(crate) mod interned;
 pub(crate) mod recent;
 pub(crate) mod shards;
+pub(crate) mod sizes;
 pub(crate) mod text;

@@ -23,6 +23,11 @@ impl RecentHashes {
         }
     }
 
+    /// The bytes of the table (allocated when made, never grown).
+    pub(crate) fn bytes(&self) -> usize {
+        crate::collections::sizes::exact(self.buckets.len(), std::mem::size_of::<Bucket>())
+    }
+
     /// Whether `hash` is remembered.
     pub(crate) fn contains(&self, hash: u64) -> bool {
         let hash = stored(hash);

@@ -414,6 +414,25 @@ async fn deliver(
 /// Segments of a sixteenth of the cap (between 1 MiB and 64 MiB, and at most a quarter of
 /// the cap): acknowledged space is reclaimed a segment at a time, so the segment being
 /// written must never hold most of the cap.
+/// The most one endpoint's queue and senders hold: bodies of at most `queue.max_bytes`, in
+/// buffers grown up to twice what they hold, and for gRPC a framed copy of each being sent;
+/// an answer per sender; and `per_request` more for each queued request (what its body may
+/// keep alive of the buffer it arrived in).
+pub(crate) fn endpoint_bytes_bound(
+    endpoint: &crate::config::forward::EndpointConfig,
+    queue: &crate::config::forward::QueueConfig,
+    per_request: usize,
+) -> usize {
+    let framed = match endpoint.protocol {
+        crate::config::forward::ForwardProtocol::Grpc => queue.max_bytes,
+        crate::config::forward::ForwardProtocol::Http => 0,
+    };
+    2 * queue.max_bytes
+        + framed
+        + queue.senders * send::MAX_ANSWER_BYTES
+        + queue.max_requests * per_request
+}
+
 fn segment_bytes(max_bytes: u64) -> u64 {
     (max_bytes / 16).clamp(1 << 20, 64 << 20).min(max_bytes / 4)
 }

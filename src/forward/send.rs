@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest answer body read from an endpoint.
-const MAX_ANSWER_BYTES: usize = 1 << 20;
+pub(super) const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// How one attempt ended.
 #[derive(Debug, PartialEq, Eq)]

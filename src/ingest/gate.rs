@@ -131,8 +131,23 @@ impl Gate {
             (false, Some(length)) => length.min(self.max_request_bytes),
             _ => self.max_request_bytes,
         };
-        2 * body + if json { 6 * decoded } else { decoded }
+        request_bytes(body, decoded, json)
     }
+}
+
+/// What a request of `body` bytes as sent, `decoded` after decompression, may take while it
+/// is read and decoded: the body twice (its chunks as received, then collected into one
+/// buffer) and its decoded copy (JSON is converted through owned structures, several times
+/// its size).
+fn request_bytes(body: u64, decoded: u64, json: bool) -> u64 {
+    2 * body + if json { 6 * decoded } else { decoded }
+}
+
+/// [`Gate`]'s reservation for the largest request `max_request_bytes` allows (compressed
+/// JSON, a gRPC frame's 5 bytes over the limit).
+pub(crate) fn largest_request_bytes(max_request_bytes: usize) -> u64 {
+    let max = max_request_bytes as u64;
+    request_bytes(max + 5, max, true)
 }
 
 /// VmRSS of this process (Linux), in bytes.

@@ -24,6 +24,13 @@ use std::time::Instant;
 /// compressed and JSON bodies still go to the pool.
 const SMALL: usize = 256 * 1024;
 
+/// Whether a request may be processed on the blocking pool (see [`Ingest::run`]): when it
+/// may be larger than [`SMALL`], or forwarding writes to disk. Then any of the pool's
+/// threads may write to the series store, otherwise only the async workers do.
+pub(crate) fn processed_off_the_workers(max_request_bytes: usize, writes_to_disk: bool) -> bool {
+    max_request_bytes > SMALL || writes_to_disk
+}
+
 /// Runs `work` on the blocking pool when it may take long (`heavy`), inline otherwise, so
 /// that large, compressed or JSON bodies never stall the async workers (and with them other
 /// connections, scrapes and HTTP/2 keepalives).
@@ -97,7 +104,10 @@ impl Ingest {
     ) -> Result<Outcome, Refusal> {
         let pipeline = self.pipeline.clone();
         let onward = self.onward.clone();
-        let heavy = request.len() > SMALL || onward.as_ref().is_some_and(|o| o.writes_to_disk);
+        let heavy = processed_off_the_workers(
+            request.len(),
+            onward.as_ref().is_some_and(|o| o.writes_to_disk),
+        );
         let this = self.clone();
         let work = move || {
             if let Err(refusal) = deadline.check() {

@@ -454,6 +454,44 @@ impl JoinWindow {
         }
     }
 
+    /// The most the window holds, full: in each shard its index and queue (allocated up
+    /// front), the completed keys' table, what a key keeps behind pointers (parts and labels
+    /// past two, sampled parts) and the interned label values of its keys, at most
+    /// `max_label_len` bytes each. Key texts are never kept (keys are known by their hash).
+    pub(crate) fn memory_bound(&self, max_label_len: usize) -> usize {
+        use crate::collections::sizes::{allocation, exact, hash_table};
+        use std::mem::size_of;
+        let per_key = (self.specs.iter())
+            .map(|spec| {
+                let boxed = match Values::new(spec.parts, spec.labels) {
+                    Values::Inline { .. } => 0,
+                    Values::Boxed(..) => {
+                        exact(spec.parts, size_of::<Times>())
+                            + exact(spec.labels, size_of::<LabelValue>())
+                    }
+                };
+                boxed
+                    + allocation(size_of::<Samples>())
+                    + exact(spec.parts, size_of::<Option<Sample>>())
+            })
+            .max()
+            .unwrap_or(0);
+        let labels = self.specs.iter().map(|s| s.labels).max().unwrap_or(0);
+        let per_shard = hash_table(self.per_shard, size_of::<u32>())
+            + exact(queue_places(self.per_shard), size_of::<Slot>())
+            + self.per_shard * per_key
+            + Interner::bytes_bound(self.per_shard * labels, max_label_len);
+        let completed: usize = (self.shards.iter())
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .completed
+                    .bytes()
+            })
+            .sum();
+        SHARDS * per_shard + completed
+    }
+
     /// Milliseconds from the origin to `now`, modulo 2³² (49.7 days). Ages are differences
     /// modulo 2³² too, right while a key is younger than 49.7 days: keys past `max_wait`
     /// (24.8 days at most) are evicted at every scrape and at every offer to their shard.

@@ -269,6 +269,20 @@ impl<'a> Batch<'a> {
         &self.attributes[resource.attributes.clone()]
     }
 
+    /// The most the views of a request of `len` bytes take: every resource, span and
+    /// attribute is a message of at least two bytes (its tag and length) on the wire, each
+    /// list grows by pushing from the capacity `decode` gives it.
+    pub(crate) fn bytes_bound(len: usize) -> usize {
+        use crate::collections::sizes::{exact, grown};
+        use std::mem::size_of;
+        let view = (size_of::<SpanView>())
+            .max(size_of::<ResourceView>())
+            .max(size_of::<Attribute>());
+        grown(len / 2, view)
+            + exact(len / 256, size_of::<SpanView>())
+            + exact(len / 32, size_of::<Attribute>())
+    }
+
     /// Decodes an `ExportTraceServiceRequest`, every attribute included.
     pub fn decode(buf: &'a [u8]) -> Result<Batch<'a>, DecodeError> {
         Self::decode_with(buf, None)

@@ -30,6 +30,13 @@ impl RecentSpans {
         }
     }
 
+    /// The bytes of the tables (allocated at start, never grown).
+    pub(crate) fn memory_bound(&self) -> usize {
+        (self.shards.iter())
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).bytes())
+            .sum()
+    }
+
     /// For each (trace id, span id) in order, true the first time it is seen within the
     /// window (a span repeated within the same call too: its first occurrence is the first
     /// time). The lookups run shard by shard, one lock each, so that the cache misses of a

@@ -16,7 +16,7 @@ pub use build::BuildError;
 use crate::config::{BreakdownConfig, Config};
 use crate::join::JoinWindow;
 use crate::join::breakdown::{Breakdown, SpanLog};
-use crate::metrics::store::{DimensionId, MetricId, Snapshot, Store, Values};
+use crate::metrics::store::{DimensionId, MetricId, Snapshot, Store, StoreBound, Values};
 use crate::otlp::Protocol;
 use crate::otlp::decode::{AttributeKeys, Batch, DecodeError};
 use crate::otlp::refusal::Refusal;
@@ -40,6 +40,15 @@ pub struct Outcome {
 
 /// Every value observed in one series: (metric name, label pairs, values).
 pub(crate) type RawSeries = (String, Vec<(String, String)>, Vec<f64>);
+
+/// See [`Pipeline::memory_bound`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PipelineBound {
+    pub(crate) store: StoreBound,
+    pub(crate) join: usize,
+    pub(crate) breakdown: usize,
+    pub(crate) dedupe: usize,
+}
 
 pub struct Pipeline {
     store: Store,
@@ -99,6 +108,18 @@ impl Pipeline {
                 (spec.name.clone(), pairs, values)
             })
             .collect()
+    }
+
+    /// What its bounded parts hold at most, every cap reached (`spanlens check-config
+    /// --memory`): the series store, the join window, the breakdown log and the table of
+    /// recent span ids, in bytes; at most `writers` threads write series.
+    pub(crate) fn memory_bound(&self, writers: usize) -> PipelineBound {
+        PipelineBound {
+            store: self.store.memory_bound(self.max_label_len, writers),
+            join: self.join.memory_bound(self.max_label_len),
+            breakdown: self.span_log.memory_bound(self.max_label_len),
+            dedupe: self.recent.memory_bound(),
+        }
     }
 
     /// Every series now. Evicts join keys that waited too long first, so that the eviction

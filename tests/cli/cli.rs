@@ -27,6 +27,55 @@ fn check_config_accepts_the_shipped_profile() {
 }
 
 #[test]
+fn check_config_memory_prints_every_part_and_the_total() {
+    // Without a file: the embedded default profile (or --config).
+    let out = spanlens()
+        .args(["check-config", "--memory"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parts = [
+        "base",
+        "series store",
+        "label values",
+        "join window",
+        "dedupe table",
+        "breakdown log",
+        "request buffers",
+        "connections",
+        "scrape",
+    ];
+    for part in parts {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(part)),
+            "no {part} line in:\n{stdout}"
+        );
+    }
+    // No forwarding endpoint in the default profile: no queue line.
+    assert!(!stdout.contains("forwarding queues"), "{stdout}");
+    let total = stdout.lines().last().expect("a total line");
+    assert!(
+        total.starts_with("total") && total.ends_with(" bytes"),
+        "{total}"
+    );
+    // With a file: its check, then its table.
+    let out = spanlens()
+        .args(["check-config", "--memory", "config/spanlens.yaml"])
+        .output()
+        .unwrap();
+    let with_file = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        with_file.starts_with("config/spanlens.yaml: ok (8 stages, 14 rules)\ncomponent"),
+        "{with_file}"
+    );
+}
+
+#[test]
 fn check_config_reports_every_problem_with_line_and_field() {
     let bad = spanlens::config::DEFAULT_PROFILE
         .replace(

@@ -15,6 +15,7 @@
 //! | `cardinality` | a million distinct values: caps, overflow, RSS, /metrics size; idle series expiry |
 //! | `slow` | slowloris (header_read_timeout), HTTP/2 max_concurrent_streams, body_read_timeout |
 //! | `connections` | receivers.max_connections; 10,000 idle connections at a 1,024 file limit while requests are served |
+//! | `memory` | every cap full: peak RSS under `check-config --memory`'s bound, and within 4 times of it |
 //! | `deadline` | gRPC grpc-timeout: DEADLINE_EXCEEDED at the deadline and nothing counted; malformed values ignored |
 //! | `access` | loopback defaults, bearer auth (file, env), no token in logs or check-config, TLS, mTLS |
 //! | `shutdown` | SIGTERM under load: exit 0 and `stopped spans_accepted=N` exact |
@@ -36,6 +37,7 @@ mod cardinality;
 mod connections;
 mod deadline;
 mod flood;
+mod memory;
 mod overload;
 mod props;
 mod shutdown;

@@ -69,6 +69,21 @@ impl Log {
         }
     }
 
+    /// The most a log of `places` records holds: its queue, allocated up front and never
+    /// grown (the oldest record goes before a new one comes past `places`), and texts of at most
+    /// `text_len` bytes, each record naming up to four (span name, service, language, step
+    /// name) and three keys, every one of them distinct in the worst case; and a lookup (one
+    /// at a time) finding every record, each with its texts copied.
+    pub(crate) fn bytes_bound(places: usize, text_len: usize) -> usize {
+        use crate::collections::sizes::{exact, grown, text};
+        use std::mem::size_of;
+        let texts = places * (4 + KEYS);
+        exact(places, size_of::<Kept>())
+            + Interner::bytes_bound(texts, text_len)
+            + grown(places, size_of::<Found>())
+            + texts * text(text_len)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.kept.len()
     }

@@ -144,6 +144,12 @@ impl SpanLog {
         self.max_spans > 0
     }
 
+    /// The most the log holds, full, with texts of at most `max_label_len` bytes (see
+    /// [`Log::bytes_bound`]).
+    pub(crate) fn memory_bound(&self, max_label_len: usize) -> usize {
+        Log::bytes_bound(self.max_spans, max_label_len)
+    }
+
     /// Keeps the spans of one request (one lock per request).
     pub(crate) fn record(&self, records: &[SpanRecord], now: Instant) {
         if records.is_empty() {

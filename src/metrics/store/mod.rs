@@ -10,9 +10,11 @@
 //! least the timeout ago, with their slots under the series cap and the label values nothing
 //! admitted since. Writers read the tick once per batch and store it with each write.
 
+mod bound;
 mod native;
 mod series;
 
+pub(crate) use bound::StoreBound;
 pub(crate) use native::{Native, NativeSpec};
 pub use series::Snapshot;
 pub(crate) use series::{

@@ -57,6 +57,17 @@ impl NativeSpec {
         }
     }
 
+    /// The most bucket counts a native histogram of this spec holds. Every value
+    /// observed is a duration in whole nanoseconds, as seconds: none is negative, and the
+    /// positive ones lie between [`SMALLEST_OBSERVED`] and [`LARGEST_OBSERVED`]. The counts
+    /// are one run from the lowest populated bucket to the highest (empty ones between
+    /// included, so a run can be far longer than `max_buckets`), widest at the starting
+    /// schema.
+    pub(crate) fn buckets_bound(&self) -> usize {
+        let lowest = self.index(SMALLEST_OBSERVED.max(self.zero_threshold));
+        (self.index(LARGEST_OBSERVED) - lowest + 1) as usize
+    }
+
     /// The bucket of a value above the zero threshold, at the spec's schema.
     fn index(&self, magnitude: f64) -> i32 {
         let (exponent, mantissa) = split(magnitude);
@@ -74,6 +85,12 @@ impl NativeSpec {
         (exponent << self.schema) + j as i32
     }
 }
+
+/// The smallest positive duration, one nanosecond, in seconds.
+const SMALLEST_OBSERVED: f64 = 1e-9;
+
+/// The largest duration, `u64::MAX` nanoseconds, in seconds.
+const LARGEST_OBSERVED: f64 = u64::MAX as f64 / 1e9;
 
 /// `value` (finite, positive) as 2^exponent × mantissa, mantissa in [1, 2).
 fn split(value: f64) -> (i32, f64) {
@@ -179,6 +196,15 @@ impl Native {
         }
     }
 
+    /// Counts `count` in each of `max_buckets` buckets, every other one from 1 on: as many
+    /// populated buckets as a series keeps, none next to another (the longest rendering).
+    pub(crate) fn spread(&mut self, spec: &NativeSpec, count: f64) {
+        let width = 2f64.powi(-i32::from(spec.schema));
+        for i in 0..spec.max_buckets {
+            self.observe(spec, (2.0 * i as f64 * width).exp2() * 1.0001, count);
+        }
+    }
+
     /// Observes `value` as `count` (> 0) observations.
     pub(crate) fn observe(&mut self, spec: &NativeSpec, value: f64, count: f64) {
         let magnitude = value.abs();
@@ -259,6 +285,12 @@ impl Native {
     pub(crate) fn counts(&self) -> impl Iterator<Item = f64> + '_ {
         let buckets = self.negative.counts.iter().chain(&self.positive.counts);
         std::iter::once(self.zero_count).chain(buckets.copied())
+    }
+
+    /// The bucket counts it has room for.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.positive.counts.capacity() + self.negative.counts.capacity()
     }
 
     /// Observations counted, over every bucket.

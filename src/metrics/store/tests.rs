@@ -559,3 +559,37 @@ fn a_sets_series_share_its_values_and_stay_exact() {
     assert_eq!(keys.len(), 2);
     assert!(Arc::ptr_eq(&keys[0].labels, &keys[1].labels));
 }
+
+#[test]
+fn a_store_filled_to_its_caps_holds_less_than_its_bound() {
+    const MAX_SERIES: usize = 300;
+    const LABEL: usize = 40;
+    let store = store(MAX_SERIES, 200);
+    let longest = u64::MAX as f64 / 1e9;
+    for round in 0..2 {
+        let mut w = store.writer();
+        for i in 0..500 {
+            // Past both the label cap and the series cap, every value as long as allowed.
+            let value = format!("{i:x<LABEL$}");
+            let value = w.admitted(DimensionId(0), &value).to_string();
+            for seconds in [1e-9, 2e-9, longest, longest / 3.0] {
+                w.observe(MetricId(0), &[&value], seconds + round as f64, 1.0, None);
+            }
+            w.add(MetricId(1), &[&value], 1);
+        }
+    }
+    let bound = store.memory_bound(LABEL, 1);
+    let held = store.held_bytes();
+    assert!(
+        held <= bound.series_bytes + bound.label_bytes,
+        "held {held}, bound {} + {}",
+        bound.series_bytes,
+        bound.label_bytes
+    );
+    // Not absurdly loose either: the bound assumes every slot's own key, runs grown to twice
+    // what they hold and the allocator's size classes (up to 2.5 times the counts alone).
+    assert!(
+        bound.series_bytes + bound.label_bytes <= 5 * held,
+        "{bound:?} against {held}"
+    );
+}

@@ -35,6 +35,45 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Largest HTTP/2 frame a client may send.
 const FRAME_BYTES: u32 = 256 * 1024;
 
+/// HTTP/2 flow control: request bytes a connection may have received and not yet read
+/// (over all its streams), and a stream alone (hyper's defaults, set here so that the
+/// memory estimate reads them).
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+
+/// HTTP/2: the largest header list of a request, held while its stream is open (hyper's
+/// default).
+const HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// HTTP/1: the largest read buffer (request head and body bytes not yet read; hyper's
+/// default, 8 KiB + 100 × 4 KiB).
+const H1_BUFFER_BYTES: usize = 8192 + 4096 * 100;
+
+/// A connection's own state, buffers aside (task, hyper's connection, socket, the slot in
+/// the open connections): 23 KiB measured with an HTTP/1 head pending, 16 KiB after an
+/// HTTP/2 preface, 6 KiB before any byte, release and debug alike (1,000 idle connections,
+/// RSS before and after, 2026-12-07); rounded up.
+const CONNECTION_STATE_BYTES: usize = 32 * 1024;
+
+/// TLS (rustls): a record being read and one being written, 16 KiB + 2 KiB each, and the
+/// plaintext rustls buffers before writing (its default limit, 64 KiB).
+const TLS_BYTES: usize = 2 * (18 * 1024) + 64 * 1024;
+
+/// The most one receiver connection holds: its state, then the larger of HTTP/2's (request
+/// bytes received not read yet, a frame being read, the header lists of its open streams)
+/// and HTTP/1's (the read buffer), and TLS's buffers.
+pub(crate) fn connection_bytes_bound(max_concurrent_streams: u32, tls: bool) -> usize {
+    let h2 = CONNECTION_WINDOW_BYTES as usize
+        + FRAME_BYTES as usize
+        + 9
+        + max_concurrent_streams as usize * HEADER_LIST_BYTES as usize;
+    CONNECTION_STATE_BYTES + h2.max(H1_BUFFER_BYTES) + if tls { TLS_BYTES } else { 0 }
+}
+
+/// The largest HTTP/2 read buffer: a body that arrives in one DATA frame is kept as that
+/// frame's bytes, which share (and keep) the buffer it was read into.
+pub(crate) const READ_BUFFER_BYTES: usize = FRAME_BYTES as usize + 9;
+
 /// accept(2) errors for want of a file descriptor (Linux): EMFILE, ENFILE.
 const OUT_OF_FILES: [i32; 2] = [24, 23];
 
@@ -52,7 +91,8 @@ pub(crate) async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(H1_BUFFER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -61,6 +101,9 @@ pub(crate) async fn serve(
         // request (~210 KB) then arrives in one frame, read into one buffer and handed on
         // without being copied together from a dozen pieces.
         .max_frame_size(FRAME_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .max_header_list_size(HEADER_LIST_BYTES)
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(limits.keepalive_timeout);
     let graceful = GracefulShutdown::new();
