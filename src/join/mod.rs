@@ -748,11 +748,11 @@ fn adjusted_count(samples: &[Option<Sample>]) -> f64 {
         .product()
 }
 
-/// The derived value in nanoseconds; differences and gaps below zero (clock skew between
-/// hosts) are 0.
+/// The derived value in nanoseconds; a sum past u64 (absurd span times) saturates;
+/// differences and gaps below zero (clock skew between hosts) are 0.
 pub(crate) fn value_nanos(operation: Operation, parts: &[Times]) -> u64 {
     match operation {
-        Operation::Sum => parts.iter().map(duration).sum(),
+        Operation::Sum => parts.iter().map(duration).fold(0, u64::saturating_add),
         Operation::Difference => duration(&parts[0]).saturating_sub(duration(&parts[1])),
         Operation::Gap => parts[1]
             .start_unix_nano

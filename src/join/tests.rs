@@ -438,3 +438,12 @@ fn a_value_counts_each_of_its_traces_adjusted_count_once() {
     };
     assert_eq!(complete(done).count, 40.0);
 }
+
+#[test]
+fn a_sum_of_absurd_durations_saturates_instead_of_wrapping() {
+    let half = Times {
+        start_unix_nano: 1,
+        end_unix_nano: u64::MAX / 2 + 2,
+    };
+    assert_eq!(value_nanos(Operation::Sum, &[half, half]), u64::MAX);
+}
