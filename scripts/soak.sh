@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Soak of spanlens (issue 25, BENCHMARKS.md "Soak"): spanlens on the default profile, forwarding
-# to a downstream that fails 30% of calls with UNAVAILABLE, under 30 minutes of open-loop load
+# Soak of spanlens (issue 25, BENCHMARKS.md "Soak"): spanlens on the default profile (with 64
+# forwarding senders: see below), forwarding to a downstream that fails 30% of calls with
+# UNAVAILABLE, under 30 minutes of open-loop load
 # from spanlens-soak (benches/loadgen): 50,000 spans/s of OTLP/gRPC and OTLP/HTTP protobuf,
 # plain and gzip, with 10x bursts for 10 s every 5 minutes and new step names every minute
 # (`metrics.series_idle_timeout: 2m`); /metrics scraped every 5 s, a breakdown lookup every
@@ -15,7 +16,8 @@
 #   scripts/soak.sh --bin-dir DIR    use DIR's spanlens and spanlens-soak instead of building
 #   scripts/soak.sh --out DIR        keep the config, samples, verdict and server log in DIR
 #   scripts/soak.sh ... -- ARGS      pass ARGS on to spanlens-soak (spanlens-soak --help), e.g.
-#                                    `-- --rss-mib-per-10min 0.001` to see a check fail
+#                                    `-- --sink-fail-share 1 --drain-timeout 5s` (a downstream
+#                                    that is down) to see checks fail
 #
 # Ports: spanlens on 127.0.0.1:24317 (gRPC), :24318 (HTTP), :29464 (metrics); the failing
 # downstream on :24319.
