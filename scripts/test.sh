@@ -11,6 +11,11 @@
 # test profile and runs each benchmark once as a test, so they keep compiling and running
 # without the release build with fat LTO that measuring them takes (BENCHMARKS.md).
 #
+# Last, the 2-minute soak (`scripts/soak.sh --short`, BENCHMARKS.md "Soak"): the release
+# build of spanlens and spanlens-soak (what is measured is what ships; a debug build cannot
+# carry the load on two cores), built as `cargo build --release` builds them, then the run's
+# checks; one that fails fails this command.
+#
 # Works on a fresh Debian 12 machine (as root, or with sudo) that has Rust with clippy,
 # cargo, cargo-nextest (optional) and Python 3 with pip, reaching only crates.io, PyPI and
 # Debian's archive.
@@ -44,6 +49,10 @@ started=$SECONDS
 elapsed() {
     printf '(%s: %ds since start)\n' "$1" "$((SECONDS - started))"
 }
+
+# The caller's RUSTFLAGS: the soak's release build uses them as they were, so that it is the
+# build `cargo build --release` makes and reuses.
+CALLER_RUSTFLAGS="${RUSTFLAGS-}"
 
 # Debian's packages put their binaries in /usr/bin and /usr/sbin; make sure both are searched.
 case ":$PATH:" in *:/usr/bin:*) ;; *) PATH="$PATH:/usr/bin" ;; esac
@@ -181,6 +190,14 @@ else
     cargo test --workspace --all-targets --no-fail-fast
 fi
 elapsed tests
+
+section "scripts/soak.sh --short (release build; the soak's checks)"
+if [ -n "$CALLER_RUSTFLAGS" ]; then
+    env -u RUSTC_WORKSPACE_WRAPPER RUSTFLAGS="$CALLER_RUSTFLAGS" scripts/soak.sh --short
+else
+    env -u RUSTC_WORKSPACE_WRAPPER -u RUSTFLAGS scripts/soak.sh --short
+fi
+elapsed soak
 
 section "all checks passed"
 du -sh target | awk '{print "target/ holds " $1}'

@@ -259,10 +259,10 @@ impl Task {
         }
     }
 
-    fn step_name(&self, step: &str) -> String {
+    fn step_name(&self, step: &str, suffix: &str) -> String {
         match self.language {
-            2 => format!("{step}_py"),
-            _ => step.to_string(),
+            2 => format!("{step}{suffix}_py"),
+            _ => format!("{step}{suffix}"),
         }
     }
 
@@ -332,6 +332,7 @@ pub struct Fixtures {
     pending: VecDeque<(usize, Span)>,
     nominal_share: f64,
     error_rate: f64,
+    step_suffix: String,
 }
 
 impl Fixtures {
@@ -343,6 +344,7 @@ impl Fixtures {
             pending: VecDeque::new(),
             nominal_share: 0.25,
             error_rate: 0.01,
+            step_suffix: String::new(),
         }
     }
 
@@ -356,6 +358,13 @@ impl Fixtures {
     /// Share of handler executions that fail with status ERROR (default 0.01).
     pub fn error_rate(mut self, rate: f64) -> Fixtures {
         self.error_rate = rate.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Appended to every step name (before the `_py` of Python workers' steps): new names,
+    /// and so new label values, for the same workflows (default none).
+    pub fn step_suffix(mut self, suffix: &str) -> Fixtures {
+        self.step_suffix = suffix.to_string();
         self
     }
 
@@ -545,7 +554,7 @@ impl Fixtures {
         let ffi_ms = if task.language == 0 { 0.0 } else { 5.0 };
         for step in task.workflow.steps {
             let step_uuid = self.rng.uuid();
-            let step_name = task.step_name(step);
+            let step_name = task.step_name(step, &self.step_suffix);
             let trace = self.rng.id::<16>();
             let claim = self.rng.millis(15.0, 0.4);
             let execute = self.rng.millis(42.0 + ffi_ms, 0.45);
@@ -904,12 +913,23 @@ impl Renewable {
             }
         }
         for &o in &self.hex {
-            let digits = &mut body[o..o + 8];
-            let text = std::str::from_utf8(digits).expect("hex digits");
-            let value = u32::from_str_radix(text, 16).expect("hex digits") ^ generation;
-            digits.copy_from_slice(format!("{value:08x}").as_bytes());
+            renew_hex(&mut body[o..o + 8], generation);
         }
     }
+
+    /// A UUID of the request (a `correlation_id`, say) as generation `generation` has it.
+    pub fn renew_uuid(uuid: &str, generation: u32) -> String {
+        let mut bytes = uuid.as_bytes().to_vec();
+        renew_hex(&mut bytes[..8], generation);
+        String::from_utf8(bytes).expect("hex digits stay ASCII")
+    }
+}
+
+/// XORs `generation` into eight hex digits.
+fn renew_hex(digits: &mut [u8], generation: u32) {
+    let text = std::str::from_utf8(digits).expect("hex digits");
+    let value = u32::from_str_radix(text, 16).expect("hex digits") ^ generation;
+    digits.copy_from_slice(format!("{value:08x}").as_bytes());
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -1102,6 +1122,39 @@ mod tests {
             v.iter().map(|t| t.2.clone()).collect::<BTreeSet<_>>().len()
         };
         assert_eq!(distinct(&zero), distinct(&one));
+    }
+
+    #[test]
+    fn step_suffix_names_new_steps_and_renewed_uuids_are_found() {
+        let request = Fixtures::new(13).step_suffix("_e7").request(300);
+        let string_values = |request: &ExportTraceServiceRequest, key: &str| -> Vec<String> {
+            request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .flat_map(|s| &s.attributes)
+                .filter(|a| a.key == key)
+                .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let steps = string_values(&request, "step_name");
+        assert!(!steps.is_empty());
+        for step in &steps {
+            assert!(step.ends_with("_e7") || step.ends_with("_e7_py"), "{step}");
+        }
+        let correlation = string_values(&request, "correlation_id")[0].clone();
+        let renewable = Renewable::protobuf(request.encode_to_vec());
+        let mut renewed = Vec::new();
+        renewable.renew_into(5, &mut renewed);
+        let renewed = ExportTraceServiceRequest::decode(&renewed[..]).unwrap();
+        let ids = string_values(&renewed, "correlation_id");
+        let expected = Renewable::renew_uuid(&correlation, 5);
+        assert_ne!(expected, correlation);
+        assert!(ids.contains(&expected) && !ids.contains(&correlation));
     }
 
     #[test]

@@ -3,25 +3,18 @@
 //! Run `spanlens-loadgen --help` for what it does and how to read its report.
 
 use bytes::Bytes;
-use clap::{Parser, ValueEnum};
-use http::{Method, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use clap::Parser;
+use http::Uri;
 use prost::Message;
-use spanlens::otlp::Protocol;
+use spanlens_loadgen::client::{self, Answer, MetricsClient, Proto, Sender, Target, connect};
 use spanlens_loadgen::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
+use spanlens_loadgen::parse_duration;
+use spanlens_loadgen::procfs::{clock_ticks, read_proc};
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-
-mod server_latency;
-
-const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Load generator for spanlens: realistic tasker workflow spans over OTLP, with server CPU,
 /// memory and client latency in the report.
@@ -148,30 +141,6 @@ struct Args {
     json: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Proto {
-    Grpc,
-    HttpProtobuf,
-    HttpJson,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration: use e.g. 10s, 500ms, 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use ms, s or m")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 /// What is sent: templates whose ids are renewed on every send (uncompressed bodies), or
 /// bodies compressed in advance with their ids renewed per variant (gzip).
 enum Bodies {
@@ -194,24 +163,10 @@ impl Bodies {
             Bodies::Renewed(templates) => {
                 let len = templates.len() as u64;
                 let template = &templates[(n % len) as usize];
-                let generation = (n / len + 1) as u32;
-                let mut out = Vec::with_capacity(template.bytes().len() + 5);
-                if grpc {
-                    out.push(0);
-                    out.extend_from_slice(&(template.bytes().len() as u32).to_be_bytes());
-                }
-                template.renew_into(generation, &mut out);
-                Bytes::from(out)
+                client::body(template, (n / len + 1) as u32, grpc, false)
             }
         }
     }
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder =
-        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), Default::default());
-    encoder.write_all(data).expect("writing to memory");
-    encoder.finish().expect("writing to memory")
 }
 
 /// Builds and encodes every body before anything is timed; returns them with the encoded
@@ -247,18 +202,7 @@ fn bodies(args: &Args) -> (Bodies, f64, Option<u64>) {
                 let templates = &templates;
                 scope.spawn(move || {
                     jobs.iter()
-                        .map(|&(t, g)| {
-                            let mut plain = Vec::new();
-                            templates[t].renew_into(g, &mut plain);
-                            let packed = gzip(&plain);
-                            let mut out = Vec::with_capacity(packed.len() + 5);
-                            if grpc {
-                                out.push(1);
-                                out.extend_from_slice(&(packed.len() as u32).to_be_bytes());
-                            }
-                            out.extend_from_slice(&packed);
-                            Bytes::from(out)
-                        })
+                        .map(|&(t, g)| client::body(&templates[t], g, grpc, true))
                         .collect::<Vec<_>>()
                 })
             })
@@ -270,155 +214,6 @@ fn bodies(args: &Args) -> (Bodies, f64, Option<u64>) {
     });
     let unique = (fixed.len() * args.spans_per_request) as u64;
     (Bodies::Fixed(fixed), per_span, Some(unique))
-}
-
-/// One connection's request sender.
-#[derive(Clone)]
-enum Sender {
-    H1(Arc<tokio::sync::Mutex<Http1>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
-}
-
-type Http1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn tcp(authority: &str) -> Result<TokioIo<TcpStream>, String> {
-    let stream = TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
-}
-
-async fn http1(authority: &str) -> Result<Http1, String> {
-    let (send, conn) = hyper::client::conn::http1::handshake(tcp(authority).await?)
-        .await
-        .map_err(|e| format!("HTTP/1.1 handshake with {authority}: {e}"))?;
-    tokio::spawn(conn);
-    Ok(send)
-}
-
-async fn connect(authority: &str, http2: bool) -> Result<Sender, String> {
-    if !http2 {
-        let send = http1(authority).await?;
-        return Ok(Sender::H1(Arc::new(tokio::sync::Mutex::new(send))));
-    }
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(16 << 20)
-        .max_frame_size(1 << 20)
-        .handshake(tcp(authority).await?)
-        .await
-        .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
-    tokio::spawn(conn);
-    Ok(Sender::H2(send))
-}
-
-/// What one request turned into.
-enum Answer {
-    Ok { rejected: u64 },
-    Failed(String),
-}
-
-struct Target {
-    protocol: Proto,
-    gzip: bool,
-    uri: Uri,
-    /// Request headers built once.
-    content_type: &'static str,
-}
-
-impl Target {
-    fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(header::CONTENT_TYPE, self.content_type);
-        match (self.protocol, self.gzip) {
-            (Proto::Grpc, true) => builder = builder.header("grpc-encoding", "gzip"),
-            (_, true) => builder = builder.header(header::CONTENT_ENCODING, "gzip"),
-            _ => {}
-        }
-        if self.protocol == Proto::Grpc {
-            builder = builder.header(header::TE, "trailers");
-        }
-        builder.body(Full::new(body)).expect("valid request")
-    }
-
-    async fn send(&self, sender: &Sender, body: Bytes) -> Answer {
-        let request = self.request(body);
-        let response = match sender {
-            Sender::H2(send) => {
-                let mut send = send.clone();
-                if let Err(e) = send.ready().await {
-                    return Answer::Failed(format!("connection: {e}"));
-                }
-                send.send_request(request).await
-            }
-            Sender::H1(send) => {
-                let mut send = send.lock().await;
-                if let Err(e) = send.ready().await {
-                    return Answer::Failed(format!("connection: {e}"));
-                }
-                send.send_request(request).await
-            }
-        };
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => return Answer::Failed(format!("transport: {e}")),
-        };
-        let (parts, body) = response.into_parts();
-        let collected = match body.collect().await {
-            Ok(collected) => collected,
-            Err(e) => return Answer::Failed(format!("reading the response: {e}")),
-        };
-        let trailers = collected.trailers().cloned();
-        let bytes = collected.to_bytes();
-        if parts.status != StatusCode::OK {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-            return Answer::Failed(format!("HTTP {}: {}", parts.status.as_u16(), text.trim()));
-        }
-        let rejected = |message: &[u8]| {
-            ExportTraceServiceResponse::decode(message)
-                .ok()
-                .and_then(|r| r.partial_success)
-                .map_or(0, |p| p.rejected_spans.max(0) as u64)
-        };
-        match self.protocol {
-            Proto::Grpc => {
-                let status = trailers
-                    .as_ref()
-                    .and_then(|t| t.get("grpc-status"))
-                    .or_else(|| parts.headers.get("grpc-status"))
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("missing");
-                if status != "0" {
-                    let message = trailers
-                        .as_ref()
-                        .and_then(|t| t.get("grpc-message"))
-                        .or_else(|| parts.headers.get("grpc-message"))
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    return Answer::Failed(format!("grpc-status {status}: {message}"));
-                }
-                let message = bytes.get(5..).unwrap_or(&[]);
-                Answer::Ok {
-                    rejected: rejected(message),
-                }
-            }
-            Proto::HttpProtobuf => Answer::Ok {
-                rejected: rejected(&bytes),
-            },
-            Proto::HttpJson => Answer::Ok {
-                rejected: serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| {
-                        let n = v.pointer("/partialSuccess/rejectedSpans")?.clone();
-                        n.as_u64().or_else(|| n.as_str()?.parse().ok())
-                    })
-                    .unwrap_or(0),
-            },
-        }
-    }
 }
 
 /// What the workers of one phase measured.
@@ -531,129 +326,6 @@ async fn phase(
     total
 }
 
-/// CPU and memory of a process, from /proc.
-#[derive(Debug, Clone, Copy)]
-struct ProcSample {
-    cpu_seconds: f64,
-    rss_kib: u64,
-    hwm_kib: u64,
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn read_proc(pid: &str, ticks: f64) -> Result<ProcSample, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces:
-    // state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')').ok_or("unexpected /proc stat format")? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let cpu_seconds = (tick(11) + tick(12)) as f64 / ticks;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok(ProcSample {
-        cpu_seconds,
-        rss_kib: kib("VmRSS:"),
-        hwm_kib: kib("VmHWM:"),
-    })
-}
-
-/// An HTTP/1.1 connection to a /metrics endpoint, opened again when the server has closed it
-/// (spanlens closes a keep-alive connection idle past its header read timeout).
-struct MetricsClient {
-    uri: Uri,
-    authority: String,
-    send: Option<Http1>,
-}
-
-impl MetricsClient {
-    async fn connect(uri: Uri) -> Result<MetricsClient, String> {
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("{uri}: no host"))?
-            .to_string();
-        let mut client = MetricsClient {
-            uri,
-            authority,
-            send: None,
-        };
-        client.ready().await?;
-        Ok(client)
-    }
-
-    /// The connection, ready for a request.
-    async fn ready(&mut self) -> Result<&mut Http1, String> {
-        let open = match &mut self.send {
-            Some(send) => send.ready().await.is_ok(),
-            None => false,
-        };
-        if !open {
-            self.send = Some(http1(&self.authority).await?);
-        }
-        Ok(self.send.as_mut().expect("connected"))
-    }
-
-    /// One scrape, in the format `accept` asks for: the body of a 200 answer.
-    async fn get(&mut self, accept: &str) -> Result<Bytes, String> {
-        let request = Request::builder()
-            .uri(self.uri.path_and_query().map_or("/metrics", |p| p.as_str()))
-            .header(header::HOST, &self.authority)
-            .header(header::ACCEPT, accept)
-            .body(Full::new(Bytes::new()))
-            .expect("valid request");
-        let uri = self.uri.clone();
-        let send = self.ready().await?;
-        let response = send
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        match status {
-            StatusCode::OK => Ok(body),
-            other => Err(format!("{uri}: HTTP {}", other.as_u16())),
-        }
-    }
-
-    /// The server's request-duration buckets for `protocol` now.
-    async fn request_durations(
-        &mut self,
-        protocol: &str,
-    ) -> Result<server_latency::Buckets, String> {
-        let body = self.get("text/plain;version=0.0.4").await?;
-        Ok(server_latency::Buckets::parse(
-            &String::from_utf8_lossy(&body),
-            protocol,
-        ))
-    }
-}
-
 /// Polls /metrics at an interval until told to stop; returns per-scrape latencies and sizes.
 async fn scraper(
     uri: Uri,
@@ -732,22 +404,7 @@ async fn run(args: Args) -> Result<bool, String> {
         .authority()
         .ok_or_else(|| format!("{base}: the target needs a host and port"))?
         .to_string();
-    let path = match args.protocol {
-        Proto::Grpc => GRPC_PATH,
-        _ => "/v1/traces",
-    };
-    let target = Arc::new(Target {
-        protocol: args.protocol,
-        gzip: args.gzip,
-        uri: format!("http://{authority}{path}")
-            .parse()
-            .map_err(|e| format!("target URL: {e}"))?,
-        content_type: match args.protocol {
-            Proto::Grpc => "application/grpc",
-            Proto::HttpProtobuf => "application/x-protobuf",
-            Proto::HttpJson => "application/json",
-        },
-    });
+    let target = Arc::new(Target::new(args.protocol, args.gzip, &authority)?);
     let connections = if http2 {
         args.connections.unwrap_or(2).clamp(1, args.concurrency)
     } else {
@@ -808,13 +465,7 @@ async fn run(args: Args) -> Result<bool, String> {
         Some(uri) => Some(MetricsClient::connect(uri).await?),
         None => None,
     };
-    // The `protocol` label spanlens puts on its own metrics for this protocol.
-    let protocol_label = match args.protocol {
-        Proto::Grpc => Protocol::Grpc,
-        Proto::HttpProtobuf => Protocol::HttpProtobuf,
-        Proto::HttpJson => Protocol::HttpJson,
-    }
-    .as_str();
+    let protocol_label = Some(args.protocol.label());
     let durations_before = match &mut server_metrics {
         Some(client) => Some(client.request_durations(protocol_label).await?),
         None => None,
@@ -1034,26 +685,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("3h").is_err());
-        assert!(parse_duration("abc").is_err());
-    }
-
-    #[test]
     fn percentiles_are_nearest_rank() {
         let sorted: Vec<u64> = (1..=1000).map(|i| i * 1_000_000).collect();
         assert_eq!(percentile(&sorted, 0.5), 500.0);
         assert_eq!(percentile(&sorted, 0.99), 990.0);
         assert_eq!(percentile(&sorted, 0.999), 999.0);
-    }
-
-    #[test]
-    fn proc_self_is_readable() {
-        let sample = read_proc("self", 100.0).unwrap();
-        assert!(sample.rss_kib > 0 && sample.hwm_kib >= sample.rss_kib);
     }
 }
