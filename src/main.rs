@@ -284,6 +284,9 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Listened for before the server starts: a SIGTERM as soon as it has started (and
+        // said so) is a graceful stop, not the signal's default action.
+        let stopped = shutdown_signal();
         let server = match Server::start(config).await {
             Ok(server) => server,
             Err(e) => {
@@ -292,7 +295,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             }
         };
         tracing::info!(config = %origin, metrics = %format!("http://{}/metrics", server.metrics_addr()), "spanlens started");
-        shutdown_signal().await;
+        stopped.await;
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         let pipeline = server.pipeline().clone();
         server.shutdown().await;
@@ -301,17 +304,23 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves at the first SIGTERM or SIGINT from now on: the handlers are in place when it
+/// returns, before it is polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
