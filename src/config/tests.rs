@@ -4,6 +4,14 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, "test.yaml", &HashMap::new())
 }
 
+/// Every problem of a config that must not parse, as `path: message`.
+fn problems(text: &str) -> Vec<String> {
+    let err = parse(text).expect_err("problems");
+    (err.problems.iter())
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect()
+}
+
 #[test]
 fn default_profile_is_valid_and_complete() {
     let config = Config::default_profile();
@@ -313,22 +321,12 @@ fn join_waits_are_bounded() {
 #[test]
 fn a_duration_that_does_not_parse_hides_no_other_problem_of_its_section() {
     let text = format!("{MINIMAL}join:\n  max_wait: soon\n  max_pending: 0\n");
-    let err = parse(&text).unwrap_err();
-    let found: Vec<(&str, &str)> = err
-        .problems
-        .iter()
-        .map(|p| (p.path.as_str(), p.message.as_str()))
-        .collect();
     assert_eq!(
-        found,
-        vec![
-            (
-                "join.max_wait",
-                "`soon` is not a Prometheus duration (such as 30s, 5m, 1h, 1d)"
-            ),
-            ("join.max_pending", "must be at least 1"),
-        ],
-        "{err}"
+        problems(&text),
+        [
+            "join.max_wait: `soon` is not a Prometheus duration (such as 30s, 5m, 1h, 1d)",
+            "join.max_pending: must be at least 1",
+        ]
     );
 }
 
@@ -543,16 +541,9 @@ fn native_histogram_settings_are_checked_with_their_lines() {
 #[test]
 fn receivers_need_room_for_a_connection() {
     let text = format!("{MINIMAL}receivers:\n  max_connections: 0\n");
-    let err = parse(&text).unwrap_err();
-    let found: Vec<(&str, &str)> = err
-        .problems
-        .iter()
-        .map(|p| (p.path.as_str(), p.message.as_str()))
-        .collect();
     assert_eq!(
-        found,
-        vec![("receivers.max_connections", "must be at least 1")],
-        "{err}"
+        problems(&text),
+        ["receivers.max_connections: must be at least 1"]
     );
     let text = format!("{MINIMAL}receivers:\n  max_connections: 100\n");
     assert_eq!(parse(&text).expect("valid").receivers.max_connections, 100);
