@@ -945,6 +945,24 @@ fn is_uuid(b: &[u8]) -> bool {
         })
 }
 
+/// The string values of span attribute `key` in `request`, in order.
+pub fn string_values<'r>(
+    request: &'r ExportTraceServiceRequest,
+    key: &'r str,
+) -> impl Iterator<Item = &'r str> + 'r {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .flat_map(|s| &s.attributes)
+        .filter(move |a| a.key == key)
+        .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(v) => Some(v.as_str()),
+            _ => None,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1128,17 +1146,8 @@ mod tests {
     fn step_suffix_names_new_steps_and_renewed_uuids_are_found() {
         let request = Fixtures::new(13).step_suffix("_e7").request(300);
         let string_values = |request: &ExportTraceServiceRequest, key: &str| -> Vec<String> {
-            request
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .flat_map(|s| &s.spans)
-                .flat_map(|s| &s.attributes)
-                .filter(|a| a.key == key)
-                .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
-                    any_value::Value::StringValue(v) => Some(v.clone()),
-                    _ => None,
-                })
+            super::string_values(request, key)
+                .map(str::to_string)
                 .collect()
         };
         let steps = string_values(&request, "step_name");

@@ -4,10 +4,9 @@
 use clap::Parser;
 use http::Uri;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 use spanlens_loadgen::client::{self, Answer, MetricsClient, Proto, Target, connect};
-use spanlens_loadgen::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable};
+use spanlens_loadgen::fixtures::{DEFAULT_SPANS_PER_REQUEST, Fixtures, Renewable, string_values};
 use spanlens_loadgen::parse_duration;
 use spanlens_loadgen::procfs::{clock_ticks, open_fds, read_proc};
 use spanlens_loadgen::server_latency::Buckets;
@@ -132,17 +131,9 @@ fn epoch(seed: u64, n: u64) -> Epoch {
 }
 
 fn first_correlation_id(request: &ExportTraceServiceRequest) -> Option<String> {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| &s.spans)
-        .flat_map(|s| &s.attributes)
-        .filter(|a| a.key == "correlation_id")
-        .find_map(|a| match a.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(v) => Some(v.clone()),
-            _ => None,
-        })
+    string_values(request, "correlation_id")
+        .next()
+        .map(str::to_string)
 }
 
 /// One request to send: which template of which epoch, in which generation.
