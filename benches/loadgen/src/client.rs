@@ -204,19 +204,15 @@ impl Target {
         };
         match self.protocol {
             Proto::Grpc => {
-                let status = trailers
-                    .as_ref()
-                    .and_then(|t| t.get("grpc-status"))
-                    .or_else(|| parts.headers.get("grpc-status"))
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("missing");
-                if status != "0" {
-                    let message = trailers
-                        .as_ref()
-                        .and_then(|t| t.get("grpc-message"))
-                        .or_else(|| parts.headers.get("grpc-message"))
+                // A trailer, else a header (a trailers-only answer).
+                let field = |name: &str| {
+                    (trailers.as_ref().and_then(|t| t.get(name)))
+                        .or_else(|| parts.headers.get(name))
                         .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
+                };
+                let status = field("grpc-status").unwrap_or("missing");
+                if status != "0" {
+                    let message = field("grpc-message").unwrap_or("");
                     return Answer::Failed(format!("grpc-status {status}: {message}"));
                 }
                 let message = bytes.get(5..).unwrap_or(&[]);
