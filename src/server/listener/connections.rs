@@ -2,9 +2,10 @@
 //! and what the process's file limit leaves room for. Past the first, a new connection is
 //! closed as it arrives; near the second, the connection idle the longest (no request in
 //! flight) is closed to make room for it, so a flood of idle connections cannot starve
-//! clients that send requests, and a connection with a request in flight is never closed
-//! for room.
+//! clients that send requests, and a connection with a request in flight, or one whose
+//! request is arriving (bytes sent and not read yet), is never closed for room.
 
+use super::socket::{self, Pending};
 use crate::metrics::store::{MetricKind, MetricSpec, Snapshot};
 use axum::body::Body;
 use http_body_util::BodyExt;
@@ -12,8 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
+
+/// How many of the longest idle connections are peeked at for one that can be closed.
+const PEEK_AT_MOST: usize = 16;
 
 /// Which listener a connection came to: the `listener` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +73,8 @@ struct Entry {
     idle_since: Option<u64>,
     /// Closes it; set once its task runs. Until then it is not closed for room.
     abort: Option<AbortHandle>,
+    /// Its socket, peeked at before it is closed for room.
+    socket: Weak<TcpStream>,
 }
 
 impl Registry {
@@ -134,7 +141,11 @@ impl Connections {
 
     /// Takes in a connection just accepted, closing the longest idle one when the file limit
     /// leaves no room; None (and counted) when it must be closed at once.
-    pub(crate) fn open(self: &Arc<Self>, listener: Listener) -> Option<Arc<Slot>> {
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        listener: Listener,
+        socket: Weak<TcpStream>,
+    ) -> Option<Arc<Slot>> {
         let mut registry = self.lock();
         let refused = || {
             self.refused[listener as usize].fetch_add(1, Ordering::Relaxed);
@@ -155,6 +166,7 @@ impl Connections {
                 requests: 0,
                 idle_since: None,
                 abort: None,
+                socket,
             },
         );
         registry.open_by_listener[listener as usize] += 1;
@@ -170,8 +182,22 @@ impl Connections {
         self.close_longest_idle(&mut self.lock())
     }
 
+    /// Closes the connection idle the longest among those whose request is not arriving (a
+    /// peek finds bytes sent and not read yet: the server is behind, not the client idle).
     fn close_longest_idle(&self, registry: &mut Registry) -> bool {
-        let Some((_, id)) = registry.idle.pop_first() else {
+        let arriving = |id: &u64| {
+            registry
+                .open
+                .get(id)
+                .is_some_and(|entry| socket::peek(&entry.socket) == Some(Pending::Bytes))
+        };
+        let Some(id) = registry
+            .idle
+            .values()
+            .take(PEEK_AT_MOST)
+            .copied()
+            .find(|id| !arriving(id))
+        else {
             return false;
         };
         let Some(entry) = registry.remove(id) else {
@@ -334,7 +360,15 @@ mod tests {
         connections: &Arc<Connections>,
         listener: Listener,
     ) -> Option<(Arc<Slot>, AbortHandle)> {
-        let slot = connections.open(listener)?;
+        open_over(connections, listener, Weak::new())
+    }
+
+    fn open_over(
+        connections: &Arc<Connections>,
+        listener: Listener,
+        socket: Weak<TcpStream>,
+    ) -> Option<(Arc<Slot>, AbortHandle)> {
+        let slot = connections.open(listener, socket)?;
         let task = tokio::spawn(std::future::pending::<()>());
         let abort = task.abort_handle();
         slot.attach(abort.clone());
@@ -394,5 +428,41 @@ mod tests {
             1
         );
         assert!(!busy_task.is_finished() && !newer_task.is_finished());
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_request_is_arriving_is_not_closed_for_room() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut accepted = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(TcpStream::connect(address).await.unwrap());
+            accepted.push(socket::Socket::new(listener.accept().await.unwrap().0));
+        }
+        let connections = connections(100, 2);
+        let (_sending, sending_task) =
+            open_over(&connections, Listener::Http, accepted[0].watch()).unwrap();
+        let (_silent, silent_task) =
+            open_over(&connections, Listener::Http, accepted[1].watch()).unwrap();
+        // The longest idle connection's client has sent its request's first bytes.
+        clients[0].write_all(b"POST /v1/traces").await.unwrap();
+        while socket::peek(&accepted[0].watch()) != Some(Pending::Bytes) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let (_fresh, _) = open(&connections, Listener::Http).expect("room made");
+        tokio::task::yield_now().await;
+        assert!(silent_task.is_finished(), "the silent one was closed");
+        assert!(
+            !sending_task.is_finished(),
+            "the one with a request arriving was not"
+        );
+        // Only the fresh connection (no socket: already let go of) is left to close; then,
+        // with the newest busy, nothing is.
+        let (another, _) = open(&connections, Listener::Http).expect("room made again");
+        let _busy = another.request();
+        assert!(open(&connections, Listener::Http).is_none(), "nothing idle");
+        assert!(!sending_task.is_finished());
     }
 }

@@ -5,6 +5,7 @@
 
 pub(crate) mod connections;
 mod first_bytes;
+mod socket;
 
 use connections::{Connections, Listener, Tracked};
 use std::sync::Arc;
@@ -130,15 +131,16 @@ pub(crate) async fn serve(
             },
             _ = stop.cancelled() => break,
         };
-        let Some(slot) = open.open(which) else {
+        // gRPC answers in several small frames (headers, data, trailers): with Nagle on, the
+        // last one waits for the client's delayed ACK (~40 ms).
+        let _ = tcp.set_nodelay(true);
+        let tcp = socket::Socket::new(tcp);
+        let Some(slot) = open.open(which, tcp.watch()) else {
             tracing::debug!(
                 "connection closed as it arrived: receivers.max_connections reached, or the file limit with no idle connection"
             );
             continue;
         };
-        // gRPC answers in several small frames (headers, data, trailers): with Nagle on, the
-        // last one waits for the client's delayed ACK (~40 ms).
-        let _ = tcp.set_nodelay(true);
         let builder = builder.clone();
         let service = Tracked {
             inner: TowerToHyperService::new(router.clone()),
