@@ -18,7 +18,7 @@ use crate::otlp::refusal::{Busy, Refusal};
 use bytes::Bytes;
 use payload::Bodies;
 use queue::{Item, Queue};
-use retry::Backoff;
+use retry::{Backoff, Retrying};
 use send::{Attempt, Sender};
 use stats::{EndpointView, Stats, add};
 use std::sync::atomic::AtomicU64;
@@ -78,13 +78,6 @@ impl Timings {
             max_elapsed: config.retry.max_elapsed.get(),
         }
     }
-}
-
-/// How delivering one request ended.
-enum Fate {
-    Delivered { rejected: u64 },
-    Failed { exhausted: bool },
-    Abandoned,
 }
 
 impl Forwarder {
@@ -334,79 +327,64 @@ fn abandon(endpoint: &Endpoint, item: &Item) {
     }
 }
 
+/// A sender: sends one request at a time, taking the next as soon as an attempt ends; a
+/// request to be retried goes back to the queue to wait out its backoff there.
 async fn send_loop(
     endpoint: Arc<Endpoint>,
     timings: Arc<Timings>,
     abandon_all: CancellationToken,
     seed: u64,
 ) {
+    let stats = &endpoint.stats;
     loop {
         let item = tokio::select! {
             item = endpoint.queue.pop() => item,
             _ = abandon_all.cancelled() => None,
         };
-        let Some(item) = item else { return };
-        let stats = &endpoint.stats;
-        match deliver(&endpoint, &item, &timings, &abandon_all, seed).await {
-            Fate::Delivered { rejected } => {
+        let Some(mut item) = item else { return };
+        let attempt = tokio::select! {
+            attempt = endpoint.sender.attempt(&item.body, item.compression) => attempt,
+            _ = abandon_all.cancelled() => {
+                abandon(&endpoint, &item);
+                return;
+            }
+        };
+        match attempt {
+            Attempt::Delivered { rejected } => {
                 add(&stats.sent_requests, 1);
                 add(&stats.sent_spans, item.spans.saturating_sub(rejected));
                 add(&stats.failed_rejected, rejected.min(item.spans));
                 endpoint.queue.finish(&item, true);
             }
-            Fate::Failed { exhausted } => {
-                let counter = if exhausted {
-                    &stats.failed_exhausted
-                } else {
-                    &stats.failed_permanent
-                };
-                add(counter, item.spans);
-                endpoint.queue.finish(&item, true);
-            }
-            Fate::Abandoned => abandon(&endpoint, &item),
-        }
-    }
-}
-
-async fn deliver(
-    endpoint: &Endpoint,
-    item: &Item,
-    timings: &Timings,
-    abandon_all: &CancellationToken,
-    seed: u64,
-) -> Fate {
-    let started = Instant::now();
-    let mut backoff = Backoff::new(
-        timings.initial_interval,
-        timings.max_interval,
-        seed ^ item.spans,
-    );
-    loop {
-        let attempt = tokio::select! {
-            attempt = endpoint.sender.attempt(&item.body, item.compression) => attempt,
-            _ = abandon_all.cancelled() => return Fate::Abandoned,
-        };
-        let (after, why) = match attempt {
-            Attempt::Delivered { rejected } => return Fate::Delivered { rejected },
             Attempt::Permanent(why) => {
                 tracing::warn!(endpoint = %endpoint.label, spans = item.spans, %why, "the endpoint refused a forwarded request for good; its spans are counted failed");
-                return Fate::Failed { exhausted: false };
+                add(&stats.failed_permanent, item.spans);
+                endpoint.queue.finish(&item, true);
             }
-            Attempt::Retry { after, why } => (after, why),
-        };
-        // A wait of zero from the endpoint would retry in a tight loop: back off instead.
-        let wait = after
-            .filter(|d| !d.is_zero())
-            .unwrap_or_else(|| backoff.next_wait());
-        if started.elapsed().saturating_add(wait) > timings.max_elapsed {
-            tracing::warn!(endpoint = %endpoint.label, spans = item.spans, %why, "giving up on a forwarded request after retry.max_elapsed; its spans are counted failed");
-            return Fate::Failed { exhausted: true };
-        }
-        tracing::debug!(endpoint = %endpoint.label, %why, ?wait, "forwarding will retry");
-        add(&endpoint.stats.retries, 1);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = abandon_all.cancelled() => return Fate::Abandoned,
+            Attempt::Retry { after, why } => {
+                let retrying = item.retrying.get_or_insert_with(|| Retrying {
+                    since: Instant::now(),
+                    backoff: Backoff::new(
+                        timings.initial_interval,
+                        timings.max_interval,
+                        seed ^ item.spans,
+                    ),
+                });
+                // A wait of zero from the endpoint would retry in a tight loop: back off
+                // instead.
+                let wait = after
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or_else(|| retrying.backoff.next_wait());
+                if retrying.since.elapsed().saturating_add(wait) > timings.max_elapsed {
+                    tracing::warn!(endpoint = %endpoint.label, spans = item.spans, %why, "giving up on a forwarded request after retry.max_elapsed; its spans are counted failed");
+                    add(&stats.failed_exhausted, item.spans);
+                    endpoint.queue.finish(&item, true);
+                } else {
+                    tracing::debug!(endpoint = %endpoint.label, %why, ?wait, "forwarding will retry");
+                    add(&stats.retries, 1);
+                    endpoint.queue.retry_later(item, wait);
+                }
+            }
         }
     }
 }

@@ -1,11 +1,15 @@
-//! One endpoint's bounded queue: requests waiting or being sent, bounded by count and bytes,
-//! mirrored to the write-ahead log when there is one.
+//! One endpoint's bounded queue: requests waiting, being sent, or waiting out a retry's
+//! backoff, bounded by count and bytes, mirrored to the write-ahead log when there is one.
+//! A request waiting to be retried holds no sender: the senders go on with other requests
+//! (the endpoint failing some calls does not slow the others down to the pace of backoffs).
 
+use super::retry::Retrying;
 use super::wal::{AppendError, RecordId, Wal};
 use crate::config::forward::Compression;
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// A request on its way to one endpoint.
@@ -16,6 +20,8 @@ pub(crate) struct Item {
     pub(crate) compression: Compression,
     pub(crate) spans: u64,
     record: Option<RecordId>,
+    /// Set once an attempt failed and it is to be retried.
+    pub(crate) retrying: Option<Retrying>,
 }
 
 /// Records a log held unacknowledged when it was opened.
@@ -30,6 +36,9 @@ pub(crate) struct Queue {
 
 pub(crate) struct State {
     waiting: VecDeque<Item>,
+    /// Requests waiting out a retry's backoff, by when they are due (then a sequence number).
+    retrying: BTreeMap<(Instant, u64), Item>,
+    next_retry: u64,
     /// Requests and bytes waiting or being sent.
     requests: usize,
     bytes: usize,
@@ -47,6 +56,8 @@ impl Queue {
     ) -> (Queue, u64) {
         let mut state = State {
             waiting: VecDeque::new(),
+            retrying: BTreeMap::new(),
+            next_retry: 0,
             requests: 0,
             bytes: 0,
             wal: None,
@@ -65,6 +76,7 @@ impl Queue {
                     compression,
                     spans,
                     record: Some(record),
+                    retrying: None,
                 });
                 recovered += 1;
             }
@@ -88,22 +100,49 @@ impl Queue {
         self.ready.notify_one();
     }
 
-    /// The next request to send; None once closed and empty.
+    /// The next request to send: a retry that is due, else the oldest waiting request; None
+    /// once closed with nothing waiting or to be retried.
     pub(crate) async fn pop(&self) -> Option<Item> {
         loop {
-            // Created before the check so a push or close in between is not missed.
+            // Created before the check so a push, retry or close in between is not missed.
             let notified = self.ready.notified();
-            {
+            let next_due = {
                 let mut state = self.lock();
+                if let Some(due) = state.retrying.first_entry()
+                    && due.key().0 <= Instant::now()
+                {
+                    return Some(due.remove());
+                }
                 if let Some(item) = state.waiting.pop_front() {
                     return Some(item);
                 }
-                if state.closed {
+                if state.closed && state.retrying.is_empty() {
                     return None;
                 }
+                state.retrying.keys().next().map(|&(due, _)| due)
+            };
+            match next_due {
+                Some(due) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                    }
+                }
+                None => notified.await,
             }
-            notified.await;
         }
+    }
+
+    /// Puts a request whose attempt failed back, to be sent again after `wait`.
+    pub(crate) fn retry_later(&self, item: Item, wait: Duration) {
+        {
+            let mut state = self.lock();
+            let seq = state.next_retry;
+            state.next_retry += 1;
+            state.retrying.insert((Instant::now() + wait, seq), item);
+        }
+        // A sender waiting for a later retry, or for a push, looks again.
+        self.ready.notify_one();
     }
 
     /// A request left the queue: delivered or given up (`settled`: forget it in the log too),
@@ -122,10 +161,16 @@ impl Queue {
         self.ready.notify_waiters();
     }
 
-    /// Takes every waiting request (at the end of a drain); each is still counted in the
-    /// queue until [`Queue::finish`].
+    /// Takes every request waiting or to be retried (at the end of a drain); each is still
+    /// counted in the queue until [`Queue::finish`].
     pub(crate) fn take_waiting(&self) -> Vec<Item> {
-        self.lock().waiting.drain(..).collect()
+        let mut state = self.lock();
+        let retrying = std::mem::take(&mut state.retrying);
+        state
+            .waiting
+            .drain(..)
+            .chain(retrying.into_values())
+            .collect()
     }
 
     pub(crate) fn has_log(&self) -> bool {
@@ -186,6 +231,7 @@ impl State {
             compression,
             spans,
             record,
+            retrying: None,
         });
         Ok(())
     }
@@ -198,9 +244,19 @@ impl State {
         }
     }
 
-    /// Drops the oldest waiting request; returns its span count.
+    /// Drops the oldest request not being sent: of those to be retried (all older than any
+    /// waiting, as the queue is sent in order), the one retried the longest; else the oldest
+    /// waiting. Returns its span count.
     pub(crate) fn drop_oldest(&mut self) -> Option<u64> {
-        let item = self.waiting.pop_front()?;
+        let longest_retried = self
+            .retrying
+            .iter()
+            .min_by_key(|(_, item)| item.retrying.as_ref().map(|r| r.since))
+            .map(|(&key, _)| key);
+        let item = match longest_retried {
+            Some(key) => self.retrying.remove(&key)?,
+            None => self.waiting.pop_front()?,
+        };
         self.release(&item);
         self.forget(&item);
         Some(item.spans)

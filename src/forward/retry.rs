@@ -1,6 +1,12 @@
 //! Exponential backoff with jitter between attempts to deliver one request.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A request's retries so far: when its first attempt began, and its backoff.
+pub(crate) struct Retrying {
+    pub(crate) since: Instant,
+    pub(crate) backoff: Backoff,
+}
 
 pub(crate) struct Backoff {
     next: Duration,

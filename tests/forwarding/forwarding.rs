@@ -2086,6 +2086,46 @@ async fn retries_give_up_after_max_elapsed_and_timeouts_are_retried() {
     bounded("shutdown", server.shutdown()).await;
 }
 
+/// One sender, a downstream that fails the first call, and a long backoff: the request
+/// waiting to be retried holds no sender, so the nine sent after it are delivered meanwhile
+/// (each sender waiting out every backoff would cap a 30%-failing endpoint at a few requests
+/// a second). A drain ends at drain_timeout without waiting for that retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_waiting_to_be_retried_holds_no_sender() {
+    let downstream =
+        Downstream::up(Policy::first(1, Failure::Unavailable { retry_after: None })).await;
+    let mut forward = Forward::to(vec![Endpoint::grpc("backend", downstream.url())]);
+    forward.senders = 1;
+    // 30 s ± 50%: far beyond the test.
+    forward.initial_interval = "30s";
+    forward.max_interval = "30s";
+    forward.drain_timeout = "1s";
+    let server = start(forward.config()).await;
+    let client = reqwest::Client::new();
+    let http = server.http_addr().unwrap();
+    let sent = batches(10, 3);
+    post_accepted(&client, http, &sent[0]).await;
+    wait_metrics(server.metrics_addr(), "the first call failed", |m| {
+        m.sum(RETRIES, &[("endpoint", "backend")]) == 1.0
+    })
+    .await;
+    for batch in &sent[1..] {
+        post_accepted(&client, http, batch).await;
+    }
+    wait_delivered(&downstream, "the nine after it", &all_ids(&sent[1..])).await;
+    let m = metrics(server.metrics_addr()).await;
+    assert_eq!(
+        m.sum(QUEUE_REQUESTS, &[("endpoint", "backend")]),
+        1.0,
+        "only the first is left, waiting out its backoff\n{}",
+        forward_series(&m, "backend")
+    );
+    assert!(downstream.delivered_ids().is_disjoint(&sent[0].ids()));
+    // The drain gives up on it after drain_timeout, long before its retry is due.
+    bounded("shutdown", server.shutdown()).await;
+    assert_eq!(downstream.attempts().len(), 10, "the retry was never due");
+}
+
 /// `Server::shutdown` stops the receivers and then keeps sending what is queued (within
 /// drain_timeout): when it returns, the slow downstream has every span.
 #[tokio::test(flavor = "multi_thread")]

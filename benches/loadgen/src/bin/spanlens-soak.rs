@@ -32,9 +32,10 @@ use tokio::sync::mpsc;
 /// a `--sink-fail-share` of the calls with UNAVAILABLE.
 ///
 /// After the load, the forwarding queue drains, and the verdict table is printed: RSS slope
-/// after warm-up (samples of a burst and of as long again after it left out), open files and threads flat, spans forwarded == accepted (== acknowledged
-/// to the client == received downstream), p99 of the last window against the first window
-/// after warm-up.
+/// after warm-up (samples of a burst and of as long again after it left out), open files
+/// and threads flat, spans forwarded == accepted (== acknowledged to the client == received
+/// downstream), p99 between bursts of the last window against the first window after
+/// warm-up (with the bursts' p99 shown beside it).
 ///
 /// Exit status: 0 when every check holds, 1 when one fails (named on stderr), 2 on setup
 /// errors.
