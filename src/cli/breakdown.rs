@@ -1,7 +1,7 @@
 //! `spanlens breakdown`: one task's breakdown fetched from a running spanlens and printed
-//! as a table.
+//! as a table, then as a waterfall of text bars.
 
-use crate::join::breakdown::{Breakdown, StageTiming};
+use crate::join::breakdown::{Breakdown, StageTiming, Waterfall};
 use std::time::Duration;
 
 /// The breakdown as a table for people, like the design note's example.
@@ -61,6 +61,61 @@ pub fn render_table(b: &Breakdown) -> String {
     out
 }
 
+/// The waterfall as text bars `width` columns wide: a row per span by start, `█` where it
+/// runs and `·` over the idle time before it, with its start, length and gap in milliseconds.
+pub fn render_bars(b: &Breakdown, width: usize) -> String {
+    use std::fmt::Write;
+    let w = Waterfall::of(b);
+    let column = |ms: f64| (w.scale(ms, width as f64).round() as usize).min(width);
+    let mut out = format!(
+        "\nwaterfall ({:.1} ms, one column {:.2} ms)\n",
+        w.total_ms,
+        w.total_ms / width as f64
+    );
+    for bar in &w.bars {
+        let start = column(bar.offset_ms).min(width - 1);
+        let end = column(bar.end_ms()).max(start + 1);
+        let idle = bar
+            .gap_before_ms
+            .map_or(start, |gap| column(bar.offset_ms - gap).min(start));
+        let name = match bar.step {
+            Some(step) => format!(
+                "{} {}",
+                step.step_name.as_deref().unwrap_or("?"),
+                bar.timing.stage
+            ),
+            None => bar.timing.stage.clone(),
+        };
+        let line: String = (0..width)
+            .map(|c| match c {
+                c if (start..end).contains(&c) => '█',
+                c if (idle..start).contains(&c) => '·',
+                _ => ' ',
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "{:<36} |{line}| {:>8.1} +{:>8.1} ms",
+            truncated(&name, 36),
+            bar.offset_ms,
+            bar.timing.duration_ms
+        );
+        if let Some(gap) = bar.gap_before_ms {
+            let _ = write!(out, "  (gap {gap:.1} ms)");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// At most `chars` characters of `text`, the last one `…` when cut.
+fn truncated(text: &str, chars: usize) -> String {
+    match text.chars().count() > chars {
+        true => text.chars().take(chars - 1).chain(['…']).collect(),
+        false => text.to_string(),
+    }
+}
+
 /// A derived value's row: its name (without `_ms`) in `width` columns after `indent`.
 fn derived_row(out: &mut String, indent: &str, width: usize, name: &str, ms: f64) {
     use std::fmt::Write;
@@ -80,15 +135,7 @@ pub fn fetch(from: &str, id: &str) -> Result<Breakdown, String> {
         .strip_prefix("http://")
         .ok_or_else(|| format!("--from must be an http:// URL, got `{from}`"))?;
     let (authority, base) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let encoded: String = id
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect();
+    let encoded = crate::config::percent_encoded(id);
     let path = format!("/{}/api/v1/breakdown/{encoded}", base.trim_end_matches('/'));
     let path = path.replacen("//", "/", 1);
     let mut stream = std::net::TcpStream::connect(authority)
