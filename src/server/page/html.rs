@@ -47,7 +47,7 @@ pub(crate) fn open(out: &mut String, title: &str, base: &str) {
         out,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · spanlens</title>\
+         <title>{title} · spanlens</title><link rel=\"icon\" href=\"data:,\">\
          <link rel=\"stylesheet\" href=\"{base}page.css\">\
          <script src=\"{base}page.js\" defer></script></head>\n<body>\
          <header><nav><a class=\"brand\" href=\"{base}\">spanlens</a> \

@@ -93,6 +93,7 @@ fn family_table(
     if labels.is_empty() {
         out.push_str("<th rowspan=\"2\">series</th>");
     }
+    out.push_str("<th rowspan=\"2\">alert</th>");
     for length in WINDOWS {
         let _ = write!(
             out,
@@ -100,7 +101,7 @@ fn family_table(
             window_name(length.as_secs())
         );
     }
-    out.push_str("<th rowspan=\"2\">alert</th></tr><tr>");
+    out.push_str("</tr><tr>");
     for _ in WINDOWS {
         out.push_str(
             "<th>spans</th><th>rate</th><th>errors</th><th>p50</th><th>p95</th><th>p99</th>",
@@ -129,6 +130,21 @@ fn family_table(
         if key.is_empty() {
             out.push_str("<td>all</td>");
         }
+        out.push_str("<td class=\"threshold\">");
+        for (alert, over) in alerts.iter().zip(&over) {
+            let _ = write!(
+                out,
+                "{} &gt; {}{} ",
+                crate::metrics::rules::quantile_name(alert.quantile),
+                ms(Some(alert.above_seconds)),
+                if *over {
+                    " <span class=\"flag\">over</span>"
+                } else {
+                    ""
+                }
+            );
+        }
+        out.push_str("</td>");
         for w in &windows {
             let totals = w.rows.get(key);
             let calls = totals.map_or(0.0, |t| t.calls);
@@ -159,21 +175,7 @@ fn family_table(
                 );
             }
         }
-        out.push_str("<td class=\"threshold\">");
-        for (alert, over) in alerts.iter().zip(&over) {
-            let _ = write!(
-                out,
-                "{} &gt; {}{} ",
-                crate::metrics::rules::quantile_name(alert.quantile),
-                ms(Some(alert.above_seconds)),
-                if *over {
-                    " <span class=\"flag\">over</span>"
-                } else {
-                    ""
-                }
-            );
-        }
-        out.push_str("</td></tr>");
+        out.push_str("</tr>");
     }
     out.push_str("</tbody></table></div></section>");
 }

@@ -75,7 +75,7 @@ fn svg(out: &mut String, w: &Waterfall) {
         "<h2>Waterfall</h2><div class=\"scroll\"><svg id=\"waterfall\" class=\"waterfall\" \
          viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" role=\"img\" \
          aria-label=\"task waterfall\" xmlns=\"http://www.w3.org/2000/svg\">",
-        width = LABELS + PLOT + 20.0,
+        width = LABELS + PLOT + 40.0,
     );
     // The time axis: 0, a quarter, half, three quarters, the whole.
     for i in 0..=4 {
@@ -110,8 +110,8 @@ fn svg(out: &mut String, w: &Waterfall) {
                  <text class=\"gap-label\" x=\"{lx:.2}\" y=\"{ly:.2}\">gap {gap:.1} ms</text>",
                 gy = y + 9.0,
                 gw = x - gx,
-                lx = (gx + x) / 2.0,
-                ly = y + 6.0,
+                lx = gx - 3.0,
+                ly = y + 15.0,
             );
         }
         let _ = write!(
