@@ -14,10 +14,9 @@ use support::sdk::{Recorder, Transport, exporter_to, recording, start_span};
 
 pub const ORCHESTRATION: &str = "tasker-orchestration";
 
-/// One span as sent: who, what, when (microseconds from the scenario's base) and its ids.
+/// One span as sent: what, when (microseconds from the scenario's base) and its ids.
 #[derive(Debug, Clone)]
 pub struct Sent {
-    pub service: &'static str,
     pub name: &'static str,
     pub start_us: u64,
     pub dur_us: u64,
@@ -63,7 +62,6 @@ impl Emitter {
         let ids = span.span_context().clone();
         span.end_with_timestamp(start + Duration::from_micros(dur_us));
         self.sent.push(Sent {
-            service,
             name,
             start_us,
             dur_us,

@@ -30,17 +30,20 @@ pub(super) fn render(page: &Page) -> String {
     match page.ring.windows(WINDOWS) {
         None => out.push_str("<p class=\"note\">No sample taken yet: reload in a moment.</p>"),
         Some((newest, bases)) => {
+            let covered = bases.each_ref().map(|base| seconds(&newest, base));
             let _ = write!(
                 out,
                 "<p class=\"note\">Windows end at the latest sample (taken every {:?}); \
-                 <span id=\"covered\">{} covers {:.1} s, {} covers {:.1} s</span>. \
+                 <span id=\"covered\" data-seconds=\"{} {}\">{} covers {:.1} s, {} covers {:.1} s</span>. \
                  Rows over their alert threshold are marked <span class=\"flag\">over</span>. \
                  <label><input type=\"checkbox\" id=\"refresh\"> refresh every 5 s</label></p>",
                 page.interval,
+                covered[0],
+                covered[1],
                 window_name(WINDOWS[0].as_secs()),
-                seconds(&newest, &bases[0]),
+                covered[0],
                 window_name(WINDOWS[1].as_secs()),
-                seconds(&newest, &bases[1]),
+                covered[1],
             );
             for (kind, title) in [(Kind::Stage, "Stages"), (Kind::Derived, "Derived")] {
                 let _ = write!(out, "<h2>{title}</h2>");
