@@ -166,3 +166,63 @@ pub fn fetch(from: &str, id: &str) -> Result<Breakdown, String> {
         other => Err(format!("{from} answered HTTP {other}: {}", body.trim())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::join::breakdown::StepBreakdown;
+    use std::collections::BTreeMap;
+
+    fn timing(stage: &str, start_ms: u64, duration_ms: f64) -> StageTiming {
+        StageTiming {
+            stage: stage.to_string(),
+            span_name: stage.to_string(),
+            service: "s".to_string(),
+            duration_ms,
+            start_unix_nano: 1_000_000_000 + start_ms * 1_000_000,
+            trace_id: String::new(),
+            span_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn bars_start_where_their_spans_start_and_gaps_are_dotted() {
+        let b = Breakdown {
+            correlation_ids: vec!["c".to_string()],
+            task_uuids: vec!["t".to_string()],
+            task_stages: vec![
+                timing("task_creation", 0, 10.0),
+                timing("task_finalization", 75, 5.0),
+            ],
+            steps: vec![StepBreakdown {
+                step_uuid: "s1".to_string(),
+                step_name: Some("linear_step_1".to_string()),
+                service: Some("w".to_string()),
+                handler_language: Some("rust".to_string()),
+                stages: vec![
+                    timing("handler_execution", 20, 40.0),
+                    timing("result_submission", 30, 10.0),
+                ],
+                derived: BTreeMap::new(),
+            }],
+            derived: BTreeMap::new(),
+            total_ms: 80.0,
+        };
+        let text = render_bars(&b, 16);
+        let rows: Vec<&str> = text.lines().skip(2).collect();
+        let bar = |row: &str| row.split('|').nth(1).unwrap().to_string();
+        assert!(
+            text.starts_with("\nwaterfall (80.0 ms, one column 5.00 ms)\n"),
+            "{text}"
+        );
+        assert_eq!(bar(rows[0]), "██              ");
+        assert_eq!(bar(rows[1]), "  ··████████    ", "10 ms idle, then 40 ms");
+        assert!(rows[1].ends_with("(gap 10.0 ms)"), "{}", rows[1]);
+        assert!(rows[1].starts_with("linear_step_1 handler_execution"));
+        // Within a running span: no gap.
+        assert_eq!(bar(rows[2]), "      ██        ");
+        assert!(!rows[2].contains("gap"));
+        assert_eq!(bar(rows[3]), "            ···█", "15 ms idle, then 5 ms");
+        assert!(rows[3].ends_with("(gap 15.0 ms)"));
+    }
+}

@@ -146,14 +146,20 @@ fn close(got: Option<f64>, want: Option<f64>, tolerance: f64, what: &str) {
     }
 }
 
-/// Every table of the page: family → rows (data-row, over, cell texts).
-async fn tables(browser: &Browser) -> BTreeMap<String, Vec<(String, bool, Vec<Value>)>> {
+/// A table row of the page: its `data-row`, whether it is marked over, its cells' texts.
+type Row = (String, bool, Vec<Value>);
+
+/// A family the overview shows: name, histogram, row labels, calls and errors counters.
+type Family = (String, String, Vec<String>, Option<[String; 2]>);
+
+/// Every table of the page: family → rows.
+async fn tables(browser: &Browser) -> BTreeMap<String, Vec<Row>> {
     let v = browser
         .js("return Array.from(document.querySelectorAll('section.family')).map(s => [s.dataset.family,
                Array.from(s.querySelectorAll('tbody tr')).map(r => [r.dataset.row || '',
                  r.classList.contains('over'), Array.from(r.cells).map(c => c.textContent)])]);")
         .await;
-    let parsed: Vec<(String, Vec<(String, bool, Vec<Value>)>)> = serde_json::from_value(v).unwrap();
+    let parsed: Vec<(String, Vec<Row>)> = serde_json::from_value(v).unwrap();
     parsed.into_iter().collect()
 }
 
@@ -215,7 +221,7 @@ async fn the_overview_shows_what_the_scrape_says() {
     assert_eq!(seconds.len(), 2, "{covered}");
     let page = tables(&browser).await;
 
-    let mut families: Vec<(String, String, Vec<String>, Option<[String; 2]>)> = Vec::new();
+    let mut families: Vec<Family> = Vec::new();
     let level = vec!["service".to_string(), "handler_language".to_string()];
     for (name, stage) in &config.stages {
         let counters = Some([stage.calls.clone(), stage.errors.clone()]);

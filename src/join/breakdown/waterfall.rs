@@ -7,31 +7,31 @@ use super::{Breakdown, StageTiming, StepBreakdown};
 
 /// A row of the waterfall.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Bar<'a> {
-    pub timing: &'a StageTiming,
+pub(crate) struct Bar<'a> {
+    pub(crate) timing: &'a StageTiming,
     /// The step the span belongs to; None for the task's own spans.
-    pub step: Option<&'a StepBreakdown>,
+    pub(crate) step: Option<&'a StepBreakdown>,
     /// From the task's first start to this span's start, in milliseconds.
-    pub offset_ms: f64,
+    pub(crate) offset_ms: f64,
     /// Milliseconds since every earlier row had ended, when none was running at this start.
-    pub gap_before_ms: Option<f64>,
+    pub(crate) gap_before_ms: Option<f64>,
 }
 
 impl Bar<'_> {
-    pub fn end_ms(&self) -> f64 {
+    pub(crate) fn end_ms(&self) -> f64 {
         self.offset_ms + self.timing.duration_ms
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Waterfall<'a> {
-    pub bars: Vec<Bar<'a>>,
+pub(crate) struct Waterfall<'a> {
+    pub(crate) bars: Vec<Bar<'a>>,
     /// From the first start to the last end, in milliseconds.
-    pub total_ms: f64,
+    pub(crate) total_ms: f64,
 }
 
 impl<'a> Waterfall<'a> {
-    pub fn of(b: &'a Breakdown) -> Waterfall<'a> {
+    pub(crate) fn of(b: &'a Breakdown) -> Waterfall<'a> {
         let mut spans: Vec<(&StageTiming, Option<&StepBreakdown>)> = (b.task_stages.iter())
             .map(|t| (t, None))
             .chain((b.steps.iter()).flat_map(|s| s.stages.iter().map(move |t| (t, Some(s)))))
@@ -59,7 +59,7 @@ impl<'a> Waterfall<'a> {
     }
 
     /// Where `ms` falls on a scale of `width` units over the whole task.
-    pub fn scale(&self, ms: f64, width: f64) -> f64 {
+    pub(crate) fn scale(&self, ms: f64, width: f64) -> f64 {
         match self.total_ms > 0.0 {
             true => ms / self.total_ms * width,
             false => 0.0,

@@ -3,7 +3,7 @@
 //! recent tasks and steps.
 
 use super::html::{self, Escaped, ms};
-use super::windows::{Sample, Window, window};
+use super::windows::{Sample, Window, covered, window};
 use super::{Kind, Page, WINDOWS};
 use crate::join::breakdown::Extent;
 use std::fmt::Write;
@@ -30,7 +30,7 @@ pub(super) fn render(page: &Page) -> String {
     match page.ring.windows(WINDOWS) {
         None => out.push_str("<p class=\"note\">No sample taken yet: reload in a moment.</p>"),
         Some((newest, bases)) => {
-            let covered = bases.each_ref().map(|base| seconds(&newest, base));
+            let covered = bases.each_ref().map(|base| covered(&newest, base));
             let _ = write!(
                 out,
                 "<p class=\"note\">Windows end at the latest sample (taken every {:?}); \
@@ -59,13 +59,6 @@ pub(super) fn render(page: &Page) -> String {
     slowest(&mut out, page);
     html::close(&mut out);
     out
-}
-
-fn seconds(newest: &Sample, base: &Sample) -> f64 {
-    match (newest.at, base.at) {
-        (Some(now), Some(then)) => now.duration_since(then).as_secs_f64(),
-        _ => 0.0,
-    }
 }
 
 fn family_table(

@@ -234,12 +234,17 @@ impl Ring {
     }
 }
 
-/// The window from `base` to `newest` of family `family`.
-pub(crate) fn window(newest: &Sample, base: &Sample, family: usize) -> Window {
-    let seconds = match (newest.at, base.at) {
+/// Seconds from `base` to `newest`.
+pub(crate) fn covered(newest: &Sample, base: &Sample) -> f64 {
+    match (newest.at, base.at) {
         (Some(now), Some(then)) => now.duration_since(then).as_secs_f64(),
         _ => 0.0,
-    };
+    }
+}
+
+/// The window from `base` to `newest` of family `family`.
+pub(crate) fn window(newest: &Sample, base: &Sample, family: usize) -> Window {
+    let seconds = covered(newest, base);
     let before = base.rows.get(family);
     let rows = (newest.rows[family].iter())
         .map(|(key, totals)| {
