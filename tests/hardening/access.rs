@@ -1,7 +1,8 @@
 //! Hardening item 6 — Access: the default profile listens on loopback only; bearer tokens (from
 //! a file or an environment variable) guard both receivers, /metrics and the operator page,
-//! and an unauthenticated request counts nothing; the token never reaches a log line (RUST_LOG=debug) or
-//! check-config's output; TLS on every listener, and mutual TLS with a client CA.
+//! and an unauthenticated request counts nothing; the token never reaches a log line
+//! (RUST_LOG=debug) or check-config's output; TLS on every listener, and mutual TLS with a
+//! client CA.
 
 use crate::otlp::*;
 use crate::support::Exposition;
