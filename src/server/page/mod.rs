@@ -3,9 +3,10 @@
 //! script, embedded. Server-rendered HTML under a strict Content-Security-Policy; every
 //! value from spans is escaped ([`html::Escaped`]).
 //!
-//! Windowed figures come from a ring of samples ([`windows`]) that a timer fills from the
-//! same merged copy of the series a scrape reads; a page request only reads the ring, the
-//! breakdown log (as `/api/v1/breakdown` does) and nothing else of ingest.
+//! Windowed figures and the slowest lists come from a ring of samples ([`windows`]) that a
+//! timer fills from the same merged copy of the series a scrape reads and one pass over the
+//! breakdown log; the overview and the comparison read only the ring, and a task page looks
+//! its task up as `/api/v1/breakdown` does.
 
 mod comparison;
 mod html;
@@ -160,7 +161,9 @@ impl Page {
     }
 
     fn sample(&self, snapshot: &Snapshot) -> Sample {
-        Sample::of(snapshot, &self.families, &HEALTH, Instant::now())
+        let mut sample = Sample::of(snapshot, &self.families, &HEALTH, Instant::now());
+        sample.longest = self.pipeline.longest_recent(self.slowest);
+        sample
     }
 }
 

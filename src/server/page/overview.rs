@@ -1,6 +1,7 @@
 //! `/`: per stage and derived metric, each series' rate, error ratio and p50/p95/p99 over the
 //! last 1 and 5 minutes beside its alert threshold; spanlens's own health; the slowest
-//! recent tasks and steps.
+//! recent tasks and steps. Everything comes from the ring's samples: a view reads nothing of
+//! ingest.
 
 use super::html::{self, Escaped, ms};
 use super::windows::{Sample, Window, covered, window};
@@ -54,9 +55,9 @@ pub(super) fn render(page: &Page) -> String {
                 }
             }
             health(&mut out, &newest, &bases[1]);
+            slowest(&mut out, &newest);
         }
     }
-    slowest(&mut out, page);
     html::close(&mut out);
     out
 }
@@ -204,8 +205,9 @@ fn health(out: &mut String, newest: &Sample, base: &Sample) {
     out.push_str("</tbody></table></div>");
 }
 
-fn slowest(out: &mut String, page: &Page) {
-    let [tasks, steps] = page.pipeline.longest_recent(page.slowest);
+/// The slowest recent tasks and steps, as of the latest sample.
+fn slowest(out: &mut String, newest: &Sample) {
+    let [tasks, steps] = &newest.longest;
     let took = |e: &Extent| {
         ms(Some(
             e.end_unix_nano.saturating_sub(e.start_unix_nano) as f64 / 1e9,
@@ -215,7 +217,7 @@ fn slowest(out: &mut String, page: &Page) {
         "<h2>Slowest recent tasks</h2><div class=\"scroll\"><table id=\"slowest-tasks\">\
          <thead><tr><th>correlation id</th><th>first start to last end</th></tr></thead><tbody>",
     );
-    for task in &tasks {
+    for task in tasks {
         let _ = write!(
             out,
             "<tr><td><a href=\"{}\">{}</a></td><td class=\"num\">{}</td></tr>",
@@ -231,7 +233,7 @@ fn slowest(out: &mut String, page: &Page) {
         "</tbody></table></div><h2>Slowest recent steps</h2><div class=\"scroll\"><table id=\"slowest-steps\">\
          <thead><tr><th>step</th><th>worker</th><th>language</th><th>first start to last end</th><th>task</th></tr></thead><tbody>",
     );
-    for step in &steps {
+    for step in steps {
         let text = |t: &Option<String>| Escaped(t.as_deref().unwrap_or("?")).to_string();
         let _ = write!(
             out,

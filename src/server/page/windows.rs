@@ -1,8 +1,10 @@
 //! The page's 1- and 5-minute windows: a ring of samples, each the cumulative state of the
 //! histograms and counters the page shows, summed to the page's rows and taken on a timer
-//! from the same snapshot a scrape takes. A window is the difference of the newest sample
+//! from the same snapshot a scrape takes (with the slowest recent tasks and steps of the
+//! breakdown log, read once per sample). A window is the difference of the newest sample
 //! and the newest one at least the window older; nothing here runs under ingest's locks.
 
+use crate::join::breakdown::Extent;
 use crate::metrics::store::{Cell, MetricKind, Native, Snapshot};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -93,6 +95,8 @@ pub(crate) struct Sample {
     pub(crate) bounds: Vec<Arc<[f64]>>,
     /// Spanlens's own series the page lists: (metric name, label pairs) → value.
     pub(crate) health: BTreeMap<(String, Vec<(String, String)>), f64>,
+    /// The slowest recent tasks and steps in the breakdown log.
+    pub(crate) longest: [Vec<Extent>; 2],
 }
 
 impl Sample {
