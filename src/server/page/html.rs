@@ -40,6 +40,12 @@ pub(crate) fn ms(seconds: Option<f64>) -> String {
     seconds.map_or_else(|| "–".to_string(), |s| format!("{:.2} ms", s * 1000.0))
 }
 
+/// A configured threshold in milliseconds, as short as it was written: `0.1` → `100 ms`.
+pub(crate) fn threshold_ms(seconds: f64) -> String {
+    let text = format!("{:.3}", seconds * 1000.0);
+    format!("{} ms", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
 /// The opening of a page: doctype, head (title, the page's stylesheet and script), the
 /// navigation, and `<main>`. Relative links (`./`, `task/…`) work behind a path prefix.
 pub(crate) fn open(out: &mut String, title: &str, base: &str) {
@@ -102,5 +108,8 @@ mod tests {
         );
         assert_eq!(ms(Some(0.0125)), "12.50 ms");
         assert_eq!(ms(None), "–");
+        assert_eq!(threshold_ms(0.1), "100 ms");
+        assert_eq!(threshold_ms(0.0125), "12.5 ms");
+        assert_eq!(threshold_ms(1.0), "1000 ms");
     }
 }

@@ -3,7 +3,7 @@
 //! recent tasks and steps. Everything comes from the ring's samples: a view reads nothing of
 //! ingest.
 
-use super::html::{self, Escaped, ms};
+use super::html::{self, Escaped, ms, threshold_ms};
 use super::windows::{Sample, Window, covered, window};
 use super::{Kind, Page, WINDOWS};
 use crate::join::breakdown::Extent;
@@ -133,7 +133,7 @@ fn family_table(
                 out,
                 "{} &gt; {}{} ",
                 crate::metrics::rules::quantile_name(alert.quantile),
-                ms(Some(alert.above_seconds)),
+                threshold_ms(alert.above_seconds),
                 if *over {
                     " <span class=\"flag\">over</span>"
                 } else {
