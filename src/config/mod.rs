@@ -81,7 +81,7 @@ pub struct PageConfig {
     /// Unset: trace ids are shown without links.
     pub trace_url: Option<TraceUrl>,
     /// How often the page's windows (last 1 and 5 minutes) take a snapshot of the
-    /// histograms, between 1s and 1m.
+    /// histograms, between 1s and 1m; the 5-minute window covers up to a minute more.
     pub sample_interval: PromDuration,
     /// Rows in the lists of slowest recent tasks and steps.
     pub slowest: usize,
@@ -91,7 +91,7 @@ impl Default for PageConfig {
     fn default() -> Self {
         PageConfig {
             trace_url: None,
-            sample_interval: PromDuration::secs(5),
+            sample_interval: PromDuration::secs(10),
             slowest: 10,
         }
     }

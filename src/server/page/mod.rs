@@ -153,7 +153,7 @@ impl Page {
             families,
             shown,
             comparisons,
-            ring: Ring::new(WINDOWS[1] + interval),
+            ring: Ring::new(WINDOWS[0], WINDOWS[1]),
             trace_url: config.page.trace_url.clone(),
             slowest: config.page.slowest,
             interval,

@@ -190,32 +190,59 @@ pub(crate) struct Window {
     pub(crate) rows: BTreeMap<RowKey, Totals>,
 }
 
-/// The samples of the last windows, newest last.
+/// The samples windows are measured from: every sample of the last short window, and one
+/// sample a minute (an anchor) for the long one, so that the ring holds a few samples
+/// more than a minute's worth whatever the interval (at 10 s: 7 recent and 6 anchors).
 pub(crate) struct Ring {
-    samples: Mutex<VecDeque<Arc<Sample>>>,
-    /// How long the ring reaches back.
-    keep: Duration,
+    held: Mutex<Held>,
+    /// How far back every sample is kept (the short window).
+    short: Duration,
+    /// How far back anchors are kept (the long window).
+    long: Duration,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Every sample of the last `short`, and the newest one at least that old; newest last.
+    recent: VecDeque<Arc<Sample>>,
+    /// A sample at least [`ANCHOR_EVERY`] after the one before, back to the newest one at
+    /// least `long` old; newest last.
+    anchors: VecDeque<Arc<Sample>>,
+}
+
+/// How far apart anchors are: the long window covers up to this much more than its length.
+const ANCHOR_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops the oldest of `samples` while the second oldest is at least `keep` older than `now`.
+fn keep_back(samples: &mut VecDeque<Arc<Sample>>, now: Instant, keep: Duration) {
+    while samples.len() > 2
+        && let Some(second) = samples[1].at
+        && now.duration_since(second) >= keep
+    {
+        samples.pop_front();
+    }
 }
 
 impl Ring {
-    pub(crate) fn new(keep: Duration) -> Ring {
+    pub(crate) fn new(short: Duration, long: Duration) -> Ring {
         Ring {
-            samples: Mutex::default(),
-            keep,
+            held: Mutex::default(),
+            short,
+            long,
         }
     }
 
     pub(crate) fn push(&self, sample: Sample) {
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let at = sample.at;
-        samples.push_back(Arc::new(sample));
-        // Keep the newest sample at least `keep` old, as the base of the longest window.
-        while samples.len() > 2
-            && let (Some(now), Some(second)) = (at, samples[1].at)
-            && now.duration_since(second) >= self.keep
-        {
-            samples.pop_front();
+        let Some(now) = sample.at else { return };
+        let sample = Arc::new(sample);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let anchored = (held.anchors.back()).and_then(|a| a.at);
+        if anchored.is_none_or(|at| now.duration_since(at) >= ANCHOR_EVERY) {
+            held.anchors.push_back(sample.clone());
         }
+        held.recent.push_back(sample);
+        keep_back(&mut held.recent, now, self.short);
+        keep_back(&mut held.anchors, now, self.long);
     }
 
     /// The newest sample, and for each window the newest sample at least that old (else the
@@ -224,15 +251,18 @@ impl Ring {
         &self,
         lengths: [Duration; N],
     ) -> Option<(Arc<Sample>, [Arc<Sample>; N])> {
-        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let newest = samples.back()?.clone();
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = held.recent.back()?.clone();
         let now = newest.at?;
+        let oldest = (held.anchors.front().into_iter().chain(held.recent.front()))
+            .min_by_key(|s| s.at)
+            .cloned()
+            .unwrap_or_else(|| newest.clone());
         let bases = lengths.map(|length| {
-            (samples.iter().rev())
+            (held.recent.iter().rev().chain(held.anchors.iter().rev()))
                 .find(|s| s.at.is_some_and(|at| now.duration_since(at) >= length))
-                .or(samples.front())
                 .cloned()
-                .unwrap_or_else(|| newest.clone())
+                .unwrap_or_else(|| oldest.clone())
         });
         Some((newest, bases))
     }
@@ -378,7 +408,7 @@ mod tests {
             ],
             ..Sample::default()
         };
-        let ring = Ring::new(Duration::from_secs(300));
+        let ring = Ring::new(Duration::from_secs(60), Duration::from_secs(300));
         ring.push(sample(0, vec![("a", row(vec![1.0, 0.0], 1.0, 0.0))]));
         ring.push(sample(
             30,
@@ -394,9 +424,8 @@ mod tests {
                 ("b", row(vec![1.0, 0.0], 1.0, 0.0)),
             ],
         ));
-        let (newest, [minute, five]) = ring
-            .windows([Duration::from_secs(60), Duration::from_secs(300)])
-            .unwrap();
+        let windows = [Duration::from_secs(60), Duration::from_secs(300)];
+        let (newest, [minute, five]) = ring.windows(windows).unwrap();
         let last_minute = window(&newest, &minute, 0);
         assert_eq!(
             last_minute.seconds, 70.0,
@@ -413,14 +442,27 @@ mod tests {
             five.rows[&vec!["b".to_string()]],
             row(vec![1.0, 0.0], 1.0, 0.0)
         );
-        // Past five minutes, the oldest samples go but one at least five minutes old stays.
-        ring.push(sample(330, vec![("a", row(vec![6.0, 1.0], 7.0, 1.0))]));
-        ring.push(sample(400, vec![("a", row(vec![7.0, 1.0], 8.0, 1.0))]));
-        let (newest, [minute, five]) = ring
-            .windows([Duration::from_secs(60), Duration::from_secs(300)])
-            .unwrap();
-        assert_eq!(window(&newest, &minute, 0).seconds, 70.0);
-        assert_eq!(window(&newest, &five, 0).seconds, 330.0);
-        assert_eq!(ring.samples.lock().unwrap().len(), 3);
+        // Every 10 s to 400 s: the minute's samples, and one a minute back past 5 minutes.
+        for secs in (80..=400).step_by(10) {
+            ring.push(sample(
+                secs,
+                vec![("a", row(vec![secs as f64, 1.0], 7.0, 1.0))],
+            ));
+        }
+        let (newest, [minute, five]) = ring.windows(windows).unwrap();
+        assert_eq!(window(&newest, &minute, 0).seconds, 60.0);
+        assert_eq!(
+            window(&newest, &five, 0).seconds,
+            330.0,
+            "the anchor at 70 s"
+        );
+        let held = ring.held.lock().unwrap();
+        let at = |s: &VecDeque<Arc<Sample>>| -> Vec<u64> {
+            s.iter()
+                .map(|s| s.at.unwrap().duration_since(start).as_secs())
+                .collect()
+        };
+        assert_eq!(at(&held.recent), [340, 350, 360, 370, 380, 390, 400]);
+        assert_eq!(at(&held.anchors), [70, 130, 190, 250, 310, 370]);
     }
 }
