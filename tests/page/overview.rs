@@ -365,6 +365,19 @@ async fn the_overview_shows_what_the_scrape_says() {
         0.006,
         "slowest task",
     );
+    // A click on a header sorts the rows by that column, largest first.
+    let sorted = browser
+        .js(
+            "const t = document.querySelector('section[data-family=handler_execution] table');
+             t.tHead.rows[1].cells[3].click();
+             return Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[6].textContent));",
+        )
+        .await;
+    let sorted: Vec<f64> = serde_json::from_value(sorted).unwrap();
+    assert!(
+        sorted.windows(2).all(|w| w[0] >= w[1]) && sorted.len() == 3,
+        "{sorted:?}"
+    );
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     assert_eq!(
         layout_problems(&browser, "section.family table").await,
