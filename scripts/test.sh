@@ -25,6 +25,8 @@
 #     (prometheus-alertmanager, amtool), for the exposition, rules and alerting tests;
 #   * Debian package `golang-github-prometheus-client-model-dev`, for client_model's
 #     metrics.proto (the protobuf exposition's schema);
+#   * Debian packages `chromium` and `chromium-driver`, for the operator page's browser tests
+#     (tests/page, headless Chromium through chromedriver);
 #   * Python `prometheus_client` in a venv at target/pyenv, the independent OpenMetrics parser
 #     used by tests/tools/check_openmetrics.py, and `grpcio-tools` (protoc, with Google's
 #     `protobuf` runtime), which tests/tools/decode_protobuf.py decodes the protobuf
@@ -113,6 +115,22 @@ done
 promtool --version 2>&1 | head -n 1
 SPANLENS_PROMTOOL="$(command -v promtool)"
 export SPANLENS_PROMTOOL
+
+# ---------------------------------------------------------------------------------------------
+section "tools: Chromium and chromedriver (Debian), for tests/page"
+missing_debs=()
+[ -x /usr/bin/chromium ] || missing_debs+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing_debs+=(chromium-driver)
+if [ "${#missing_debs[@]}" -gt 0 ]; then
+    echo "installing: ${missing_debs[*]}"
+    apt_install "${missing_debs[@]}"
+else
+    echo "already installed"
+fi
+for tool in /usr/bin/chromium /usr/bin/chromedriver; do
+    [ -x "$tool" ] || fail "$tool is still missing after installing its Debian package"
+done
+/usr/bin/chromium --version 2>/dev/null | head -n 1 || true
 
 # ---------------------------------------------------------------------------------------------
 section "tools: Python prometheus_client, grpcio-tools (target/pyenv)"

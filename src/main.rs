@@ -119,6 +119,7 @@ fn main() -> ExitCode {
                 }
                 Ok(found) => {
                     print!("{}", spanlens::cli::breakdown::render_table(&found));
+                    print!("{}", spanlens::cli::breakdown::render_bars(&found, 60));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

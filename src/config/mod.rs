@@ -8,6 +8,7 @@ pub mod forward;
 pub mod limits;
 mod lines;
 pub mod security;
+mod url;
 pub(crate) mod validate;
 
 pub use duration::PromDuration;
@@ -18,6 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+pub use url::TraceUrl;
+pub(crate) use url::percent_encoded;
 
 /// The default profile's YAML text.
 pub const DEFAULT_PROFILE: &str = include_str!("../../config/spanlens.yaml");
@@ -64,6 +67,34 @@ pub struct Config {
     /// How many operations a span stands for when services sample traces at the head.
     #[serde(default)]
     pub sampling: SamplingConfig,
+    /// The operator page on the metrics endpoint (`/`, `/task/{id}`, `/compare`).
+    #[serde(default)]
+    pub page: PageConfig,
+}
+
+/// The operator page served on the metrics endpoint, with its TLS and bearer token.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PageConfig {
+    /// A trace backend's page for one trace: an http:// or https:// URL holding
+    /// `{trace_id}` (32 hex digits), such as Jaeger's `http://jaeger:16686/trace/{trace_id}`.
+    /// Unset: trace ids are shown without links.
+    pub trace_url: Option<TraceUrl>,
+    /// How often the page's windows (last 1 and 5 minutes) take a snapshot of the
+    /// histograms, between 1s and 1m; the 5-minute window covers up to a minute more.
+    pub sample_interval: PromDuration,
+    /// Rows in the lists of slowest recent tasks and steps.
+    pub slowest: usize,
+}
+
+impl Default for PageConfig {
+    fn default() -> Self {
+        PageConfig {
+            trace_url: None,
+            sample_interval: PromDuration::secs(10),
+            slowest: 10,
+        }
+    }
 }
 
 /// Where a span's adjusted count comes from: every counter and histogram observation of a
@@ -850,6 +881,7 @@ pub(crate) struct Sections {
     pub(crate) comparisons: Option<BTreeMap<String, ComparisonConfig>>,
     pub(crate) forward: Option<forward::ForwardConfig>,
     pub(crate) sampling: Option<SamplingConfig>,
+    pub(crate) page: Option<PageConfig>,
 }
 
 impl Sections {
@@ -868,6 +900,7 @@ impl Sections {
             comparisons: self.comparisons?,
             forward: self.forward?,
             sampling: self.sampling?,
+            page: self.page?,
         })
     }
 }
@@ -888,12 +921,12 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         match key.as_str() {
             "receivers" | "metrics" | "labels" | "stages" | "rules" | "span_metrics"
             | "alerting" | "derived" | "comparisons" | "join" | "breakdown" | "forward"
-            | "sampling" => {
+            | "sampling" | "page" => {
                 sections.insert(key, value);
             }
             other => problems.add(
                 other,
-                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, comparisons, join, breakdown, forward, sampling",
+                "unknown section; expected one of receivers, metrics, labels, stages, rules, span_metrics, alerting, derived, comparisons, join, breakdown, forward, sampling, page",
             ),
         }
     }
@@ -915,6 +948,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
     let breakdown = optional(section("breakdown"), "breakdown", problems);
     let forward = optional(section("forward"), "forward", problems);
     let sampling = optional(section("sampling"), "sampling", problems);
+    let page = optional(section("page"), "page", problems);
     let derived = match section("derived") {
         None => Some(BTreeMap::new()),
         value => named_items(
@@ -972,6 +1006,7 @@ fn read_sections(document: yaml_serde::Value, problems: &mut Problems) -> Sectio
         comparisons,
         forward,
         sampling,
+        page,
     }
 }
 

@@ -34,6 +34,7 @@ fn default_profile_restates_the_code_defaults() {
     assert_eq!(config.join, JoinConfig::default());
     assert_eq!(config.breakdown, BreakdownConfig::default());
     assert_eq!(config.forward, super::forward::ForwardConfig::default());
+    assert_eq!(config.page, PageConfig::default());
 }
 
 #[test]
@@ -316,6 +317,42 @@ fn join_waits_are_bounded() {
         };
         assert_eq!(found, problems, "max_wait {wait}");
     }
+}
+
+#[test]
+fn the_page_takes_an_http_trace_template_and_a_bounded_interval() {
+    let text = format!(
+        "{MINIMAL}page:\n  trace_url: http://jaeger:16686/trace/{{trace_id}}\n  sample_interval: 10s\n"
+    );
+    let page = parse(&text).unwrap().page;
+    assert_eq!(
+        page.sample_interval.get(),
+        std::time::Duration::from_secs(10)
+    );
+    let link = page
+        .trace_url
+        .unwrap()
+        .link("0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(
+        link,
+        "http://jaeger:16686/trace/0af7651916cd43dd8448eb211c80319c"
+    );
+    let text = format!("{MINIMAL}page:\n  trace_url: 'javascript:alert({{trace_id}})'\n");
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("page.trace_url: "), "{found:?}");
+    assert!(
+        found[0].contains("must start with http:// or https://"),
+        "{found:?}"
+    );
+    let text = format!("{MINIMAL}page:\n  sample_interval: 2m\n  slowest: 0\n");
+    assert_eq!(
+        problems(&text),
+        [
+            "page.sample_interval: 2m is outside 1s..1m: the page's 1-minute window needs a snapshot at least every minute",
+            "page.slowest: must be between 1 and 1000 rows",
+        ]
+    );
 }
 
 #[test]

@@ -7,13 +7,14 @@ use super::limits::{
 use super::security;
 use super::{
     AlertingConfig, ComparisonConfig, DerivedConfig, HistogramKind, LabelConfig, LabelSourceKind,
-    LabelsConfig, MetricsConfig, Operation, ReceiversConfig, RuleConfig, Sections, SloConfig,
-    SpanMetricsConfig, StageAlert, StageConfig,
+    LabelsConfig, MetricsConfig, Operation, PageConfig, ReceiversConfig, RuleConfig, Sections,
+    SloConfig, SpanMetricsConfig, StageAlert, StageConfig,
 };
 use super::{Problems, PromDuration};
 use regex::Regex;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// Labels every stage histogram has before its extra labels.
 pub(crate) const BUILTIN_STAGE_LABELS: [&str; 2] = ["service", "handler_language"];
@@ -43,6 +44,9 @@ pub(super) fn check(s: &Sections, problems: &mut Problems) {
     }
     if let Some(metrics) = &s.metrics {
         check_metrics(metrics, problems);
+    }
+    if let Some(page) = &s.page {
+        check_page(page, problems);
     }
     if let Some(span_metrics) = &s.span_metrics {
         check_span_metrics(span_metrics, problems);
@@ -428,6 +432,22 @@ pub(super) fn check_positive(value: &PromDuration, path: &str, problems: &mut Pr
             path,
             format!("`{value}` is not a positive Prometheus duration (such as 500ms, 10s)"),
         );
+    }
+}
+
+fn check_page(page: &PageConfig, problems: &mut Problems) {
+    let interval = page.sample_interval.get();
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&interval) {
+        problems.add(
+            "page.sample_interval",
+            format!(
+                "{} is outside 1s..1m: the page's 1-minute window needs a snapshot at least every minute",
+                page.sample_interval
+            ),
+        );
+    }
+    if page.slowest == 0 || page.slowest > 1000 {
+        problems.add("page.slowest", "must be between 1 and 1000 rows");
     }
 }
 

@@ -89,17 +89,7 @@ enum Rule {
 /// The rule file for `config`, as YAML.
 pub fn render(config: &Config) -> String {
     let mut groups = Vec::new();
-    let families = config
-        .stages
-        .iter()
-        .map(|(name, stage)| Family::stage(name, stage))
-        .chain(
-            config
-                .derived
-                .iter()
-                .map(|(name, d)| Family::derived(name, d)),
-        );
-    for family in families {
+    for family in families(config) {
         groups.push(Group {
             name: format!("spanlens.{}", family.name),
             rules: family_rules(config, &family),
@@ -122,8 +112,43 @@ pub fn render(config: &Config) -> String {
     )
 }
 
+/// Every stage's histogram, then every derived metric's.
+fn families(config: &Config) -> impl Iterator<Item = Family<'_>> {
+    let stages = config.stages.iter().map(|(n, s)| Family::stage(n, s));
+    stages.chain(config.derived.iter().map(|(n, d)| Family::derived(n, d)))
+}
+
+/// A latency alert's threshold, as the operator page shows it beside the series it watches.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Threshold {
+    /// The stage's or derived metric's histogram.
+    pub(crate) histogram: String,
+    /// Label regexes selecting the watched series (fully anchored); none: every series.
+    pub(crate) matchers: Vec<(String, String)>,
+    pub(crate) quantile: f64,
+    pub(crate) above_seconds: f64,
+}
+
+/// The thresholds of every latency alert the rule file has, by the same config.
+pub(crate) fn thresholds(config: &Config) -> Vec<Threshold> {
+    families(config)
+        .flat_map(|family| {
+            family.alerts.into_iter().map(move |a| Threshold {
+                histogram: family.histogram.to_string(),
+                matchers: a
+                    .matchers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                quantile: a.quantile,
+                above_seconds: a.above_seconds,
+            })
+        })
+        .collect()
+}
+
 /// `0.95` → `p95`.
-fn quantile_name(q: f64) -> String {
+pub(crate) fn quantile_name(q: f64) -> String {
     let digits = format!("{}", q * 100.0);
     format!("p{}", digits.replace('.', "_"))
 }

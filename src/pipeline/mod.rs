@@ -15,7 +15,7 @@ pub use build::BuildError;
 
 use crate::config::{BreakdownConfig, Config};
 use crate::join::JoinWindow;
-use crate::join::breakdown::{Breakdown, SpanLog};
+use crate::join::breakdown::{Breakdown, Extent, SpanLog};
 use crate::metrics::store::{DimensionId, MetricId, Snapshot, Store, StoreBound, Values};
 use crate::otlp::Protocol;
 use crate::otlp::decode::{AttributeKeys, Batch, DecodeError};
@@ -125,10 +125,20 @@ impl Pipeline {
     /// Every series now. Evicts join keys that waited too long first, so that the eviction
     /// counters are current even without traffic.
     pub fn snapshot(&self) -> Snapshot {
+        self.taken(Store::snapshot)
+    }
+
+    /// Every series now, for the operator page: as [`Pipeline::snapshot`], but the exemplar
+    /// intervals and series expiry keep the pace of the scrapes (see [`Store::copy`]).
+    pub(crate) fn copy(&self) -> Snapshot {
+        self.taken(Store::copy)
+    }
+
+    fn taken(&self, take: fn(&Store) -> Snapshot) -> Snapshot {
         let mut evicted = Evicted::new(self.derived.len());
         self.join.sweep(Instant::now(), &mut evicted.counter());
         self.count_evictions(&mut self.store.writer(), &evicted);
-        let mut snapshot = self.store.snapshot();
+        let mut snapshot = take(&self.store);
         for (d, pending) in self.derived.iter().zip(self.join.pending()) {
             snapshot.set_gauge(self.join_metrics.pending, &[&d.name], pending as f64);
         }
@@ -175,6 +185,11 @@ impl Pipeline {
     /// Decodes an OTLP protobuf `ExportTraceServiceRequest` and observes its usable spans.
     pub fn ingest(&self, protocol: Protocol, bytes: &[u8]) -> Result<Outcome, Refusal> {
         self.ingest_admitting(protocol, bytes, |_, _| Ok(()))
+    }
+
+    /// The `n` longest recent tasks and steps, from the spans kept for breakdowns.
+    pub(crate) fn longest_recent(&self, n: usize) -> [Vec<Extent>; 2] {
+        self.span_log.longest(n)
     }
 
     /// The breakdown of one task by correlation id or task uuid, from recent spans.

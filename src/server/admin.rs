@@ -1,12 +1,15 @@
 //! The scrape endpoint: `/metrics` (text 0.0.4, or OpenMetrics 1.0 or Prometheus's protobuf
 //! format when the Accept header prefers them), `/healthz`,
-//! `/readyz`, and `/api/v1/breakdown/{correlation_id or task_uuid}` (JSON).
+//! `/readyz`, `/api/v1/breakdown/{correlation_id or task_uuid}` (JSON), and the operator
+//! page (`/`, `/task/{id}`, `/compare`; see [`super::page`]).
 
 use crate::forward::Forwarder;
 use crate::ingest::access::BearerToken;
 use crate::metrics::exposition::{self, Encoding};
+use crate::metrics::store::Snapshot;
 use crate::pipeline::Pipeline;
 use crate::server::listener::connections::Connections;
+use crate::server::page::{self, Page};
 use crate::server::scrape_buffers::ScrapeBuffers;
 use axum::Json;
 use axum::Router;
@@ -15,6 +18,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -25,17 +30,47 @@ struct Sources {
     buffers: Arc<ScrapeBuffers>,
 }
 
-/// The admin routes. With a token, /metrics and the API require it (401 otherwise); the
-/// probes /healthz and /readyz stay open, as the kubelet calls them without credentials.
+impl Sources {
+    /// Every series as a scrape sees them: the pipeline's (taken by `take`), forwarding's
+    /// and the listeners'.
+    fn gathered(&self, take: fn(&Pipeline) -> Snapshot) -> Snapshot {
+        let mut snapshot = take(&self.pipeline);
+        if let Some(forward) = &self.forward {
+            forward.contribute(&mut snapshot);
+        }
+        self.connections.contribute(&mut snapshot);
+        snapshot
+    }
+}
+
+/// The admin routes, and the task that samples the operator page's windows until `stop`.
+/// With a token, /metrics, the API and the page require it (401 otherwise); the probes
+/// /healthz and /readyz stay open, as the kubelet calls them without credentials.
 pub(crate) fn router(
+    page: Page,
     pipeline: Arc<Pipeline>,
     forward: Option<Arc<Forwarder>>,
     connections: Arc<Connections>,
     token: Option<BearerToken>,
-) -> Router {
+    stop: CancellationToken,
+) -> (Router, JoinHandle<()>) {
+    let sources = Sources {
+        pipeline,
+        forward,
+        connections,
+        buffers: Arc::default(),
+    };
+    let page = Arc::new(page);
+    let sampled = sources.clone();
+    let sampler = page::sample_every_interval(
+        page.clone(),
+        Arc::new(move || sampled.gathered(Pipeline::copy)),
+        stop,
+    );
     let data = Router::new()
         .route("/metrics", get(metrics))
-        .route("/api/v1/breakdown/{id}", get(breakdown));
+        .route("/api/v1/breakdown/{id}", get(breakdown))
+        .merge(page::router(page));
     let data = match token {
         None => data,
         Some(token) => {
@@ -58,20 +93,16 @@ pub(crate) fn router(
             ))
         }
     };
-    data.route("/healthz", get(|| async { "ok\n" }))
+    let data = data
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz or /readyz\n",
+                "not found: try /, /metrics, /healthz or /readyz\n",
             )
-        })
-        .with_state(Sources {
-            pipeline,
-            forward,
-            connections,
-            buffers: Arc::default(),
-        })
+        });
+    (data.with_state(sources), sampler)
 }
 
 /// One task's breakdown as JSON, by correlation id or task uuid.
@@ -91,11 +122,7 @@ async fn breakdown(State(sources): State<Sources>, Path(id): Path<String>) -> Re
 async fn metrics(State(sources): State<Sources>, headers: HeaderMap) -> Response {
     let encoding = Encoding::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let body = tokio::task::spawn_blocking(move || {
-        let mut snapshot = sources.pipeline.snapshot();
-        if let Some(forward) = &sources.forward {
-            forward.contribute(&mut snapshot);
-        }
-        sources.connections.contribute(&mut snapshot);
+        let snapshot = sources.gathered(Pipeline::snapshot);
         let mut out = sources.buffers.take();
         exposition::render_into(&mut out, &snapshot, encoding);
         sources.buffers.body(out)

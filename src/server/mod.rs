@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod listener;
+pub(crate) mod page;
 pub mod scrape_buffers;
 pub(crate) mod tls;
 
@@ -169,16 +170,19 @@ impl Server {
         }
         let [grpc_addr, http_addr] = receiver_addrs;
         let m = &config.metrics;
+        let (admin, sampler) = admin::router(
+            page::Page::new(&config, pipeline.clone()),
+            pipeline.clone(),
+            forward.clone(),
+            connections.clone(),
+            token(&m.auth, "metrics.auth")?,
+            stop.clone(),
+        );
         let metrics_addr = bind(
             "metrics endpoint",
             Listener::Metrics,
             m.endpoint,
-            admin::router(
-                pipeline.clone(),
-                forward.clone(),
-                connections.clone(),
-                token(&m.auth, "metrics.auth")?,
-            ),
+            admin,
             tls(&m.tls, "metrics")?,
             limits(&ListenerConfig::on(m.endpoint.port())),
         )
@@ -196,6 +200,7 @@ impl Server {
                     stop.clone(),
                 ))
             })
+            .chain([sampler])
             .collect();
         Ok(Server {
             grpc_addr,

@@ -1410,7 +1410,11 @@ async fn linear_and_diamond_put_back_together_across_three_services_and_transpor
             "spanlens breakdown {id}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let got: Vec<Vec<String>> = stdout
+        // The table, then the same spans as a waterfall of text bars, one row each.
+        let (table, bars) = stdout
+            .split_once("\nwaterfall (")
+            .unwrap_or_else(|| panic!("no waterfall after the table:\n{stdout}"));
+        let got: Vec<Vec<String>> = table
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| l.split_whitespace().map(str::to_string).collect())
@@ -1420,7 +1424,7 @@ async fn linear_and_diamond_put_back_together_across_three_services_and_transpor
             table_words(&finals[t]),
             "spanlens breakdown {id}:\n{stdout}"
         );
-        let stage_lines = stdout
+        let stage_lines = table
             .lines()
             .filter(|l| {
                 l.ends_with(" ms") && !l.contains("(derived)") && !l.starts_with("correlation_id")
@@ -1433,6 +1437,8 @@ async fn linear_and_diamond_put_back_together_across_three_services_and_transpor
                 .map(|s| s.stages.len())
                 .sum::<usize>();
         assert_eq!(stage_lines, stages, "a line per stage:\n{stdout}");
+        let bar_lines = bars.lines().filter(|l| l.contains('█')).count();
+        assert_eq!(bar_lines, stages, "a bar per stage span:\n{stdout}");
     }
     let linear_table = run_cli(vec![
         "breakdown".into(),

@@ -1,7 +1,8 @@
 //! Hardening item 6 — Access: the default profile listens on loopback only; bearer tokens (from
-//! a file or an environment variable) guard both receivers and /metrics, and an unauthenticated
-//! request counts nothing; the token never reaches a log line (RUST_LOG=debug) or
-//! check-config's output; TLS on every listener, and mutual TLS with a client CA.
+//! a file or an environment variable) guard both receivers, /metrics and the operator page,
+//! and an unauthenticated request counts nothing; the token never reaches a log line
+//! (RUST_LOG=debug) or check-config's output; TLS on every listener, and mutual TLS with a
+//! client CA.
 
 use crate::otlp::*;
 use crate::support::Exposition;
@@ -221,6 +222,21 @@ async fn bearer_token_from_a_file_guards_receivers_and_metrics_and_never_leaks()
     }
     let (status, _, body) = get(&url, Some(&token)).await;
     assert_eq!(status, 200, "/metrics with the token");
+    // The operator page and its stylesheet and script take the same token.
+    for page in [
+        "/",
+        "/compare",
+        "/task/no-such-task",
+        "/page.css",
+        "/page.js",
+    ] {
+        let page_url = url.replace("/metrics", page);
+        let (status, _, _) = get(&page_url, None).await;
+        assert_eq!(status, 401, "{page} without a token");
+        let (status, _, _) = get(&page_url, Some(&token)).await;
+        let found = if page.starts_with("/task/") { 404 } else { 200 };
+        assert_eq!(status, found, "{page} with the token");
+    }
     // The probes stay open: the kubelet calls them without credentials.
     for probe in ["/healthz", "/readyz"] {
         let (status, _, _) = get(&url.replace("/metrics", probe), None).await;

@@ -6,12 +6,13 @@
 //! histogram assertions (`histogram`), promtool, amtool and Python (`tools`), a fake OTLP
 //! backend (`downstream`), TLS material (`pki`), several instances behind one Prometheus
 //! (`fleet`), a key-affine gateway in front of replicas (`gateway`) and the shipped deploy/
-//! files as data (`deploy`).
+//! files as data (`deploy`), and headless Chromium over WebDriver (`browser`).
 //!
 //! Not every binary uses every helper, so dead-code warnings are off for this module tree
 //! (and only for it).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod chain;
 pub mod deploy;
 pub mod downstream;

@@ -28,7 +28,7 @@ struct Kept {
 
 const ABSENT: u32 = u32::MAX;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
     Absent,
     Uuid([u8; 16]),
@@ -47,6 +47,20 @@ pub(crate) struct Found {
     pub(crate) step_name: Option<String>,
     /// Correlation id, task uuid, step uuid.
     pub(crate) keys: [Option<String>; KEYS],
+}
+
+/// A recent task or step, from the first start to the last end of its spans held.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Extent {
+    /// Its correlation id (a task) or step uuid (a step).
+    pub(crate) key: String,
+    /// The id of its task page: the correlation id of a task, the task uuid of a step.
+    pub(crate) link: String,
+    pub(crate) step_name: Option<String>,
+    pub(crate) service: Option<String>,
+    pub(crate) handler_language: Option<String>,
+    pub(crate) start_unix_nano: u64,
+    pub(crate) end_unix_nano: u64,
 }
 
 /// The records in arrival order. Recording a span touches only the queue's end and the
@@ -150,6 +164,81 @@ impl Log {
             .collect()
     }
 
+    /// The `n` longest tasks (their own spans, by correlation id) and steps (their spans, by
+    /// step uuid) among the records held, each from its first start to its last end, longest
+    /// first. One pass over the records, with a small table per task and step.
+    pub(crate) fn longest(&self, n: usize) -> [Vec<Extent>; 2] {
+        #[derive(Clone, Copy)]
+        struct Reach {
+            start: u64,
+            end: u64,
+            /// The task key it links to (correlation id of a task, task uuid of a step).
+            link: Key,
+            /// A step's name, worker service and language (from a span whose language is
+            /// known, else its first).
+            names: [u32; 3],
+        }
+        let unknown = self.texts.find("unknown");
+        let mut tasks: hashbrown::HashMap<Key, Reach> = hashbrown::HashMap::new();
+        let mut steps: hashbrown::HashMap<Key, Reach> = hashbrown::HashMap::new();
+        for kept in &self.kept {
+            let [correlation, task, step] = kept.keys;
+            let [_, service, language, step_name] = kept.names;
+            let (table, key, link) = match step {
+                Key::Absent if correlation != Key::Absent => (&mut tasks, correlation, correlation),
+                Key::Absent => continue,
+                step => (&mut steps, step, task),
+            };
+            let names = [step_name, service, language];
+            let reach = table.entry(key).or_insert(Reach {
+                start: kept.span.start_unix_nano,
+                end: kept.span.end_unix_nano,
+                link,
+                names,
+            });
+            reach.start = reach.start.min(kept.span.start_unix_nano);
+            reach.end = reach.end.max(kept.span.end_unix_nano);
+            if reach.link == Key::Absent {
+                reach.link = link;
+            }
+            if reach.names[0] == ABSENT {
+                reach.names[0] = step_name;
+            }
+            if Some(reach.names[2]) == unknown && Some(language) != unknown {
+                reach.names[1..].copy_from_slice(&names[1..]);
+            }
+        }
+        [tasks, steps].map(|table| {
+            let mut reaches: Vec<(Key, Reach)> = table
+                .into_iter()
+                .filter(|(_, r)| r.link != Key::Absent)
+                .collect();
+            reaches.sort_by_key(|(_, r)| std::cmp::Reverse(r.end.saturating_sub(r.start)));
+            reaches.truncate(n);
+            let text = |id: u32| (id != ABSENT).then(|| self.texts.get(id).to_string());
+            reaches
+                .into_iter()
+                .map(|(key, r)| Extent {
+                    key: self.key_text(key).unwrap_or_default(),
+                    link: self.key_text(r.link).unwrap_or_default(),
+                    step_name: text(r.names[0]),
+                    service: text(r.names[1]),
+                    handler_language: text(r.names[2]),
+                    start_unix_nano: r.start,
+                    end_unix_nano: r.end,
+                })
+                .collect()
+        })
+    }
+
+    fn key_text(&self, key: Key) -> Option<String> {
+        match key {
+            Key::Absent => None,
+            Key::Uuid(bytes) => Some(uuid_text(&bytes)),
+            Key::Text(id) => Some(self.texts.get(u32::from_le_bytes(id)).to_string()),
+        }
+    }
+
     fn found(&self, kept: &Kept) -> Found {
         let text = |id: u32| (id != ABSENT).then(|| self.texts.get(id).to_string());
         let [span_name, service, language, step_name] = kept.names.map(text);
@@ -160,11 +249,7 @@ impl Log {
             service: service.unwrap_or_default(),
             handler_language: language.unwrap_or_default(),
             step_name,
-            keys: kept.keys.map(|key| match key {
-                Key::Absent => None,
-                Key::Uuid(bytes) => Some(uuid_text(&bytes)),
-                Key::Text(id) => Some(self.texts.get(u32::from_le_bytes(id)).to_string()),
-            }),
+            keys: kept.keys.map(|key| self.key_text(key)),
         }
     }
 }

@@ -11,8 +11,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod kept;
+mod waterfall;
 
+pub(crate) use kept::Extent;
 use kept::{Found, KEYS, Log};
+pub(crate) use waterfall::{Bar, Waterfall};
 
 /// One classified span to keep for breakdowns, borrowed from its request.
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +229,12 @@ impl SpanLog {
         found.sort_by_key(|r| (r.span.start_unix_nano, r.span.span_id));
         found.dedup_by_key(|r| r.span.span_id);
         Some(self.assemble(&found.iter().collect::<Vec<_>>(), tasks))
+    }
+
+    /// The `n` longest recent tasks and steps (see [`Log::longest`]).
+    pub(crate) fn longest(&self, n: usize) -> [Vec<Extent>; 2] {
+        let log = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        log.longest(n)
     }
 
     fn timing(&self, r: &Found) -> StageTiming {

@@ -243,6 +243,12 @@ impl Store {
     pub(crate) fn snapshot(&self) -> Snapshot {
         self.epoch.fetch_add(1, Ordering::Relaxed);
         self.expire_idle(Instant::now());
+        self.copy()
+    }
+
+    /// Merges every shard as they are, for readers besides the scrape (the operator page):
+    /// no new exemplar interval, no expiry, so that those keep the scrapes' pace.
+    pub(crate) fn copy(&self) -> Snapshot {
         let mut copies = Vec::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);

@@ -239,6 +239,32 @@ impl Native {
         self.fit();
     }
 
+    /// The observations made since `earlier` (this series' copy of an earlier moment): both
+    /// at the lower of their schemas, bucket by bucket, never below zero.
+    pub(crate) fn since(&self, earlier: &Native) -> Native {
+        let (mut now, mut then) = (self.clone(), earlier.clone());
+        let schema = now.schema.min(then.schema);
+        now.lower_to(schema);
+        then.lower_to(schema);
+        let minus = |now: &Buckets, then: &Buckets| {
+            let before: std::collections::HashMap<i32, f64> = then.iter().collect();
+            let mut left = Buckets::default();
+            for (index, count) in now.iter() {
+                let added = count - before.get(&index).copied().unwrap_or(0.0);
+                if added > 0.0 {
+                    left.add(index, added);
+                }
+            }
+            left
+        };
+        Native {
+            zero_count: (now.zero_count - then.zero_count).max(0.0),
+            positive: minus(&now.positive, &then.positive),
+            negative: minus(&now.negative, &then.negative),
+            ..now
+        }
+    }
+
     /// Lowers the schema until at most `max_buckets` buckets are populated (or the schema is
     /// the lowest there is).
     fn fit(&mut self) {
@@ -406,6 +432,32 @@ mod tests {
         assert_eq!(native.negative().collect::<Vec<_>>(), vec![(-8, 2.0)]);
         assert_eq!(native.positive().collect::<Vec<_>>(), vec![(-8, 1.0)]);
         assert_eq!(native.count(), 7.0);
+    }
+
+    #[test]
+    fn since_an_earlier_copy_leaves_the_newer_observations() {
+        let spec = NativeSpec::new(3, 160, 1e-9);
+        let mut earlier = Native::new(&spec);
+        for v in [0.010, 0.020, 0.0] {
+            earlier.observe(&spec, v, 1.0);
+        }
+        let mut now = earlier.clone();
+        for v in [0.020, 0.400, 0.0] {
+            now.observe(&spec, v, 2.0);
+        }
+        let added = now.since(&earlier);
+        assert_eq!(added.count(), 6.0);
+        assert_eq!(added.zero_count(), 2.0);
+        let index = |v: f64| spec.index(v);
+        assert_eq!(
+            added.positive().collect::<Vec<_>>(),
+            [(index(0.020), 2.0), (index(0.400), 2.0)]
+        );
+        // A copy at a lower schema (more buckets since) meets the earlier one there.
+        let mut lowered = now.clone();
+        lowered.lower_to(1);
+        assert_eq!(lowered.since(&earlier).schema(), 1);
+        assert_eq!(lowered.since(&earlier).count(), 6.0);
     }
 
     #[test]
