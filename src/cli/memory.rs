@@ -221,6 +221,21 @@ pub fn estimate(config: &Config) -> Result<Estimate, BuildError> {
             ),
         );
     }
+    // The ring's samples, the one being taken (from a snapshot of its own, beside a
+    // scrape's) and a view's two windows (each at most a sample).
+    let page = crate::server::page::memory_bound(config, store);
+    line(
+        "operator page",
+        (page.samples + 2) * page.sample_bytes + store.snapshot_bytes,
+        format!(
+            "{} samples (page.sample_interval {}: those of the last minute and one older, one a minute for five and one older) + a view's 2 windows, × a sample {} (a row per histogram and counter series of every stage, derived metric and comparison, the slowest {} tasks and steps), + the snapshot a sample is taken from {}",
+            page.samples,
+            config.page.sample_interval,
+            human(page.sample_bytes as u64),
+            config.page.slowest,
+            human(store.snapshot_bytes as u64),
+        ),
+    );
     line(
         "scrape",
         store.snapshot_bytes + 3 * store.rendering_bytes,

@@ -48,6 +48,7 @@ fn check_config_memory_prints_every_part_and_the_total() {
         "breakdown log",
         "request buffers",
         "connections",
+        "operator page",
         "scrape",
     ];
     for part in parts {

@@ -5,7 +5,8 @@
 //! the join window, the breakdown log, the dedupe table, the forwarding queue, the pending
 //! requests with their largest decoded views, scrapes of the full store), and its peak
 //! resident memory must stay under the bound the command prints for the same file, and
-//! within 4 times of it, so that a bound grown loose fails too.
+//! within 4 times of it (the operator page's ring, which takes six minutes to fill, left
+//! out), so that a bound grown loose fails too.
 
 use crate::otlp::*;
 use crate::support::process::{Setup, TempDir, mib, run_ok, spanlens_command};
@@ -166,6 +167,16 @@ async fn a_process_with_every_cap_full_stays_under_the_printed_bound() {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no total in:\n{printed}"));
+    // The operator page's ring fills over six minutes (a sample every 10 s for one, one a
+    // minute for five), longer than this test runs: its line is left out of the looseness check.
+    let page: u64 = (printed.lines())
+        .find_map(|l| {
+            let mut words = l.strip_prefix("operator page")?.split_whitespace();
+            let (value, unit) = (words.next()?.parse::<f64>().ok()?, words.next()?);
+            let unit = ["B", "KiB", "MiB", "GiB"].iter().position(|u| *u == unit)?;
+            Some((value * 1024f64.powi(unit as i32)) as u64)
+        })
+        .unwrap_or_else(|| panic!("no operator page line in:\n{printed}"));
 
     let mut app = setup.start_in(dir);
     let client = Otlp::new(&app);
@@ -266,9 +277,10 @@ async fn a_process_with_every_cap_full_stays_under_the_printed_bound() {
         mib(bound)
     );
     assert!(
-        bound <= 4 * peak,
-        "the bound {} is more than 4 times the peak {}: loose",
+        bound - page <= 4 * peak,
+        "the bound {} (less the operator page's {}) is more than 4 times the peak {}: loose",
         mib(bound),
+        mib(page),
         mib(peak)
     );
     app.terminate();

@@ -12,6 +12,11 @@ use std::sync::Arc;
 pub(crate) struct StoreBound {
     /// Series the caps allow, over every metric (each metric's overflow series included).
     pub(crate) series: usize,
+    /// Series the caps allow one metric, its overflow series included.
+    pub(crate) series_per_metric: usize,
+    /// The most a histogram's cell holds outside itself (classic and native buckets), grown
+    /// as a shard's cell grows.
+    pub(crate) histogram_heap_bytes: usize,
     /// Copies a series can have: one in the shard of each thread that writes it, at most
     /// one per shard.
     pub(crate) copies: usize,
@@ -46,9 +51,11 @@ impl Store {
         let mut cloned = 0;
         let mut merged = 0;
         let mut cap_sets = 0;
+        let mut histogram_heap_bytes = 0;
         for spec in &self.metrics {
             // A shard's cells grow by pushing and resizing; a snapshot's copies are clones.
             let cell = cell_heap(&spec.kind, grown);
+            histogram_heap_bytes = histogram_heap_bytes.max(cell);
             // A shard may build its own key for a series it has not seen (a copy of the texts).
             in_shard += per_metric * (cell + key_bytes(spec.label_names.len()));
             cloned += per_metric * cell_heap(&spec.kind, exact);
@@ -76,6 +83,8 @@ impl Store {
 
         StoreBound {
             series,
+            series_per_metric: per_metric,
+            histogram_heap_bytes,
             copies: shards,
             series_bytes,
             label_bytes,

@@ -16,7 +16,7 @@ mod windows;
 
 use crate::config::{Config, TraceUrl};
 use crate::metrics::rules;
-use crate::metrics::store::Snapshot;
+use crate::metrics::store::{Snapshot, StoreBound};
 use crate::pipeline::Pipeline;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -88,12 +88,44 @@ pub(crate) struct Page {
     interval: Duration,
 }
 
+/// The families the page shows, from the config: every stage (its histogram, calls and
+/// errors, by service and handler language), derived metric and comparison.
+fn families(config: &Config) -> Vec<(String, Kind, Family)> {
+    let level = || vec!["service".to_string(), "handler_language".to_string()];
+    let stages = (config.stages.iter()).map(|(name, stage)| {
+        let family = Family {
+            histogram: stage.histogram.clone(),
+            counters: Some([stage.calls.clone(), stage.errors.clone()]),
+            row_labels: level(),
+        };
+        (name.clone(), Kind::Stage, family)
+    });
+    let derived = (config.derived.iter()).map(|(name, d)| {
+        let family = Family {
+            histogram: d.histogram.clone(),
+            counters: None,
+            row_labels: d.labels.clone(),
+        };
+        (name.clone(), Kind::Derived, family)
+    });
+    let comparisons = (config.comparisons.iter()).map(|(name, c)| {
+        let family = Family {
+            histogram: c.histogram.clone(),
+            counters: None,
+            row_labels: vec![c.step_label.clone(), "handler_language".to_string()],
+        };
+        (name.clone(), Kind::Comparison, family)
+    });
+    stages.chain(derived).chain(comparisons).collect()
+}
+
 impl Page {
     pub(crate) fn new(config: &Config, pipeline: Arc<Pipeline>) -> Page {
-        let mut families = Vec::new();
-        let mut shown = Vec::new();
         let thresholds = rules::thresholds(config);
-        let mut add = |name: &str, kind, family: Family| {
+        let mut shown = Vec::new();
+        let mut comparisons = Vec::new();
+        let mut families = Vec::new();
+        for (name, kind, family) in self::families(config) {
             let alerts = (thresholds.iter())
                 .filter(|t| t.histogram == family.histogram)
                 .filter_map(|t| {
@@ -112,40 +144,13 @@ impl Page {
                     })
                 })
                 .collect();
-            shown.push(Shown {
-                name: name.to_string(),
-                kind,
-                alerts,
-            });
+            if kind == Kind::Comparison
+                && let Some(c) = config.comparisons.get(&name)
+            {
+                comparisons.push((families.len(), c.baseline.clone()));
+            }
+            shown.push(Shown { name, kind, alerts });
             families.push(family);
-            families.len() - 1
-        };
-        let level = || vec!["service".to_string(), "handler_language".to_string()];
-        for (name, stage) in &config.stages {
-            let counters = [stage.calls.clone(), stage.errors.clone()];
-            let family = Family {
-                histogram: stage.histogram.clone(),
-                counters: Some(counters),
-                row_labels: level(),
-            };
-            add(name, Kind::Stage, family);
-        }
-        for (name, d) in &config.derived {
-            let family = Family {
-                histogram: d.histogram.clone(),
-                counters: None,
-                row_labels: d.labels.clone(),
-            };
-            add(name, Kind::Derived, family);
-        }
-        let mut comparisons = Vec::new();
-        for (name, c) in &config.comparisons {
-            let family = Family {
-                histogram: c.histogram.clone(),
-                counters: None,
-                row_labels: vec![c.step_label.clone(), "handler_language".to_string()],
-            };
-            comparisons.push((add(name, Kind::Comparison, family), c.baseline.clone()));
         }
         let interval = config.page.sample_interval.get();
         Page {
@@ -164,6 +169,29 @@ impl Page {
         let mut sample = Sample::of(snapshot, &self.families, &HEALTH, Instant::now());
         sample.longest = self.pipeline.longest_recent(self.slowest);
         sample
+    }
+}
+
+/// What the page holds at most (`spanlens check-config --memory`).
+pub(crate) struct PageBound {
+    /// Samples the ring holds at most with the config's `page.sample_interval`.
+    pub(crate) samples: usize,
+    /// The most one sample holds (see [`windows::sample_bytes_bound`]).
+    pub(crate) sample_bytes: usize,
+}
+
+/// The page's bound with every series cap of `store` reached.
+pub(crate) fn memory_bound(config: &Config, store: &StoreBound) -> PageBound {
+    let families: Vec<Family> = families(config).into_iter().map(|(_, _, f)| f).collect();
+    PageBound {
+        samples: windows::held_at_most(WINDOWS[0], WINDOWS[1], config.page.sample_interval.get()),
+        sample_bytes: windows::sample_bytes_bound(
+            &families,
+            store,
+            config.metrics.max_label_value_length,
+            HEALTH.len(),
+            config.page.slowest,
+        ),
     }
 }
 

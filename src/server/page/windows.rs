@@ -4,9 +4,11 @@
 //! breakdown log, read once per sample). A window is the difference of the newest sample
 //! and the newest one at least the window older; nothing here runs under ingest's locks.
 
+use crate::collections::sizes::{exact, text};
 use crate::join::breakdown::Extent;
-use crate::metrics::store::{Cell, MetricKind, Native, Snapshot};
+use crate::metrics::store::{Cell, MetricKind, Native, Snapshot, StoreBound};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::mem::size_of;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -212,6 +214,49 @@ struct Held {
 
 /// How far apart anchors are: the long window covers up to this much more than its length.
 const ANCHOR_EVERY: Duration = Duration::from_secs(60);
+
+/// The most samples a ring holds when they are taken every `interval`: those of the last
+/// `short` and the newest older one, and the anchors of the last `long` and the newest older
+/// one (an anchor is also a recent sample; counted twice here).
+pub(crate) fn held_at_most(short: Duration, long: Duration, interval: Duration) -> usize {
+    let within = |window: Duration, every: Duration| {
+        (window.as_secs_f64() / every.as_secs_f64().max(1e-3)).ceil() as usize
+    };
+    within(short, interval) + 2 + within(long, ANCHOR_EVERY) + 2
+}
+
+/// Labels a series of spanlens's own that the page lists carries at most.
+const HEALTH_LABELS: usize = 2;
+
+/// The most one sample holds with every series cap of `store` reached and texts of
+/// `max_label` bytes: each family with a row per series of its histogram (classic and
+/// native buckets) and per series of its counters, the `health` metrics' series, and the
+/// `slowest` tasks and steps. A B-tree's node is at least half full: an entry takes at most
+/// twice its size.
+pub(crate) fn sample_bytes_bound(
+    families: &[Family],
+    store: &StoreBound,
+    max_label: usize,
+    health: usize,
+    slowest: usize,
+) -> usize {
+    let texts = |n: usize| exact(n, size_of::<String>()) + n * text(max_label);
+    let per_metric = store.series_per_metric;
+    let rows: usize = (families.iter())
+        .map(|f| {
+            let row = 2 * size_of::<(RowKey, Totals)>() + texts(f.row_labels.len());
+            let counters = f.counters.as_ref().map_or(0, |c| c.len());
+            size_of::<BTreeMap<RowKey, Totals>>()
+                + per_metric * (row + store.histogram_heap_bytes)
+                + counters * per_metric * row
+        })
+        .sum();
+    let health_row = 2 * size_of::<((String, Vec<(String, String)>), f64)>()
+        + text(max_label)
+        + 2 * texts(HEALTH_LABELS);
+    let longest = 2 * slowest * (size_of::<Extent>() + 5 * text(max_label));
+    size_of::<Sample>() + rows + health * per_metric * health_row + longest
+}
 
 /// Drops the oldest of `samples` while the second oldest is at least `keep` older than `now`.
 fn keep_back(samples: &mut VecDeque<Arc<Sample>>, now: Instant, keep: Duration) {
@@ -464,5 +509,69 @@ mod tests {
         };
         assert_eq!(at(&held.recent), [340, 350, 360, 370, 380, 390, 400]);
         assert_eq!(at(&held.anchors), [70, 130, 190, 250, 310, 370]);
+        let most = held_at_most(windows[0], windows[1], Duration::from_secs(10));
+        assert!(held.recent.len() + held.anchors.len() <= most, "{most}");
+    }
+
+    #[test]
+    fn a_sample_of_a_full_store_holds_less_than_its_bound() {
+        use crate::metrics::store::{DimensionId, MetricId, MetricSpec, Store, StoreSpec};
+        const MAX_SERIES: usize = 300;
+        const LABEL: usize = 40;
+        let histogram = MetricKind::Histogram {
+            bounds: Arc::from(vec![0.01, 0.1, 1.0]),
+            native: Some(NativeSpec::new(3, 160, 1e-9)),
+        };
+        let store = Store::new(StoreSpec {
+            metrics: vec![
+                MetricSpec::new("h_seconds", "h", histogram, &["service", "step"]),
+                MetricSpec::new("c_total", "c", MetricKind::Counter, &["service"]),
+            ],
+            dimensions: vec![("service".into(), 1000)],
+            overflow_value: "__overflow__".into(),
+            max_series_per_metric: MAX_SERIES,
+            label_overflow: None,
+            series_overflow: None,
+            keep_raw_values: false,
+            series_idle_timeout: None,
+            never_expire: Vec::new(),
+        });
+        // Past the series cap, every row of its own with texts as long as allowed, and the
+        // native buckets over the whole range of durations; the counters' rows apart.
+        let longest = u64::MAX as f64 / 1e9;
+        let mut w = store.writer();
+        for i in 0..2 * MAX_SERIES {
+            let value = format!("{i:x<LABEL$}");
+            let value = w.admitted(DimensionId(0), &value).to_string();
+            for seconds in [1e-9, 2e-9, longest, longest / 3.0] {
+                w.observe(MetricId(0), &[&value, &value], seconds, 1.0, None);
+            }
+            w.add(MetricId(1), &[&format!("{i:y<LABEL$}")], 1);
+        }
+        drop(w);
+        let family = Family {
+            histogram: "h_seconds".to_string(),
+            counters: Some(["c_total".to_string(), "c_total".to_string()]),
+            row_labels: vec!["service".to_string()],
+        };
+        let families = [family];
+        let sample = Sample::of(&store.snapshot(), &families, &[], Instant::now());
+        let rows = &sample.rows[0];
+        assert!(rows.len() > 2 * MAX_SERIES, "{}", rows.len());
+        let held: usize = (rows.iter())
+            .map(|(key, totals)| {
+                size_of::<(RowKey, Totals)>()
+                    + key.capacity() * size_of::<String>()
+                    + key.iter().map(String::capacity).sum::<usize>()
+                    + totals.buckets.capacity() * size_of::<f64>()
+                    + totals
+                        .native
+                        .as_ref()
+                        .map_or(0, |n| n.capacity() * size_of::<f64>())
+            })
+            .sum();
+        let bound = sample_bytes_bound(&families, &store.memory_bound(LABEL, 1), LABEL, 0, 0);
+        assert!(held <= bound, "held {held}, bound {bound}");
+        assert!(bound <= 5 * held, "held {held}, bound {bound}: loose");
     }
 }
