@@ -363,6 +363,17 @@ fn local_addr(line: &str) -> Option<SocketAddr> {
     token.parse().ok()
 }
 
+/// Starts `command` with its stderr collected line by line.
+fn spawn_reading_stderr(command: &mut Command) -> (Child, Lines) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the spanlens binary starts");
+    let lines = Lines::collect(&mut child);
+    (child, lines)
+}
 impl Spanlens {
     /// The binary on a config file (RUST_LOG=info).
     pub fn start(config: &Path) -> Spanlens {
@@ -384,13 +395,7 @@ impl Spanlens {
         if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
             command.env("RUST_LOG", "info");
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the spanlens binary starts");
-        let lines = Lines::collect(&mut child);
+        let (child, lines) = spawn_reading_stderr(command);
         let mut running = Spanlens {
             child,
             lines,
@@ -430,13 +435,7 @@ impl Spanlens {
         timeout: Duration,
     ) -> (ExitStatus, String, Duration) {
         let started = Instant::now();
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the spanlens binary starts");
-        let lines = Lines::collect(&mut child);
+        let (mut child, lines) = spawn_reading_stderr(command);
         let ended = lines.wait_end(started + timeout);
         if !ended {
             let _ = child.kill();

@@ -11,7 +11,31 @@ pub mod server_latency;
 pub mod sink;
 pub mod soak;
 
+use std::future::Future;
+use std::process::ExitCode;
 use std::time::Duration;
+
+/// Runs a command's `run` on a runtime of `threads` workers: exit 0 when its checks held, 1
+/// when one failed, 2 (with the error on stderr, after `name`) when it could not run.
+pub fn exit_code_of(
+    name: &str,
+    threads: usize,
+    run: impl Future<Output = Result<bool, String>>,
+) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// A duration as the command lines take it: `10s`, `500ms`, `2m` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

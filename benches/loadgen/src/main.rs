@@ -370,19 +370,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(run(args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("spanlens-loadgen: {e}");
-            ExitCode::from(2)
-        }
-    }
+    spanlens_loadgen::exit_code_of("spanlens-loadgen", args.threads, run(args))
 }
 
 async fn run(args: Args) -> Result<bool, String> {

@@ -161,19 +161,7 @@ const KINDS: [(Proto, bool); 4] = [
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(run(args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("spanlens-soak: {e}");
-            ExitCode::from(2)
-        }
-    }
+    spanlens_loadgen::exit_code_of("spanlens-soak", args.threads, run(args))
 }
 
 async fn run(args: Args) -> Result<bool, String> {
