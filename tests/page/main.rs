@@ -1,9 +1,10 @@
 //! The operator page (issue 24) in Debian's headless Chromium, driven over WebDriver
 //! (`support::browser`), against spanlens fed tasker workflows by the real
-//! `opentelemetry-otlp` exporter: `overview` (its figures against a scrape, the comparison,
-//! the slowest lists, both window sizes), `waterfall` (bars against the spans' timings, trace
-//! links, the 404 page, `spanlens breakdown`'s text bars) and `hostile` (span names and
-//! attributes carrying markup and scripts render as text, and nothing runs).
+//! `opentelemetry-otlp` exporter: `overview` (its figures against a scrape, its native
+//! percentiles against the durations sent, the comparison, the slowest lists, both window
+//! sizes), `waterfall` (bars against the spans' timings, trace links, the 404 page,
+//! `spanlens breakdown`'s text bars) and `hostile` (span names and attributes carrying markup
+//! and scripts render as text, and nothing runs).
 //!
 //! With `SPANLENS_SCREENSHOTS=1`, `overview` also writes docs/page-overview.png and
 //! docs/page-task.png (the README's screenshots).

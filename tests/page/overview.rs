@@ -21,11 +21,19 @@ const WORKERS: [(&str, &str, &str); 3] = [
     ("tasker-python-worker", "linear_workflow_py", "_py"),
 ];
 
-/// The tasks, sent; returns each task's correlation id and its first start to last end.
-async fn send_tasks(server: &spanlens::server::Server) -> Vec<(String, u64)> {
+/// What [`send_tasks`] sent: each task's correlation id and its first start to last end, and
+/// each handler execution's worker service and duration (microseconds).
+struct Sent {
+    extents: Vec<(String, u64)>,
+    executions: Vec<(&'static str, u64)>,
+}
+
+/// The tasks, sent.
+async fn send_tasks(server: &spanlens::server::Server) -> Sent {
     let mut rng = Rng::new(24);
     let mut emitter = Emitter::new(SystemTime::now() - Duration::from_secs(20));
     let mut extents = Vec::new();
+    let mut executions = Vec::new();
     let names: [[&'static str; 4]; 2] = [
         [
             "linear_step_1",
@@ -105,9 +113,34 @@ async fn send_tasks(server: &spanlens::server::Server) -> Vec<(String, u64)> {
             task.correlation_id.clone(),
             last.start_us + last.dur_us - first.start_us,
         ));
+        executions.extend(
+            (0..spans.len())
+                .map(sent)
+                .filter(|s| s.name == "worker.step_execution")
+                .map(|s| (worker, s.dur_us)),
+        );
     }
     emitter.send(server).await;
-    extents
+    Sent {
+        extents,
+        executions,
+    }
+}
+
+/// Waits until every span of [`send_tasks`] is accepted and a sample has been taken after.
+async fn wait_sampled(server: &spanlens::server::Server) {
+    let spans = 40 * 2 + 40 * 4 * 3 + 40;
+    support::eventually("every span accepted", Duration::from_secs(10), async || {
+        let accepted = support::scrape(server)
+            .await
+            .sum("spanlens_spans_accepted_total", &[]);
+        match accepted as usize == spans {
+            true => Ok(()),
+            false => Err(format!("{accepted} of {spans}")),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 }
 
 /// Prometheus's `histogram_quantile` over one classic histogram of a scrape (cumulative
@@ -193,20 +226,8 @@ async fn the_overview_shows_what_the_scrape_says() {
     });
     let server = support::start(config.clone()).await;
     first_sample(&server).await;
-    let extents = send_tasks(&server).await;
-    // Every span counted, then a sample after it.
-    let spans = 40 * 2 + 40 * 4 * 3 + 40;
-    support::eventually("every span accepted", Duration::from_secs(10), async || {
-        let accepted = support::scrape(&server)
-            .await
-            .sum("spanlens_spans_accepted_total", &[]);
-        match accepted as usize == spans {
-            true => Ok(()),
-            false => Err(format!("{accepted} of {spans}")),
-        }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let extents = send_tasks(&server).await.extents;
+    wait_sampled(&server).await;
     let scrape = support::scrape(&server).await;
 
     let browser = Browser::start(1280, 800).await;
@@ -432,4 +453,55 @@ async fn the_overview_shows_what_the_scrape_says() {
     }
     browser.close().await;
     server.shutdown().await;
+}
+
+/// With native histograms on (the default), the overview's percentiles come from them: each
+/// handler execution row's p50, p95 and p99, in both windows, lie within one native bucket
+/// (a factor 2^(2^-schema)) of the exact value of the durations sent, nearest rank. The
+/// classic buckets' estimate of the same spans is further off than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_reads_native_histograms_to_their_resolution() {
+    let config = support::test_config(|c: &mut Config| {
+        c.page.sample_interval = PromDuration::secs(1);
+    });
+    let native = &config.metrics.native_histograms;
+    assert!(native.enabled, "native histograms are on by default");
+    let bucket = 2f64.powf(2f64.powi(-i32::from(native.schema)));
+    let server = support::start(config.clone()).await;
+    first_sample(&server).await;
+    let executions = send_tasks(&server).await.executions;
+    wait_sampled(&server).await;
+
+    let browser = Browser::start(1280, 800).await;
+    browser
+        .goto(&format!("http://{}/", server.metrics_addr()))
+        .await;
+    let rows = &tables(&browser).await["handler_execution"];
+    let mut checked = 0;
+    for (worker, _, _) in WORKERS {
+        let mut millis_sent: Vec<f64> = (executions.iter())
+            .filter(|(w, _)| *w == worker)
+            .map(|(_, us)| *us as f64 / 1000.0)
+            .collect();
+        millis_sent.sort_by(f64::total_cmp);
+        let (_, _, cells) = (rows.iter())
+            .find(|r| r.0.starts_with(&format!("{worker} / ")))
+            .unwrap_or_else(|| panic!("no row for {worker}: {rows:?}"));
+        // Cells: the row's name and labels, then each window's spans, rate, errors, p50,
+        // p95, p99.
+        for (w, at) in [3, 9].into_iter().enumerate() {
+            for (i, q) in [0.5, 0.95, 0.99].into_iter().enumerate() {
+                let rank = (q * millis_sent.len() as f64).ceil() as usize;
+                let exact = millis_sent[rank.max(1) - 1];
+                let page = millis(&cells[at + 3 + i]).expect("a percentile");
+                assert!(
+                    page <= exact * bucket && page >= exact / bucket,
+                    "{worker} window {w} p{q}: page {page} ms, sent {exact} ms (one bucket: ×{bucket:.4})"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 18);
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
 }
