@@ -78,14 +78,7 @@ pub fn render_bars(b: &Breakdown, width: usize) -> String {
         let idle = bar
             .gap_before_ms
             .map_or(start, |gap| column(bar.offset_ms - gap).min(start));
-        let name = match bar.step {
-            Some(step) => format!(
-                "{} {}",
-                step.step_name.as_deref().unwrap_or("?"),
-                bar.timing.stage
-            ),
-            None => bar.timing.stage.clone(),
-        };
+        let name = bar.name(" ");
         let line: String = (0..width)
             .map(|c| match c {
                 c if (start..end).contains(&c) => '█',

@@ -15,7 +15,7 @@ mod waterfall;
 
 pub(crate) use kept::Extent;
 use kept::{Found, KEYS, Log};
-pub(crate) use waterfall::{Bar, Waterfall};
+pub(crate) use waterfall::Waterfall;
 
 /// One classified span to keep for breakdowns, borrowed from its request.
 #[derive(Debug, Clone, Copy)]

@@ -21,6 +21,19 @@ impl Bar<'_> {
     pub(crate) fn end_ms(&self) -> f64 {
         self.offset_ms + self.timing.duration_ms
     }
+
+    /// The row's name: the stage, after the step's name (`?` when unknown) and `separator`
+    /// for a step's span.
+    pub(crate) fn name(&self, separator: &str) -> String {
+        match self.step {
+            Some(step) => format!(
+                "{}{separator}{}",
+                step.step_name.as_deref().unwrap_or("?"),
+                self.timing.stage
+            ),
+            None => self.timing.stage.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

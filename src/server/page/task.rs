@@ -5,7 +5,7 @@
 
 use super::Page;
 use super::html::{self, Escaped, ms};
-use crate::join::breakdown::{Bar, Breakdown, Waterfall};
+use crate::join::breakdown::{Breakdown, Waterfall};
 use axum::http::StatusCode;
 use std::fmt::Write;
 
@@ -57,17 +57,6 @@ pub(super) fn render(page: &Page, id: &str) -> (StatusCode, String) {
     (StatusCode::OK, out)
 }
 
-fn row_name(bar: &Bar) -> String {
-    match bar.step {
-        Some(step) => format!(
-            "{} · {}",
-            step.step_name.as_deref().unwrap_or("?"),
-            bar.timing.stage
-        ),
-        None => bar.timing.stage.clone(),
-    }
-}
-
 fn svg(out: &mut String, w: &Waterfall) {
     let height = TOP + ROW * w.bars.len() as f64 + 8.0;
     let _ = write!(
@@ -100,7 +89,7 @@ fn svg(out: &mut String, w: &Waterfall) {
             out,
             "<g class=\"row\"><text class=\"label\" x=\"4\" y=\"{ty:.2}\">{name}</text>",
             ty = y + 15.0,
-            name = Escaped(&row_name(bar)),
+            name = Escaped(&bar.name(" · ")),
         );
         if let Some(gap) = bar.gap_before_ms {
             let gx = LABELS + w.scale(bar.offset_ms - gap, PLOT);

@@ -366,13 +366,12 @@ pub(crate) fn classic_quantile(bounds: &[f64], counts: &[f64], q: f64) -> Option
 /// 2^(i/2^schema)); linear from 0 in the zero bucket. Negative buckets (no duration has
 /// them) count below zero.
 pub(crate) fn native_quantile(native: &Native, q: f64) -> Option<f64> {
-    let negative: f64 = native.negative().map(|(_, c)| c).sum();
-    let total = negative + native.zero_count() + native.positive().map(|(_, c)| c).sum::<f64>();
+    let total = native.count();
     if total <= 0.0 {
         return None;
     }
     let rank = q.clamp(0.0, 1.0) * total;
-    let mut below = negative;
+    let mut below: f64 = native.negative().map(|(_, c)| c).sum();
     if rank <= below {
         return Some(0.0);
     }
